@@ -1,1 +1,581 @@
-fn main() {}
+//! The `synapse` binary: `serve` runs a node; every other subcommand is a
+//! gRPC client of a running node (or, for `token`, works offline).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use synapse::client::{v1 as pb, Client};
+use synapse::{format_timestamp, Grant, NodeConfig, Restriction, RootKey, Timestamp};
+
+#[derive(Parser)]
+#[command(name = "synapse", version, about = "Distributed actor runtime with a consensus core")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ClientOpts {
+    /// gRPC endpoint of a node.
+    #[arg(long, env = "SYNAPSE_ENDPOINT", default_value = "http://127.0.0.1:50051", global = true)]
+    endpoint: String,
+    /// File holding the capability token.
+    #[arg(long, env = "SYNAPSE_TOKEN_FILE", default_value = "./synapse-data/root.token", global = true)]
+    token_file: PathBuf,
+    /// Capability token text (overrides --token-file).
+    #[arg(long, env = "SYNAPSE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(short = 'w', long = "output", value_enum, default_value = "table", global = true)]
+    output: Output,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve(ServeOpts),
+    /// Run a skill method: `synapse invoke counter/alice incr '{"by":2}'`.
+    Invoke {
+        target: String,
+        method: String,
+        payload: Option<String>,
+        /// Idempotency key; a retry with the same id is applied once.
+        #[arg(long, default_value = "")]
+        request_id: String,
+        /// Fail with FAILED_PRECONDITION unless the instance is at this version.
+        #[arg(long)]
+        expected_version: Option<u64>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Show an instance's committed state (latest, at a version, or at a time).
+    State {
+        target: String,
+        #[arg(long, default_value_t = 0)]
+        version: u64,
+        /// Time-travel read: RFC 3339 time, e.g. 2026-11-22T10:00:00Z.
+        #[arg(long)]
+        at: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List checkpoints, newest first.
+    History {
+        target: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long, default_value_t = 0)]
+        before: u64,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Append a checkpoint equal to an earlier version (history is kept).
+    Rollback {
+        target: String,
+        #[arg(long)]
+        to: u64,
+        #[arg(long, default_value = "")]
+        request_id: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Walk an instance's hash chain.
+    Verify {
+        target: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Stream new checkpoints of an instance (Ctrl-C to stop).
+    Watch {
+        target: String,
+        /// Stop after this many checkpoints (0 = never).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Cluster operations.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Read the cluster clock.
+    Now {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Capability tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Role, term, indexes, members and state hash of a node.
+    Status {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Args)]
+struct ScopeOpts {
+    /// Skill the token is limited to ("*" = any).
+    #[arg(long)]
+    skill: Option<String>,
+    /// Instance pattern: exact, "*" or a prefix like "user-*".
+    #[arg(long)]
+    instance: Option<String>,
+    /// Comma-separated methods (default: any).
+    #[arg(long, value_delimiter = ',')]
+    methods: Option<Vec<String>>,
+    /// Allow read operations only.
+    #[arg(long)]
+    read_only: bool,
+    /// Lifetime, e.g. 30s, 15m, 24h.
+    #[arg(long)]
+    ttl: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token with the cluster root key (needs <data-dir>/root.key).
+    Mint {
+        #[arg(long, default_value = "./synapse-data", env = "SYNAPSE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Who the token is for; recorded in the audit log.
+        #[arg(long)]
+        principal: String,
+        #[command(flatten)]
+        scope: ScopeOpts,
+    },
+    /// Narrow a token offline (no key needed). Reads --token/--token-file.
+    Attenuate {
+        #[command(flatten)]
+        scope: ScopeOpts,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Print a token's blocks.
+    Inspect {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// Verify against this data dir's root key.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct ServeOpts {
+    /// TOML config file; flags and SYNAPSE_* variables override it.
+    #[arg(long, env = "SYNAPSE_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "SYNAPSE_NODE_ID")]
+    node_id: Option<u64>,
+    #[arg(long, env = "SYNAPSE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, env = "SYNAPSE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Metrics/health listen address.
+    #[arg(long, env = "SYNAPSE_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    #[arg(long, env = "SYNAPSE_RETENTION_VERSIONS")]
+    retention_versions: Option<u64>,
+    #[arg(long, env = "SYNAPSE_MAX_PAYLOAD_BYTES")]
+    max_payload_bytes: Option<usize>,
+    #[arg(long, env = "SYNAPSE_MAILBOX_CAPACITY")]
+    mailbox_capacity: Option<usize>,
+    #[arg(long, env = "SYNAPSE_MAX_ACTIVE_INSTANCES")]
+    max_active_instances: Option<usize>,
+    #[arg(long, env = "SYNAPSE_HANDLER_DEADLINE_MS")]
+    handler_deadline_ms: Option<u64>,
+    /// Log filter, e.g. "info" or "synapse=debug,raft=info".
+    #[arg(long, env = "SYNAPSE_LOG", default_value = "info")]
+    log: String,
+}
+
+impl ServeOpts {
+    fn into_config(self) -> Result<(NodeConfig, String), String> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))?
+            }
+            None => NodeConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { config.$f = v; } )* };
+        }
+        set!(node_id, data_dir, retention_versions, max_payload_bytes, mailbox_capacity, max_active_instances, handler_deadline_ms);
+        if let Some(l) = self.listen {
+            config.listen = Some(l);
+        }
+        if let Some(l) = self.http_listen {
+            config.http_listen = Some(l);
+        }
+        config.validate()?;
+        Ok((config, self.log))
+    }
+}
+
+/// A failure the CLI reports: the gRPC code name (or "error") and a message.
+struct Failure(String, String);
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        let mut msg = s.message().to_string();
+        if let Some(l) = s.metadata().get("x-synapse-leader").and_then(|v| v.to_str().ok()) {
+            msg.push_str(&format!(" (leader: node {l})"));
+        }
+        Failure(format!("{:?}", s.code()), msg)
+    }
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Self {
+        Failure("error".into(), s)
+    }
+}
+
+fn split_target(target: &str) -> Result<(String, String), Failure> {
+    match target.split_once('/') {
+        Some((s, i)) if !s.is_empty() && !i.is_empty() => Ok((s.into(), i.into())),
+        _ => Err(format!("target must be <skill>/<instance>, got `{target}`").into()),
+    }
+}
+
+fn read_token(opts: &ClientOpts) -> Result<Option<String>, Failure> {
+    if let Some(t) = &opts.token {
+        return Ok(Some(t.trim().to_string()));
+    }
+    match std::fs::read_to_string(&opts.token_file) {
+        Ok(t) => Ok(Some(t.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read token file {}: {e}", opts.token_file.display()).into()),
+    }
+}
+
+async fn connect(opts: &ClientOpts) -> Result<Client, Failure> {
+    let token = read_token(opts)?;
+    Client::connect(&opts.endpoint, token.as_deref()).await.map_err(|e| Failure::from(e.to_string()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn ts_of(t: &Option<pb::Timestamp>) -> Timestamp {
+    t.as_ref()
+        .map(|t| Timestamp { physical_micros: t.physical_micros, logical: t.logical, node_id: t.node_id })
+        .unwrap_or_default()
+}
+
+fn ts_json(t: &Option<pb::Timestamp>) -> Value {
+    let ts = ts_of(t);
+    json!({ "physical_micros": ts.physical_micros, "logical": ts.logical, "node_id": ts.node_id, "text": format_timestamp(&ts) })
+}
+
+fn json_or_text(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+fn checkpoint_json(cp: &pb::Checkpoint) -> Value {
+    json!({
+        "skill": cp.skill, "instance": cp.instance, "version": cp.version,
+        "state": json_or_text(&cp.state), "timestamp": ts_json(&cp.timestamp),
+        "request_id": cp.request_id, "hash": hex(&cp.hash), "parent_hash": hex(&cp.parent_hash),
+    })
+}
+
+fn print(output: Output, value: &Value, table: impl FnOnce() -> String) {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
+        Output::Table => println!("{}", table()),
+    }
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, Failure> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| Failure::from(format!("bad ttl `{s}`: use e.g. 30s, 15m, 24h, 7d")))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("bad ttl unit in `{s}`: use s, m, h or d").into()),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn restriction(scope: &ScopeOpts) -> Result<Restriction, Failure> {
+    Ok(Restriction {
+        skill: scope.skill.clone(),
+        instance: scope.instance.clone(),
+        methods: scope.methods.clone(),
+        read_only: scope.read_only,
+        expires_at: scope.ttl.as_deref().map(parse_ttl).transpose()?.map(|d| SystemTime::now() + d),
+    })
+}
+
+fn invoke_table(r: &pb::InvokeResponse) -> String {
+    format!(
+        "{}\nversion {}  at {}  hash {}{}",
+        String::from_utf8_lossy(&r.reply),
+        r.version,
+        format_timestamp(&ts_of(&r.timestamp)),
+        &hex(&r.hash)[..16.min(r.hash.len() * 2)],
+        if r.deduplicated { "  (deduplicated retry)" } else { "" }
+    )
+}
+
+fn invoke_json(r: &pb::InvokeResponse) -> Value {
+    json!({ "reply": json_or_text(&r.reply), "version": r.version, "timestamp": ts_json(&r.timestamp),
+            "hash": hex(&r.hash), "deduplicated": r.deduplicated, "request_id": r.request_id })
+}
+
+async fn serve(opts: ServeOpts) -> Result<(), Failure> {
+    let (config, log) = opts.into_config()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| format!("bad --log: {e}"))?)
+        .init();
+    let node = tokio::task::spawn_blocking(move || synapse::Node::builder(config).start())
+        .await
+        .map_err(|e| format!("start task failed: {e}"))?
+        .map_err(|e| format!("cannot start node: {e}"))?;
+    eprintln!(
+        "synapse node {} serving gRPC on {} (metrics/health on {}); root token in {}",
+        node.core().node_id(),
+        node.grpc_addr().map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        node.http_addr().map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        node.core().config().data_dir.join("root.token").display()
+    );
+    wait_for_signal().await;
+    eprintln!("shutting down");
+    tokio::task::spawn_blocking(move || node.shutdown()).await.map_err(|e| format!("shutdown failed: {e}"))?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Serve(opts) => serve(opts).await,
+        Command::Invoke { target, method, payload, request_id, expected_version, client } => {
+            let (skill, instance) = split_target(&target)?;
+            let mut c = connect(&client).await?;
+            let r = c
+                .skills
+                .invoke(pb::InvokeRequest {
+                    skill,
+                    instance,
+                    method,
+                    payload: payload.unwrap_or_default().into_bytes(),
+                    request_id,
+                    expected_version,
+                })
+                .await?
+                .into_inner();
+            print(client.output, &invoke_json(&r), || invoke_table(&r));
+            Ok(())
+        }
+        Command::State { target, version, at, client } => {
+            let (skill, instance) = split_target(&target)?;
+            let at = match at {
+                Some(t) => {
+                    let dt = chrono::DateTime::parse_from_rfc3339(&t).map_err(|e| Failure::from(format!("bad --at `{t}`: {e}")))?;
+                    let micros = u64::try_from(dt.timestamp_micros()).map_err(|_| Failure::from("--at before 1970".to_string()))?;
+                    Some(pb::Timestamp { physical_micros: micros, logical: u32::MAX, node_id: u64::MAX })
+                }
+                None => None,
+            };
+            let mut c = connect(&client).await?;
+            let r = c.skills.get_state(pb::GetStateRequest { skill, instance, version, at }).await?.into_inner();
+            let cp = r.checkpoint.unwrap_or_default();
+            print(client.output, &checkpoint_json(&cp), || {
+                format!(
+                    "{}/{} v{}  at {}  hash {}\n{}",
+                    cp.skill, cp.instance, cp.version, format_timestamp(&ts_of(&cp.timestamp)), hex(&cp.hash),
+                    String::from_utf8_lossy(&cp.state)
+                )
+            });
+            Ok(())
+        }
+        Command::History { target, limit, before, client } => {
+            let (skill, instance) = split_target(&target)?;
+            let mut c = connect(&client).await?;
+            let r = c.skills.history(pb::HistoryRequest { skill, instance, before_version: before, limit }).await?.into_inner();
+            let list: Vec<Value> = r.checkpoints.iter().map(checkpoint_json).collect();
+            print(client.output, &Value::Array(list), || {
+                let mut out = format!("{:>8}  {:<40}  {:<18}  {}", "VERSION", "TIMESTAMP", "HASH", "STATE");
+                for cp in &r.checkpoints {
+                    out.push_str(&format!(
+                        "\n{:>8}  {:<40}  {:<18}  {}",
+                        cp.version,
+                        format_timestamp(&ts_of(&cp.timestamp)),
+                        &hex(&cp.hash)[..16.min(cp.hash.len() * 2)],
+                        String::from_utf8_lossy(&cp.state)
+                    ));
+                }
+                out
+            });
+            Ok(())
+        }
+        Command::Rollback { target, to, request_id, client } => {
+            let (skill, instance) = split_target(&target)?;
+            let mut c = connect(&client).await?;
+            let r = c.skills.rollback(pb::RollbackRequest { skill, instance, to_version: to, request_id }).await?.into_inner();
+            print(client.output, &invoke_json(&r), || invoke_table(&r));
+            Ok(())
+        }
+        Command::Verify { target, client } => {
+            let (skill, instance) = split_target(&target)?;
+            let mut c = connect(&client).await?;
+            let r = c.skills.verify(pb::VerifyRequest { skill, instance }).await?.into_inner();
+            let v = json!({ "ok": r.ok, "versions_checked": r.versions_checked, "oldest_version": r.oldest_version,
+                            "latest_version": r.latest_version, "head_hash": hex(&r.head_hash), "problem": r.problem });
+            print(client.output, &v, || {
+                if r.ok {
+                    format!("OK: {} versions (v{}..=v{}) verify; head {}", r.versions_checked, r.oldest_version, r.latest_version, hex(&r.head_hash))
+                } else {
+                    format!("FAILED: {}", r.problem)
+                }
+            });
+            if r.ok {
+                Ok(())
+            } else {
+                Err(Failure("DataLoss".into(), r.problem))
+            }
+        }
+        Command::Watch { target, count, client } => {
+            let (skill, instance) = split_target(&target)?;
+            let mut c = connect(&client).await?;
+            let mut stream = c.skills.watch(pb::WatchRequest { skill, instance }).await?.into_inner();
+            let mut seen = 0;
+            while let Some(cp) = stream.message().await? {
+                print(client.output, &checkpoint_json(&cp), || {
+                    format!("v{}  {}  {}", cp.version, format_timestamp(&ts_of(&cp.timestamp)), String::from_utf8_lossy(&cp.state))
+                });
+                seen += 1;
+                if count != 0 && seen >= count {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        Command::Cluster { command: ClusterCommand::Status { client } } => {
+            let mut c = connect(&client).await?;
+            let s = c.cluster.status(pb::StatusRequest {}).await?.into_inner();
+            let v = json!({
+                "node_id": s.node_id, "role": s.role, "leader_id": s.leader_id, "term": s.term,
+                "commit_index": s.commit_index, "applied_index": s.applied_index, "voters": s.voters,
+                "learners": s.learners, "state_hash": hex(&s.state_hash), "instances": s.instances, "version": s.version,
+                "peers": s.peers.iter().map(|p| json!({"id": p.id, "match_index": p.match_index, "lag": p.lag})).collect::<Vec<_>>(),
+            });
+            print(client.output, &v, || {
+                let mut out = format!(
+                    "node {}  role {}  leader {}  term {}\ncommit {}  applied {}  instances {}\nvoters {:?}  learners {:?}\nstate hash {}",
+                    s.node_id, s.role, s.leader_id, s.term, s.commit_index, s.applied_index, s.instances, s.voters, s.learners, hex(&s.state_hash)
+                );
+                for p in &s.peers {
+                    out.push_str(&format!("\npeer {}  match {}  lag {}", p.id, p.match_index, p.lag));
+                }
+                out
+            });
+            Ok(())
+        }
+        Command::Now { client } => {
+            let mut c = connect(&client).await?;
+            let r = c.clock.now(pb::NowRequest {}).await?.into_inner();
+            let v = json!({ "timestamp": ts_json(&r.timestamp), "uncertainty_micros": r.uncertainty_micros });
+            print(client.output, &v, || format!("{} ± {} µs", format_timestamp(&ts_of(&r.timestamp)), r.uncertainty_micros));
+            Ok(())
+        }
+        Command::Token { command } => token_command(command),
+    }
+}
+
+fn token_command(command: TokenCommand) -> Result<(), Failure> {
+    match command {
+        TokenCommand::Mint { data_dir, principal, scope } => {
+            let key_path = data_dir.join("root.key");
+            if !key_path.exists() {
+                return Err(format!("no root key at {} (start a node with this data dir first)", key_path.display()).into());
+            }
+            let key = RootKey::load_or_create(&key_path).map_err(|e| Failure::from(e.to_string()))?;
+            let grant = Grant {
+                skill: scope.skill.clone().unwrap_or_else(|| "*".into()),
+                instance: scope.instance.clone().unwrap_or_else(|| "*".into()),
+                methods: scope.methods.clone().unwrap_or_default(),
+                read_only: scope.read_only,
+            };
+            let expires = scope.ttl.as_deref().map(parse_ttl).transpose()?.map(|d| SystemTime::now() + d);
+            let token = key.mint(&principal, &[grant], expires).map_err(|e| Failure::from(e.to_string()))?;
+            println!("{token}");
+            Ok(())
+        }
+        TokenCommand::Attenuate { scope, client } => {
+            let token = read_token(&client)?.ok_or_else(|| Failure::from("no token to attenuate (use --token or --token-file)".to_string()))?;
+            let narrowed = synapse::attenuate(&token, &restriction(&scope)?).map_err(|e| Failure::from(e.to_string()))?;
+            println!("{narrowed}");
+            Ok(())
+        }
+        TokenCommand::Inspect { client, data_dir } => {
+            let token = read_token(&client)?.ok_or_else(|| Failure::from("no token to inspect".to_string()))?;
+            let public = match data_dir {
+                Some(d) => Some(RootKey::load_or_create(&d.join("root.key")).map_err(|e| Failure::from(e.to_string()))?.public_hex()),
+                None => None,
+            };
+            let text = synapse::inspect(&token, public.as_deref()).map_err(|e| Failure::from(e.to_string()))?;
+            println!("{text}");
+            Ok(())
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(Failure(code, msg)) = runtime.block_on(run(cli)) {
+        eprintln!("error: {code}: {msg}");
+        std::process::exit(1);
+    }
+}

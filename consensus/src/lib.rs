@@ -1,0 +1,28 @@
+//! Synapse consensus: drives a raft-rs [`RawNode`](raft::RawNode) over the
+//! sled-backed log from `synapse-storage`.
+//!
+//! Owns: the Ready loop (tick, propose, persist → send → apply, in the order
+//! raft-rs documents), proposal/read-index bookkeeping, the [`StateMachine`]
+//! trait that the runtime implements, the [`Transport`] trait and its
+//! implementations, log compaction behind snapshots, and the slog → tracing
+//! bridge for raft-rs's logs.
+//!
+//! Must never: know about skills, capabilities or gRPC clients; acknowledge a
+//! proposal before its entry is durable on a quorum and applied locally; hold
+//! an unbounded queue.
+
+mod driver;
+mod error;
+mod logger;
+mod transport;
+
+pub use driver::{
+    spawn_driver, ApplyContext, Committed, RaftConfig, RaftHandle, RaftStatus, Role, StateMachine,
+};
+pub use error::ConsensusError;
+pub use logger::tracing_logger;
+pub use transport::{NoopTransport, Transport};
+
+/// raft-rs types that users of this crate need, re-exported so that higher
+/// layers do not pin their own raft version.
+pub use raft::eraftpb;

@@ -1,0 +1,35 @@
+//! Synapse storage: everything this node keeps on disk, in one sled database.
+//!
+//! This crate owns:
+//! * **checkpoint hash chains**: per skill instance, versioned state records
+//!   whose SHA-256 covers every field and the parent's hash; history with
+//!   bounded retention, time-travel lookup and chain verification;
+//! * the **raft-rs `Storage`** implementation (`RaftLog`): log entries, hard
+//!   state, conf state, snapshots and compaction, every record checksummed;
+//! * the **audit tree**: append-only, hash-chained capability decisions;
+//! * the **request-id table**: what each applied request produced, so
+//!   retries are answered instead of applied twice;
+//! * the durability barrier (`Store::sync`: sled flush + fdatasync).
+//!
+//! Every record is verified when read; a failure is `StorageError::Corrupt`
+//! (upstream: `DATA_LOSS`, recover from a peer) and corrupted data is never
+//! returned.
+//!
+//! This crate must never do networking, run actors, or know anything about
+//! skills beyond their names: state is opaque bytes here. Validation of
+//! versions, parents and capabilities belongs to the layers above.
+
+mod audit;
+mod checkpoint;
+mod codec;
+mod error;
+mod raft_log;
+mod store;
+
+pub use audit::AuditRecord;
+pub use checkpoint::{Checkpoint, Hash, Timestamp, ZERO_HASH};
+pub use error::StorageError;
+pub use raft_log::RaftLog;
+pub use store::{
+    ApplyBatch, ChainReport, RequestRecord, Store, StoreOptions, DEFAULT_RETENTION_VERSIONS,
+};

@@ -1,0 +1,777 @@
+//! The Ready loop around raft-rs's `RawNode`.
+//!
+//! One task owns the `RawNode`. Everything else talks to it through a bounded
+//! event queue ([`RaftHandle`]). The loop is event-driven: it wakes on an
+//! event or on the tick timer, drains whatever else is queued (that is the
+//! group commit: every proposal queued while the previous fsync ran lands in
+//! the next Ready), then processes Ready in the order raft-rs documents:
+//!
+//! 1. send leader messages (they may go out before the local persist);
+//! 2. install an incoming snapshot;
+//! 3. apply committed entries (already durable on a quorum);
+//! 4. persist new entries and hard state, then one `Store::sync` (fdatasync)
+//!    on the blocking pool, so the runtime thread keeps serving meanwhile;
+//! 5. send the messages that must follow the persist (votes, append acks);
+//! 6. advance, then handle the light ready the same way.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, StateRole, Storage as _};
+use synapse_storage::{RaftLog, Store};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{tracing_logger, ConsensusError, Transport};
+
+/// One committed entry handed to the state machine.
+#[derive(Debug)]
+pub struct Committed<'a> {
+    pub index: u64,
+    pub term: u64,
+    /// Empty for leader no-op entries and membership changes: they still
+    /// advance the applied index.
+    pub data: &'a [u8],
+}
+
+/// What the state machine learns about the node while applying.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyContext {
+    pub node_id: u64,
+    pub is_leader: bool,
+    pub term: u64,
+}
+
+/// The replicated state machine the runtime implements.
+///
+/// `apply` must be deterministic: every node applies the same entries in the
+/// same order and must end with byte-identical state.
+pub trait StateMachine: Send + 'static {
+    /// Result of one entry, delivered to the proposer if it waits on this node.
+    type Output: Send + 'static;
+
+    /// Applies entries in log order and records the last index as applied,
+    /// atomically with their effects. An `Err` is fatal: the driver stops
+    /// rather than continue with a state it cannot vouch for.
+    fn apply(
+        &mut self,
+        ctx: ApplyContext,
+        entries: &[Committed<'_>],
+    ) -> Result<Vec<Self::Output>, ConsensusError>;
+
+    /// Replaces the whole state with a snapshot's data. Must verify the data
+    /// before replacing anything.
+    fn restore(&mut self, snapshot: &Snapshot) -> Result<(), ConsensusError>;
+
+    /// Called when this node's role or the term changes.
+    fn on_role_change(&mut self, _role: Role, _term: u64, _leader_id: u64) {}
+}
+
+/// Raft role, mirrored from raft-rs so that callers need not import it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    #[default]
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+}
+
+impl From<StateRole> for Role {
+    fn from(r: StateRole) -> Self {
+        match r {
+            StateRole::Follower => Role::Follower,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::Leader => Role::Leader,
+        }
+    }
+}
+
+/// Tuning and limits. Every limit is explicit so that memory stays bounded.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    pub id: u64,
+    /// Voters for a brand-new cluster (ignored once the log is initialized).
+    pub initial_voters: Vec<u64>,
+    pub tick_interval: Duration,
+    /// Election timeout = `election_tick * tick_interval`.
+    pub election_tick: usize,
+    pub heartbeat_tick: usize,
+    /// Bytes per append message; large enough to batch, small enough that a
+    /// lost message costs little to resend.
+    pub max_size_per_msg: u64,
+    /// Append messages in flight per follower during optimistic replication.
+    pub max_inflight_msgs: usize,
+    /// Bytes of proposed but uncommitted entries before raft-rs drops
+    /// proposals (we answer RESOURCE_EXHAUSTED): the bound on leader memory.
+    pub max_uncommitted_size: u64,
+    /// Bytes of committed entries handed to one apply call.
+    pub max_committed_size_per_ready: u64,
+    /// Capacity of the event queue into the driver.
+    pub event_queue_capacity: usize,
+    /// Proposals and reads waiting for their outcome on this node.
+    pub max_waiters: usize,
+    /// A read-index request that got no answer in this time fails (a
+    /// follower's request to a leader that vanished is otherwise lost).
+    pub read_timeout: Duration,
+    /// Compact the log once this many applied entries sit behind the first index.
+    pub compact_threshold: u64,
+    /// Entries kept behind the applied index at compaction, so a slightly
+    /// lagging follower catches up from the log instead of a snapshot.
+    pub compact_keep: u64,
+}
+
+impl RaftConfig {
+    pub fn single_node(id: u64) -> Self {
+        RaftConfig {
+            id,
+            initial_voters: vec![id],
+            tick_interval: Duration::from_millis(100),
+            election_tick: 10,
+            heartbeat_tick: 2,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            max_uncommitted_size: 64 * 1024 * 1024,
+            max_committed_size_per_ready: 16 * 1024 * 1024,
+            event_queue_capacity: 8192,
+            max_waiters: 16384,
+            read_timeout: Duration::from_secs(5),
+            compact_threshold: 20_000,
+            compact_keep: 5_000,
+        }
+    }
+
+    fn to_raft(&self, applied: u64) -> raft::Config {
+        raft::Config {
+            id: self.id,
+            election_tick: self.election_tick,
+            heartbeat_tick: self.heartbeat_tick,
+            applied,
+            max_size_per_msg: self.max_size_per_msg,
+            max_inflight_msgs: self.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: raft::ReadOnlyOption::Safe,
+            batch_append: true,
+            max_uncommitted_size: self.max_uncommitted_size,
+            max_committed_size_per_ready: self.max_committed_size_per_ready,
+            ..Default::default()
+        }
+    }
+}
+
+/// A snapshot of the driver's view, refreshed after every loop iteration.
+#[derive(Debug, Clone, Default)]
+pub struct RaftStatus {
+    pub id: u64,
+    pub role: Role,
+    pub leader_id: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// (peer id, match index), leader only.
+    pub progress: Vec<(u64, u64)>,
+    /// False after a fatal error stopped the driver.
+    pub running: bool,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ConsensusError>>;
+
+enum Event<O> {
+    Propose { data: Vec<u8>, reply: Reply<O> },
+    ConfChange { change: ConfChangeV2, reply: Reply<ConfState> },
+    Read { reply: Reply<u64> },
+    Step(Box<Message>),
+    Unreachable(u64),
+    TransferLeader(u64),
+    Campaign,
+    Stop,
+}
+
+/// Cheap, cloneable handle to the driver. `Send + Sync`.
+pub struct RaftHandle<O> {
+    events: mpsc::Sender<Event<O>>,
+    status: Arc<Mutex<RaftStatus>>,
+}
+
+impl<O> Clone for RaftHandle<O> {
+    fn clone(&self) -> Self {
+        RaftHandle { events: self.events.clone(), status: self.status.clone() }
+    }
+}
+
+impl<O: Send + 'static> RaftHandle<O> {
+    fn enqueue(&self, ev: Event<O>) -> Result<(), ConsensusError> {
+        self.events.try_send(ev).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ConsensusError::Overloaded("raft event queue full"),
+            mpsc::error::TrySendError::Closed(_) => ConsensusError::Stopped,
+        })
+    }
+
+    /// Proposes `data`; resolves with the state machine's output once the
+    /// entry is committed, durable and applied on this node.
+    pub async fn propose(&self, data: Vec<u8>) -> Result<O, ConsensusError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Event::Propose { data, reply: tx })?;
+        rx.await.map_err(|_| ConsensusError::Stopped)?
+    }
+
+    /// Linearizable read barrier (Raft ReadIndex): resolves with the read
+    /// index once this node has applied at least that far.
+    pub async fn read_index(&self) -> Result<u64, ConsensusError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Event::Read { reply: tx })?;
+        rx.await.map_err(|_| ConsensusError::Stopped)?
+    }
+
+    /// Proposes a membership change; resolves when it is applied.
+    pub async fn change_membership(&self, change: ConfChangeV2) -> Result<ConfState, ConsensusError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Event::ConfChange { change, reply: tx })?;
+        rx.await.map_err(|_| ConsensusError::Stopped)?
+    }
+
+    /// Delivers a message from a peer. Drops it when the queue is full: Raft
+    /// retransmits, and a bounded queue matters more than one message.
+    pub fn step(&self, msg: Message) -> Result<(), ConsensusError> {
+        self.enqueue(Event::Step(Box::new(msg)))
+    }
+
+    pub fn report_unreachable(&self, peer: u64) {
+        let _ = self.enqueue(Event::Unreachable(peer));
+    }
+
+    pub fn transfer_leader(&self, to: u64) -> Result<(), ConsensusError> {
+        self.enqueue(Event::TransferLeader(to))
+    }
+
+    /// Starts an election now instead of waiting for the election timeout.
+    pub fn campaign(&self) -> Result<(), ConsensusError> {
+        self.enqueue(Event::Campaign)
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Asks the driver to stop after the current iteration.
+    pub async fn stop(&self) {
+        let _ = self.events.send(Event::Stop).await;
+    }
+}
+
+/// Proposal contexts carry a per-process nonce so that entries proposed by an
+/// earlier incarnation of this node (replayed at restart) never match a live
+/// waiter.
+const CONTEXT_LEN: usize = 16;
+
+struct Driver<S: StateMachine, T: Transport> {
+    raw: RawNode<RaftLog>,
+    store: Store,
+    log: RaftLog,
+    sm: S,
+    transport: Arc<T>,
+    config: RaftConfig,
+    events: mpsc::Receiver<Event<S::Output>>,
+    status: Arc<Mutex<RaftStatus>>,
+    nonce: u64,
+    next_seq: u64,
+    proposals: HashMap<u64, Reply<S::Output>>,
+    conf_changes: HashMap<u64, Reply<ConfState>>,
+    /// Read requests sent to raft, not yet answered with a read index.
+    reads_pending: HashMap<u64, (Instant, Reply<u64>)>,
+    /// Reads that know their index and wait for apply to reach it.
+    reads_ready: Vec<(u64, Reply<u64>)>,
+    role: Role,
+    term: u64,
+    applied: u64,
+    stopped: bool,
+}
+
+/// Builds the `RawNode` over `store` and spawns the driver on the current
+/// tokio runtime. Returns the handle and the task's join handle.
+pub fn spawn_driver<S, T>(
+    config: RaftConfig,
+    store: Store,
+    sm: S,
+    transport: Arc<T>,
+) -> Result<(RaftHandle<S::Output>, tokio::task::JoinHandle<()>), ConsensusError>
+where
+    S: StateMachine,
+    T: Transport,
+{
+    let log = store.raft_log();
+    if !config.initial_voters.is_empty() {
+        log.initialize(&config.initial_voters)?;
+    }
+    let applied = store.applied_index()?;
+    let raft_config = config.to_raft(applied);
+    raft_config.validate()?;
+    let logger = tracing_logger(config.id);
+    let raw = RawNode::new(&raft_config, log.clone(), &logger)?;
+    let (tx, rx) = mpsc::channel(config.event_queue_capacity);
+    let status = Arc::new(Mutex::new(RaftStatus { id: config.id, running: true, ..Default::default() }));
+    let mut driver = Driver {
+        raw,
+        store,
+        log,
+        sm,
+        transport,
+        events: rx,
+        status: status.clone(),
+        nonce: rand::random(),
+        next_seq: 0,
+        proposals: HashMap::new(),
+        conf_changes: HashMap::new(),
+        reads_pending: HashMap::new(),
+        reads_ready: Vec::new(),
+        role: Role::Follower,
+        term: 0,
+        applied,
+        stopped: false,
+        config,
+    };
+    // A lone voter need not wait a full election timeout to lead.
+    if driver.is_sole_voter() {
+        driver.raw.campaign()?;
+    }
+    driver.publish_status();
+    let join = tokio::spawn(async move { driver.run().await });
+    Ok((RaftHandle { events: tx, status }, join))
+}
+
+/// Events handled per wake-up before processing Ready; bounds the latency a
+/// flood of events can add to one Ready while still batching generously.
+const MAX_EVENTS_PER_READY: usize = 4096;
+
+impl<S: StateMachine, T: Transport> Driver<S, T> {
+    fn is_sole_voter(&self) -> bool {
+        let cs = self.raw.raft.prs().conf().to_conf_state();
+        cs.voters == [self.config.id] && cs.learners.is_empty()
+    }
+
+    async fn run(&mut self) {
+        let mut ticker = tokio::time::interval(self.config.tick_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.stopped {
+            tokio::select! {
+                ev = self.events.recv() => match ev {
+                    Some(ev) => {
+                        self.handle(ev);
+                        let mut drained = 1;
+                        while drained < MAX_EVENTS_PER_READY && !self.stopped {
+                            match self.events.try_recv() {
+                                Ok(ev) => { self.handle(ev); drained += 1; }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => self.stopped = true,
+                },
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                    self.expire_reads();
+                }
+            }
+            if let Err(e) = self.process_ready().await {
+                tracing::error!(error = %e, node = self.config.id, "fatal consensus error; stopping driver");
+                self.stopped = true;
+            }
+            self.publish_status();
+        }
+        self.fail_all(|| ConsensusError::Stopped);
+        if let Ok(mut s) = self.status.lock() {
+            s.running = false;
+        }
+        tracing::info!(node = self.config.id, "raft driver stopped");
+    }
+
+    fn next_context(&mut self) -> (u64, Vec<u8>) {
+        self.next_seq += 1;
+        let mut ctx = Vec::with_capacity(CONTEXT_LEN);
+        ctx.extend_from_slice(&self.nonce.to_be_bytes());
+        ctx.extend_from_slice(&self.next_seq.to_be_bytes());
+        (self.next_seq, ctx)
+    }
+
+    fn own_seq(&self, ctx: &[u8]) -> Option<u64> {
+        if ctx.len() != CONTEXT_LEN {
+            return None;
+        }
+        let (nonce, seq) = ctx.split_at(8);
+        if u64::from_be_bytes(nonce.try_into().ok()?) != self.nonce {
+            return None;
+        }
+        Some(u64::from_be_bytes(seq.try_into().ok()?))
+    }
+
+    fn leader_hint(&self) -> Option<u64> {
+        let l = self.raw.raft.leader_id;
+        (l != 0 && l != self.config.id).then_some(l)
+    }
+
+    fn waiters(&self) -> usize {
+        self.proposals.len() + self.conf_changes.len() + self.reads_pending.len() + self.reads_ready.len()
+    }
+
+    fn handle(&mut self, ev: Event<S::Output>) {
+        match ev {
+            Event::Propose { data, reply } => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(ConsensusError::NotLeader { leader_hint: self.leader_hint() }));
+                    return;
+                }
+                if self.waiters() >= self.config.max_waiters {
+                    let _ = reply.send(Err(ConsensusError::Overloaded("too many proposals in flight")));
+                    return;
+                }
+                let (seq, ctx) = self.next_context();
+                match self.raw.propose(ctx, data) {
+                    Ok(()) => {
+                        self.proposals.insert(seq, reply);
+                    }
+                    Err(raft::Error::ProposalDropped) => {
+                        // raft-rs drops proposals past max_uncommitted_size or
+                        // during a leader transfer.
+                        let _ = reply.send(Err(ConsensusError::Overloaded("uncommitted log limit reached")));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            Event::ConfChange { change, reply } => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(ConsensusError::NotLeader { leader_hint: self.leader_hint() }));
+                    return;
+                }
+                let (seq, ctx) = self.next_context();
+                match self.raw.propose_conf_change(ctx, change) {
+                    Ok(()) => {
+                        self.conf_changes.insert(seq, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            Event::Read { reply } => {
+                if self.waiters() >= self.config.max_waiters {
+                    let _ = reply.send(Err(ConsensusError::Overloaded("too many reads in flight")));
+                    return;
+                }
+                if self.raw.raft.leader_id == 0 {
+                    let _ = reply.send(Err(ConsensusError::NotLeader { leader_hint: None }));
+                    return;
+                }
+                let (seq, ctx) = self.next_context();
+                self.raw.read_index(ctx);
+                self.reads_pending.insert(seq, (Instant::now(), reply));
+            }
+            Event::Step(msg) => {
+                if let Err(e) = self.raw.step(*msg) {
+                    tracing::debug!(error = %e, "dropping raft message");
+                }
+            }
+            Event::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Event::TransferLeader(to) => self.raw.transfer_leader(to),
+            Event::Campaign => {
+                if let Err(e) = self.raw.campaign() {
+                    tracing::warn!(error = %e, "campaign failed");
+                }
+            }
+            Event::Stop => self.stopped = true,
+        }
+    }
+
+    fn expire_reads(&mut self) {
+        let timeout = self.config.read_timeout;
+        let hint = self.leader_hint();
+        let expired: Vec<u64> = self
+            .reads_pending
+            .iter()
+            .filter(|(_, (at, _))| at.elapsed() >= timeout)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in expired {
+            if let Some((_, reply)) = self.reads_pending.remove(&seq) {
+                let _ = reply.send(Err(ConsensusError::NotLeader { leader_hint: hint }));
+            }
+        }
+    }
+
+    fn fail_all(&mut self, err: impl Fn() -> ConsensusError) {
+        for (_, r) in self.proposals.drain() {
+            let _ = r.send(Err(err()));
+        }
+        for (_, r) in self.conf_changes.drain() {
+            let _ = r.send(Err(err()));
+        }
+        for (_, (_, r)) in self.reads_pending.drain() {
+            let _ = r.send(Err(err()));
+        }
+        for (_, r) in self.reads_ready.drain(..) {
+            let _ = r.send(Err(err()));
+        }
+    }
+
+    fn observe_role(&mut self) {
+        let role: Role = self.raw.raft.state.into();
+        let term = self.raw.raft.term;
+        if role != self.role || term != self.term {
+            let was_leader = self.role == Role::Leader;
+            self.role = role;
+            self.term = term;
+            let leader = self.raw.raft.leader_id;
+            tracing::info!(node = self.config.id, role = role.as_str(), term, leader, "raft role changed");
+            if was_leader && role != Role::Leader {
+                // Entries proposed here may still commit under the next
+                // leader, so the outcome is unknown to the caller: it must
+                // retry with the same request id.
+                let hint = self.leader_hint();
+                for (_, r) in self.proposals.drain() {
+                    let _ = r.send(Err(ConsensusError::NotLeader { leader_hint: hint }));
+                }
+                for (_, r) in self.conf_changes.drain() {
+                    let _ = r.send(Err(ConsensusError::NotLeader { leader_hint: hint }));
+                }
+            }
+            self.sm.on_role_change(role, term, leader);
+        }
+    }
+
+    async fn process_ready(&mut self) -> Result<(), ConsensusError> {
+        while self.raw.has_ready() && !self.stopped {
+            let mut ready = self.raw.ready();
+            self.observe_role();
+
+            if !ready.messages().is_empty() {
+                self.transport.send(ready.take_messages());
+            }
+
+            if !ready.snapshot().is_empty() {
+                let snapshot = ready.snapshot().clone();
+                self.install_snapshot(&snapshot)?;
+            }
+
+            let committed = ready.take_committed_entries();
+            self.apply_entries(committed)?;
+
+            for rs in ready.take_read_states() {
+                if let Some(seq) = self.own_seq(&rs.request_ctx) {
+                    if let Some((_, reply)) = self.reads_pending.remove(&seq) {
+                        self.reads_ready.push((rs.index, reply));
+                    }
+                }
+            }
+
+            let entries = ready.take_entries();
+            let hard_state = ready.hs().cloned();
+            let compact_to = self.compaction_point();
+            if !entries.is_empty() || hard_state.is_some() || compact_to.is_some() || ready.must_sync() {
+                let log = self.log.clone();
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || -> Result<(), ConsensusError> {
+                    if !entries.is_empty() {
+                        log.append(&entries)?;
+                    }
+                    if let Some(hs) = hard_state {
+                        log.set_hard_state(&hs)?;
+                    }
+                    // One durability barrier per Ready: this is the group commit.
+                    store.sync()?;
+                    if let Some(idx) = compact_to {
+                        // The sync above made the applied state durable, so the
+                        // entries behind it are no longer needed for recovery.
+                        log.compact(idx)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|e| ConsensusError::Raft(format!("persist task failed: {e}")))??;
+            }
+
+            if !ready.persisted_messages().is_empty() {
+                self.transport.send(ready.take_persisted_messages());
+            }
+
+            let mut light = self.raw.advance(ready);
+            if let Some(commit) = light.commit_index() {
+                let mut hs = self.log.hard_state()?;
+                hs.set_commit(commit);
+                self.log.set_hard_state(&hs)?;
+            }
+            if !light.messages().is_empty() {
+                self.transport.send(light.take_messages());
+            }
+            let committed = light.take_committed_entries();
+            self.apply_entries(committed)?;
+            self.raw.advance_apply();
+            self.observe_role();
+        }
+        self.release_reads();
+        Ok(())
+    }
+
+    fn compaction_point(&self) -> Option<u64> {
+        let first = self.log.first_index().ok()?;
+        let behind = self.applied.saturating_sub(first);
+        if behind < self.config.compact_threshold {
+            return None;
+        }
+        let to = self.applied.saturating_sub(self.config.compact_keep);
+        (to > first).then_some(to)
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), ConsensusError> {
+        let index = snapshot.get_metadata().get_index();
+        tracing::info!(node = self.config.id, index, "installing snapshot");
+        self.sm.restore(snapshot)?;
+        self.log.apply_snapshot(snapshot)?;
+        self.applied = index;
+        Ok(())
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), ConsensusError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let ctx = ApplyContext {
+            node_id: self.config.id,
+            is_leader: self.raw.raft.state == StateRole::Leader,
+            term: self.raw.raft.term,
+        };
+        // Normal entries go to the state machine in runs; a membership change
+        // splits the run because it must take effect in log order.
+        let mut run: Vec<&Entry> = Vec::new();
+        for entry in &entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => run.push(entry),
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_run(ctx, &run)?;
+                    run.clear();
+                    self.apply_conf_change(entry)?;
+                    self.apply_run(ctx, &[entry])?;
+                }
+            }
+        }
+        self.apply_run(ctx, &run)
+    }
+
+    fn apply_run(&mut self, ctx: ApplyContext, run: &[&Entry]) -> Result<(), ConsensusError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let committed: Vec<Committed<'_>> = run
+            .iter()
+            .map(|e| Committed {
+                index: e.index,
+                term: e.term,
+                data: if e.get_entry_type() == EntryType::EntryNormal { &e.data } else { &[] },
+            })
+            .collect();
+        let outputs = self.sm.apply(ctx, &committed)?;
+        debug_assert_eq!(outputs.len(), run.len(), "state machine must return one output per entry");
+        for (entry, output) in run.iter().zip(outputs) {
+            if entry.get_entry_type() != EntryType::EntryNormal {
+                continue;
+            }
+            if let Some(seq) = self.own_seq(&entry.context) {
+                if let Some(reply) = self.proposals.remove(&seq) {
+                    let _ = reply.send(Ok(output));
+                }
+            }
+        }
+        if let Some(last) = run.last() {
+            assert!(last.index >= self.applied, "applied index must not go backwards");
+            self.applied = last.index;
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), ConsensusError> {
+        let change = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+            ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| ConsensusError::Raft(e.to_string()))?
+        } else {
+            use raft_proto::ConfChangeI as _;
+            raft::eraftpb::ConfChange::parse_from_bytes(&entry.data)
+                .map_err(|e| ConsensusError::Raft(e.to_string()))?
+                .into_v2()
+        };
+        let result = self.raw.apply_conf_change(&change);
+        let seq = self.own_seq(&entry.context);
+        match result {
+            Ok(cs) => {
+                self.log.set_conf_state(&cs)?;
+                tracing::info!(node = self.config.id, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+                if let Some(reply) = seq.and_then(|s| self.conf_changes.remove(&s)) {
+                    let _ = reply.send(Ok(cs));
+                }
+            }
+            Err(e) => {
+                // An invalid change is rejected identically on every node.
+                tracing::warn!(error = %e, "membership change rejected");
+                if let Some(reply) = seq.and_then(|s| self.conf_changes.remove(&s)) {
+                    let _ = reply.send(Err(e.into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn release_reads(&mut self) {
+        let applied = self.applied;
+        let mut i = 0;
+        while i < self.reads_ready.len() {
+            if self.reads_ready[i].0 <= applied {
+                let (index, reply) = self.reads_ready.swap_remove(i);
+                let _ = reply.send(Ok(index));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.raw.raft;
+        let cs = raft.prs().conf().to_conf_state();
+        let progress = if raft.state == StateRole::Leader {
+            raft.prs().iter().map(|(id, p)| (*id, p.matched)).collect()
+        } else {
+            Vec::new()
+        };
+        let status = RaftStatus {
+            id: self.config.id,
+            role: raft.state.into(),
+            leader_id: raft.leader_id,
+            term: raft.term,
+            commit_index: raft.raft_log.committed,
+            applied_index: self.applied,
+            last_index: raft.raft_log.last_index(),
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+            progress,
+            running: !self.stopped,
+        };
+        if let Ok(mut s) = self.status.lock() {
+            *s = status;
+        }
+    }
+}

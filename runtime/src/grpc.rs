@@ -1,0 +1,295 @@
+//! The tonic services: thin translations between `synapse.v1` messages and
+//! [`Core`]. Status codes come from `RuntimeError`'s one conversion.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use synapse_proto::v1 as pb;
+use synapse_storage::{Checkpoint, Timestamp};
+use tokio::sync::watch;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::error::RuntimeError;
+use crate::node::{Core, InvokeRequest};
+
+/// Metadata key of the capability token: `authorization: Bearer <token>`.
+pub const AUTHORIZATION: &str = "authorization";
+
+/// Largest gRPC message the server decodes. Above the payload limit so that
+/// an oversized payload gets our clear INVALID_ARGUMENT instead of a bare
+/// transport error, yet bounded.
+fn max_decoding_bytes(core: &Core) -> usize {
+    core.config().max_payload_bytes.saturating_mul(2).max(64 * 1024)
+}
+
+/// History responses hold at most MAX_HISTORY states of at most
+/// `max_state_bytes` each; the encoder limit must allow that.
+const MAX_ENCODING_BYTES: usize = 256 * 1024 * 1024;
+
+pub(crate) fn token<T>(req: &Request<T>) -> Result<Option<String>, Status> {
+    match req.metadata().get(AUTHORIZATION) {
+        None => Ok(None),
+        Some(v) => {
+            let s = v.to_str().map_err(|_| Status::unauthenticated("authorization header is not ASCII"))?;
+            let t = s.strip_prefix("Bearer ").unwrap_or(s).trim();
+            Ok((!t.is_empty()).then(|| t.to_string()))
+        }
+    }
+}
+
+pub fn timestamp_to_pb(ts: &Timestamp) -> pb::Timestamp {
+    pb::Timestamp { physical_micros: ts.physical_micros, logical: ts.logical, node_id: ts.node_id }
+}
+
+pub fn checkpoint_to_pb(cp: &Checkpoint) -> pb::Checkpoint {
+    pb::Checkpoint {
+        skill: cp.skill.clone(),
+        instance: cp.instance.clone(),
+        version: cp.version,
+        parent_hash: cp.parent_hash.to_vec(),
+        state: cp.state.clone(),
+        timestamp: Some(timestamp_to_pb(&cp.timestamp)),
+        request_id: cp.request_id.clone(),
+        hash: cp.hash.to_vec(),
+    }
+}
+
+fn invoke_response(r: crate::actor::InvokeResult) -> Result<pb::InvokeResponse, Status> {
+    let reply = serde_json::to_vec(&r.reply).map_err(|e| Status::internal(format!("reply does not encode: {e}")))?;
+    Ok(pb::InvokeResponse {
+        reply,
+        version: r.version,
+        timestamp: Some(timestamp_to_pb(&r.timestamp)),
+        hash: r.hash.to_vec(),
+        deduplicated: r.deduplicated,
+        request_id: r.request_id,
+    })
+}
+
+/// Implements every client service over one shared [`Core`].
+#[derive(Clone)]
+pub struct Api {
+    core: Arc<Core>,
+}
+
+impl Api {
+    pub fn new(core: Arc<Core>) -> Self {
+        Api { core }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::skills_server::Skills for Api {
+    async fn invoke(&self, request: Request<pb::InvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
+        let token = token(&request)?;
+        let req = request.into_inner();
+        if req.payload.len() > self.core.config().max_payload_bytes {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "payload is {} bytes, over the {}-byte limit",
+                req.payload.len(),
+                self.core.config().max_payload_bytes
+            ))
+            .into());
+        }
+        let payload = if req.payload.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&req.payload)
+                .map_err(|e| RuntimeError::InvalidArgument(format!("payload is not valid JSON: {e}")))?
+        };
+        let result = self
+            .core
+            .invoke(
+                token.as_deref(),
+                InvokeRequest {
+                    skill: req.skill,
+                    instance: req.instance,
+                    method: req.method,
+                    payload,
+                    request_id: req.request_id,
+                    expected_version: req.expected_version,
+                },
+            )
+            .await?;
+        Ok(Response::new(invoke_response(result)?))
+    }
+
+    async fn get_state(&self, request: Request<pb::GetStateRequest>) -> Result<Response<pb::GetStateResponse>, Status> {
+        let token = token(&request)?;
+        let req = request.into_inner();
+        let cp = match (req.version, req.at) {
+            (0, Some(at)) => {
+                let at = Timestamp { physical_micros: at.physical_micros, logical: at.logical, node_id: at.node_id };
+                self.core.get_state_at(token.as_deref(), &req.skill, &req.instance, at).await?
+            }
+            (version, _) => self.core.get_state(token.as_deref(), &req.skill, &req.instance, version).await?,
+        };
+        Ok(Response::new(pb::GetStateResponse { checkpoint: Some(checkpoint_to_pb(&cp)) }))
+    }
+
+    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        let token = token(&request)?;
+        let req = request.into_inner();
+        let list = self.core.history(token.as_deref(), &req.skill, &req.instance, req.before_version, req.limit).await?;
+        Ok(Response::new(pb::HistoryResponse { checkpoints: list.iter().map(checkpoint_to_pb).collect() }))
+    }
+
+    async fn rollback(&self, request: Request<pb::RollbackRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
+        let token = token(&request)?;
+        let req = request.into_inner();
+        let r = self.core.rollback(token.as_deref(), &req.skill, &req.instance, req.to_version, &req.request_id).await?;
+        Ok(Response::new(invoke_response(r)?))
+    }
+
+    async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+        let token = token(&request)?;
+        let req = request.into_inner();
+        let r = self.core.verify(token.as_deref(), &req.skill, &req.instance).await?;
+        Ok(Response::new(pb::VerifyResponse {
+            ok: r.ok,
+            versions_checked: r.versions_checked,
+            oldest_version: r.oldest_version,
+            latest_version: r.latest_version,
+            head_hash: r.head_hash.to_vec(),
+            problem: r.problem.unwrap_or_default(),
+        }))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Checkpoint, Status>> + Send + 'static>>;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let token = token(&request)?;
+        let req = request.into_inner();
+        let mut sub = self.core.watch(token.as_deref(), &req.skill, &req.instance)?;
+        let stream = async_stream(move |tx| async move {
+            loop {
+                let item = sub.next().await.map(|cp| checkpoint_to_pb(&cp)).map_err(Status::from);
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// A stream fed by a task through a small bounded channel: the task stops
+/// when the client goes away (send fails).
+fn async_stream<F, Fut>(f: F) -> Pin<Box<dyn Stream<Item = Result<pb::Checkpoint, Status>> + Send + 'static>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::Checkpoint, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    // Small: the broadcast buffer behind it is the real bound.
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for Api {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let token = token(&request)?;
+        let s = self.core.status(token.as_deref())?;
+        let last = s.raft.last_index;
+        Ok(Response::new(pb::StatusResponse {
+            node_id: self.core.node_id(),
+            role: s.raft.role.as_str().into(),
+            leader_id: s.raft.leader_id,
+            term: s.raft.term,
+            commit_index: s.raft.commit_index,
+            applied_index: s.applied_index,
+            voters: s.raft.voters.clone(),
+            learners: s.raft.learners.clone(),
+            peers: s
+                .raft
+                .progress
+                .iter()
+                .map(|(id, matched)| pb::PeerStatus { id: *id, address: String::new(), match_index: *matched, lag: last.saturating_sub(*matched) })
+                .collect(),
+            state_hash: s.state_hash.to_vec(),
+            instances: s.instances,
+            version: env!("CARGO_PKG_VERSION").into(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::clock_server::Clock for Api {
+    async fn now(&self, request: Request<pb::NowRequest>) -> Result<Response<pb::NowResponse>, Status> {
+        let token = token(&request)?;
+        let (ts, uncertainty) = self.core.now(token.as_deref())?;
+        Ok(Response::new(pb::NowResponse { timestamp: Some(timestamp_to_pb(&ts)), uncertainty_micros: uncertainty }))
+    }
+}
+
+/// Binds `addr` and serves until `stop` turns true. Returns the bound
+/// address and the server task.
+pub(crate) async fn serve(
+    core: Arc<Core>,
+    addr: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), RuntimeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| RuntimeError::Internal(format!("cannot bind gRPC on {addr}: {e}")))?;
+    let bound = listener.local_addr().map_err(|e| RuntimeError::Internal(e.to_string()))?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(synapse_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RuntimeError::Internal(format!("reflection: {e}")))?;
+    let api = Api::new(core.clone());
+    let max_in = max_decoding_bytes(&core);
+    let skills = pb::skills_server::SkillsServer::new(api.clone())
+        .max_decoding_message_size(max_in)
+        .max_encoding_message_size(MAX_ENCODING_BYTES);
+    let cluster = pb::cluster_server::ClusterServer::new(api.clone());
+    let clock = pb::clock_server::ClockServer::new(api);
+
+    // Health follows readiness: SERVING only while a leader is known.
+    let health_core = core.clone();
+    let mut health_stop = stop.clone();
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let ready = health_core.is_ready();
+            if last != Some(ready) {
+                let status = if ready { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+                health.set_service_status("", status).await;
+                health.set_service_status("synapse.v1.Skills", status).await;
+                last = Some(ready);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = health_stop.changed() => break,
+            }
+        }
+    });
+
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(skills)
+        .add_service(cluster)
+        .add_service(clock);
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if let Err(e) = server.serve_with_incoming_shutdown(incoming, shutdown).await {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+    Ok((bound, task))
+}

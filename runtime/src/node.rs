@@ -1,0 +1,709 @@
+//! Node assembly: opens the store, loads the root key, starts the Raft
+//! driver, the instance table and the servers on one actix System thread,
+//! and exposes the API that both gRPC and embedders call ([`Core`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use synapse_consensus::{spawn_driver, NoopTransport, RaftConfig, RaftHandle, RaftStatus, Role};
+use synapse_storage::{AuditRecord, ChainReport, Checkpoint, Store, StoreOptions, Timestamp};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::actor::{ActorEnv, Execute, InstanceId, InstanceTable, InvokeResult, Op};
+use crate::clock::{Hlc, PhysicalClock, SystemClock};
+use crate::command::ApplyOutcome;
+use crate::config::NodeConfig;
+use crate::error::RuntimeError;
+use crate::guard::{Grant, Guard, Operation, Request, RootKey};
+use crate::metrics::Metrics;
+use crate::skill::{erase, DynSkill, MethodKind, Skill};
+use crate::skills::{Counter, Kv};
+use crate::state_machine::NodeStateMachine;
+
+/// Longest skill name; names appear in keys, logs and metrics.
+pub const MAX_SKILL_NAME: usize = 64;
+/// Longest instance name.
+pub const MAX_INSTANCE_NAME: usize = 256;
+/// Longest request id; ids are keys in the dedup table.
+pub const MAX_REQUEST_ID: usize = 128;
+/// Most checkpoints one History call returns.
+pub const MAX_HISTORY: usize = 1000;
+/// Audit records between two pruning passes: pruning scans, so amortize it.
+const AUDIT_PRUNE_EVERY: u64 = 10_000;
+
+/// File names inside the data directory.
+pub const ROOT_KEY_FILE: &str = "root.key";
+pub const ROOT_TOKEN_FILE: &str = "root.token";
+
+/// An Invoke, as the runtime sees it (gRPC and embedding alike).
+#[derive(Debug, Clone, Default)]
+pub struct InvokeRequest {
+    pub skill: String,
+    pub instance: String,
+    pub method: String,
+    pub payload: Value,
+    /// Empty: the node assigns a fresh id (no deduplication).
+    pub request_id: String,
+    pub expected_version: Option<u64>,
+}
+
+/// Pseudo-methods that system RPCs are authorized as, so a token can be
+/// scoped to them like to any skill method.
+pub mod system_methods {
+    pub const STATE: &str = "_state";
+    pub const HISTORY: &str = "_history";
+    pub const VERIFY: &str = "_verify";
+    pub const WATCH: &str = "_watch";
+    pub const ROLLBACK: &str = "_rollback";
+    /// Skill name for node-level RPCs (Cluster.Status, Clock.Now).
+    pub const SYSTEM_SKILL: &str = "_system";
+}
+
+/// Everything a request needs. `Send + Sync`; shared by gRPC handlers and
+/// embedders, whichever thread they run on.
+pub struct Core {
+    pub(crate) config: NodeConfig,
+    pub(crate) store: Store,
+    pub(crate) guard: Guard,
+    pub(crate) hlc: Arc<Hlc>,
+    pub(crate) raft: RaftHandle<ApplyOutcome>,
+    pub(crate) skills: HashMap<String, Arc<dyn DynSkill>>,
+    pub(crate) instances: Arc<InstanceTable>,
+    pub(crate) env: Arc<ActorEnv>,
+    pub(crate) watch: broadcast::Sender<Arc<Checkpoint>>,
+    pub(crate) metrics: Arc<Metrics>,
+    root_token: String,
+    audit_count: std::sync::atomic::AtomicU64,
+}
+
+fn validate_name(kind: &str, value: &str, max: usize) -> Result<(), RuntimeError> {
+    if value.is_empty() || value.len() > max {
+        return Err(RuntimeError::InvalidArgument(format!("{kind} must be 1..={max} bytes")));
+    }
+    if value.chars().any(|c| c.is_control() || c == '/') {
+        return Err(RuntimeError::InvalidArgument(format!("{kind} must not contain '/' or control characters")));
+    }
+    Ok(())
+}
+
+impl Core {
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.config.node_id
+    }
+
+    /// The token in `<data-dir>/root.token`: every right on this cluster.
+    pub fn root_token(&self) -> &str {
+        &self.root_token
+    }
+
+    pub fn raft_status(&self) -> RaftStatus {
+        self.raft.status()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(&self.raft.status(), self.guard.cache_hits(), self.guard.cache_len())
+    }
+
+    /// Ready to serve: the driver runs and a leader is known.
+    pub fn is_ready(&self) -> bool {
+        let s = self.raft.status();
+        s.running && s.leader_id != 0
+    }
+
+    fn skill(&self, name: &str) -> Result<&Arc<dyn DynSkill>, RuntimeError> {
+        self.skills.get(name).ok_or_else(|| RuntimeError::NotFound(format!("unknown skill `{name}`")))
+    }
+
+    fn check_target(&self, skill: &str, instance: &str) -> Result<Arc<dyn DynSkill>, RuntimeError> {
+        validate_name("skill", skill, MAX_SKILL_NAME)?;
+        validate_name("instance", instance, MAX_INSTANCE_NAME)?;
+        Ok(self.skill(skill)?.clone())
+    }
+
+    /// The capability check. Every decision is audited; the record is written
+    /// without an fsync and becomes durable with the next Raft Ready's sync.
+    pub fn authorize(
+        &self,
+        token: Option<&str>,
+        skill: &str,
+        instance: &str,
+        method: &str,
+        operation: Operation,
+    ) -> Result<String, RuntimeError> {
+        let req = Request { skill, instance, method, operation };
+        let checked = self.guard.check(token, &req);
+        let (allowed, principal, reason) = match &checked {
+            Ok(d) => (d.allowed, d.principal.clone(), d.reason.clone()),
+            Err(e) => (false, String::new(), e.to_string()),
+        };
+        let record = AuditRecord {
+            seq: 0,
+            timestamp: self.hlc.now(),
+            principal: principal.clone(),
+            skill: skill.into(),
+            instance: instance.into(),
+            method: method.into(),
+            allowed,
+            reason: reason.clone(),
+            prev_hash: [0; 32],
+            hash: [0; 32],
+        };
+        if let Err(e) = self.store.audit_append(record) {
+            self.metrics.audit_write_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "audit record not written");
+        }
+        let n = self.audit_count.fetch_add(1, Ordering::Relaxed) + 1;
+        if n % AUDIT_PRUNE_EVERY == 0 {
+            if let Err(e) = self.store.audit_prune(self.config.audit_max_records) {
+                tracing::warn!(error = %e, "audit prune failed");
+            }
+        }
+        match checked {
+            Ok(d) if d.allowed => Ok(principal),
+            Ok(d) => {
+                self.metrics.denied.fetch_add(1, Ordering::Relaxed);
+                Err(RuntimeError::PermissionDenied(d.reason))
+            }
+            Err(e) => {
+                self.metrics.denied.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(skill, instance, method, reason = %e, "capability denied");
+                Err(e.into())
+            }
+        }
+    }
+
+    fn not_leader(&self, status: &RaftStatus) -> RuntimeError {
+        let leader = (status.leader_id != 0 && status.leader_id != self.config.node_id).then_some(status.leader_id);
+        RuntimeError::Unavailable {
+            reason: match leader {
+                Some(_) => "this node is not the leader".into(),
+                None => "no leader elected; retry shortly".into(),
+            },
+            leader_id: leader,
+            leader_addr: None,
+        }
+    }
+
+    /// Writes run only on a leader that has applied an entry of its own
+    /// term, so actors never load a head older than the committed one.
+    async fn ensure_write_leader(&self) -> Result<(), RuntimeError> {
+        let status = self.raft.status();
+        if status.role != Role::Leader {
+            return Err(self.not_leader(&status));
+        }
+        if self.instances.caught_up_term() != status.term {
+            self.raft.read_index().await?;
+            let now = self.raft.status();
+            if now.role != Role::Leader || self.instances.caught_up_term() != now.term {
+                return Err(self.not_leader(&now));
+            }
+        }
+        Ok(())
+    }
+
+    async fn linearizable_barrier(&self) -> Result<(), RuntimeError> {
+        match self.raft.read_index().await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match RuntimeError::from(e) {
+                RuntimeError::Unavailable { .. } => self.not_leader(&self.raft.status()),
+                other => other,
+            }),
+        }
+    }
+
+    async fn send_to_actor(&self, id: InstanceId, skill: &Arc<dyn DynSkill>, op: Op, request_id: String, expected_version: Option<u64>) -> Result<InvokeResult, RuntimeError> {
+        let addr = self.instances.get_or_activate(&id, skill, &self.env)?;
+        let (tx, rx) = oneshot::channel();
+        addr.try_send(Execute { op, request_id, expected_version, reply: tx }).map_err(|e| match e {
+            actix::prelude::SendError::Full(_) => {
+                self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+                RuntimeError::ResourceExhausted(format!("mailbox of {id} is full"))
+            }
+            actix::prelude::SendError::Closed(_) => RuntimeError::unavailable(format!("{id} was passivated; retry")),
+        })?;
+        rx.await.map_err(|_| RuntimeError::unavailable(format!("{id} stopped before replying (leadership change?); retry with the same request id")))?
+    }
+
+    /// Runs a skill method. Writes return once committed and durable.
+    pub async fn invoke(&self, token: Option<&str>, req: InvokeRequest) -> Result<InvokeResult, RuntimeError> {
+        let result = self.invoke_inner(token, req).await;
+        match &result {
+            Ok(r) => {
+                self.metrics.invokes_ok.fetch_add(1, Ordering::Relaxed);
+                if r.deduplicated {
+                    self.metrics.deduplicated.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                self.metrics.invokes_failed.fetch_add(1, Ordering::Relaxed);
+                if matches!(e, RuntimeError::DataLoss(_)) {
+                    self.metrics.data_loss.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        result
+    }
+
+    async fn invoke_inner(&self, token: Option<&str>, req: InvokeRequest) -> Result<InvokeResult, RuntimeError> {
+        let skill = self.check_target(&req.skill, &req.instance)?;
+        let kind = skill.method_kind(&req.method).ok_or_else(|| {
+            RuntimeError::NotFound(format!("skill `{}` has no method `{}` (it has: {})", req.skill, req.method, skill.method_names().join(", ")))
+        })?;
+        if req.request_id.len() > MAX_REQUEST_ID {
+            return Err(RuntimeError::InvalidArgument(format!("request_id must be at most {MAX_REQUEST_ID} bytes")));
+        }
+        let operation = if kind == MethodKind::Read { Operation::Read } else { Operation::Write };
+        self.authorize(token, &req.skill, &req.instance, &req.method, operation)?;
+        let id = InstanceId { skill: req.skill.clone(), instance: req.instance.clone() };
+        let op = Op::Call { method: req.method, kind, payload: req.payload };
+        match kind {
+            MethodKind::Read => {
+                self.linearizable_barrier().await?;
+                self.metrics.reads.fetch_add(1, Ordering::Relaxed);
+                self.send_to_actor(id, &skill, op, req.request_id, req.expected_version).await
+            }
+            MethodKind::Write => {
+                let request_id = if req.request_id.is_empty() { fresh_request_id() } else { req.request_id };
+                if let Some(done) = self.store.request(&id.skill, &id.instance, &request_id)? {
+                    self.metrics.deduplicated.fetch_add(1, Ordering::Relaxed);
+                    let reply = serde_json::from_slice(&done.reply)
+                        .map_err(|e| RuntimeError::DataLoss(format!("recorded reply does not decode: {e}")))?;
+                    return Ok(InvokeResult { reply, version: done.version, timestamp: done.timestamp, hash: done.hash, deduplicated: true, request_id });
+                }
+                self.ensure_write_leader().await?;
+                self.send_to_actor(id, &skill, op, request_id, req.expected_version).await
+            }
+        }
+    }
+
+    /// Appends a checkpoint equal to an earlier version's state.
+    pub async fn rollback(&self, token: Option<&str>, skill: &str, instance: &str, to_version: u64, request_id: &str) -> Result<InvokeResult, RuntimeError> {
+        let dyn_skill = self.check_target(skill, instance)?;
+        if request_id.len() > MAX_REQUEST_ID {
+            return Err(RuntimeError::InvalidArgument(format!("request_id must be at most {MAX_REQUEST_ID} bytes")));
+        }
+        if to_version == 0 {
+            return Err(RuntimeError::InvalidArgument("to_version must be >= 1".into()));
+        }
+        self.authorize(token, skill, instance, system_methods::ROLLBACK, Operation::Write)?;
+        let request_id = if request_id.is_empty() { fresh_request_id() } else { request_id.to_owned() };
+        if let Some(done) = self.store.request(skill, instance, &request_id)? {
+            let reply = serde_json::from_slice(&done.reply).map_err(|e| RuntimeError::DataLoss(e.to_string()))?;
+            return Ok(InvokeResult { reply, version: done.version, timestamp: done.timestamp, hash: done.hash, deduplicated: true, request_id });
+        }
+        self.ensure_write_leader().await?;
+        let id = InstanceId { skill: skill.into(), instance: instance.into() };
+        self.send_to_actor(id, &dyn_skill, Op::Rollback { to_version }, request_id, None).await
+    }
+
+    /// Latest committed checkpoint (linearizable), or the one at `version`.
+    pub async fn get_state(&self, token: Option<&str>, skill: &str, instance: &str, version: u64) -> Result<Checkpoint, RuntimeError> {
+        self.check_target(skill, instance)?;
+        self.authorize(token, skill, instance, system_methods::STATE, Operation::Read)?;
+        self.linearizable_barrier().await?;
+        let found = if version == 0 { self.store.latest(skill, instance) } else { self.store.get(skill, instance, version) };
+        let found = found.inspect_err(|e| {
+            if matches!(e, synapse_storage::StorageError::Corrupt { .. }) {
+                self.metrics.data_loss.fetch_add(1, Ordering::Relaxed);
+            }
+        })?;
+        found.ok_or_else(|| match version {
+            0 => RuntimeError::NotFound(format!("{skill}/{instance} has no checkpoint")),
+            v => RuntimeError::NotFound(format!("{skill}/{instance} has no retained version {v}")),
+        })
+    }
+
+    /// Latest checkpoint at or before an HLC timestamp.
+    pub async fn get_state_at(&self, token: Option<&str>, skill: &str, instance: &str, at: Timestamp) -> Result<Checkpoint, RuntimeError> {
+        self.check_target(skill, instance)?;
+        self.authorize(token, skill, instance, system_methods::STATE, Operation::Read)?;
+        self.linearizable_barrier().await?;
+        self.store
+            .at_or_before(skill, instance, at)?
+            .ok_or_else(|| RuntimeError::NotFound(format!("{skill}/{instance} has no retained checkpoint at or before that time")))
+    }
+
+    /// Newest first, at most [`MAX_HISTORY`].
+    pub async fn history(&self, token: Option<&str>, skill: &str, instance: &str, before_version: u64, limit: u32) -> Result<Vec<Checkpoint>, RuntimeError> {
+        self.check_target(skill, instance)?;
+        self.authorize(token, skill, instance, system_methods::HISTORY, Operation::Read)?;
+        self.linearizable_barrier().await?;
+        let limit = match limit as usize {
+            0 => 100,
+            n => n.min(MAX_HISTORY),
+        };
+        let list = self.store.history(skill, instance, before_version, limit)?;
+        if list.is_empty() && self.store.latest(skill, instance)?.is_none() {
+            return Err(RuntimeError::NotFound(format!("{skill}/{instance} has no checkpoint")));
+        }
+        Ok(list)
+    }
+
+    pub async fn verify(&self, token: Option<&str>, skill: &str, instance: &str) -> Result<ChainReport, RuntimeError> {
+        self.check_target(skill, instance)?;
+        self.authorize(token, skill, instance, system_methods::VERIFY, Operation::Read)?;
+        self.linearizable_barrier().await?;
+        let report = self.store.verify_chain(skill, instance)?;
+        if report.versions_checked == 0 && report.ok {
+            return Err(RuntimeError::NotFound(format!("{skill}/{instance} has no checkpoint")));
+        }
+        if !report.ok {
+            self.metrics.data_loss.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(skill, instance, problem = ?report.problem, "hash chain does not verify");
+        }
+        Ok(report)
+    }
+
+    /// Subscribes to newly committed checkpoints of one instance. The
+    /// receiver is bounded; a subscriber that falls behind is cut off.
+    pub fn watch(&self, token: Option<&str>, skill: &str, instance: &str) -> Result<WatchGuard, RuntimeError> {
+        self.check_target(skill, instance)?;
+        self.authorize(token, skill, instance, system_methods::WATCH, Operation::Read)?;
+        let n = self.metrics.watchers.fetch_add(1, Ordering::Relaxed);
+        let guard = WatchGuard { metrics: self.metrics.clone(), rx: self.watch.subscribe(), skill: skill.into(), instance: instance.into() };
+        if n as usize >= self.config.max_watchers {
+            self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(RuntimeError::ResourceExhausted(format!("at most {} watchers", self.config.max_watchers)));
+        }
+        Ok(guard)
+    }
+
+    pub fn status(&self, token: Option<&str>) -> Result<NodeStatus, RuntimeError> {
+        self.authorize(token, system_methods::SYSTEM_SKILL, "cluster", "status", Operation::Read)?;
+        let raft = self.raft.status();
+        let (applied, state_hash, instances) = self.store.state_hash()?;
+        Ok(NodeStatus { raft, applied_index: applied, state_hash, instances, active_instances: self.instances.len() as u64 })
+    }
+
+    pub fn now(&self, token: Option<&str>) -> Result<(Timestamp, u64), RuntimeError> {
+        self.authorize(token, system_methods::SYSTEM_SKILL, "clock", "now", Operation::Read)?;
+        // Until peer offsets are measured (cluster clock work), the bound is
+        // the local clock's own: one tick of its resolution.
+        Ok((self.hlc.now(), 1))
+    }
+}
+
+/// Result of [`Core::status`].
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub raft: RaftStatus,
+    pub applied_index: u64,
+    pub state_hash: [u8; 32],
+    pub instances: u64,
+    pub active_instances: u64,
+}
+
+/// A Watch subscription; decrements the watcher gauge when dropped.
+pub struct WatchGuard {
+    metrics: Arc<Metrics>,
+    rx: broadcast::Receiver<Arc<Checkpoint>>,
+    skill: String,
+    instance: String,
+}
+
+impl WatchGuard {
+    /// Next checkpoint of the watched instance. `Err` when the subscriber
+    /// fell behind the bounded buffer or the node stopped.
+    pub async fn next(&mut self) -> Result<Arc<Checkpoint>, RuntimeError> {
+        loop {
+            match self.rx.recv().await {
+                Ok(cp) if cp.skill == self.skill && cp.instance == self.instance => return Ok(cp),
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    return Err(RuntimeError::ResourceExhausted(format!("watcher fell {n} checkpoints behind; re-subscribe and read History")))
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(RuntimeError::unavailable("node stopped")),
+            }
+        }
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.metrics.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn fresh_request_id() -> String {
+    format!("auto-{:032x}", rand::random::<u128>())
+}
+
+/// Starts a node. Built-in skills (`counter`, `kv`) are registered unless
+/// [`NodeBuilder::without_builtin_skills`] is called.
+pub struct NodeBuilder {
+    config: NodeConfig,
+    skills: Vec<Arc<dyn DynSkill>>,
+    clock: Arc<dyn PhysicalClock>,
+}
+
+impl NodeBuilder {
+    pub fn new(config: NodeConfig) -> Self {
+        NodeBuilder { config, skills: vec![erase(Counter), erase(Kv)], clock: Arc::new(SystemClock) }
+    }
+
+    /// Registers an application skill.
+    pub fn skill<S: Skill>(mut self, skill: S) -> Self {
+        self.skills.push(erase(skill));
+        self
+    }
+
+    pub fn without_builtin_skills(mut self) -> Self {
+        self.skills.retain(|s| s.name() != "counter" && s.name() != "kv");
+        self
+    }
+
+    /// Injects the physical clock (tests skew it).
+    pub fn clock(mut self, clock: Arc<dyn PhysicalClock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Starts the node on its own thread (one actix System hosts the actors,
+    /// the Raft driver and the servers) and waits until it is serving.
+    pub fn start(self) -> Result<Node, RuntimeError> {
+        self.config.validate().map_err(RuntimeError::InvalidArgument)?;
+        let mut skills = HashMap::new();
+        for s in self.skills {
+            if skills.insert(s.name().to_string(), s.clone()).is_some() {
+                return Err(RuntimeError::InvalidArgument(format!("skill `{}` registered twice", s.name())));
+            }
+        }
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let config = self.config.clone();
+        let clock = self.clock;
+        let thread = std::thread::Builder::new()
+            .name(format!("synapse-node-{}", config.node_id))
+            .spawn(move || {
+                let system = actix_rt::System::new();
+                system.block_on(run_node(config, skills, clock, ready_tx, stop_rx));
+            })
+            .map_err(|e| RuntimeError::Internal(format!("cannot spawn node thread: {e}")))?;
+        let started = ready_rx
+            .recv()
+            .map_err(|_| RuntimeError::Internal("node thread exited during start".into()))?;
+        match started {
+            Ok(parts) => Ok(Node {
+                core: parts.core,
+                grpc_addr: parts.grpc_addr,
+                http_addr: parts.http_addr,
+                control: Arc::new(Control { stop: Mutex::new(Some(stop_tx)), thread: Mutex::new(Some(thread)) }),
+            }),
+            Err(e) => {
+                let _ = thread.join();
+                Err(e)
+            }
+        }
+    }
+}
+
+struct Started {
+    core: Arc<Core>,
+    grpc_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+}
+
+struct Control {
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Control {
+    fn shutdown(&self) {
+        if let Some(tx) = self.stop.lock().ok().and_then(|mut s| s.take()) {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A running node. Cheap to clone; the node stops when [`Node::shutdown`] is
+/// called or the last clone is dropped.
+#[derive(Clone)]
+pub struct Node {
+    core: Arc<Core>,
+    grpc_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    control: Arc<Control>,
+}
+
+impl Node {
+    pub fn builder(config: NodeConfig) -> NodeBuilder {
+        NodeBuilder::new(config)
+    }
+
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// The token with every right, as written to `<data-dir>/root.token`.
+    pub fn root_token(&self) -> &str {
+        self.core.root_token()
+    }
+
+    /// Address the gRPC server bound (useful with port 0).
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Convenience for embedders: invoke with a token and a JSON payload.
+    pub async fn invoke(&self, token: &str, skill: &str, instance: &str, method: &str, payload: Value) -> Result<InvokeResult, RuntimeError> {
+        self.core
+            .invoke(Some(token), InvokeRequest { skill: skill.into(), instance: instance.into(), method: method.into(), payload, ..Default::default() })
+            .await
+    }
+
+    /// Latest committed state as JSON.
+    pub async fn state(&self, token: &str, skill: &str, instance: &str) -> Result<Value, RuntimeError> {
+        let cp = self.core.get_state(Some(token), skill, instance, 0).await?;
+        serde_json::from_slice(&cp.state).map_err(|e| RuntimeError::DataLoss(format!("state does not decode: {e}")))
+    }
+
+    /// Stops serving, drains in-flight calls (bounded by `drain_timeout_ms`),
+    /// syncs the store and joins the node thread. Blocking.
+    pub fn shutdown(&self) {
+        self.control.shutdown();
+    }
+}
+
+async fn open_core(config: NodeConfig, skills: HashMap<String, Arc<dyn DynSkill>>, clock: Arc<dyn PhysicalClock>) -> Result<Arc<Core>, RuntimeError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| RuntimeError::Internal(format!("cannot create data dir {}: {e}", config.data_dir.display())))?;
+    let store = Store::open(&config.data_dir, StoreOptions { retention_versions: config.retention_versions, ..Default::default() })?;
+    let root = RootKey::load_or_create(&config.data_dir.join(ROOT_KEY_FILE))?;
+    let guard = Guard::new(&root.public_hex(), config.token_cache_capacity)?;
+    let root_token = ensure_root_token(&config, &root)?;
+
+    let hlc = Arc::new(Hlc::new(config.node_id, clock));
+    // Timestamps keep increasing across restarts: start past everything applied.
+    hlc.observe(store.clock_high_water()?);
+
+    let metrics = Arc::new(Metrics::default());
+    let instances = Arc::new(InstanceTable::new(config.max_active_instances, actix_rt::Arbiter::current()));
+    let (watch, _) = broadcast::channel(config.watch_buffer.max(1));
+    let sm = NodeStateMachine { store: store.clone(), hlc: hlc.clone(), watch: watch.clone(), instances: instances.clone(), metrics: metrics.clone() };
+    let mut raft_config = RaftConfig::single_node(config.node_id);
+    raft_config.tick_interval = Duration::from_millis(config.raft_tick_ms);
+    raft_config.election_tick = config.raft_election_tick;
+    raft_config.heartbeat_tick = config.raft_heartbeat_tick;
+    let (raft, _join) = spawn_driver(raft_config, store.clone(), sm, Arc::new(NoopTransport))?;
+    let env = Arc::new(ActorEnv { store: store.clone(), raft: raft.clone(), hlc: hlc.clone(), config: config.clone(), metrics: metrics.clone() });
+    Ok(Arc::new(Core { config, store, guard, hlc, raft, skills, instances, env, watch, metrics, root_token, audit_count: Default::default() }))
+}
+
+/// Mints the all-rights token once and keeps it in `root.token` (0600).
+fn ensure_root_token(config: &NodeConfig, root: &RootKey) -> Result<String, RuntimeError> {
+    let path = config.data_dir.join(ROOT_TOKEN_FILE);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let t = existing.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let grant = Grant { skill: "*".into(), instance: "*".into(), methods: vec![], read_only: false };
+    let token = root.mint("root", &[grant], None)?;
+    write_private(&path, token.as_bytes())?;
+    Ok(token)
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(|e| RuntimeError::Internal(format!("cannot write {}: {e}", path.display())))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| RuntimeError::Internal(format!("cannot write {}: {e}", path.display())))
+}
+
+async fn run_node(
+    config: NodeConfig,
+    skills: HashMap<String, Arc<dyn DynSkill>>,
+    clock: Arc<dyn PhysicalClock>,
+    ready: std::sync::mpsc::Sender<Result<Started, RuntimeError>>,
+    stop: oneshot::Receiver<()>,
+) {
+    let drain = Duration::from_millis(config.drain_timeout_ms);
+    let core = match open_core(config.clone(), skills, clock).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let (servers_stop_tx, servers_stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut grpc_addr = None;
+    let mut http_addr = None;
+    if let Some(addr) = config.listen {
+        match crate::grpc::serve(core.clone(), addr, servers_stop_rx.clone()).await {
+            Ok((bound, task)) => {
+                grpc_addr = Some(bound);
+                tasks.push(task);
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                core.raft.stop().await;
+                return;
+            }
+        }
+    }
+    if let Some(addr) = config.http_listen {
+        match crate::http::serve(core.clone(), addr, servers_stop_rx.clone()).await {
+            Ok((bound, task)) => {
+                http_addr = Some(bound);
+                tasks.push(task);
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                core.raft.stop().await;
+                return;
+            }
+        }
+    }
+    tracing::info!(node = config.node_id, data_dir = %config.data_dir.display(), grpc = ?grpc_addr, http = ?http_addr, "node started");
+    if ready.send(Ok(Started { core: core.clone(), grpc_addr, http_addr })).is_err() {
+        return;
+    }
+    let _ = stop.await;
+    tracing::info!(node = config.node_id, "shutting down: draining in-flight calls");
+    let _ = servers_stop_tx.send(true);
+    for task in tasks {
+        if tokio::time::timeout(drain, task).await.is_err() {
+            tracing::warn!("drain deadline passed; closing remaining connections");
+        }
+    }
+    core.instances.clear();
+    core.raft.stop().await;
+    if let Err(e) = core.store.sync() {
+        tracing::error!(error = %e, "final sync failed");
+    }
+    tracing::info!(node = config.node_id, "node stopped");
+}

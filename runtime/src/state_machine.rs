@@ -1,0 +1,155 @@
+//! Applies committed Raft entries: validates each checkpoint against its
+//! chain head, stores it, advances the clock, and records the request id.
+//! Runs identically on every node; its decisions depend only on the log.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use synapse_consensus::eraftpb::Snapshot;
+use synapse_consensus::{ApplyContext, Committed, ConsensusError, Role, StateMachine};
+use synapse_storage::{ApplyBatch, Checkpoint, Hash, RequestRecord, Store, Timestamp, ZERO_HASH};
+use tokio::sync::broadcast;
+
+use crate::actor::InstanceTable;
+use crate::clock::Hlc;
+use crate::command::{ApplyOutcome, Command};
+use crate::metrics::Metrics;
+
+pub(crate) struct NodeStateMachine {
+    pub store: Store,
+    pub hlc: Arc<Hlc>,
+    pub watch: broadcast::Sender<Arc<Checkpoint>>,
+    pub instances: Arc<InstanceTable>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Clone, Copy)]
+struct Head {
+    version: u64,
+    hash: Hash,
+    timestamp: Timestamp,
+}
+
+impl NodeStateMachine {
+    fn head(&self, pending: &HashMap<(String, String), Head>, cp: &Checkpoint) -> Result<Option<Head>, ConsensusError> {
+        if let Some(h) = pending.get(&(cp.skill.clone(), cp.instance.clone())) {
+            return Ok(Some(*h));
+        }
+        Ok(self
+            .store
+            .latest(&cp.skill, &cp.instance)?
+            .map(|c| Head { version: c.version, hash: c.hash, timestamp: c.timestamp }))
+    }
+}
+
+impl StateMachine for NodeStateMachine {
+    type Output = ApplyOutcome;
+
+    fn apply(&mut self, ctx: ApplyContext, entries: &[Committed<'_>]) -> Result<Vec<ApplyOutcome>, ConsensusError> {
+        let mut batch = ApplyBatch::default();
+        let mut heads: HashMap<(String, String), Head> = HashMap::new();
+        let mut requests: HashMap<(String, String, String), RequestRecord> = HashMap::new();
+        let mut new_checkpoints = Vec::new();
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut own_term_applied = false;
+
+        for entry in entries {
+            if ctx.is_leader && entry.term == ctx.term {
+                own_term_applied = true;
+            }
+            if entry.data.is_empty() {
+                outcomes.push(ApplyOutcome::Noop);
+                continue;
+            }
+            let (cp, reply) = match Command::decode(entry.data) {
+                Ok(Command::Checkpoint { checkpoint, reply }) => (checkpoint, reply),
+                Err(e) => {
+                    tracing::warn!(index = entry.index, error = %e, "rejecting undecodable command");
+                    outcomes.push(ApplyOutcome::Rejected(format!("undecodable command: {e}")));
+                    continue;
+                }
+            };
+            let _span = tracing::debug_span!("apply", skill = %cp.skill, instance = %cp.instance,
+                request_id = %cp.request_id, term = entry.term, index = entry.index).entered();
+
+            if !cp.request_id.is_empty() {
+                let rkey = (cp.skill.clone(), cp.instance.clone(), cp.request_id.clone());
+                let earlier = match requests.get(&rkey) {
+                    Some(r) => Some(r.clone()),
+                    None => self.store.request(&cp.skill, &cp.instance, &cp.request_id)?,
+                };
+                if let Some(record) = earlier {
+                    outcomes.push(ApplyOutcome::Duplicate(record));
+                    continue;
+                }
+            }
+
+            let head = self.head(&heads, &cp)?;
+            let (want_version, want_parent) = match head {
+                Some(h) => (h.version + 1, h.hash),
+                None => (1, ZERO_HASH),
+            };
+            if cp.version != want_version || cp.parent_hash != want_parent {
+                outcomes.push(ApplyOutcome::Rejected(format!(
+                    "checkpoint v{} does not extend the head (expected v{want_version}); a concurrent change won",
+                    cp.version
+                )));
+                continue;
+            }
+            if let Some(h) = head {
+                if cp.timestamp <= h.timestamp {
+                    outcomes.push(ApplyOutcome::Rejected("checkpoint timestamp does not increase".into()));
+                    continue;
+                }
+            }
+
+            batch.put_checkpoint(&cp, &reply);
+            batch.observe_timestamp(cp.timestamp);
+            self.hlc.observe(cp.timestamp);
+            heads.insert(
+                (cp.skill.clone(), cp.instance.clone()),
+                Head { version: cp.version, hash: cp.hash, timestamp: cp.timestamp },
+            );
+            if !cp.request_id.is_empty() {
+                requests.insert(
+                    (cp.skill.clone(), cp.instance.clone(), cp.request_id.clone()),
+                    RequestRecord { version: cp.version, hash: cp.hash, timestamp: cp.timestamp, reply },
+                );
+            }
+            outcomes.push(ApplyOutcome::Applied { version: cp.version, hash: cp.hash, timestamp: cp.timestamp });
+            new_checkpoints.push(cp);
+        }
+
+        if let Some(last) = entries.last() {
+            batch.set_applied(last.index);
+        }
+        self.store.commit_apply(batch)?;
+        self.metrics.applied_checkpoints.fetch_add(new_checkpoints.len() as u64, Ordering::Relaxed);
+        if own_term_applied {
+            self.instances.set_caught_up_term(ctx.term);
+        }
+        for cp in new_checkpoints {
+            // No receivers is the normal case; send never blocks.
+            let _ = self.watch.send(Arc::new(cp));
+        }
+        Ok(outcomes)
+    }
+
+    fn restore(&mut self, snapshot: &Snapshot) -> Result<(), ConsensusError> {
+        self.store.restore_state(snapshot.get_data())?;
+        self.hlc.observe(self.store.clock_high_water()?);
+        // Active instances hold state from before the snapshot.
+        self.instances.clear();
+        Ok(())
+    }
+
+    fn on_role_change(&mut self, role: Role, term: u64, leader_id: u64) {
+        tracing::info!(role = role.as_str(), term, leader_id, "role change");
+        self.metrics.leader_changes.fetch_add(1, Ordering::Relaxed);
+        // Actors run only on the leader, and only on state it has applied in
+        // its own term; drop them on every change and let them reactivate.
+        self.instances.set_caught_up_term(0);
+        self.instances.clear();
+    }
+}

@@ -1,0 +1,949 @@
+//! raft-rs `Storage` on sled.
+//!
+//! * "raft_log": key = index (u64 BE), value = checksum(8) ++ `Entry`
+//!   protobuf bytes. The checksum is verified on every read; a failure is
+//!   `StorageError::Corrupt` from inherent methods and
+//!   `raft::Error::Store(raft::StorageError::Other(..))` through the trait,
+//!   so corrupted entries are never handed to raft.
+//! * "raft_meta": hard state, conf state, last snapshot metadata and the
+//!   truncation point (index and term of the entry before the first retained
+//!   one), each checksum ++ payload.
+//!
+//! Semantics follow raft-rs's `MemStorage` (the reference), except that where
+//! `MemStorage` panics on misuse we return an error: library code does not
+//! panic on input.
+
+use std::sync::MutexGuard;
+
+use protobuf::Message;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, Storage};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use crate::codec::{key_u64, open_value, seal_value, u64_key, Reader, Writer};
+use crate::error::corrupt;
+use crate::store::{lock, Inner};
+use crate::{StorageError, Store};
+
+const META_HARD_STATE: &[u8] = b"hard_state";
+const META_CONF_STATE: &[u8] = b"conf_state";
+const META_SNAPSHOT: &[u8] = b"snapshot_meta";
+const META_TRUNCATED: &[u8] = b"truncated";
+
+/// raft-rs's "no limit" value for `max_size`.
+const NO_LIMIT: u64 = u64::MAX;
+
+/// In-memory copy of the log bounds, so `first_index`/`last_index` (called
+/// constantly by raft-rs) do not touch sled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogBounds {
+    /// Index of the last discarded entry (0 if none): first index - 1.
+    truncated_index: u64,
+    /// Its term, so `term(first_index - 1)` still answers.
+    truncated_term: u64,
+    /// Index of the last entry (== truncated_index if the log is empty).
+    last_index: u64,
+}
+
+fn encode_truncated(index: u64, term: u64) -> Vec<u8> {
+    let mut w = Writer::with_capacity(16);
+    w.u64(index).u64(term);
+    seal_value(w.as_slice())
+}
+
+fn decode_truncated(raw: &[u8]) -> Result<(u64, u64), StorageError> {
+    let mut r = Reader::new(
+        open_value(raw, "raft truncated state")?,
+        "raft truncated state",
+    );
+    let v = (r.u64()?, r.u64()?);
+    r.finish()?;
+    Ok(v)
+}
+
+pub(crate) fn load_bounds(log: &sled::Tree, meta: &sled::Tree) -> Result<LogBounds, StorageError> {
+    let (truncated_index, truncated_term) = match meta.get(META_TRUNCATED)? {
+        Some(raw) => decode_truncated(&raw)?,
+        None => (0, 0),
+    };
+    let last_index = match log.last()? {
+        Some((k, _)) => key_u64(&k).ok_or_else(|| corrupt("malformed raft log key"))?,
+        None => truncated_index,
+    };
+    Ok(LogBounds {
+        truncated_index,
+        truncated_term,
+        last_index: last_index.max(truncated_index),
+    })
+}
+
+fn encode_msg<M: Message>(m: &M) -> Result<Vec<u8>, StorageError> {
+    let bytes = m
+        .write_to_bytes()
+        .map_err(|e| StorageError::Codec(e.to_string()))?;
+    Ok(seal_value(&bytes))
+}
+
+fn decode_msg<M: Message>(raw: &[u8], what: &str) -> Result<M, StorageError> {
+    let payload = open_value(raw, what)?;
+    M::parse_from_bytes(payload).map_err(|e| corrupt(format!("{what}: {e}")))
+}
+
+fn decode_entry(index: u64, raw: &[u8]) -> Result<Entry, StorageError> {
+    let e: Entry = decode_msg(raw, "raft log entry")?;
+    if e.index != index {
+        return Err(corrupt(format!(
+            "raft log entry under key {index} has index {}",
+            e.index
+        )));
+    }
+    Ok(e)
+}
+
+/// Maps our errors to what raft-rs understands; everything without a raft
+/// equivalent (corruption, I/O) travels boxed in `Other`.
+fn to_raft(e: StorageError) -> raft::Error {
+    use raft::StorageError as R;
+    raft::Error::Store(match e {
+        StorageError::Compacted { .. } => R::Compacted,
+        StorageError::Unavailable { .. } => R::Unavailable,
+        StorageError::SnapshotOutOfDate { .. } => R::SnapshotOutOfDate,
+        StorageError::SnapshotTemporarilyUnavailable { .. } => R::SnapshotTemporarilyUnavailable,
+        other => R::Other(Box::new(other)),
+    })
+}
+
+fn txn_err(e: TransactionError<()>) -> StorageError {
+    match e {
+        TransactionError::Storage(e) => e.into(),
+        TransactionError::Abort(()) => StorageError::Invalid("raft log transaction aborted".into()),
+    }
+}
+
+/// raft-rs `Storage` on this node's sled database. Clone + Send + Sync.
+#[derive(Clone)]
+pub struct RaftLog {
+    pub(crate) store: Store,
+}
+
+impl std::fmt::Debug for RaftLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = *lock(&self.inner().raft_bounds);
+        f.debug_struct("RaftLog").field("bounds", &b).finish()
+    }
+}
+
+impl RaftLog {
+    fn inner(&self) -> &Inner {
+        &self.store.inner
+    }
+
+    fn bounds(&self) -> MutexGuard<'_, LogBounds> {
+        lock(&self.inner().raft_bounds)
+    }
+
+    fn read_entry(&self, index: u64) -> Result<Entry, StorageError> {
+        match self.inner().raft_log.get(u64_key(index))? {
+            Some(raw) => decode_entry(index, &raw),
+            None => Err(corrupt(format!("raft log entry {index} missing"))),
+        }
+    }
+
+    fn term_locked(&self, b: &LogBounds, index: u64) -> Result<u64, StorageError> {
+        if index == b.truncated_index {
+            return Ok(b.truncated_term);
+        }
+        if index < b.truncated_index {
+            return Err(StorageError::Compacted { index });
+        }
+        if index > b.last_index {
+            return Err(StorageError::Unavailable { index });
+        }
+        Ok(self.read_entry(index)?.term)
+    }
+
+    fn meta_msg<M: Message>(&self, key: &[u8], what: &str) -> Result<Option<M>, StorageError> {
+        match self.inner().raft_meta.get(key)? {
+            Some(raw) => decode_msg(&raw, what).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Index of the first retained entry (truncation point + 1).
+    pub fn first_log_index(&self) -> u64 {
+        self.bounds().truncated_index + 1
+    }
+
+    /// Index of the last entry (the snapshot index if the log is empty).
+    pub fn last_log_index(&self) -> u64 {
+        self.bounds().last_index
+    }
+
+    /// Entries `[low, high)`, verified, limited to `max_size` bytes (at least
+    /// one entry is returned if any is in range), like `Storage::entries`.
+    /// `Compacted` below the first index, `Unavailable` past the last,
+    /// `Corrupt` if any record fails its checksum or is missing.
+    pub fn read_entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let b = self.bounds();
+        if low <= b.truncated_index {
+            return Err(StorageError::Compacted { index: low });
+        }
+        if high > b.last_index + 1 {
+            return Err(StorageError::Unavailable { index: high - 1 });
+        }
+        if low > high {
+            return Err(StorageError::Invalid(format!(
+                "entries: low {low} > high {high}"
+            )));
+        }
+        let limit = max_size.filter(|&m| m != NO_LIMIT);
+        let mut out: Vec<Entry> = Vec::new();
+        let mut size = 0u64;
+        let mut limited = false;
+        for item in self.inner().raft_log.range(u64_key(low)..u64_key(high)) {
+            let (k, v) = item?;
+            let expected = low + out.len() as u64;
+            if key_u64(&k) != Some(expected) {
+                return Err(corrupt(format!("raft log entry {expected} missing")));
+            }
+            let e = decode_entry(expected, &v)?;
+            size += u64::from(e.compute_size());
+            if let Some(max) = limit {
+                if !out.is_empty() && size > max {
+                    limited = true;
+                    break;
+                }
+            }
+            out.push(e);
+        }
+        if !limited && out.len() as u64 != high - low {
+            return Err(corrupt(format!(
+                "raft log entry {} missing",
+                low + out.len() as u64
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Term of entry `index`, in `[first_index - 1, last_index]`.
+    pub fn entry_term(&self, index: u64) -> Result<u64, StorageError> {
+        let b = self.bounds();
+        self.term_locked(&b, index)
+    }
+
+    /// Appends entries, truncating any conflicting suffix (every entry whose
+    /// index is at or after the first new index). Entries must be
+    /// consecutive, may not start below the first index, and may not leave a
+    /// gap. One sled batch, no fsync: the caller calls `Store::sync()` once
+    /// per Raft Ready (group commit) before sending messages or
+    /// acknowledging.
+    pub fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        if entries.windows(2).any(|w| w[1].index != w[0].index + 1) {
+            return Err(StorageError::Invalid(
+                "append: entries are not consecutive".into(),
+            ));
+        }
+        let mut b = self.bounds();
+        if first.index <= b.truncated_index {
+            return Err(StorageError::Invalid(format!(
+                "append at {} would overwrite compacted log (first index {})",
+                first.index,
+                b.truncated_index + 1
+            )));
+        }
+        if first.index > b.last_index + 1 {
+            return Err(StorageError::Invalid(format!(
+                "append at {} leaves a gap after last index {}",
+                first.index, b.last_index
+            )));
+        }
+        let mut batch = sled::Batch::default();
+        // Conflicting entries beyond the new tail; the rest are overwritten.
+        for index in (last.index + 1)..=b.last_index {
+            batch.remove(&u64_key(index));
+        }
+        for e in entries {
+            batch.insert(&u64_key(e.index), encode_msg(e)?);
+        }
+        self.inner().raft_log.apply_batch(batch)?;
+        b.last_index = last.index;
+        Ok(())
+    }
+
+    /// Persists the hard state (no fsync; see `append`).
+    pub fn set_hard_state(&self, hs: &HardState) -> Result<(), StorageError> {
+        self.inner()
+            .raft_meta
+            .insert(META_HARD_STATE, encode_msg(hs)?)?;
+        Ok(())
+    }
+
+    /// Persists the conf state (no fsync; see `append`).
+    pub fn set_conf_state(&self, cs: &ConfState) -> Result<(), StorageError> {
+        self.inner()
+            .raft_meta
+            .insert(META_CONF_STATE, encode_msg(cs)?)?;
+        Ok(())
+    }
+
+    /// The stored hard state, default if none.
+    pub fn hard_state(&self) -> Result<HardState, StorageError> {
+        Ok(self
+            .meta_msg(META_HARD_STATE, "raft hard state")?
+            .unwrap_or_default())
+    }
+
+    /// The stored conf state, default if none.
+    pub fn conf_state(&self) -> Result<ConfState, StorageError> {
+        Ok(self
+            .meta_msg(META_CONF_STATE, "raft conf state")?
+            .unwrap_or_default())
+    }
+
+    /// Metadata of the last snapshot installed with `apply_snapshot`
+    /// (default if none).
+    pub fn snapshot_metadata(&self) -> Result<SnapshotMetadata, StorageError> {
+        Ok(self
+            .meta_msg(META_SNAPSHOT, "raft snapshot metadata")?
+            .unwrap_or_default())
+    }
+
+    /// Installs a snapshot received from the leader, like
+    /// `MemStorage::apply_snapshot`: records its metadata, makes its index
+    /// the truncation point (so `term(index)` answers), sets the conf state
+    /// from it, raises the hard state's term and sets its commit to the
+    /// index, and drops every log entry (those after the index too). All in
+    /// one sled transaction over both trees. `SnapshotOutOfDate` if the
+    /// snapshot is older than the first index. The state-machine data is
+    /// restored separately with `Store::restore_state`.
+    pub fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StorageError> {
+        let meta = snap.get_metadata();
+        let index = meta.index;
+        let mut b = self.bounds();
+        if b.truncated_index + 1 > index {
+            return Err(StorageError::SnapshotOutOfDate {
+                index,
+                first_index: b.truncated_index + 1,
+            });
+        }
+        let mut hs = self.hard_state()?;
+        hs.term = hs.term.max(meta.term);
+        hs.commit = index;
+
+        let mut log_batch = sled::Batch::default();
+        for key in self.inner().raft_log.iter().keys() {
+            log_batch.remove(key?);
+        }
+        let mut meta_batch = sled::Batch::default();
+        meta_batch.insert(META_SNAPSHOT, encode_msg(meta)?);
+        meta_batch.insert(META_TRUNCATED, encode_truncated(index, meta.term));
+        meta_batch.insert(META_CONF_STATE, encode_msg(meta.get_conf_state())?);
+        meta_batch.insert(META_HARD_STATE, encode_msg(&hs)?);
+        (&self.inner().raft_log, &self.inner().raft_meta)
+            .transaction(|(log, meta)| {
+                log.apply_batch(&log_batch)?;
+                meta.apply_batch(&meta_batch)?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(txn_err)?;
+        *b = LogBounds {
+            truncated_index: index,
+            truncated_term: meta.term,
+            last_index: index,
+        };
+        Ok(())
+    }
+
+    /// Discards entries before `compact_index` (exclusive), remembering the
+    /// term of `compact_index - 1` so `term()` still answers for it. No-op if
+    /// already compacted that far; `Invalid` if `compact_index > last + 1`.
+    /// The caller must not compact past the applied index.
+    pub fn compact(&self, compact_index: u64) -> Result<(), StorageError> {
+        let mut b = self.bounds();
+        if compact_index <= b.truncated_index + 1 {
+            return Ok(());
+        }
+        if compact_index > b.last_index + 1 {
+            return Err(StorageError::Invalid(format!(
+                "compact to {compact_index} past last index {}",
+                b.last_index
+            )));
+        }
+        let new_truncated = compact_index - 1;
+        let term = self.read_entry(new_truncated)?.term;
+        let mut log_batch = sled::Batch::default();
+        for key in self.inner().raft_log.range(..u64_key(compact_index)).keys() {
+            log_batch.remove(key?);
+        }
+        let truncated = encode_truncated(new_truncated, term);
+        (&self.inner().raft_log, &self.inner().raft_meta)
+            .transaction(|(log, meta)| {
+                log.apply_batch(&log_batch)?;
+                meta.insert(META_TRUNCATED, truncated.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(txn_err)?;
+        b.truncated_index = new_truncated;
+        b.truncated_term = term;
+        Ok(())
+    }
+
+    /// Makes a snapshot of the state machine: data = `Store::snapshot_state()`,
+    /// metadata index = the applied index that dump was taken at (read under
+    /// the same lock, so data and index agree), its term, and the current
+    /// conf state. `applied_index` is the minimum acceptable index:
+    /// `SnapshotTemporarilyUnavailable` if the state machine is behind it.
+    pub fn build_snapshot(&self, applied_index: u64) -> Result<Snapshot, StorageError> {
+        let (applied, data) = self.store.snapshot_state_with_index()?;
+        if applied < applied_index {
+            return Err(StorageError::SnapshotTemporarilyUnavailable {
+                applied,
+                requested: applied_index,
+            });
+        }
+        let term = self.entry_term(applied)?;
+        let conf_state = self.conf_state()?;
+        let mut snap = Snapshot::default();
+        snap.set_data(data.into());
+        let meta = snap.mut_metadata();
+        meta.index = applied;
+        meta.term = term;
+        meta.set_conf_state(conf_state);
+        Ok(snap)
+    }
+
+    /// Bootstrap for a brand-new node, like
+    /// `MemStorage::initialize_with_conf_state`: if the log is empty and
+    /// neither hard state nor conf state exists, set the conf state's voters.
+    /// Returns whether it initialized (false: already initialized, no-op).
+    pub fn initialize(&self, voters: &[u64]) -> Result<bool, StorageError> {
+        if voters.is_empty() || voters.contains(&0) {
+            return Err(StorageError::Invalid(
+                "initialize: voters must be non-empty and non-zero".into(),
+            ));
+        }
+        let b = self.bounds();
+        let meta = &self.inner().raft_meta;
+        if b.last_index != 0
+            || b.truncated_index != 0
+            || meta.contains_key(META_HARD_STATE)?
+            || meta.contains_key(META_CONF_STATE)?
+        {
+            return Ok(false);
+        }
+        let cs = ConfState {
+            voters: voters.to_vec(),
+            ..Default::default()
+        };
+        self.set_conf_state(&cs)?;
+        Ok(true)
+    }
+}
+
+impl Storage for RaftLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state().map_err(to_raft)?,
+            self.conf_state().map_err(to_raft)?,
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        // Reads are synchronous (sled), so the async-fetch path is never used.
+        self.read_entries(low, high, max_size.into())
+            .map_err(to_raft)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.entry_term(idx).map_err(to_raft)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first_log_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_log_index())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        self.build_snapshot(request_index).map_err(to_raft)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::tests::ts;
+    use crate::{ApplyBatch, Checkpoint, StoreOptions, ZERO_HASH};
+
+    fn open(dir: &std::path::Path) -> Store {
+        Store::open(dir, StoreOptions::default()).unwrap()
+    }
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: format!("data-{index}-{term}").into_bytes().into(),
+            ..Default::default()
+        }
+    }
+
+    fn ents(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
+        range.map(|i| entry(i, term)).collect()
+    }
+
+    fn ctx() -> GetEntriesContext {
+        GetEntriesContext::empty(false)
+    }
+
+    fn is_store_err(r: raft::Result<impl std::fmt::Debug>, want: raft::StorageError) -> bool {
+        matches!(r, Err(raft::Error::Store(e)) if e == want)
+    }
+
+    #[test]
+    fn empty_log_matches_memstorage() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path()).raft_log();
+        assert_eq!(log.first_index().unwrap(), 1);
+        assert_eq!(log.last_index().unwrap(), 0);
+        assert_eq!(log.term(0).unwrap(), 0);
+        assert!(is_store_err(log.term(1), raft::StorageError::Unavailable));
+        assert!(log.entries(1, 1, None, ctx()).unwrap().is_empty());
+        let st = log.initial_state().unwrap();
+        assert!(!st.initialized());
+        assert_eq!(st.hard_state, HardState::default());
+    }
+
+    #[test]
+    fn append_entries_term_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path()).raft_log();
+        log.append(&ents(1..=5, 1)).unwrap();
+        log.append(&[]).unwrap();
+        log.append(&ents(6..=10, 2)).unwrap();
+        assert_eq!(log.first_index().unwrap(), 1);
+        assert_eq!(log.last_index().unwrap(), 10);
+        assert_eq!(log.term(5).unwrap(), 1);
+        assert_eq!(log.term(6).unwrap(), 2);
+        assert!(is_store_err(log.term(11), raft::StorageError::Unavailable));
+        let got = log.entries(3, 8, None, ctx()).unwrap();
+        assert_eq!(got, [ents(3..=5, 1), ents(6..=7, 2)].concat());
+        assert_eq!(log.entries(3, 8, u64::MAX, ctx()).unwrap().len(), 5);
+        // size limit: always at least one, then as many as fit
+        let one = u64::from(entry(3, 1).compute_size());
+        assert_eq!(log.entries(3, 8, 0, ctx()).unwrap().len(), 1);
+        assert_eq!(log.entries(3, 8, one * 2, ctx()).unwrap().len(), 2);
+        assert_eq!(log.entries(3, 8, one * 2 + 1, ctx()).unwrap().len(), 2);
+        assert!(is_store_err(
+            log.entries(3, 12, None, ctx()),
+            raft::StorageError::Unavailable
+        ));
+        // misuse is an error, not a panic
+        assert!(matches!(
+            log.append(&ents(12..=13, 2)),
+            Err(StorageError::Invalid(_))
+        ));
+        let mut not_consecutive = ents(11..=12, 2);
+        not_consecutive[1].index = 14;
+        assert!(log.append(&not_consecutive).is_err());
+        assert!(log.read_entries(5, 4, None).is_err());
+    }
+
+    #[test]
+    fn conflicting_append_truncates_suffix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let log = store.raft_log();
+        log.append(&ents(1..=10, 1)).unwrap();
+        log.append(&ents(4..=5, 3)).unwrap();
+        assert_eq!(log.last_index().unwrap(), 5);
+        assert_eq!(log.term(3).unwrap(), 1);
+        assert_eq!(log.term(4).unwrap(), 3);
+        assert!(is_store_err(log.term(6), raft::StorageError::Unavailable));
+        assert_eq!(store.raw_tree("raft_log").unwrap().len(), 5);
+        // re-appending an identical entry is harmless
+        log.append(&ents(5..=5, 3)).unwrap();
+        assert_eq!(log.entries(1, 6, None, ctx()).unwrap().len(), 5);
+        drop(log);
+        store.sync().unwrap();
+        drop(store);
+        let log = open(dir.path()).raft_log();
+        assert_eq!(log.last_index().unwrap(), 5);
+        assert_eq!(log.term(5).unwrap(), 3);
+    }
+
+    #[test]
+    fn compact_keeps_term_of_truncation_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let log = store.raft_log();
+        log.append(&[ents(1..=4, 1), ents(5..=10, 2)].concat())
+            .unwrap();
+        log.compact(6).unwrap();
+        assert_eq!(log.first_index().unwrap(), 6);
+        assert_eq!(log.last_index().unwrap(), 10);
+        assert_eq!(log.term(5).unwrap(), 2);
+        assert!(is_store_err(log.term(4), raft::StorageError::Compacted));
+        assert!(is_store_err(
+            log.entries(5, 7, None, ctx()),
+            raft::StorageError::Compacted
+        ));
+        assert_eq!(log.entries(6, 11, None, ctx()).unwrap(), ents(6..=10, 2));
+        log.compact(3).unwrap(); // already compacted: no-op
+        assert_eq!(log.first_index().unwrap(), 6);
+        assert!(matches!(log.compact(12), Err(StorageError::Invalid(_))));
+        assert!(matches!(
+            log.append(&ents(5..=6, 3)),
+            Err(StorageError::Invalid(_))
+        ));
+        // compact everything: empty log, bounds still right
+        log.compact(11).unwrap();
+        assert_eq!(
+            (log.first_index().unwrap(), log.last_index().unwrap()),
+            (11, 10)
+        );
+        assert_eq!(log.term(10).unwrap(), 2);
+        log.append(&ents(11..=11, 3)).unwrap();
+        drop(log);
+        store.sync().unwrap();
+        drop(store);
+        let log = open(dir.path()).raft_log();
+        assert_eq!(
+            (log.first_index().unwrap(), log.last_index().unwrap()),
+            (11, 11)
+        );
+        assert_eq!(log.term(10).unwrap(), 2);
+        assert_eq!(log.term(11).unwrap(), 3);
+    }
+
+    #[test]
+    fn hard_and_conf_state_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let hs = HardState {
+            term: 7,
+            vote: 2,
+            commit: 3,
+            ..Default::default()
+        };
+        let cs = ConfState {
+            voters: vec![1, 2, 3],
+            learners: vec![4],
+            ..Default::default()
+        };
+        {
+            let store = open(dir.path());
+            let log = store.raft_log();
+            log.append(&ents(1..=3, 7)).unwrap();
+            log.set_hard_state(&hs).unwrap();
+            log.set_conf_state(&cs).unwrap();
+            store.sync().unwrap();
+        }
+        let log = open(dir.path()).raft_log();
+        assert_eq!(log.hard_state().unwrap(), hs);
+        let st = log.initial_state().unwrap();
+        assert_eq!(st.hard_state, hs);
+        assert_eq!(st.conf_state, cs);
+        assert!(st.initialized());
+        assert_eq!(log.last_index().unwrap(), 3);
+    }
+
+    #[test]
+    fn corrupt_log_record_is_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let log = store.raft_log();
+        log.append(&ents(1..=5, 1)).unwrap();
+        let raw = store.raw_tree("raft_log").unwrap();
+        let original = raw.get(u64_key(3)).unwrap().unwrap();
+        for pos in 0..original.len() {
+            let mut bytes = original.to_vec();
+            bytes[pos] ^= 0x02;
+            raw.insert(u64_key(3), bytes).unwrap();
+            match log.entries(1, 6, None, ctx()) {
+                Err(raft::Error::Store(raft::StorageError::Other(e))) => {
+                    assert!(e.to_string().contains("corrupt"), "{e}")
+                }
+                other => panic!("pos {pos}: expected corruption error, got {other:?}"),
+            }
+            assert!(log.term(3).is_err());
+            assert!(log.read_entries(3, 4, None).unwrap_err().is_corrupt());
+        }
+        // Entries around it are still fine.
+        raw.insert(u64_key(3), original).unwrap();
+        assert_eq!(log.entries(1, 6, None, ctx()).unwrap(), ents(1..=5, 1));
+        // A valid record under the wrong key is also caught.
+        raw.insert(u64_key(3), raw.get(u64_key(2)).unwrap().unwrap())
+            .unwrap();
+        assert!(log.read_entries(3, 4, None).unwrap_err().is_corrupt());
+        // A missing record is caught.
+        raw.remove(u64_key(3)).unwrap();
+        assert!(log.read_entries(1, 6, None).unwrap_err().is_corrupt());
+        // Corrupt metadata.
+        log.set_hard_state(&HardState::default()).unwrap();
+        let meta = store.raw_tree("raft_meta").unwrap();
+        let mut bytes = meta.get(META_HARD_STATE).unwrap().unwrap().to_vec();
+        bytes[0] ^= 1;
+        meta.insert(META_HARD_STATE, bytes).unwrap();
+        assert!(log.hard_state().unwrap_err().is_corrupt());
+        assert!(log.initial_state().is_err());
+    }
+
+    #[test]
+    fn initialize_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let log = store.raft_log();
+        assert!(log.initialize(&[]).is_err());
+        assert!(log.initialize(&[1, 2, 3]).unwrap());
+        assert!(!log.initialize(&[1, 2, 3]).unwrap());
+        assert!(!log.initialize(&[9]).unwrap());
+        assert_eq!(log.conf_state().unwrap().voters, vec![1, 2, 3]);
+        assert!(log.initial_state().unwrap().initialized());
+        drop(log);
+        store.sync().unwrap();
+        drop(store);
+        assert!(!open(dir.path()).raft_log().initialize(&[1]).unwrap());
+        // A node that already has log entries is not re-initialized.
+        let dir2 = tempfile::tempdir().unwrap();
+        let log2 = open(dir2.path()).raft_log();
+        log2.append(&ents(1..=1, 1)).unwrap();
+        assert!(!log2.initialize(&[1]).unwrap());
+    }
+
+    fn feed(store: &Store, instance: &str, n: u64) {
+        let log = store.raft_log();
+        let mut parent = ZERO_HASH;
+        for v in 1..=n {
+            let index = log.last_index().unwrap() + 1;
+            let cp = Checkpoint::seal(
+                "kv".into(),
+                instance.into(),
+                v,
+                parent,
+                vec![v as u8],
+                ts(v),
+                format!("r{v}"),
+            );
+            parent = cp.hash;
+            let mut e = entry(index, 2);
+            e.set_data(cp.encode().into());
+            log.append(&[e]).unwrap();
+            let mut b = ApplyBatch::default();
+            b.put_checkpoint(&cp, b"ok");
+            b.set_applied(index);
+            store.commit_apply(b).unwrap();
+        }
+    }
+
+    #[test]
+    fn snapshot_transfers_state_to_a_fresh_node() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let leader = open(d1.path());
+        let llog = leader.raft_log();
+        llog.initialize(&[1, 2]).unwrap();
+        feed(&leader, "a", 6);
+        feed(&leader, "b", 3);
+        llog.compact(8).unwrap();
+        // Not applied that far yet: temporarily unavailable.
+        assert!(is_store_err(
+            llog.snapshot(100, 2),
+            raft::StorageError::SnapshotTemporarilyUnavailable
+        ));
+        let snap = llog.snapshot(5, 2).unwrap();
+        assert_eq!(snap.get_metadata().index, 9);
+        assert_eq!(snap.get_metadata().term, 2);
+        assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1, 2]);
+
+        let follower = open(d2.path());
+        let flog = follower.raft_log();
+        flog.append(&ents(1..=2, 1)).unwrap(); // stale local log
+        follower.restore_state(snap.get_data()).unwrap();
+        flog.apply_snapshot(&snap).unwrap();
+        assert_eq!(follower.state_hash().unwrap(), leader.state_hash().unwrap());
+        assert_eq!(follower.applied_index().unwrap(), 9);
+        assert_eq!(
+            (flog.first_index().unwrap(), flog.last_index().unwrap()),
+            (10, 9)
+        );
+        assert_eq!(flog.term(9).unwrap(), 2);
+        assert_eq!(flog.hard_state().unwrap().commit, 9);
+        assert_eq!(flog.hard_state().unwrap().term, 2);
+        assert_eq!(flog.conf_state().unwrap().voters, vec![1, 2]);
+        assert_eq!(flog.snapshot_metadata().unwrap().index, 9);
+        assert_eq!(
+            follower.latest("kv", "a").unwrap(),
+            leader.latest("kv", "a").unwrap()
+        );
+        // Older snapshot is refused.
+        assert!(matches!(
+            flog.apply_snapshot(&snap),
+            Err(StorageError::SnapshotOutOfDate { .. })
+        ));
+        // The follower can continue the log after the snapshot.
+        flog.append(&ents(10..=10, 3)).unwrap();
+        // And it survives reopen.
+        drop(flog);
+        follower.sync().unwrap();
+        drop(follower);
+        let follower = open(d2.path());
+        let flog = follower.raft_log();
+        assert_eq!(
+            (flog.first_index().unwrap(), flog.last_index().unwrap()),
+            (10, 10)
+        );
+        assert_eq!(flog.term(9).unwrap(), 2);
+        assert_eq!(
+            follower.state_hash().unwrap().1,
+            leader.state_hash().unwrap().1
+        );
+    }
+
+    #[test]
+    fn corrupted_snapshot_leaves_follower_untouched() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let leader = open(d1.path());
+        feed(&leader, "a", 4);
+        let snap = leader.raft_log().build_snapshot(0).unwrap();
+        let follower = open(d2.path());
+        feed(&follower, "mine", 2);
+        let before = follower.state_hash().unwrap();
+        let mut data = snap.get_data().to_vec();
+        let mid = data.len() / 2;
+        data[mid] ^= 0x01;
+        assert!(follower.restore_state(&data).unwrap_err().is_corrupt());
+        assert_eq!(follower.state_hash().unwrap(), before);
+        assert_eq!(follower.latest("kv", "mine").unwrap().unwrap().version, 2);
+    }
+
+    /// Drives a real raft-rs `RawNode` (single voter) on `RaftLog`: propose,
+    /// persist each Ready, sync, apply, compact, restart from disk, continue.
+    mod raw_node {
+        use super::*;
+        use raft::{Config, RawNode};
+
+        fn logger() -> slog::Logger {
+            slog::Logger::root(slog::Discard, slog::o!())
+        }
+
+        fn node(store: &Store) -> RawNode<RaftLog> {
+            let cfg = Config {
+                id: 1,
+                applied: store.applied_index().unwrap(),
+                ..Default::default()
+            };
+            cfg.validate().unwrap();
+            RawNode::new(&cfg, store.raft_log(), &logger()).unwrap()
+        }
+
+        fn apply(store: &Store, entries: Vec<Entry>) {
+            let mut b = ApplyBatch::default();
+            for e in entries {
+                if !e.data.is_empty() {
+                    let cp = Checkpoint::decode(&e.data).unwrap();
+                    b.put_checkpoint(&cp, b"ok");
+                }
+                b.set_applied(e.index);
+            }
+            store.commit_apply(b).unwrap();
+        }
+
+        fn pump(raw: &mut RawNode<RaftLog>, store: &Store) {
+            while raw.has_ready() {
+                let mut rd = raw.ready();
+                let log = store.raft_log();
+                if !rd.snapshot().is_empty() {
+                    store.restore_state(rd.snapshot().get_data()).unwrap();
+                    log.apply_snapshot(rd.snapshot()).unwrap();
+                }
+                log.append(rd.entries()).unwrap();
+                if let Some(hs) = rd.hs() {
+                    log.set_hard_state(hs).unwrap();
+                }
+                store.sync().unwrap();
+                apply(store, rd.take_committed_entries());
+                let mut light = raw.advance(rd);
+                if let Some(commit) = light.commit_index() {
+                    let mut hs = log.hard_state().unwrap();
+                    hs.commit = commit;
+                    log.set_hard_state(&hs).unwrap();
+                }
+                apply(store, light.take_committed_entries());
+                raw.advance_apply();
+            }
+        }
+
+        fn propose_versions(
+            raw: &mut RawNode<RaftLog>,
+            store: &Store,
+            range: std::ops::RangeInclusive<u64>,
+        ) {
+            for v in range {
+                let parent = store
+                    .latest("kv", "x")
+                    .unwrap()
+                    .map(|c| c.hash)
+                    .unwrap_or(ZERO_HASH);
+                let cp = Checkpoint::seal(
+                    "kv".into(),
+                    "x".into(),
+                    v,
+                    parent,
+                    vec![v as u8],
+                    ts(v),
+                    format!("r{v}"),
+                );
+                raw.propose(vec![], cp.encode()).unwrap();
+                pump(raw, store);
+                assert_eq!(store.latest("kv", "x").unwrap().unwrap().version, v);
+            }
+        }
+
+        #[test]
+        fn single_node_cluster_survives_compaction_and_restart() {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = open(dir.path());
+                assert!(store.raft_log().initialize(&[1]).unwrap());
+                let mut raw = node(&store);
+                raw.campaign().unwrap();
+                pump(&mut raw, &store);
+                assert_eq!(raw.raft.state, raft::StateRole::Leader);
+                propose_versions(&mut raw, &store, 1..=10);
+                let applied = store.applied_index().unwrap();
+                store.raft_log().compact(applied).unwrap();
+                store.sync().unwrap();
+            }
+            let store = open(dir.path());
+            let applied = store.applied_index().unwrap();
+            let mut raw = node(&store);
+            assert_eq!(raw.raft.raft_log.applied, applied);
+            raw.campaign().unwrap();
+            pump(&mut raw, &store);
+            assert_eq!(raw.raft.state, raft::StateRole::Leader);
+            propose_versions(&mut raw, &store, 11..=15);
+            let report = store.verify_chain("kv", "x").unwrap();
+            assert!(report.ok, "{report:?}");
+            assert_eq!(report.latest_version, 15);
+            let hs = store.raft_log().hard_state().unwrap();
+            assert_eq!(hs.commit, store.applied_index().unwrap());
+            assert_eq!(store.raft_log().last_index().unwrap(), hs.commit);
+        }
+    }
+}

@@ -1,0 +1,1639 @@
+//! The node's sled database: state machine tree (checkpoints, heads, request
+//! ids, applied index, clock high water), plus handles to the Raft and audit
+//! trees.
+//!
+//! # Layout of the "state" tree
+//!
+//! Everything the state machine writes lives in ONE tree so that one sled
+//! `Batch` (atomic, also across a crash) covers a whole apply step, including
+//! the applied index.
+//!
+//! | key | value |
+//! |---|---|
+//! | `h` skill `\0` instance `\0` | head: checksum ++ version u64 ++ hash |
+//! | `c` skill `\0` instance `\0` version(u64 BE) | `Checkpoint::encode()` |
+//! | `r` skill `\0` instance `\0` request_id | checksum ++ `RequestRecord` |
+//! | `m/applied` | checksum ++ u64 |
+//! | `m/clock` | checksum ++ timestamp |
+//!
+//! Names never contain NUL (validated), so keys are unambiguous, and the
+//! big-endian version makes sled's byte order the version order.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tracing::{debug, warn};
+
+use crate::checkpoint::validate_names;
+use crate::codec::{key_u64, open_value, seal_value, sha256, Reader, Writer};
+use crate::error::corrupt;
+use crate::raft_log::{load_bounds, LogBounds};
+use crate::{Checkpoint, Hash, RaftLog, StorageError, Timestamp, ZERO_HASH};
+
+const TAG_HEAD: u8 = b'h';
+const TAG_CHECKPOINT: u8 = b'c';
+const TAG_REQUEST: u8 = b'r';
+const KEY_APPLIED: &[u8] = b"m/applied";
+const KEY_CLOCK: &[u8] = b"m/clock";
+
+pub(crate) const TREE_STATE: &str = "state";
+pub(crate) const TREE_RAFT_LOG: &str = "raft_log";
+pub(crate) const TREE_RAFT_META: &str = "raft_meta";
+pub(crate) const TREE_AUDIT: &str = "audit";
+
+/// Default number of versions kept per instance: enough for useful history
+/// and time-travel reads, while bounding disk use per instance.
+pub const DEFAULT_RETENTION_VERSIONS: u64 = 100;
+
+/// At most this many stale versions are removed per put. Normally exactly one
+/// version leaves the window per put; a larger backlog only exists after
+/// `retention_versions` was lowered, and this bounds the size of one apply
+/// batch while that backlog drains.
+const MAX_PRUNE_PER_PUT: usize = 64;
+
+/// sled's page cache limit. sled's default (1 GiB) is far too much for the
+/// 2 vCPU VMs we target; the cache only speeds up reads of hot pages and
+/// instance state is also cached by the actors above us.
+const SLED_CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
+
+const SNAPSHOT_DOMAIN: &[u8] = b"synapse.state-snapshot.v1";
+const STATE_HASH_DOMAIN: &[u8] = b"synapse.state-hash.v1";
+
+/// Options for `Store::open`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Versions kept per instance (default 100, minimum 1).
+    pub retention_versions: u64,
+    /// sled's background flush interval. `None` (the default) turns it off:
+    /// durability comes from explicit `Store::sync()` calls, one per Raft
+    /// Ready, and a background flusher would only add competing I/O.
+    pub flush_every_ms: Option<u64>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            retention_versions: DEFAULT_RETENTION_VERSIONS,
+            flush_every_ms: None,
+        }
+    }
+}
+
+/// The answer to "what did request X produce": lets retries be answered
+/// without applying twice.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RequestRecord {
+    pub version: u64,
+    pub hash: Hash,
+    pub timestamp: Timestamp,
+    pub reply: Vec<u8>,
+}
+
+impl RequestRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(8 + 32 + 20 + 8 + self.reply.len());
+        w.u64(self.version)
+            .raw(&self.hash)
+            .timestamp(&self.timestamp)
+            .bytes(&self.reply);
+        seal_value(w.as_slice())
+    }
+
+    fn decode(raw: &[u8]) -> Result<RequestRecord, StorageError> {
+        let mut r = Reader::new(open_value(raw, "request record")?, "request record");
+        let rec = RequestRecord {
+            version: r.u64()?,
+            hash: r.hash()?,
+            timestamp: r.timestamp()?,
+            reply: r.bytes()?.to_vec(),
+        };
+        r.finish()?;
+        Ok(rec)
+    }
+}
+
+/// Result of `Store::verify_chain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainReport {
+    pub ok: bool,
+    pub versions_checked: u64,
+    pub oldest_version: u64,
+    pub latest_version: u64,
+    pub head_hash: Hash,
+    pub problem: Option<String>,
+}
+
+/// Built by the state machine for one or more applied Raft entries, then
+/// committed atomically by `Store::commit_apply`.
+#[derive(Default, Debug, Clone)]
+pub struct ApplyBatch {
+    puts: Vec<(Checkpoint, Vec<u8>)>,
+    applied: Option<u64>,
+    high_water: Option<Timestamp>,
+}
+
+impl ApplyBatch {
+    /// Puts the checkpoint as its instance's new head and records the
+    /// `RequestRecord` for `cp.request_id` (if non-empty) with `reply`. At
+    /// commit, version `cp.version - retention` and older, with their request
+    /// records, are pruned so history and the request-id table stay bounded.
+    /// The checkpoint's timestamp is also observed (clock high water).
+    ///
+    /// A checkpoint older than the instance's current head is ignored at
+    /// commit (idempotent replay); validating version and parent hash against
+    /// the head is the state machine's job.
+    pub fn put_checkpoint(&mut self, cp: &Checkpoint, reply: &[u8]) {
+        self.puts.push((cp.clone(), reply.to_vec()));
+    }
+
+    /// Records the Raft index this batch brings the state machine up to.
+    pub fn set_applied(&mut self, index: u64) {
+        self.applied = Some(index);
+    }
+
+    /// Raises the clock high-water mark (max of everything observed).
+    pub fn observe_timestamp(&mut self, ts: Timestamp) {
+        self.high_water = self.high_water.max(Some(ts));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.applied.is_none() && self.high_water.is_none()
+    }
+}
+
+pub(crate) struct Inner {
+    dir: PathBuf,
+    db: sled::Db,
+    pub(crate) state: sled::Tree,
+    pub(crate) raft_log: sled::Tree,
+    pub(crate) raft_meta: sled::Tree,
+    pub(crate) audit: sled::Tree,
+    retention: u64,
+    /// sled's log file, kept open for `sync_data()`.
+    db_file: File,
+    /// Blob files already fsynced (sled writes blobs without fsync).
+    synced_blobs: Mutex<HashSet<OsString>>,
+    /// Serializes state-tree writers against whole-tree readers
+    /// (`state_hash`, `snapshot_state`) and `latest()`, so they see one
+    /// applied index, never half of one.
+    apply_lock: RwLock<()>,
+    /// (seq, hash) of the newest audit record; `None` until first loaded.
+    pub(crate) audit_head: Mutex<Option<(u64, Hash)>>,
+    /// Cached Raft log bounds; the mutex also serializes Raft log writers.
+    pub(crate) raft_bounds: Mutex<LogBounds>,
+}
+
+/// Poisoning only means another thread panicked while holding the lock; all
+/// state guarded here is re-derivable or lives in sled, so carry on.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One sled database per node. Cheap to clone (Arc inside). Send + Sync.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .field("retention", &self.inner.retention)
+            .finish()
+    }
+}
+
+struct Head {
+    version: u64,
+    hash: Hash,
+}
+
+fn encode_head(version: u64, hash: &Hash) -> Vec<u8> {
+    let mut w = Writer::with_capacity(40);
+    w.u64(version).raw(hash);
+    seal_value(w.as_slice())
+}
+
+fn decode_head(raw: &[u8]) -> Result<Head, StorageError> {
+    let mut r = Reader::new(open_value(raw, "head")?, "head");
+    let head = Head {
+        version: r.u64()?,
+        hash: r.hash()?,
+    };
+    r.finish()?;
+    Ok(head)
+}
+
+fn decode_u64_meta(raw: &[u8], what: &str) -> Result<u64, StorageError> {
+    let mut r = Reader::new(open_value(raw, what)?, what);
+    let v = r.u64()?;
+    r.finish()?;
+    Ok(v)
+}
+
+fn encode_timestamp(ts: &Timestamp) -> Vec<u8> {
+    let mut w = Writer::with_capacity(20);
+    w.timestamp(ts);
+    seal_value(w.as_slice())
+}
+
+fn decode_timestamp(raw: &[u8]) -> Result<Timestamp, StorageError> {
+    let mut r = Reader::new(open_value(raw, "clock")?, "clock");
+    let ts = r.timestamp()?;
+    r.finish()?;
+    Ok(ts)
+}
+
+fn instance_prefix(tag: u8, skill: &str, instance: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(skill.len() + instance.len() + 3 + 8);
+    k.push(tag);
+    k.extend_from_slice(skill.as_bytes());
+    k.push(0);
+    k.extend_from_slice(instance.as_bytes());
+    k.push(0);
+    k
+}
+
+fn head_key(skill: &str, instance: &str) -> Vec<u8> {
+    instance_prefix(TAG_HEAD, skill, instance)
+}
+
+fn checkpoint_key(skill: &str, instance: &str, version: u64) -> Vec<u8> {
+    let mut k = instance_prefix(TAG_CHECKPOINT, skill, instance);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+fn request_key(skill: &str, instance: &str, request_id: &str) -> Vec<u8> {
+    let mut k = instance_prefix(TAG_REQUEST, skill, instance);
+    k.extend_from_slice(request_id.as_bytes());
+    k
+}
+
+/// Splits `tag skill \0 instance \0 rest` (tag already checked by caller).
+fn split_instance_key(key: &[u8]) -> Option<(&str, &str, &[u8])> {
+    let body = key.get(1..)?;
+    let s_end = body.iter().position(|&b| b == 0)?;
+    let (skill, rest) = body.split_at(s_end);
+    let rest = &rest[1..];
+    let i_end = rest.iter().position(|&b| b == 0)?;
+    let (instance, rest) = rest.split_at(i_end);
+    let rest = &rest[1..];
+    let skill = std::str::from_utf8(skill).ok()?;
+    let instance = std::str::from_utf8(instance).ok()?;
+    if skill.is_empty() || instance.is_empty() {
+        return None;
+    }
+    Some((skill, instance, rest))
+}
+
+/// Pending writes of one `commit_apply`, readable before they are committed,
+/// so several puts to one instance in one batch see each other.
+struct Overlay<'t> {
+    tree: &'t sled::Tree,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'t> Overlay<'t> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.writes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => Ok(self.tree.get(key)?.map(|v| v.to_vec())),
+        }
+    }
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+    fn remove(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+    /// Live keys in `[lo, hi]`, at most `max`, in order.
+    fn live_keys(&self, lo: &[u8], hi: &[u8], max: usize) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut keys = BTreeSet::new();
+        for k in self.tree.range(lo..=hi).keys().take(max) {
+            keys.insert(k?.to_vec());
+        }
+        for (k, v) in self.writes.range(lo.to_vec()..=hi.to_vec()) {
+            match v {
+                Some(_) => {
+                    keys.insert(k.clone());
+                }
+                None => {
+                    keys.remove(k);
+                }
+            }
+        }
+        Ok(keys.into_iter().take(max).collect())
+    }
+    fn into_batch(self) -> sled::Batch {
+        let mut b = sled::Batch::default();
+        for (k, v) in self.writes {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        b
+    }
+}
+
+/// How long `Store::open` waits for sled's file lock. sled releases the lock
+/// only when its last background I/O thread lets go of the file, which can be
+/// a moment after the previous `Store` (and every `sled::Tree` handle from
+/// `raw_tree`) was dropped; an in-process restart must not fail on that.
+const OPEN_LOCK_WAIT: Duration = Duration::from_secs(5);
+const OPEN_LOCK_POLL: Duration = Duration::from_millis(10);
+
+fn open_sled(dir: &Path, opts: &StoreOptions) -> Result<sled::Db, StorageError> {
+    let deadline = Instant::now() + OPEN_LOCK_WAIT;
+    loop {
+        let result = sled::Config::new()
+            .path(dir)
+            .cache_capacity(SLED_CACHE_CAPACITY_BYTES)
+            .flush_every_ms(opts.flush_every_ms)
+            .open();
+        match result {
+            // sled reports a held lock only as this message (ErrorKind::Other).
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(OPEN_LOCK_POLL);
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`. Waits up to
+    /// `OPEN_LOCK_WAIT` for a previous instance in this process to release
+    /// sled's file lock; another live `Store` on the same directory makes
+    /// this fail after that wait.
+    pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StorageError> {
+        if opts.retention_versions == 0 {
+            return Err(StorageError::Invalid(
+                "retention_versions must be at least 1".into(),
+            ));
+        }
+        let db = open_sled(dir, &opts)?;
+        let state = db.open_tree(TREE_STATE)?;
+        let raft_log = db.open_tree(TREE_RAFT_LOG)?;
+        let raft_meta = db.open_tree(TREE_RAFT_META)?;
+        let audit = db.open_tree(TREE_AUDIT)?;
+        // sled 0.34 keeps its whole log (all segments) in `<dir>/db`.
+        let db_file = File::open(dir.join("db"))?;
+        // Make the directory entries sled just created durable, once.
+        File::open(dir)?.sync_all()?;
+        let bounds = load_bounds(&raft_log, &raft_meta)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                db,
+                state,
+                raft_log,
+                raft_meta,
+                audit,
+                retention: opts.retention_versions,
+                db_file,
+                synced_blobs: Mutex::new(HashSet::new()),
+                apply_lock: RwLock::new(()),
+                audit_head: Mutex::new(None),
+                raft_bounds: Mutex::new(bounds),
+            }),
+        })
+    }
+
+    /// Durability barrier. Only after this returns may anything written
+    /// before it be acknowledged.
+    ///
+    /// sled's `flush()` writes its buffers and calls `sync_file_range`, which
+    /// does not flush the device's volatile cache and does not persist file
+    /// metadata; so we follow it with `sync_data()` (fdatasync) on sled's log
+    /// file `<dir>/db`, where sled 0.34 keeps every segment. Large values go
+    /// to `<dir>/blobs/<lsn>` files that sled writes without any sync: every
+    /// blob not yet synced is `sync_data()`ed, followed by the `blobs`
+    /// directory itself so the new names survive a crash.
+    ///
+    /// Cost: one fdatasync (≈0.2 ms on the target VMs), so call it once per
+    /// Raft Ready (group commit), not per write.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.inner.db.flush()?;
+        self.inner.db_file.sync_data()?;
+        self.sync_blobs()
+    }
+
+    fn sync_blobs(&self) -> Result<(), StorageError> {
+        let blob_dir = self.inner.dir.join("blobs");
+        let entries = match std::fs::read_dir(&blob_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut synced = lock(&self.inner.synced_blobs);
+        let mut present = HashSet::new();
+        let mut any_new = false;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                match File::open(entry.path()) {
+                    Ok(f) => f.sync_data()?,
+                    // sled removed it meanwhile: nothing to make durable.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                any_new = true;
+            }
+            present.insert(name);
+        }
+        if any_new {
+            File::open(&blob_dir)?.sync_all()?;
+        }
+        // Forget deleted blobs so the set stays bounded by what is on disk.
+        *synced = present;
+        Ok(())
+    }
+
+    /// The Raft log and metadata on this database.
+    pub fn raft_log(&self) -> RaftLog {
+        RaftLog {
+            store: self.clone(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Test/diagnostic hook: raw access to a tree ("state", "raft_log",
+    /// "raft_meta", "audit") so tests can corrupt stored bytes.
+    #[doc(hidden)]
+    pub fn raw_tree(&self, name: &str) -> Result<sled::Tree, StorageError> {
+        match name {
+            TREE_STATE => Ok(self.inner.state.clone()),
+            TREE_RAFT_LOG => Ok(self.inner.raft_log.clone()),
+            TREE_RAFT_META => Ok(self.inner.raft_meta.clone()),
+            TREE_AUDIT => Ok(self.inner.audit.clone()),
+            other => Err(StorageError::Invalid(format!("unknown tree {other:?}"))),
+        }
+    }
+
+    // ---------------------------------------------------------------- apply
+
+    /// Atomically applies a batch built by the state machine (one sled
+    /// `Batch` on the state tree). No fsync: the Raft log is the durable
+    /// record; after a crash, entries after `applied_index()` are re-applied,
+    /// and re-putting the same checkpoint overwrites it with identical bytes.
+    pub fn commit_apply(&self, batch: ApplyBatch) -> Result<(), StorageError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let _guard = write(&self.inner.apply_lock);
+        let mut pending = Overlay {
+            tree: &self.inner.state,
+            writes: BTreeMap::new(),
+        };
+        let mut high_water = batch.high_water;
+        for (cp, reply) in &batch.puts {
+            validate_names(&cp.skill, &cp.instance)?;
+            if cp.compute_hash() != cp.hash {
+                // Never let an unsealed or damaged checkpoint into the chain.
+                return Err(StorageError::Invalid(format!(
+                    "checkpoint {}/{} v{} does not match its hash",
+                    cp.skill, cp.instance, cp.version
+                )));
+            }
+            let hk = head_key(&cp.skill, &cp.instance);
+            if let Some(raw) = pending.get(&hk)? {
+                let head = decode_head(&raw)?;
+                if cp.version < head.version {
+                    debug!(
+                        skill = %cp.skill, instance = %cp.instance,
+                        version = cp.version, head = head.version,
+                        "ignoring checkpoint older than head (replay)"
+                    );
+                    continue;
+                }
+            }
+            pending.put(
+                checkpoint_key(&cp.skill, &cp.instance, cp.version),
+                cp.encode(),
+            );
+            pending.put(hk, encode_head(cp.version, &cp.hash));
+            if !cp.request_id.is_empty() {
+                let rec = RequestRecord {
+                    version: cp.version,
+                    hash: cp.hash,
+                    timestamp: cp.timestamp,
+                    reply: reply.clone(),
+                };
+                pending.put(
+                    request_key(&cp.skill, &cp.instance, &cp.request_id),
+                    rec.encode(),
+                );
+            }
+            high_water = high_water.max(Some(cp.timestamp));
+            if cp.version > self.inner.retention {
+                prune_up_to(&mut pending, cp, cp.version - self.inner.retention)?;
+            }
+        }
+        if let Some(index) = batch.applied {
+            pending.put(KEY_APPLIED.to_vec(), seal_value(&index.to_be_bytes()));
+        }
+        if let Some(ts) = high_water {
+            let current = match pending.get(KEY_CLOCK)? {
+                Some(raw) => decode_timestamp(&raw)?,
+                None => Timestamp::default(),
+            };
+            if ts > current {
+                pending.put(KEY_CLOCK.to_vec(), encode_timestamp(&ts));
+            }
+        }
+        self.inner.state.apply_batch(pending.into_batch())?;
+        Ok(())
+    }
+
+    /// Raft index the state machine has applied up to; 0 if none.
+    pub fn applied_index(&self) -> Result<u64, StorageError> {
+        match self.inner.state.get(KEY_APPLIED)? {
+            Some(raw) => decode_u64_meta(&raw, "applied index"),
+            None => Ok(0),
+        }
+    }
+
+    /// Greatest timestamp ever applied (default if none). The clock service
+    /// starts above it after a restart so timestamps never go backwards.
+    pub fn clock_high_water(&self) -> Result<Timestamp, StorageError> {
+        match self.inner.state.get(KEY_CLOCK)? {
+            Some(raw) => decode_timestamp(&raw),
+            None => Ok(Timestamp::default()),
+        }
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    /// The instance's newest checkpoint, verified (`Corrupt` if its hash or
+    /// the head record fails).
+    pub fn latest(&self, skill: &str, instance: &str) -> Result<Option<Checkpoint>, StorageError> {
+        validate_names(skill, instance)?;
+        // Hold off writers between reading the head and its checkpoint: with
+        // retention 1 a concurrent apply could prune the version we are
+        // about to read, which would look like corruption.
+        let _guard = read(&self.inner.apply_lock);
+        let Some(raw) = self.inner.state.get(head_key(skill, instance))? else {
+            return Ok(None);
+        };
+        let head = decode_head(&raw)?;
+        let cp = self.get(skill, instance, head.version)?.ok_or_else(|| {
+            corrupt(format!(
+                "{skill}/{instance}: head points to missing version {}",
+                head.version
+            ))
+        })?;
+        if cp.hash != head.hash {
+            return Err(corrupt(format!(
+                "{skill}/{instance}: head hash differs from checkpoint v{}",
+                head.version
+            )));
+        }
+        Ok(Some(cp))
+    }
+
+    /// One version, verified.
+    pub fn get(
+        &self,
+        skill: &str,
+        instance: &str,
+        version: u64,
+    ) -> Result<Option<Checkpoint>, StorageError> {
+        validate_names(skill, instance)?;
+        match self
+            .inner
+            .state
+            .get(checkpoint_key(skill, instance, version))?
+        {
+            Some(raw) => decode_checkpoint_at(&raw, skill, instance, version).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Newest first, versions <= `before_version` (0 = from the latest), at
+    /// most `limit`. Every returned checkpoint is verified.
+    pub fn history(
+        &self,
+        skill: &str,
+        instance: &str,
+        before_version: u64,
+        limit: usize,
+    ) -> Result<Vec<Checkpoint>, StorageError> {
+        validate_names(skill, instance)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let upper = if before_version == 0 {
+            u64::MAX
+        } else {
+            before_version
+        };
+        let lo = checkpoint_key(skill, instance, 0);
+        let hi = checkpoint_key(skill, instance, upper);
+        let mut out = Vec::new();
+        for item in self.inner.state.range(lo..=hi).rev().take(limit) {
+            let (k, v) = item?;
+            let version = version_of_key(&k, skill, instance)?;
+            out.push(decode_checkpoint_at(&v, skill, instance, version)?);
+        }
+        Ok(out)
+    }
+
+    /// Latest retained checkpoint with timestamp <= `ts` (time-travel reads).
+    /// `None` if every retained version is newer than `ts`.
+    pub fn at_or_before(
+        &self,
+        skill: &str,
+        instance: &str,
+        ts: Timestamp,
+    ) -> Result<Option<Checkpoint>, StorageError> {
+        validate_names(skill, instance)?;
+        let lo = checkpoint_key(skill, instance, 0);
+        let hi = checkpoint_key(skill, instance, u64::MAX);
+        // Timestamps strictly increase with the version, so the first match
+        // walking backwards is the answer.
+        for item in self.inner.state.range(lo..=hi).rev() {
+            let (k, v) = item?;
+            let version = version_of_key(&k, skill, instance)?;
+            let cp = decode_checkpoint_at(&v, skill, instance, version)?;
+            if cp.timestamp <= ts {
+                return Ok(Some(cp));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Walks every retained version oldest → newest: each hash verifies,
+    /// versions are consecutive, each parent_hash equals the previous
+    /// checkpoint's hash, timestamps strictly increase, and the head record
+    /// matches the newest. Chain problems are reported (the walk stops at the
+    /// first one); `Err` only for I/O or invalid names.
+    ///
+    /// The oldest retained version's parent cannot be checked (its parent was
+    /// pruned), so an instance with no checkpoints reports ok with zero
+    /// versions checked.
+    pub fn verify_chain(&self, skill: &str, instance: &str) -> Result<ChainReport, StorageError> {
+        validate_names(skill, instance)?;
+        let mut report = ChainReport {
+            ok: true,
+            versions_checked: 0,
+            oldest_version: 0,
+            latest_version: 0,
+            head_hash: ZERO_HASH,
+            problem: None,
+        };
+        let prefix = instance_prefix(TAG_CHECKPOINT, skill, instance);
+        let mut prev: Option<Checkpoint> = None;
+        let mut problem = None;
+        for item in self.inner.state.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let Some(key_version) = key_u64(&k[prefix.len()..]) else {
+                problem = Some("malformed checkpoint key".to_string());
+                break;
+            };
+            let cp = match decode_checkpoint_at(&v, skill, instance, key_version) {
+                Ok(cp) => cp,
+                Err(e) => {
+                    problem = Some(format!("version {key_version}: {e}"));
+                    break;
+                }
+            };
+            if let Some(p) = &prev {
+                if cp.version != p.version + 1 {
+                    problem = Some(format!("gap: version {} follows {}", cp.version, p.version));
+                } else if cp.parent_hash != p.hash {
+                    problem = Some(format!(
+                        "version {}: parent_hash {} is not the hash of version {} ({})",
+                        cp.version,
+                        hex::encode(cp.parent_hash),
+                        p.version,
+                        hex::encode(p.hash)
+                    ));
+                } else if cp.timestamp <= p.timestamp {
+                    problem = Some(format!(
+                        "version {}: timestamp {:?} not after {:?}",
+                        cp.version, cp.timestamp, p.timestamp
+                    ));
+                }
+                if problem.is_some() {
+                    break;
+                }
+            } else {
+                report.oldest_version = cp.version;
+            }
+            report.versions_checked += 1;
+            report.latest_version = cp.version;
+            report.head_hash = cp.hash;
+            prev = Some(cp);
+        }
+        if problem.is_none() {
+            problem = match self.inner.state.get(head_key(skill, instance))? {
+                None if report.versions_checked > 0 => {
+                    Some("checkpoints exist but the head record is missing".into())
+                }
+                None => None,
+                Some(raw) => match decode_head(&raw) {
+                    Err(e) => Some(format!("head record: {e}")),
+                    Ok(h) if h.version != report.latest_version || h.hash != report.head_hash => {
+                        Some(format!(
+                            "head says v{} but newest retained checkpoint is v{}",
+                            h.version, report.latest_version
+                        ))
+                    }
+                    Ok(_) => None,
+                },
+            };
+        }
+        if let Some(p) = problem {
+            warn!(skill, instance, problem = %p, "checkpoint chain verification failed");
+            report.ok = false;
+            report.problem = Some(p);
+        }
+        Ok(report)
+    }
+
+    /// What `request_id` produced, if it was applied and is still retained.
+    pub fn request(
+        &self,
+        skill: &str,
+        instance: &str,
+        request_id: &str,
+    ) -> Result<Option<RequestRecord>, StorageError> {
+        validate_names(skill, instance)?;
+        match self
+            .inner
+            .state
+            .get(request_key(skill, instance, request_id))?
+        {
+            Some(raw) => RequestRecord::decode(&raw).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// SHA-256 over every instance's head (skill, instance, version, hash) in
+    /// key order, plus the applied index. Equal on every node at equal
+    /// applied index. Returns (applied index, hash, instance count).
+    pub fn state_hash(&self) -> Result<(u64, Hash, u64), StorageError> {
+        let _guard = read(&self.inner.apply_lock);
+        let applied = self.applied_index()?;
+        let mut h = Sha256::new();
+        h.update(STATE_HASH_DOMAIN);
+        let mut count = 0u64;
+        for item in self.inner.state.scan_prefix([TAG_HEAD]) {
+            let (k, v) = item?;
+            let (skill, instance, rest) = split_instance_key(&k)
+                .filter(|(_, _, rest)| rest.is_empty())
+                .ok_or_else(|| corrupt("malformed head key"))?;
+            debug_assert!(rest.is_empty());
+            let head = decode_head(&v)?;
+            let mut w = Writer::with_capacity(skill.len() + instance.len() + 56);
+            w.bytes(skill.as_bytes())
+                .bytes(instance.as_bytes())
+                .u64(head.version)
+                .raw(&head.hash);
+            h.update(w.as_slice());
+            count += 1;
+        }
+        h.update(applied.to_be_bytes());
+        Ok((applied, h.finalize().into(), count))
+    }
+
+    // ------------------------------------------------------------ snapshots
+
+    /// Full dump of the state tree for a Raft snapshot.
+    ///
+    /// Format: tag, applied index u64, entry count u64, then per entry
+    /// length-prefixed key and value, then SHA-256 of everything before.
+    pub fn snapshot_state(&self) -> Result<Vec<u8>, StorageError> {
+        self.snapshot_state_with_index().map(|(_, data)| data)
+    }
+
+    /// Like `snapshot_state`, also returning the applied index the dump was
+    /// taken at (consistent with the data: both read under the apply lock).
+    pub(crate) fn snapshot_state_with_index(&self) -> Result<(u64, Vec<u8>), StorageError> {
+        let _guard = read(&self.inner.apply_lock);
+        let applied = self.applied_index()?;
+        let mut w = Writer::default();
+        w.raw(SNAPSHOT_DOMAIN).u64(applied);
+        let count_pos = w.len();
+        w.u64(0);
+        let mut count = 0u64;
+        for item in self.inner.state.iter() {
+            let (k, v) = item?;
+            w.bytes(&k).bytes(&v);
+            count += 1;
+        }
+        w.patch_u64(count_pos, count);
+        let digest = sha256(w.as_slice());
+        w.raw(&digest);
+        Ok((applied, w.into_inner()))
+    }
+
+    /// Replaces the whole state tree with a dump from `snapshot_state`.
+    ///
+    /// Everything is verified BEFORE anything is touched: the dump's digest,
+    /// every checkpoint hash (and that it sits under its own key), every
+    /// checksummed record, that every head points at a present checkpoint
+    /// with the same hash, and that the applied index matches. Any failure
+    /// is `Corrupt` and local state is left untouched.
+    ///
+    /// The replacement is one sled `Batch` (removals of every local key not
+    /// in the dump plus inserts of every dumped key), so it is atomic, also
+    /// across a crash: never a mix of old and new state. The price is holding
+    /// the whole batch in memory, which the dump already is.
+    pub fn restore_state(&self, data: &[u8]) -> Result<(), StorageError> {
+        let entries = parse_and_validate_snapshot(data)?;
+        let _guard = write(&self.inner.apply_lock);
+        let mut batch = sled::Batch::default();
+        for key in self.inner.state.iter().keys() {
+            let key = key?;
+            if entries
+                .binary_search_by(|(k, _)| k.as_slice().cmp(&key))
+                .is_err()
+            {
+                batch.remove(key);
+            }
+        }
+        for (k, v) in entries {
+            batch.insert(k, v);
+        }
+        self.inner.state.apply_batch(batch)?;
+        Ok(())
+    }
+}
+
+/// Removes versions `<= cutoff` of `cp`'s instance (at most
+/// `MAX_PRUNE_PER_PUT`) and the request records they created.
+fn prune_up_to(
+    pending: &mut Overlay<'_>,
+    cp: &Checkpoint,
+    cutoff: u64,
+) -> Result<(), StorageError> {
+    let lo = checkpoint_key(&cp.skill, &cp.instance, 0);
+    let hi = checkpoint_key(&cp.skill, &cp.instance, cutoff);
+    for key in pending.live_keys(&lo, &hi, MAX_PRUNE_PER_PUT)? {
+        if let Some(raw) = pending.get(&key)? {
+            match Checkpoint::decode(&raw) {
+                Ok(old) if !old.request_id.is_empty() => {
+                    let rk = request_key(&cp.skill, &cp.instance, &old.request_id);
+                    if let Some(rraw) = pending.get(&rk)? {
+                        // Only drop the record if it belongs to this version
+                        // (a request id re-used later must keep its record).
+                        match RequestRecord::decode(&rraw) {
+                            Ok(rec) if rec.version != old.version => {}
+                            _ => pending.remove(rk),
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => warn!(
+                    skill = %cp.skill, instance = %cp.instance, error = %e,
+                    "pruning a corrupt checkpoint; its request record (if any) stays"
+                ),
+            }
+        }
+        pending.remove(key);
+    }
+    Ok(())
+}
+
+fn version_of_key(key: &[u8], skill: &str, instance: &str) -> Result<u64, StorageError> {
+    let prefix_len = instance_prefix(TAG_CHECKPOINT, skill, instance).len();
+    key.get(prefix_len..)
+        .and_then(key_u64)
+        .ok_or_else(|| corrupt(format!("{skill}/{instance}: malformed checkpoint key")))
+}
+
+/// Decodes (verifying the hash) and checks that the checkpoint is the one
+/// its key says, so a valid record copied under another key is caught.
+fn decode_checkpoint_at(
+    raw: &[u8],
+    skill: &str,
+    instance: &str,
+    version: u64,
+) -> Result<Checkpoint, StorageError> {
+    let cp = Checkpoint::decode(raw)
+        .map_err(|e| corrupt(format!("{skill}/{instance} v{version}: {e}")))?;
+    if cp.skill != skill || cp.instance != instance || cp.version != version {
+        return Err(corrupt(format!(
+            "{skill}/{instance} v{version}: record is {}/{} v{}",
+            cp.skill, cp.instance, cp.version
+        )));
+    }
+    Ok(cp)
+}
+
+type KvList = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn parse_and_validate_snapshot(data: &[u8]) -> Result<KvList, StorageError> {
+    if data.len() < SNAPSHOT_DOMAIN.len() + 16 + 32 {
+        return Err(corrupt("state snapshot: truncated"));
+    }
+    let (body, digest) = data.split_at(data.len() - 32);
+    if sha256(body) != digest {
+        return Err(corrupt("state snapshot: digest mismatch"));
+    }
+    let mut r = Reader::new(body, "state snapshot");
+    r.tag(SNAPSHOT_DOMAIN)?;
+    let applied = r.u64()?;
+    let count = r.u64()?;
+    let mut entries: KvList = Vec::new();
+    for _ in 0..count {
+        let k = r.bytes()?.to_vec();
+        let v = r.bytes()?.to_vec();
+        if let Some((last, _)) = entries.last() {
+            if *last >= k {
+                return Err(corrupt("state snapshot: keys not strictly ascending"));
+            }
+        }
+        entries.push((k, v));
+    }
+    r.finish()?;
+
+    let mut checkpoint_hashes: BTreeMap<&[u8], Hash> = BTreeMap::new();
+    let mut heads: Vec<(Vec<u8>, Head)> = Vec::new();
+    let mut saw_applied = false;
+    for (k, v) in &entries {
+        match k.first() {
+            _ if k.as_slice() == KEY_APPLIED => {
+                if decode_u64_meta(v, "applied index")? != applied {
+                    return Err(corrupt("state snapshot: applied index mismatch"));
+                }
+                saw_applied = true;
+            }
+            _ if k.as_slice() == KEY_CLOCK => {
+                decode_timestamp(v)?;
+            }
+            Some(&TAG_HEAD) => {
+                let (skill, instance, rest) = split_instance_key(k)
+                    .filter(|(_, _, rest)| rest.is_empty())
+                    .ok_or_else(|| corrupt("state snapshot: malformed head key"))?;
+                debug_assert!(rest.is_empty());
+                heads.push((checkpoint_key(skill, instance, 0), decode_head(v)?));
+            }
+            Some(&TAG_CHECKPOINT) => {
+                let (skill, instance, rest) = split_instance_key(k)
+                    .ok_or_else(|| corrupt("state snapshot: malformed checkpoint key"))?;
+                let version = key_u64(rest)
+                    .ok_or_else(|| corrupt("state snapshot: malformed checkpoint key"))?;
+                let cp = decode_checkpoint_at(v, skill, instance, version)?;
+                checkpoint_hashes.insert(k.as_slice(), cp.hash);
+            }
+            Some(&TAG_REQUEST) => {
+                split_instance_key(k)
+                    .ok_or_else(|| corrupt("state snapshot: malformed request key"))?;
+                RequestRecord::decode(v)?;
+            }
+            _ => return Err(corrupt("state snapshot: unknown key")),
+        }
+    }
+    if !saw_applied && applied != 0 {
+        return Err(corrupt("state snapshot: applied index missing"));
+    }
+    for (mut ck, head) in heads {
+        let len = ck.len();
+        ck[len - 8..].copy_from_slice(&head.version.to_be_bytes());
+        if checkpoint_hashes.get(ck.as_slice()) != Some(&head.hash) {
+            return Err(corrupt(format!(
+                "state snapshot: head v{} has no matching checkpoint",
+                head.version
+            )));
+        }
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::tests::ts;
+
+    pub(crate) fn open_tmp(retention: u64) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreOptions {
+                retention_versions: retention,
+                flush_every_ms: None,
+            },
+        )
+        .unwrap();
+        (dir, store)
+    }
+
+    /// Versions 1..=n of one instance, properly chained, timestamps 10, 20, ...
+    pub(crate) fn chain(skill: &str, instance: &str, n: u64) -> Vec<Checkpoint> {
+        let mut out: Vec<Checkpoint> = Vec::new();
+        for v in 1..=n {
+            let parent = out.last().map(|c| c.hash).unwrap_or(ZERO_HASH);
+            out.push(Checkpoint::seal(
+                skill.into(),
+                instance.into(),
+                v,
+                parent,
+                format!("state-{v}").into_bytes(),
+                ts(v * 10),
+                format!("req-{v}"),
+            ));
+        }
+        out
+    }
+
+    fn apply_all(store: &Store, cps: &[Checkpoint], per_batch: usize, first_index: u64) {
+        let mut index = first_index;
+        for group in cps.chunks(per_batch) {
+            let mut b = ApplyBatch::default();
+            for cp in group {
+                b.put_checkpoint(cp, format!("reply-{}", cp.version).as_bytes());
+                index += 1;
+            }
+            b.set_applied(index);
+            store.commit_apply(b).unwrap();
+        }
+    }
+
+    #[test]
+    fn store_is_send_sync_clone() {
+        fn assert_traits<T: Send + Sync + Clone + 'static>() {}
+        assert_traits::<Store>();
+        assert_traits::<RaftLog>();
+    }
+
+    #[test]
+    fn zero_retention_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Store::open(
+            dir.path(),
+            StoreOptions {
+                retention_versions: 0,
+                flush_every_ms: None,
+            },
+        );
+        assert!(matches!(err, Err(StorageError::Invalid(_))));
+    }
+
+    #[test]
+    fn empty_store_answers_defaults() {
+        let (_d, store) = open_tmp(10);
+        assert_eq!(store.applied_index().unwrap(), 0);
+        assert_eq!(store.clock_high_water().unwrap(), Timestamp::default());
+        assert_eq!(store.latest("s", "i").unwrap(), None);
+        assert_eq!(store.get("s", "i", 1).unwrap(), None);
+        assert!(store.history("s", "i", 0, 10).unwrap().is_empty());
+        assert_eq!(store.request("s", "i", "r").unwrap(), None);
+        let report = store.verify_chain("s", "i").unwrap();
+        assert!(report.ok);
+        assert_eq!(report.versions_checked, 0);
+        assert!(matches!(
+            store.latest("", "i"),
+            Err(StorageError::Invalid(_))
+        ));
+        assert!(matches!(
+            store.get("s\0x", "i", 1),
+            Err(StorageError::Invalid(_))
+        ));
+        assert!(store.commit_apply(ApplyBatch::default()).is_ok());
+    }
+
+    fn check_reads(store: &Store, cps: &[Checkpoint]) {
+        let n = cps.len() as u64;
+        assert_eq!(
+            store.latest("counter", "alice").unwrap().as_ref(),
+            cps.last()
+        );
+        for cp in cps {
+            assert_eq!(
+                store.get("counter", "alice", cp.version).unwrap().as_ref(),
+                Some(cp)
+            );
+        }
+        assert_eq!(store.get("counter", "alice", n + 1).unwrap(), None);
+        let h = store.history("counter", "alice", 0, 3).unwrap();
+        assert_eq!(
+            h.iter().map(|c| c.version).collect::<Vec<_>>(),
+            vec![n, n - 1, n - 2]
+        );
+        let h = store.history("counter", "alice", 4, 100).unwrap();
+        assert_eq!(
+            h.iter().map(|c| c.version).collect::<Vec<_>>(),
+            vec![4, 3, 2, 1]
+        );
+        assert!(store.history("counter", "alice", 0, 0).unwrap().is_empty());
+        // at_or_before: timestamps are 10*v
+        assert_eq!(store.at_or_before("counter", "alice", ts(5)).unwrap(), None);
+        assert_eq!(
+            store
+                .at_or_before("counter", "alice", ts(10))
+                .unwrap()
+                .unwrap()
+                .version,
+            1
+        );
+        assert_eq!(
+            store
+                .at_or_before("counter", "alice", ts(35))
+                .unwrap()
+                .unwrap()
+                .version,
+            3
+        );
+        assert_eq!(
+            store
+                .at_or_before("counter", "alice", ts(u64::MAX))
+                .unwrap()
+                .unwrap()
+                .version,
+            n
+        );
+        let rec = store.request("counter", "alice", "req-2").unwrap().unwrap();
+        assert_eq!(rec.version, 2);
+        assert_eq!(rec.hash, cps[1].hash);
+        assert_eq!(rec.timestamp, cps[1].timestamp);
+        assert_eq!(rec.reply, b"reply-2");
+        assert_eq!(store.request("counter", "alice", "nope").unwrap(), None);
+        // the instance next door is untouched
+        assert_eq!(store.latest("counter", "alic").unwrap(), None);
+        let report = store.verify_chain("counter", "alice").unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.versions_checked, n);
+        assert_eq!((report.oldest_version, report.latest_version), (1, n));
+        assert_eq!(report.head_hash, cps.last().unwrap().hash);
+    }
+
+    #[test]
+    fn apply_one_per_batch() {
+        let (_d, store) = open_tmp(100);
+        let cps = chain("counter", "alice", 8);
+        apply_all(&store, &cps, 1, 0);
+        check_reads(&store, &cps);
+        assert_eq!(store.applied_index().unwrap(), 8);
+        assert_eq!(store.clock_high_water().unwrap(), ts(80));
+    }
+
+    #[test]
+    fn apply_several_versions_per_batch() {
+        let (_d, store) = open_tmp(100);
+        let cps = chain("counter", "alice", 8);
+        apply_all(&store, &cps, 3, 100);
+        check_reads(&store, &cps);
+        assert_eq!(store.applied_index().unwrap(), 108);
+    }
+
+    #[test]
+    fn whole_chain_in_one_batch_with_retention() {
+        // Pruning must see puts of the same batch.
+        let (_d, store) = open_tmp(3);
+        let cps = chain("counter", "alice", 10);
+        apply_all(&store, &cps, 10, 0);
+        let versions: Vec<u64> = store
+            .history("counter", "alice", 0, 100)
+            .unwrap()
+            .iter()
+            .map(|c| c.version)
+            .collect();
+        assert_eq!(versions, vec![10, 9, 8]);
+        assert_eq!(store.request("counter", "alice", "req-7").unwrap(), None);
+        assert!(store
+            .request("counter", "alice", "req-8")
+            .unwrap()
+            .is_some());
+        assert!(store.verify_chain("counter", "alice").unwrap().ok);
+    }
+
+    #[test]
+    fn retention_bounds_history_and_requests() {
+        let (_d, store) = open_tmp(5);
+        let cps = chain("counter", "alice", 20);
+        apply_all(&store, &cps, 1, 0);
+        let versions: Vec<u64> = store
+            .history("counter", "alice", 0, 100)
+            .unwrap()
+            .iter()
+            .map(|c| c.version)
+            .collect();
+        assert_eq!(versions, vec![20, 19, 18, 17, 16]);
+        for v in 1..=15 {
+            assert_eq!(store.get("counter", "alice", v).unwrap(), None, "v{v}");
+            assert_eq!(
+                store
+                    .request("counter", "alice", &format!("req-{v}"))
+                    .unwrap(),
+                None,
+                "req-{v}"
+            );
+        }
+        for v in 16..=20 {
+            assert_eq!(
+                store
+                    .request("counter", "alice", &format!("req-{v}"))
+                    .unwrap()
+                    .unwrap()
+                    .version,
+                v
+            );
+        }
+        let report = store.verify_chain("counter", "alice").unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(
+            (
+                report.oldest_version,
+                report.latest_version,
+                report.versions_checked
+            ),
+            (16, 20, 5)
+        );
+        // Count raw keys too: nothing else lingers.
+        let raw = store.raw_tree("state").unwrap();
+        assert_eq!(raw.scan_prefix([TAG_CHECKPOINT]).count(), 5);
+        assert_eq!(raw.scan_prefix([TAG_REQUEST]).count(), 5);
+    }
+
+    #[test]
+    fn lowering_retention_drains_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let cps = chain("s", "i", 30);
+        {
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            apply_all(&store, &cps[..29], 1, 0);
+            store.sync().unwrap();
+        }
+        let store = Store::open(
+            dir.path(),
+            StoreOptions {
+                retention_versions: 2,
+                flush_every_ms: None,
+            },
+        )
+        .unwrap();
+        apply_all(&store, &cps[29..], 1, 29);
+        let versions: Vec<u64> = store
+            .history("s", "i", 0, 100)
+            .unwrap()
+            .iter()
+            .map(|c| c.version)
+            .collect();
+        assert_eq!(versions, vec![30, 29]);
+    }
+
+    #[test]
+    fn replay_is_idempotent_and_old_versions_are_ignored() {
+        let (_d, store) = open_tmp(100);
+        let cps = chain("s", "i", 5);
+        apply_all(&store, &cps, 1, 0);
+        let before = store.state_hash().unwrap();
+        // Re-apply the last entry (crash before applied index was saved).
+        let mut b = ApplyBatch::default();
+        b.put_checkpoint(&cps[4], b"reply-5");
+        b.set_applied(5);
+        store.commit_apply(b).unwrap();
+        assert_eq!(store.state_hash().unwrap(), before);
+        // An older version never moves the head back.
+        let mut b = ApplyBatch::default();
+        b.put_checkpoint(&cps[1], b"x");
+        store.commit_apply(b).unwrap();
+        assert_eq!(store.latest("s", "i").unwrap().unwrap().version, 5);
+        assert_eq!(
+            store.request("s", "i", "req-2").unwrap().unwrap().reply,
+            b"reply-2"
+        );
+    }
+
+    #[test]
+    fn unsealed_checkpoint_is_rejected_and_nothing_written() {
+        let (_d, store) = open_tmp(100);
+        let cps = chain("s", "i", 2);
+        let mut bad = cps[1].clone();
+        bad.state = b"tampered".to_vec();
+        let mut b = ApplyBatch::default();
+        b.put_checkpoint(&cps[0], b"");
+        b.put_checkpoint(&bad, b"");
+        b.set_applied(2);
+        assert!(matches!(
+            store.commit_apply(b),
+            Err(StorageError::Invalid(_))
+        ));
+        assert_eq!(store.latest("s", "i").unwrap(), None);
+        assert_eq!(store.applied_index().unwrap(), 0);
+        let mut b = ApplyBatch::default();
+        let mut nul = cps[0].clone();
+        nul.instance = "a\0b".into();
+        nul.hash = nul.compute_hash();
+        b.put_checkpoint(&nul, b"");
+        assert!(matches!(
+            store.commit_apply(b),
+            Err(StorageError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn clock_high_water_is_max_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            let mut b = ApplyBatch::default();
+            b.observe_timestamp(ts(50));
+            b.observe_timestamp(ts(40));
+            assert!(!b.is_empty());
+            store.commit_apply(b).unwrap();
+            let mut b = ApplyBatch::default();
+            b.observe_timestamp(ts(30));
+            store.commit_apply(b).unwrap();
+            assert_eq!(store.clock_high_water().unwrap(), ts(50));
+            store.sync().unwrap();
+        }
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(store.clock_high_water().unwrap(), ts(50));
+    }
+
+    #[test]
+    fn reopen_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let cps = chain("counter", "alice", 8);
+        let hash_before;
+        {
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            apply_all(&store, &cps, 2, 0);
+            let mut b = ApplyBatch::default();
+            b.observe_timestamp(ts(1000));
+            b.set_applied(42);
+            store.commit_apply(b).unwrap();
+            hash_before = store.state_hash().unwrap();
+            store.sync().unwrap();
+        }
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        check_reads(&store, &cps);
+        assert_eq!(store.applied_index().unwrap(), 42);
+        assert_eq!(store.clock_high_water().unwrap(), ts(1000));
+        assert_eq!(store.state_hash().unwrap(), hash_before);
+        assert_eq!(store.dir(), dir.path());
+    }
+
+    #[test]
+    fn sync_covers_blobs() {
+        // Values this large are stored by sled as blob files.
+        let (_d, store) = open_tmp(100);
+        let big = Checkpoint::seal(
+            "s".into(),
+            "i".into(),
+            1,
+            ZERO_HASH,
+            vec![7u8; 4 << 20],
+            ts(1),
+            "r".into(),
+        );
+        let mut b = ApplyBatch::default();
+        b.put_checkpoint(&big, b"");
+        store.commit_apply(b).unwrap();
+        store.sync().unwrap();
+        let blobs = std::fs::read_dir(store.dir().join("blobs"))
+            .unwrap()
+            .count();
+        assert!(blobs > 0, "expected sled to store the value as a blob");
+        assert_eq!(lock(&store.inner.synced_blobs).len(), blobs);
+        store.sync().unwrap();
+        assert_eq!(store.latest("s", "i").unwrap().unwrap(), big);
+    }
+
+    #[test]
+    fn flipped_byte_is_corrupt_and_reported() {
+        let (_d, store) = open_tmp(100);
+        let cps = chain("counter", "alice", 5);
+        apply_all(&store, &cps, 1, 0);
+        let raw = store.raw_tree("state").unwrap();
+        for v in [3u64, 5] {
+            let key = checkpoint_key("counter", "alice", v);
+            let mut bytes = raw.get(&key).unwrap().unwrap().to_vec();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x20;
+            raw.insert(key, bytes).unwrap();
+        }
+        assert!(store.get("counter", "alice", 3).unwrap_err().is_corrupt());
+        assert!(store.latest("counter", "alice").unwrap_err().is_corrupt());
+        assert!(store
+            .history("counter", "alice", 0, 10)
+            .unwrap_err()
+            .is_corrupt());
+        assert!(store
+            .at_or_before("counter", "alice", ts(45))
+            .unwrap_err()
+            .is_corrupt());
+        assert_eq!(store.get("counter", "alice", 2).unwrap().unwrap(), cps[1]);
+        let report = store.verify_chain("counter", "alice").unwrap();
+        assert!(!report.ok);
+        assert_eq!(report.versions_checked, 2);
+        assert!(
+            report.problem.as_deref().unwrap().contains("version 3"),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn valid_record_under_wrong_key_is_corrupt() {
+        let (_d, store) = open_tmp(100);
+        let cps = chain("s", "i", 3);
+        apply_all(&store, &cps, 1, 0);
+        let raw = store.raw_tree("state").unwrap();
+        raw.insert(checkpoint_key("s", "i", 2), cps[0].encode())
+            .unwrap();
+        assert!(store.get("s", "i", 2).unwrap_err().is_corrupt());
+        assert!(!store.verify_chain("s", "i").unwrap().ok);
+    }
+
+    #[test]
+    fn broken_parent_link_is_reported() {
+        let (_d, store) = open_tmp(100);
+        let cps = chain("s", "i", 5);
+        apply_all(&store, &cps, 1, 0);
+        let raw = store.raw_tree("state").unwrap();
+        let forged = Checkpoint::seal(
+            "s".into(),
+            "i".into(),
+            3,
+            [9u8; 32],
+            b"forged".to_vec(),
+            cps[2].timestamp,
+            "req-3".into(),
+        );
+        raw.insert(checkpoint_key("s", "i", 3), forged.encode())
+            .unwrap();
+        // The record itself is valid...
+        assert_eq!(store.get("s", "i", 3).unwrap().unwrap(), forged);
+        // ...but the chain is not.
+        let report = store.verify_chain("s", "i").unwrap();
+        assert!(!report.ok);
+        assert!(
+            report.problem.as_deref().unwrap().contains("parent_hash"),
+            "{report:?}"
+        );
+        assert_eq!(report.versions_checked, 2);
+    }
+
+    #[test]
+    fn non_increasing_timestamp_and_gap_are_reported() {
+        let (_d, store) = open_tmp(100);
+        let mut cps = chain("s", "i", 2);
+        let third = Checkpoint::seal(
+            "s".into(),
+            "i".into(),
+            3,
+            cps[1].hash,
+            vec![],
+            cps[1].timestamp,
+            String::new(),
+        );
+        cps.push(third);
+        apply_all(&store, &cps, 1, 0);
+        let report = store.verify_chain("s", "i").unwrap();
+        assert!(!report.ok);
+        assert!(report.problem.unwrap().contains("timestamp"));
+
+        let (_d2, store) = open_tmp(100);
+        let cps = chain("s", "i", 4);
+        apply_all(&store, &cps, 1, 0);
+        store
+            .raw_tree("state")
+            .unwrap()
+            .remove(checkpoint_key("s", "i", 2))
+            .unwrap();
+        let report = store.verify_chain("s", "i").unwrap();
+        assert!(!report.ok);
+        assert!(report.problem.unwrap().contains("gap"));
+    }
+
+    #[test]
+    fn tampered_head_is_corrupt() {
+        let (_d, store) = open_tmp(100);
+        apply_all(&store, &chain("s", "i", 3), 1, 0);
+        let raw = store.raw_tree("state").unwrap();
+        let hk = head_key("s", "i");
+        let mut bytes = raw.get(&hk).unwrap().unwrap().to_vec();
+        bytes[12] ^= 1;
+        raw.insert(hk.clone(), bytes).unwrap();
+        assert!(store.latest("s", "i").unwrap_err().is_corrupt());
+        assert!(!store.verify_chain("s", "i").unwrap().ok);
+        assert!(store.state_hash().unwrap_err().is_corrupt());
+        // A head pointing at an older (valid) version is also caught.
+        raw.insert(hk, encode_head(2, &[0u8; 32])).unwrap();
+        assert!(store.latest("s", "i").unwrap_err().is_corrupt());
+        assert!(!store.verify_chain("s", "i").unwrap().ok);
+    }
+
+    #[test]
+    fn tampered_request_record_is_corrupt() {
+        let (_d, store) = open_tmp(100);
+        apply_all(&store, &chain("s", "i", 2), 1, 0);
+        let raw = store.raw_tree("state").unwrap();
+        let rk = request_key("s", "i", "req-1");
+        let mut bytes = raw.get(&rk).unwrap().unwrap().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        raw.insert(rk, bytes).unwrap();
+        assert!(store.request("s", "i", "req-1").unwrap_err().is_corrupt());
+    }
+
+    #[test]
+    fn state_hash_equal_for_equal_input_and_differs_otherwise() {
+        let (_d1, a) = open_tmp(4);
+        let (_d2, b) = open_tmp(4);
+        let (_d3, c) = open_tmp(4);
+        let x = chain("counter", "x", 6);
+        let y = chain("counter", "y", 3);
+        apply_all(&a, &x, 2, 0);
+        apply_all(&a, &y, 1, 10);
+        // Same entries, different batching: same result.
+        apply_all(&b, &x, 1, 0);
+        apply_all(&b, &y, 3, 10);
+        let ha = a.state_hash().unwrap();
+        assert_eq!(ha, b.state_hash().unwrap());
+        assert_eq!(ha.2, 2);
+        assert_eq!(ha.0, 13);
+        assert_eq!(a.snapshot_state().unwrap(), b.snapshot_state().unwrap());
+        // One version short: differs.
+        apply_all(&c, &x[..5], 1, 0);
+        apply_all(&c, &y, 3, 10);
+        let mut fix = ApplyBatch::default();
+        fix.set_applied(13);
+        c.commit_apply(fix).unwrap();
+        let hc = c.state_hash().unwrap();
+        assert_eq!(hc.0, ha.0);
+        assert_ne!(hc.1, ha.1);
+        // Same heads, different applied index: differs.
+        let mut bump = ApplyBatch::default();
+        bump.set_applied(14);
+        b.commit_apply(bump).unwrap();
+        assert_ne!(b.state_hash().unwrap().1, ha.1);
+    }
+
+    #[test]
+    fn snapshot_restore_round_trip_replaces_everything() {
+        let (_d1, a) = open_tmp(5);
+        let (_d2, b) = open_tmp(5);
+        apply_all(&a, &chain("s", "one", 7), 2, 0);
+        apply_all(&b, &chain("s", "stale", 3), 1, 0);
+        let data = a.snapshot_state().unwrap();
+        b.restore_state(&data).unwrap();
+        assert_eq!(a.state_hash().unwrap(), b.state_hash().unwrap());
+        assert_eq!(b.latest("s", "stale").unwrap(), None);
+        assert_eq!(b.request("s", "stale", "req-1").unwrap(), None);
+        assert_eq!(b.latest("s", "one").unwrap(), a.latest("s", "one").unwrap());
+        assert_eq!(b.clock_high_water().unwrap(), a.clock_high_water().unwrap());
+        assert_eq!(b.snapshot_state().unwrap(), data);
+    }
+
+    #[test]
+    fn corrupt_snapshot_leaves_state_untouched() {
+        let (_d1, a) = open_tmp(5);
+        let (_d2, b) = open_tmp(5);
+        apply_all(&a, &chain("s", "one", 4), 1, 0);
+        apply_all(&b, &chain("s", "mine", 2), 1, 0);
+        let before = b.snapshot_state().unwrap();
+        let data = a.snapshot_state().unwrap();
+        for pos in (0..data.len()).step_by(7) {
+            let mut bad = data.clone();
+            bad[pos] ^= 0x04;
+            assert!(b.restore_state(&bad).unwrap_err().is_corrupt(), "pos {pos}");
+        }
+        assert!(b.restore_state(&data[..data.len() - 1]).is_err());
+        assert!(b.restore_state(b"").is_err());
+        assert_eq!(b.snapshot_state().unwrap(), before);
+    }
+
+    #[test]
+    fn snapshot_with_valid_digest_but_bad_checkpoint_is_rejected() {
+        // The outer digest is not enough: an attacker (or bug) can recompute
+        // it. Each checkpoint must verify on its own.
+        let (_d1, a) = open_tmp(5);
+        let (_d2, b) = open_tmp(5);
+        apply_all(&a, &chain("s", "one", 3), 1, 0);
+        apply_all(&b, &chain("s", "mine", 2), 1, 0);
+        let before = b.snapshot_state().unwrap();
+        let raw = a.raw_tree("state").unwrap();
+        let key = checkpoint_key("s", "one", 2);
+        let mut bytes = raw.get(&key).unwrap().unwrap().to_vec();
+        bytes[30] ^= 1;
+        raw.insert(key, bytes).unwrap();
+        let data = a.snapshot_state().unwrap();
+        assert!(b.restore_state(&data).unwrap_err().is_corrupt());
+        assert_eq!(b.snapshot_state().unwrap(), before);
+    }
+}
