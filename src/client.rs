@@ -56,7 +56,11 @@ impl Client {
 
     pub fn with_channel(channel: Channel, token: Option<&str>) -> Result<Client, ClientError> {
         let value = match token {
-            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| ClientError::Token)?),
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| ClientError::Token)?,
+            ),
             None => None,
         };
         let i = BearerToken(value);
@@ -65,7 +69,10 @@ impl Client {
         Ok(Client {
             skills: pb::skills_client::SkillsClient::with_interceptor(channel.clone(), i.clone())
                 .max_decoding_message_size(max),
-            cluster: pb::cluster_client::ClusterClient::with_interceptor(channel.clone(), i.clone()),
+            cluster: pb::cluster_client::ClusterClient::with_interceptor(
+                channel.clone(),
+                i.clone(),
+            ),
             clock: pb::clock_client::ClockClient::with_interceptor(channel, i),
         })
     }

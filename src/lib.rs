@@ -25,7 +25,7 @@ pub use synapse_runtime::clock::{format_timestamp, ManualClock, PhysicalClock, S
 pub use synapse_runtime::guard::{attenuate, inspect, Grant, Restriction, RootKey};
 pub use synapse_runtime::skill::field;
 pub use synapse_runtime::{
-    InvokeRequest, InvokeResult, MethodKind, MethodSpec, Node, NodeBuilder, NodeConfig, RuntimeError, Skill,
-    SkillError,
+    InvokeRequest, InvokeResult, MethodKind, MethodSpec, Node, NodeBuilder, NodeConfig,
+    RuntimeError, Skill, SkillError,
 };
 pub use synapse_storage::{Checkpoint, Timestamp};

@@ -11,7 +11,11 @@ use synapse::client::{v1 as pb, Client};
 use synapse::{format_timestamp, Grant, NodeConfig, Restriction, RootKey, Timestamp};
 
 #[derive(Parser)]
-#[command(name = "synapse", version, about = "Distributed actor runtime with a consensus core")]
+#[command(
+    name = "synapse",
+    version,
+    about = "Distributed actor runtime with a consensus core"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,16 +24,32 @@ struct Cli {
 #[derive(Args, Clone)]
 struct ClientOpts {
     /// gRPC endpoint of a node.
-    #[arg(long, env = "SYNAPSE_ENDPOINT", default_value = "http://127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "SYNAPSE_ENDPOINT",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     endpoint: String,
     /// File holding the capability token.
-    #[arg(long, env = "SYNAPSE_TOKEN_FILE", default_value = "./synapse-data/root.token", global = true)]
+    #[arg(
+        long,
+        env = "SYNAPSE_TOKEN_FILE",
+        default_value = "./synapse-data/root.token",
+        global = true
+    )]
     token_file: PathBuf,
     /// Capability token text (overrides --token-file).
     #[arg(long, env = "SYNAPSE_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
     /// Output format.
-    #[arg(short = 'w', long = "output", value_enum, default_value = "table", global = true)]
+    #[arg(
+        short = 'w',
+        long = "output",
+        value_enum,
+        default_value = "table",
+        global = true
+    )]
     output: Output,
 }
 
@@ -211,15 +231,25 @@ impl ServeOpts {
     fn into_config(self) -> Result<(NodeConfig, String), String> {
         let mut config = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))?
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| format!("invalid config {}: {e}", path.display()))?
             }
             None => NodeConfig::default(),
         };
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { config.$f = v; } )* };
         }
-        set!(node_id, data_dir, retention_versions, max_payload_bytes, mailbox_capacity, max_active_instances, handler_deadline_ms);
+        set!(
+            node_id,
+            data_dir,
+            retention_versions,
+            max_payload_bytes,
+            mailbox_capacity,
+            max_active_instances,
+            handler_deadline_ms
+        );
         if let Some(l) = self.listen {
             config.listen = Some(l);
         }
@@ -237,7 +267,11 @@ struct Failure(String, String);
 impl From<tonic::Status> for Failure {
     fn from(s: tonic::Status) -> Self {
         let mut msg = s.message().to_string();
-        if let Some(l) = s.metadata().get("x-synapse-leader").and_then(|v| v.to_str().ok()) {
+        if let Some(l) = s
+            .metadata()
+            .get("x-synapse-leader")
+            .and_then(|v| v.to_str().ok())
+        {
             msg.push_str(&format!(" (leader: node {l})"));
         }
         Failure(format!("{:?}", s.code()), msg)
@@ -270,7 +304,9 @@ fn read_token(opts: &ClientOpts) -> Result<Option<String>, Failure> {
 
 async fn connect(opts: &ClientOpts) -> Result<Client, Failure> {
     let token = read_token(opts)?;
-    Client::connect(&opts.endpoint, token.as_deref()).await.map_err(|e| Failure::from(e.to_string()))
+    Client::connect(&opts.endpoint, token.as_deref())
+        .await
+        .map_err(|e| Failure::from(e.to_string()))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -279,7 +315,11 @@ fn hex(b: &[u8]) -> String {
 
 fn ts_of(t: &Option<pb::Timestamp>) -> Timestamp {
     t.as_ref()
-        .map(|t| Timestamp { physical_micros: t.physical_micros, logical: t.logical, node_id: t.node_id })
+        .map(|t| Timestamp {
+            physical_micros: t.physical_micros,
+            logical: t.logical,
+            node_id: t.node_id,
+        })
         .unwrap_or_default()
 }
 
@@ -289,7 +329,8 @@ fn ts_json(t: &Option<pb::Timestamp>) -> Value {
 }
 
 fn json_or_text(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 fn checkpoint_json(cp: &pb::Checkpoint) -> Value {
@@ -302,14 +343,19 @@ fn checkpoint_json(cp: &pb::Checkpoint) -> Value {
 
 fn print(output: Output, value: &Value, table: impl FnOnce() -> String) {
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
         Output::Table => println!("{}", table()),
     }
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, Failure> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| Failure::from(format!("bad ttl `{s}`: use e.g. 30s, 15m, 24h, 7d")))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| Failure::from(format!("bad ttl `{s}`: use e.g. 30s, 15m, 24h, 7d")))?;
     let secs = match unit {
         "s" | "" => n,
         "m" => n * 60,
@@ -326,7 +372,12 @@ fn restriction(scope: &ScopeOpts) -> Result<Restriction, Failure> {
         instance: scope.instance.clone(),
         methods: scope.methods.clone(),
         read_only: scope.read_only,
-        expires_at: scope.ttl.as_deref().map(parse_ttl).transpose()?.map(|d| SystemTime::now() + d),
+        expires_at: scope
+            .ttl
+            .as_deref()
+            .map(parse_ttl)
+            .transpose()?
+            .map(|d| SystemTime::now() + d),
     })
 }
 
@@ -337,7 +388,11 @@ fn invoke_table(r: &pb::InvokeResponse) -> String {
         r.version,
         format_timestamp(&ts_of(&r.timestamp)),
         &hex(&r.hash)[..16.min(r.hash.len() * 2)],
-        if r.deduplicated { "  (deduplicated retry)" } else { "" }
+        if r.deduplicated {
+            "  (deduplicated retry)"
+        } else {
+            ""
+        }
     )
 }
 
@@ -349,7 +404,9 @@ fn invoke_json(r: &pb::InvokeResponse) -> Value {
 async fn serve(opts: ServeOpts) -> Result<(), Failure> {
     let (config, log) = opts.into_config()?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| format!("bad --log: {e}"))?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| format!("bad --log: {e}"))?,
+        )
         .init();
     let node = tokio::task::spawn_blocking(move || synapse::Node::builder(config).start())
         .await
@@ -358,13 +415,19 @@ async fn serve(opts: ServeOpts) -> Result<(), Failure> {
     eprintln!(
         "synapse node {} serving gRPC on {} (metrics/health on {}); root token in {}",
         node.core().node_id(),
-        node.grpc_addr().map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
-        node.http_addr().map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        node.grpc_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into()),
+        node.http_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into()),
         node.core().config().data_dir.join("root.token").display()
     );
     wait_for_signal().await;
     eprintln!("shutting down");
-    tokio::task::spawn_blocking(move || node.shutdown()).await.map_err(|e| format!("shutdown failed: {e}"))?;
+    tokio::task::spawn_blocking(move || node.shutdown())
+        .await
+        .map_err(|e| format!("shutdown failed: {e}"))?;
     Ok(())
 }
 
@@ -393,7 +456,14 @@ async fn wait_for_signal() {
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Serve(opts) => serve(opts).await,
-        Command::Invoke { target, method, payload, request_id, expected_version, client } => {
+        Command::Invoke {
+            target,
+            method,
+            payload,
+            request_id,
+            expected_version,
+            client,
+        } => {
             let (skill, instance) = split_target(&target)?;
             let mut c = connect(&client).await?;
             let r = c
@@ -411,35 +481,76 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print(client.output, &invoke_json(&r), || invoke_table(&r));
             Ok(())
         }
-        Command::State { target, version, at, client } => {
+        Command::State {
+            target,
+            version,
+            at,
+            client,
+        } => {
             let (skill, instance) = split_target(&target)?;
             let at = match at {
                 Some(t) => {
-                    let dt = chrono::DateTime::parse_from_rfc3339(&t).map_err(|e| Failure::from(format!("bad --at `{t}`: {e}")))?;
-                    let micros = u64::try_from(dt.timestamp_micros()).map_err(|_| Failure::from("--at before 1970".to_string()))?;
-                    Some(pb::Timestamp { physical_micros: micros, logical: u32::MAX, node_id: u64::MAX })
+                    let dt = chrono::DateTime::parse_from_rfc3339(&t)
+                        .map_err(|e| Failure::from(format!("bad --at `{t}`: {e}")))?;
+                    let micros = u64::try_from(dt.timestamp_micros())
+                        .map_err(|_| Failure::from("--at before 1970".to_string()))?;
+                    Some(pb::Timestamp {
+                        physical_micros: micros,
+                        logical: u32::MAX,
+                        node_id: u64::MAX,
+                    })
                 }
                 None => None,
             };
             let mut c = connect(&client).await?;
-            let r = c.skills.get_state(pb::GetStateRequest { skill, instance, version, at }).await?.into_inner();
+            let r = c
+                .skills
+                .get_state(pb::GetStateRequest {
+                    skill,
+                    instance,
+                    version,
+                    at,
+                })
+                .await?
+                .into_inner();
             let cp = r.checkpoint.unwrap_or_default();
             print(client.output, &checkpoint_json(&cp), || {
                 format!(
                     "{}/{} v{}  at {}  hash {}\n{}",
-                    cp.skill, cp.instance, cp.version, format_timestamp(&ts_of(&cp.timestamp)), hex(&cp.hash),
+                    cp.skill,
+                    cp.instance,
+                    cp.version,
+                    format_timestamp(&ts_of(&cp.timestamp)),
+                    hex(&cp.hash),
                     String::from_utf8_lossy(&cp.state)
                 )
             });
             Ok(())
         }
-        Command::History { target, limit, before, client } => {
+        Command::History {
+            target,
+            limit,
+            before,
+            client,
+        } => {
             let (skill, instance) = split_target(&target)?;
             let mut c = connect(&client).await?;
-            let r = c.skills.history(pb::HistoryRequest { skill, instance, before_version: before, limit }).await?.into_inner();
+            let r = c
+                .skills
+                .history(pb::HistoryRequest {
+                    skill,
+                    instance,
+                    before_version: before,
+                    limit,
+                })
+                .await?
+                .into_inner();
             let list: Vec<Value> = r.checkpoints.iter().map(checkpoint_json).collect();
             print(client.output, &Value::Array(list), || {
-                let mut out = format!("{:>8}  {:<40}  {:<18}  {}", "VERSION", "TIMESTAMP", "HASH", "STATE");
+                let mut out = format!(
+                    "{:>8}  {:<40}  {:<18}  {}",
+                    "VERSION", "TIMESTAMP", "HASH", "STATE"
+                );
                 for cp in &r.checkpoints {
                     out.push_str(&format!(
                         "\n{:>8}  {:<40}  {:<18}  {}",
@@ -453,22 +564,46 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             });
             Ok(())
         }
-        Command::Rollback { target, to, request_id, client } => {
+        Command::Rollback {
+            target,
+            to,
+            request_id,
+            client,
+        } => {
             let (skill, instance) = split_target(&target)?;
             let mut c = connect(&client).await?;
-            let r = c.skills.rollback(pb::RollbackRequest { skill, instance, to_version: to, request_id }).await?.into_inner();
+            let r = c
+                .skills
+                .rollback(pb::RollbackRequest {
+                    skill,
+                    instance,
+                    to_version: to,
+                    request_id,
+                })
+                .await?
+                .into_inner();
             print(client.output, &invoke_json(&r), || invoke_table(&r));
             Ok(())
         }
         Command::Verify { target, client } => {
             let (skill, instance) = split_target(&target)?;
             let mut c = connect(&client).await?;
-            let r = c.skills.verify(pb::VerifyRequest { skill, instance }).await?.into_inner();
+            let r = c
+                .skills
+                .verify(pb::VerifyRequest { skill, instance })
+                .await?
+                .into_inner();
             let v = json!({ "ok": r.ok, "versions_checked": r.versions_checked, "oldest_version": r.oldest_version,
                             "latest_version": r.latest_version, "head_hash": hex(&r.head_hash), "problem": r.problem });
             print(client.output, &v, || {
                 if r.ok {
-                    format!("OK: {} versions (v{}..=v{}) verify; head {}", r.versions_checked, r.oldest_version, r.latest_version, hex(&r.head_hash))
+                    format!(
+                        "OK: {} versions (v{}..=v{}) verify; head {}",
+                        r.versions_checked,
+                        r.oldest_version,
+                        r.latest_version,
+                        hex(&r.head_hash)
+                    )
                 } else {
                     format!("FAILED: {}", r.problem)
                 }
@@ -479,14 +614,27 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Err(Failure("DataLoss".into(), r.problem))
             }
         }
-        Command::Watch { target, count, client } => {
+        Command::Watch {
+            target,
+            count,
+            client,
+        } => {
             let (skill, instance) = split_target(&target)?;
             let mut c = connect(&client).await?;
-            let mut stream = c.skills.watch(pb::WatchRequest { skill, instance }).await?.into_inner();
+            let mut stream = c
+                .skills
+                .watch(pb::WatchRequest { skill, instance })
+                .await?
+                .into_inner();
             let mut seen = 0;
             while let Some(cp) = stream.message().await? {
                 print(client.output, &checkpoint_json(&cp), || {
-                    format!("v{}  {}  {}", cp.version, format_timestamp(&ts_of(&cp.timestamp)), String::from_utf8_lossy(&cp.state))
+                    format!(
+                        "v{}  {}  {}",
+                        cp.version,
+                        format_timestamp(&ts_of(&cp.timestamp)),
+                        String::from_utf8_lossy(&cp.state)
+                    )
                 });
                 seen += 1;
                 if count != 0 && seen >= count {
@@ -495,7 +643,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Cluster { command: ClusterCommand::Status { client } } => {
+        Command::Cluster {
+            command: ClusterCommand::Status { client },
+        } => {
             let mut c = connect(&client).await?;
             let s = c.cluster.status(pb::StatusRequest {}).await?.into_inner();
             let v = json!({
@@ -510,7 +660,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     s.node_id, s.role, s.leader_id, s.term, s.commit_index, s.applied_index, s.instances, s.voters, s.learners, hex(&s.state_hash)
                 );
                 for p in &s.peers {
-                    out.push_str(&format!("\npeer {}  match {}  lag {}", p.id, p.match_index, p.lag));
+                    out.push_str(&format!(
+                        "\npeer {}  match {}  lag {}",
+                        p.id, p.match_index, p.lag
+                    ));
                 }
                 out
             });
@@ -520,7 +673,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let mut c = connect(&client).await?;
             let r = c.clock.now(pb::NowRequest {}).await?.into_inner();
             let v = json!({ "timestamp": ts_json(&r.timestamp), "uncertainty_micros": r.uncertainty_micros });
-            print(client.output, &v, || format!("{} ± {} µs", format_timestamp(&ts_of(&r.timestamp)), r.uncertainty_micros));
+            print(client.output, &v, || {
+                format!(
+                    "{} ± {} µs",
+                    format_timestamp(&ts_of(&r.timestamp)),
+                    r.uncertainty_micros
+                )
+            });
             Ok(())
         }
         Command::Token { command } => token_command(command),
@@ -529,36 +688,61 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
 fn token_command(command: TokenCommand) -> Result<(), Failure> {
     match command {
-        TokenCommand::Mint { data_dir, principal, scope } => {
+        TokenCommand::Mint {
+            data_dir,
+            principal,
+            scope,
+        } => {
             let key_path = data_dir.join("root.key");
             if !key_path.exists() {
-                return Err(format!("no root key at {} (start a node with this data dir first)", key_path.display()).into());
+                return Err(format!(
+                    "no root key at {} (start a node with this data dir first)",
+                    key_path.display()
+                )
+                .into());
             }
-            let key = RootKey::load_or_create(&key_path).map_err(|e| Failure::from(e.to_string()))?;
+            let key =
+                RootKey::load_or_create(&key_path).map_err(|e| Failure::from(e.to_string()))?;
             let grant = Grant {
                 skill: scope.skill.clone().unwrap_or_else(|| "*".into()),
                 instance: scope.instance.clone().unwrap_or_else(|| "*".into()),
                 methods: scope.methods.clone().unwrap_or_default(),
                 read_only: scope.read_only,
             };
-            let expires = scope.ttl.as_deref().map(parse_ttl).transpose()?.map(|d| SystemTime::now() + d);
-            let token = key.mint(&principal, &[grant], expires).map_err(|e| Failure::from(e.to_string()))?;
+            let expires = scope
+                .ttl
+                .as_deref()
+                .map(parse_ttl)
+                .transpose()?
+                .map(|d| SystemTime::now() + d);
+            let token = key
+                .mint(&principal, &[grant], expires)
+                .map_err(|e| Failure::from(e.to_string()))?;
             println!("{token}");
             Ok(())
         }
         TokenCommand::Attenuate { scope, client } => {
-            let token = read_token(&client)?.ok_or_else(|| Failure::from("no token to attenuate (use --token or --token-file)".to_string()))?;
-            let narrowed = synapse::attenuate(&token, &restriction(&scope)?).map_err(|e| Failure::from(e.to_string()))?;
+            let token = read_token(&client)?.ok_or_else(|| {
+                Failure::from("no token to attenuate (use --token or --token-file)".to_string())
+            })?;
+            let narrowed = synapse::attenuate(&token, &restriction(&scope)?)
+                .map_err(|e| Failure::from(e.to_string()))?;
             println!("{narrowed}");
             Ok(())
         }
         TokenCommand::Inspect { client, data_dir } => {
-            let token = read_token(&client)?.ok_or_else(|| Failure::from("no token to inspect".to_string()))?;
+            let token = read_token(&client)?
+                .ok_or_else(|| Failure::from("no token to inspect".to_string()))?;
             let public = match data_dir {
-                Some(d) => Some(RootKey::load_or_create(&d.join("root.key")).map_err(|e| Failure::from(e.to_string()))?.public_hex()),
+                Some(d) => Some(
+                    RootKey::load_or_create(&d.join("root.key"))
+                        .map_err(|e| Failure::from(e.to_string()))?
+                        .public_hex(),
+                ),
                 None => None,
             };
-            let text = synapse::inspect(&token, public.as_deref()).map_err(|e| Failure::from(e.to_string()))?;
+            let text = synapse::inspect(&token, public.as_deref())
+                .map_err(|e| Failure::from(e.to_string()))?;
             println!("{text}");
             Ok(())
         }
@@ -567,7 +751,10 @@ fn token_command(command: TokenCommand) -> Result<(), Failure> {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");

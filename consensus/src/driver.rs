@@ -195,9 +195,17 @@ pub struct RaftStatus {
 type Reply<T> = oneshot::Sender<Result<T, ConsensusError>>;
 
 enum Event<O> {
-    Propose { data: Vec<u8>, reply: Reply<O> },
-    ConfChange { change: ConfChangeV2, reply: Reply<ConfState> },
-    Read { reply: Reply<u64> },
+    Propose {
+        data: Vec<u8>,
+        reply: Reply<O>,
+    },
+    ConfChange {
+        change: ConfChangeV2,
+        reply: Reply<ConfState>,
+    },
+    Read {
+        reply: Reply<u64>,
+    },
     Step(Box<Message>),
     Unreachable(u64),
     TransferLeader(u64),
@@ -213,14 +221,19 @@ pub struct RaftHandle<O> {
 
 impl<O> Clone for RaftHandle<O> {
     fn clone(&self) -> Self {
-        RaftHandle { events: self.events.clone(), status: self.status.clone() }
+        RaftHandle {
+            events: self.events.clone(),
+            status: self.status.clone(),
+        }
     }
 }
 
 impl<O: Send + 'static> RaftHandle<O> {
     fn enqueue(&self, ev: Event<O>) -> Result<(), ConsensusError> {
         self.events.try_send(ev).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ConsensusError::Overloaded("raft event queue full"),
+            mpsc::error::TrySendError::Full(_) => {
+                ConsensusError::Overloaded("raft event queue full")
+            }
             mpsc::error::TrySendError::Closed(_) => ConsensusError::Stopped,
         })
     }
@@ -242,7 +255,10 @@ impl<O: Send + 'static> RaftHandle<O> {
     }
 
     /// Proposes a membership change; resolves when it is applied.
-    pub async fn change_membership(&self, change: ConfChangeV2) -> Result<ConfState, ConsensusError> {
+    pub async fn change_membership(
+        &self,
+        change: ConfChangeV2,
+    ) -> Result<ConfState, ConsensusError> {
         let (tx, rx) = oneshot::channel();
         self.enqueue(Event::ConfChange { change, reply: tx })?;
         rx.await.map_err(|_| ConsensusError::Stopped)?
@@ -327,7 +343,11 @@ where
     let logger = tracing_logger(config.id);
     let raw = RawNode::new(&raft_config, log.clone(), &logger)?;
     let (tx, rx) = mpsc::channel(config.event_queue_capacity);
-    let status = Arc::new(Mutex::new(RaftStatus { id: config.id, running: true, ..Default::default() }));
+    let status = Arc::new(Mutex::new(RaftStatus {
+        id: config.id,
+        running: true,
+        ..Default::default()
+    }));
     let mut driver = Driver {
         raw,
         store,
@@ -428,18 +448,25 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
     }
 
     fn waiters(&self) -> usize {
-        self.proposals.len() + self.conf_changes.len() + self.reads_pending.len() + self.reads_ready.len()
+        self.proposals.len()
+            + self.conf_changes.len()
+            + self.reads_pending.len()
+            + self.reads_ready.len()
     }
 
     fn handle(&mut self, ev: Event<S::Output>) {
         match ev {
             Event::Propose { data, reply } => {
                 if self.raw.raft.state != StateRole::Leader {
-                    let _ = reply.send(Err(ConsensusError::NotLeader { leader_hint: self.leader_hint() }));
+                    let _ = reply.send(Err(ConsensusError::NotLeader {
+                        leader_hint: self.leader_hint(),
+                    }));
                     return;
                 }
                 if self.waiters() >= self.config.max_waiters {
-                    let _ = reply.send(Err(ConsensusError::Overloaded("too many proposals in flight")));
+                    let _ = reply.send(Err(ConsensusError::Overloaded(
+                        "too many proposals in flight",
+                    )));
                     return;
                 }
                 let (seq, ctx) = self.next_context();
@@ -450,7 +477,9 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                     Err(raft::Error::ProposalDropped) => {
                         // raft-rs drops proposals past max_uncommitted_size or
                         // during a leader transfer.
-                        let _ = reply.send(Err(ConsensusError::Overloaded("uncommitted log limit reached")));
+                        let _ = reply.send(Err(ConsensusError::Overloaded(
+                            "uncommitted log limit reached",
+                        )));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
@@ -459,7 +488,9 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
             Event::ConfChange { change, reply } => {
                 if self.raw.raft.state != StateRole::Leader {
-                    let _ = reply.send(Err(ConsensusError::NotLeader { leader_hint: self.leader_hint() }));
+                    let _ = reply.send(Err(ConsensusError::NotLeader {
+                        leader_hint: self.leader_hint(),
+                    }));
                     return;
                 }
                 let (seq, ctx) = self.next_context();
@@ -540,7 +571,13 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             self.role = role;
             self.term = term;
             let leader = self.raw.raft.leader_id;
-            tracing::info!(node = self.config.id, role = role.as_str(), term, leader, "raft role changed");
+            tracing::info!(
+                node = self.config.id,
+                role = role.as_str(),
+                term,
+                leader,
+                "raft role changed"
+            );
             if was_leader && role != Role::Leader {
                 // Entries proposed here may still commit under the next
                 // leader, so the outcome is unknown to the caller: it must
@@ -585,7 +622,11 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             let entries = ready.take_entries();
             let hard_state = ready.hs().cloned();
             let compact_to = self.compaction_point();
-            if !entries.is_empty() || hard_state.is_some() || compact_to.is_some() || ready.must_sync() {
+            if !entries.is_empty()
+                || hard_state.is_some()
+                || compact_to.is_some()
+                || ready.must_sync()
+            {
                 let log = self.log.clone();
                 let store = self.store.clone();
                 tokio::task::spawn_blocking(move || -> Result<(), ConsensusError> {
@@ -684,11 +725,19 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             .map(|e| Committed {
                 index: e.index,
                 term: e.term,
-                data: if e.get_entry_type() == EntryType::EntryNormal { &e.data } else { &[] },
+                data: if e.get_entry_type() == EntryType::EntryNormal {
+                    &e.data
+                } else {
+                    &[]
+                },
             })
             .collect();
         let outputs = self.sm.apply(ctx, &committed)?;
-        debug_assert_eq!(outputs.len(), run.len(), "state machine must return one output per entry");
+        debug_assert_eq!(
+            outputs.len(),
+            run.len(),
+            "state machine must return one output per entry"
+        );
         for (entry, output) in run.iter().zip(outputs) {
             if entry.get_entry_type() != EntryType::EntryNormal {
                 continue;
@@ -700,7 +749,10 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
         }
         if let Some(last) = run.last() {
-            assert!(last.index >= self.applied, "applied index must not go backwards");
+            assert!(
+                last.index >= self.applied,
+                "applied index must not go backwards"
+            );
             self.applied = last.index;
         }
         Ok(())
@@ -708,7 +760,8 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
 
     fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), ConsensusError> {
         let change = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
-            ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| ConsensusError::Raft(e.to_string()))?
+            ConfChangeV2::parse_from_bytes(&entry.data)
+                .map_err(|e| ConsensusError::Raft(e.to_string()))?
         } else {
             use raft_proto::ConfChangeI as _;
             raft::eraftpb::ConfChange::parse_from_bytes(&entry.data)

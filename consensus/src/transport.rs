@@ -16,7 +16,10 @@ pub struct NoopTransport;
 impl Transport for NoopTransport {
     fn send(&self, messages: Vec<Message>) {
         if !messages.is_empty() {
-            tracing::warn!(count = messages.len(), "no transport configured; dropping raft messages");
+            tracing::warn!(
+                count = messages.len(),
+                "no transport configured; dropping raft messages"
+            );
         }
     }
 }

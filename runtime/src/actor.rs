@@ -62,8 +62,14 @@ pub(crate) struct ActorEnv {
 }
 
 pub(crate) enum Op {
-    Call { method: String, kind: MethodKind, payload: Value },
-    Rollback { to_version: u64 },
+    Call {
+        method: String,
+        kind: MethodKind,
+        payload: Value,
+    },
+    Rollback {
+        to_version: u64,
+    },
 }
 
 /// One request for an instance. The reply travels on the oneshot so that the
@@ -121,11 +127,17 @@ impl Actor for InstanceActor {
                 ctx.stop();
             }
         });
-        self.env.metrics.active_instances.fetch_add(1, Ordering::Relaxed);
+        self.env
+            .metrics
+            .active_instances
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.env.metrics.active_instances.fetch_sub(1, Ordering::Relaxed);
+        self.env
+            .metrics
+            .active_instances
+            .fetch_sub(1, Ordering::Relaxed);
         self.table.remove_if(&self.id, self.generation);
     }
 }
@@ -139,7 +151,10 @@ impl InstanceActor {
                     hash: cp.hash,
                     timestamp: cp.timestamp,
                     state: self.skill.decode_state(&cp.state).map_err(|e| {
-                        RuntimeError::DataLoss(format!("{}: stored state does not decode: {e}", self.id))
+                        RuntimeError::DataLoss(format!(
+                            "{}: stored state does not decode: {e}",
+                            self.id
+                        ))
                     })?,
                 },
                 None => Head {
@@ -152,7 +167,9 @@ impl InstanceActor {
             self.epoch += 1;
             self.head = Some(loaded);
         }
-        self.head.as_mut().ok_or_else(|| RuntimeError::Internal("head vanished after load".into()))
+        self.head
+            .as_mut()
+            .ok_or_else(|| RuntimeError::Internal("head vanished after load".into()))
     }
 
     /// Committed state for a read: the speculative head equals the committed
@@ -165,23 +182,36 @@ impl InstanceActor {
         }
         match self.env.store.latest(&self.id.skill, &self.id.instance)? {
             Some(cp) => {
-                let state = self
-                    .skill
-                    .decode_state(&cp.state)
-                    .map_err(|e| RuntimeError::DataLoss(format!("{}: stored state does not decode: {e}", self.id)))?;
+                let state = self.skill.decode_state(&cp.state).map_err(|e| {
+                    RuntimeError::DataLoss(format!(
+                        "{}: stored state does not decode: {e}",
+                        self.id
+                    ))
+                })?;
                 Ok((cp.version, cp.hash, cp.timestamp, state))
             }
-            None => Ok((0, ZERO_HASH, Timestamp::default(), self.skill.initial_state())),
+            None => Ok((
+                0,
+                ZERO_HASH,
+                Timestamp::default(),
+                self.skill.initial_state(),
+            )),
         }
     }
 
     /// Runs the handler on a clone of `state`, containing panics and timing
     /// the call against the deadline.
-    fn run_handler(&self, state: &AnyState, method: &str, payload: &Value) -> Result<(AnyState, Value), RuntimeError> {
+    fn run_handler(
+        &self,
+        state: &AnyState,
+        method: &str,
+        payload: &Value,
+    ) -> Result<(AnyState, Value), RuntimeError> {
         let mut next = self.skill.clone_state(state);
         let started = Instant::now();
-        let outcome =
-            std::panic::catch_unwind(AssertUnwindSafe(|| self.skill.call(&mut next, method, payload)));
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.skill.call(&mut next, method, payload)
+        }));
         let elapsed = started.elapsed();
         let reply = match outcome {
             Ok(result) => result?,
@@ -191,13 +221,21 @@ impl InstanceActor {
                     .map(|s| (*s).to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "non-string panic".into());
-                self.env.metrics.handler_panics.fetch_add(1, Ordering::Relaxed);
+                self.env
+                    .metrics
+                    .handler_panics
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::error!(instance = %self.id, method, panic = %what, "handler panicked; state unchanged");
-                return Err(RuntimeError::Internal(format!("handler `{method}` panicked: {what}")));
+                return Err(RuntimeError::Internal(format!(
+                    "handler `{method}` panicked: {what}"
+                )));
             }
         };
         if elapsed > self.env.config.handler_deadline() {
-            self.env.metrics.handler_deadline_overruns.fetch_add(1, Ordering::Relaxed);
+            self.env
+                .metrics
+                .handler_deadline_overruns
+                .fetch_add(1, Ordering::Relaxed);
             return Err(RuntimeError::DeadlineExceeded(format!(
                 "handler `{method}` ran {elapsed:?}, over the {:?} deadline; state unchanged",
                 self.env.config.handler_deadline()
@@ -208,23 +246,42 @@ impl InstanceActor {
 
     fn execute(&mut self, msg: Execute, ctx: &mut Context<Self>) {
         self.last_active = Instant::now();
-        let Execute { op, request_id, expected_version, reply } = msg;
+        let Execute {
+            op,
+            request_id,
+            expected_version,
+            reply,
+        } = msg;
         let span = tracing::debug_span!("execute", instance = %self.id, request_id = %request_id);
         let _enter = span.enter();
 
         // Reads: committed state only, no checkpoint.
-        if let Op::Call { kind: MethodKind::Read, method, payload } = &op {
-            let result = self.committed_view().and_then(|(version, hash, timestamp, state)| {
-                if let Some(v) = expected_version {
-                    if v != version {
-                        return Err(RuntimeError::FailedPrecondition(format!(
-                            "expected version {v}, instance is at {version}"
-                        )));
+        if let Op::Call {
+            kind: MethodKind::Read,
+            method,
+            payload,
+        } = &op
+        {
+            let result = self
+                .committed_view()
+                .and_then(|(version, hash, timestamp, state)| {
+                    if let Some(v) = expected_version {
+                        if v != version {
+                            return Err(RuntimeError::FailedPrecondition(format!(
+                                "expected version {v}, instance is at {version}"
+                            )));
+                        }
                     }
-                }
-                let (_, value) = self.run_handler(&state, method, payload)?;
-                Ok(InvokeResult { reply: value, version, timestamp, hash, deduplicated: false, request_id })
-            });
+                    let (_, value) = self.run_handler(&state, method, payload)?;
+                    Ok(InvokeResult {
+                        reply: value,
+                        version,
+                        timestamp,
+                        hash,
+                        deduplicated: false,
+                        request_id,
+                    })
+                });
             let _ = reply.send(result);
             return;
         }
@@ -253,11 +310,16 @@ impl InstanceActor {
             self.env.hlc.observe(head.timestamp);
             timestamp = self.env.hlc.now();
         }
-        assert!(timestamp > head.timestamp, "HLC must exceed the head's timestamp after observe");
+        assert!(
+            timestamp > head.timestamp,
+            "HLC must exceed the head's timestamp after observe"
+        );
         let reply_bytes = match serde_json::to_vec(&value) {
             Ok(b) => b,
             Err(e) => {
-                let _ = reply.send(Err(RuntimeError::Internal(format!("reply does not encode: {e}"))));
+                let _ = reply.send(Err(RuntimeError::Internal(format!(
+                    "reply does not encode: {e}"
+                ))));
                 return;
             }
         };
@@ -275,7 +337,11 @@ impl InstanceActor {
         head.timestamp = checkpoint.timestamp;
         head.state = next_state;
         let expected = (checkpoint.version, checkpoint.hash);
-        let command = Command::Checkpoint { checkpoint, reply: reply_bytes }.encode();
+        let command = Command::Checkpoint {
+            checkpoint,
+            reply: reply_bytes,
+        }
+        .encode();
 
         self.in_flight += 1;
         let epoch = self.epoch;
@@ -286,9 +352,18 @@ impl InstanceActor {
         ctx.spawn(fut.into_actor(self).map(move |outcome, act, _ctx| {
             act.in_flight -= 1;
             let result = match outcome {
-                Ok(ApplyOutcome::Applied { version, hash, timestamp }) if (version, hash) == expected => {
-                    Ok(InvokeResult { reply: value, version, timestamp, hash, deduplicated: false, request_id })
-                }
+                Ok(ApplyOutcome::Applied {
+                    version,
+                    hash,
+                    timestamp,
+                }) if (version, hash) == expected => Ok(InvokeResult {
+                    reply: value,
+                    version,
+                    timestamp,
+                    hash,
+                    deduplicated: false,
+                    request_id,
+                }),
                 Ok(ApplyOutcome::Duplicate(record)) => {
                     act.reload_after_failure(epoch);
                     decode_recorded(record, request_id)
@@ -299,7 +374,9 @@ impl InstanceActor {
                 }
                 Ok(other) => {
                     act.reload_after_failure(epoch);
-                    Err(RuntimeError::Internal(format!("unexpected apply outcome {other:?}")))
+                    Err(RuntimeError::Internal(format!(
+                        "unexpected apply outcome {other:?}"
+                    )))
                 }
                 Err(e) => {
                     act.reload_after_failure(epoch);
@@ -329,18 +406,22 @@ impl InstanceActor {
             }
         }
         let (next, value) = match op {
-            Op::Call { method, payload, .. } => {
+            Op::Call {
+                method, payload, ..
+            } => {
                 let head = self.load()?;
                 let state = skill.clone_state(&head.state);
                 self.run_handler(&state, &method, &payload)?
             }
             Op::Rollback { to_version } => {
-                let target = store.get(&id.skill, &id.instance, to_version)?.ok_or_else(|| {
-                    RuntimeError::NotFound(format!("{id} has no retained version {to_version}"))
+                let target = store
+                    .get(&id.skill, &id.instance, to_version)?
+                    .ok_or_else(|| {
+                        RuntimeError::NotFound(format!("{id} has no retained version {to_version}"))
+                    })?;
+                let state = skill.decode_state(&target.state).map_err(|e| {
+                    RuntimeError::DataLoss(format!("{id} v{to_version} does not decode: {e}"))
                 })?;
-                let state = skill
-                    .decode_state(&target.state)
-                    .map_err(|e| RuntimeError::DataLoss(format!("{id} v{to_version} does not decode: {e}")))?;
                 let value = serde_json::json!({ "rolled_back_to": to_version });
                 (state, value)
             }
@@ -362,7 +443,10 @@ impl InstanceActor {
     }
 }
 
-fn decode_recorded(record: synapse_storage::RequestRecord, request_id: String) -> Result<InvokeResult, RuntimeError> {
+fn decode_recorded(
+    record: synapse_storage::RequestRecord,
+    request_id: String,
+) -> Result<InvokeResult, RuntimeError> {
     let reply = serde_json::from_slice(&record.reply)
         .map_err(|e| RuntimeError::DataLoss(format!("recorded reply does not decode: {e}")))?;
     Ok(InvokeResult {
@@ -418,7 +502,12 @@ pub(crate) struct InstanceTable {
 
 impl InstanceTable {
     pub fn new(capacity: usize, arbiter: ArbiterHandle) -> Self {
-        InstanceTable { inner: Mutex::new(TableInner::default()), capacity, arbiter, caught_up_term: AtomicU64::new(0) }
+        InstanceTable {
+            inner: Mutex::new(TableInner::default()),
+            capacity,
+            arbiter,
+            caught_up_term: AtomicU64::new(0),
+        }
     }
 
     pub fn caught_up_term(&self) -> u64 {
@@ -440,7 +529,10 @@ impl InstanceTable {
         skill: &Arc<dyn DynSkill>,
         env: &Arc<ActorEnv>,
     ) -> Result<Addr<InstanceActor>, RuntimeError> {
-        let mut t = self.inner.lock().map_err(|_| RuntimeError::Internal("instance table poisoned".into()))?;
+        let mut t = self
+            .inner
+            .lock()
+            .map_err(|_| RuntimeError::Internal("instance table poisoned".into()))?;
         t.next_stamp += 1;
         let stamp = t.next_stamp;
         if let Some(slot) = t.slots.get_mut(id) {
@@ -456,7 +548,9 @@ impl InstanceTable {
             t.lru.remove(&old.stamp);
         }
         while t.slots.len() >= self.capacity {
-            let Some((_, victim)) = t.lru.pop_first() else { break };
+            let Some((_, victim)) = t.lru.pop_first() else {
+                break;
+            };
             if let Some(slot) = t.slots.remove(&victim) {
                 // A busy victim refuses; it stops on its own once idle.
                 let _ = slot.addr.try_send(Passivate);
@@ -474,7 +568,14 @@ impl InstanceTable {
             last_active: Instant::now(),
         };
         let addr = InstanceActor::start_in_arbiter(&self.arbiter, move |_ctx| actor);
-        t.slots.insert(id.clone(), Slot { addr: addr.clone(), generation: stamp, stamp });
+        t.slots.insert(
+            id.clone(),
+            Slot {
+                addr: addr.clone(),
+                generation: stamp,
+                stamp,
+            },
+        );
         t.lru.insert(stamp, id.clone());
         Ok(addr)
     }

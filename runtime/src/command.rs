@@ -9,7 +9,10 @@ const TAG_CHECKPOINT: u8 = 1;
 /// node validates the checkpoint against its chain head and stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Checkpoint { checkpoint: Checkpoint, reply: Vec<u8> },
+    Checkpoint {
+        checkpoint: Checkpoint,
+        reply: Vec<u8>,
+    },
 }
 
 impl Command {
@@ -29,7 +32,9 @@ impl Command {
 
     /// Never panics; a checkpoint whose hash fails is `Corrupt`.
     pub fn decode(bytes: &[u8]) -> Result<Command, StorageError> {
-        let corrupt = |what: &str| StorageError::Corrupt { what: format!("command: {what}") };
+        let corrupt = |what: &str| StorageError::Corrupt {
+            what: format!("command: {what}"),
+        };
         let (&tag, rest) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
         match tag {
             TAG_CHECKPOINT => {
@@ -43,7 +48,10 @@ impl Command {
                     return Err(corrupt("truncated reply"));
                 }
                 let (reply, cp) = rest.split_at(len);
-                Ok(Command::Checkpoint { checkpoint: Checkpoint::decode(cp)?, reply: reply.to_vec() })
+                Ok(Command::Checkpoint {
+                    checkpoint: Checkpoint::decode(cp)?,
+                    reply: reply.to_vec(),
+                })
             }
             other => Err(corrupt(&format!("unknown tag {other}"))),
         }
@@ -54,7 +62,11 @@ impl Command {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyOutcome {
     /// The checkpoint is now the instance's head.
-    Applied { version: u64, hash: Hash, timestamp: Timestamp },
+    Applied {
+        version: u64,
+        hash: Hash,
+        timestamp: Timestamp,
+    },
     /// The request id was applied before; this is the original outcome.
     Duplicate(RequestRecord),
     /// The checkpoint did not extend the head (a stale speculative parent, or
@@ -75,10 +87,17 @@ mod tests {
             1,
             synapse_storage::ZERO_HASH,
             b"{\"value\":1}".to_vec(),
-            Timestamp { physical_micros: 1, logical: 0, node_id: 1 },
+            Timestamp {
+                physical_micros: 1,
+                logical: 0,
+                node_id: 1,
+            },
             "r1".into(),
         );
-        Command::Checkpoint { checkpoint: cp, reply: b"{\"value\":1}".to_vec() }
+        Command::Checkpoint {
+            checkpoint: cp,
+            reply: b"{\"value\":1}".to_vec(),
+        }
     }
 
     #[test]
@@ -96,12 +115,20 @@ mod tests {
             // A flip inside the reply bytes is not covered by the checkpoint
             // hash, but must not decode into a different checkpoint.
             if let Ok(Command::Checkpoint { checkpoint, .. }) = Command::decode(&b) {
-                let Command::Checkpoint { checkpoint: orig, .. } = sample();
-                assert_eq!(checkpoint, orig, "flip at {i} changed the checkpoint undetected");
+                let Command::Checkpoint {
+                    checkpoint: orig, ..
+                } = sample();
+                assert_eq!(
+                    checkpoint, orig,
+                    "flip at {i} changed the checkpoint undetected"
+                );
             }
         }
         for n in 0..bytes.len() {
-            assert!(Command::decode(&bytes[..n]).is_err(), "truncation to {n} accepted");
+            assert!(
+                Command::decode(&bytes[..n]).is_err(),
+                "truncation to {n} accepted"
+            );
         }
     }
 }

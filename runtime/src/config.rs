@@ -79,21 +79,40 @@ impl Default for NodeConfig {
 impl NodeConfig {
     /// A config for an embedded node with no network listeners.
     pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
-        NodeConfig { data_dir: data_dir.into(), listen: None, http_listen: None, ..Default::default() }
+        NodeConfig {
+            data_dir: data_dir.into(),
+            listen: None,
+            http_listen: None,
+            ..Default::default()
+        }
     }
 
     pub fn validate(&self) -> Result<(), String> {
         let checks: [(bool, &str); 9] = [
             (self.node_id != 0, "node_id must not be 0"),
-            (self.retention_versions >= 1, "retention_versions must be >= 1"),
-            (self.max_payload_bytes >= 1, "max_payload_bytes must be >= 1"),
+            (
+                self.retention_versions >= 1,
+                "retention_versions must be >= 1",
+            ),
+            (
+                self.max_payload_bytes >= 1,
+                "max_payload_bytes must be >= 1",
+            ),
             (self.max_state_bytes >= 64, "max_state_bytes must be >= 64"),
             (self.mailbox_capacity >= 1, "mailbox_capacity must be >= 1"),
-            (self.max_active_instances >= 1, "max_active_instances must be >= 1"),
-            (self.token_cache_capacity >= 1, "token_cache_capacity must be >= 1"),
+            (
+                self.max_active_instances >= 1,
+                "max_active_instances must be >= 1",
+            ),
+            (
+                self.token_cache_capacity >= 1,
+                "token_cache_capacity must be >= 1",
+            ),
             (self.raft_tick_ms >= 1, "raft_tick_ms must be >= 1"),
-            (self.raft_election_tick > self.raft_heartbeat_tick && self.raft_heartbeat_tick >= 1,
-                "raft_election_tick must exceed raft_heartbeat_tick >= 1"),
+            (
+                self.raft_election_tick > self.raft_heartbeat_tick && self.raft_heartbeat_tick >= 1,
+                "raft_election_tick must exceed raft_heartbeat_tick >= 1",
+            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, msg)) => Err((*msg).to_string()),

@@ -28,7 +28,11 @@ pub enum RuntimeError {
     #[error("aborted: {0}")]
     Aborted(String),
     #[error("unavailable: {reason}")]
-    Unavailable { reason: String, leader_id: Option<u64>, leader_addr: Option<String> },
+    Unavailable {
+        reason: String,
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
     #[error("deadline exceeded: {0}")]
@@ -41,7 +45,11 @@ pub enum RuntimeError {
 
 impl RuntimeError {
     pub fn unavailable(reason: impl Into<String>) -> Self {
-        RuntimeError::Unavailable { reason: reason.into(), leader_id: None, leader_addr: None }
+        RuntimeError::Unavailable {
+            reason: reason.into(),
+            leader_id: None,
+            leader_addr: None,
+        }
     }
 
     /// Short stable label for metrics.
@@ -96,7 +104,9 @@ impl From<GuardError> for RuntimeError {
             GuardError::Missing | GuardError::Malformed(_) | GuardError::BadSignature => {
                 RuntimeError::Unauthenticated(e.to_string())
             }
-            GuardError::Expired | GuardError::Denied(_) => RuntimeError::PermissionDenied(e.to_string()),
+            GuardError::Expired | GuardError::Denied(_) => {
+                RuntimeError::PermissionDenied(e.to_string())
+            }
             GuardError::Key(_) => RuntimeError::Internal(e.to_string()),
         }
     }
@@ -123,7 +133,11 @@ impl From<RuntimeError> for tonic::Status {
             RuntimeError::InvalidArgument(_) => (Code::InvalidArgument, None),
             RuntimeError::FailedPrecondition(_) => (Code::FailedPrecondition, None),
             RuntimeError::Aborted(_) => (Code::Aborted, None),
-            RuntimeError::Unavailable { leader_id, leader_addr, .. } => (Code::Unavailable, Some((leader_id, leader_addr))),
+            RuntimeError::Unavailable {
+                leader_id,
+                leader_addr,
+                ..
+            } => (Code::Unavailable, Some((leader_id, leader_addr))),
             RuntimeError::ResourceExhausted(_) => (Code::ResourceExhausted, None),
             RuntimeError::DeadlineExceeded(_) => (Code::DeadlineExceeded, None),
             RuntimeError::DataLoss(_) => (Code::DataLoss, None),

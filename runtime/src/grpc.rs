@@ -22,7 +22,10 @@ pub const AUTHORIZATION: &str = "authorization";
 /// an oversized payload gets our clear INVALID_ARGUMENT instead of a bare
 /// transport error, yet bounded.
 fn max_decoding_bytes(core: &Core) -> usize {
-    core.config().max_payload_bytes.saturating_mul(2).max(64 * 1024)
+    core.config()
+        .max_payload_bytes
+        .saturating_mul(2)
+        .max(64 * 1024)
 }
 
 /// History responses hold at most MAX_HISTORY states of at most
@@ -33,7 +36,9 @@ pub(crate) fn token<T>(req: &Request<T>) -> Result<Option<String>, Status> {
     match req.metadata().get(AUTHORIZATION) {
         None => Ok(None),
         Some(v) => {
-            let s = v.to_str().map_err(|_| Status::unauthenticated("authorization header is not ASCII"))?;
+            let s = v
+                .to_str()
+                .map_err(|_| Status::unauthenticated("authorization header is not ASCII"))?;
             let t = s.strip_prefix("Bearer ").unwrap_or(s).trim();
             Ok((!t.is_empty()).then(|| t.to_string()))
         }
@@ -41,7 +46,11 @@ pub(crate) fn token<T>(req: &Request<T>) -> Result<Option<String>, Status> {
 }
 
 pub fn timestamp_to_pb(ts: &Timestamp) -> pb::Timestamp {
-    pb::Timestamp { physical_micros: ts.physical_micros, logical: ts.logical, node_id: ts.node_id }
+    pb::Timestamp {
+        physical_micros: ts.physical_micros,
+        logical: ts.logical,
+        node_id: ts.node_id,
+    }
 }
 
 pub fn checkpoint_to_pb(cp: &Checkpoint) -> pb::Checkpoint {
@@ -58,7 +67,8 @@ pub fn checkpoint_to_pb(cp: &Checkpoint) -> pb::Checkpoint {
 }
 
 fn invoke_response(r: crate::actor::InvokeResult) -> Result<pb::InvokeResponse, Status> {
-    let reply = serde_json::to_vec(&r.reply).map_err(|e| Status::internal(format!("reply does not encode: {e}")))?;
+    let reply = serde_json::to_vec(&r.reply)
+        .map_err(|e| Status::internal(format!("reply does not encode: {e}")))?;
     Ok(pb::InvokeResponse {
         reply,
         version: r.version,
@@ -83,7 +93,10 @@ impl Api {
 
 #[tonic::async_trait]
 impl pb::skills_server::Skills for Api {
-    async fn invoke(&self, request: Request<pb::InvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
+    async fn invoke(
+        &self,
+        request: Request<pb::InvokeRequest>,
+    ) -> Result<Response<pb::InvokeResponse>, Status> {
         let token = token(&request)?;
         let req = request.into_inner();
         if req.payload.len() > self.core.config().max_payload_bytes {
@@ -97,8 +110,9 @@ impl pb::skills_server::Skills for Api {
         let payload = if req.payload.is_empty() {
             serde_json::Value::Null
         } else {
-            serde_json::from_slice(&req.payload)
-                .map_err(|e| RuntimeError::InvalidArgument(format!("payload is not valid JSON: {e}")))?
+            serde_json::from_slice(&req.payload).map_err(|e| {
+                RuntimeError::InvalidArgument(format!("payload is not valid JSON: {e}"))
+            })?
         };
         let result = self
             .core
@@ -117,37 +131,84 @@ impl pb::skills_server::Skills for Api {
         Ok(Response::new(invoke_response(result)?))
     }
 
-    async fn get_state(&self, request: Request<pb::GetStateRequest>) -> Result<Response<pb::GetStateResponse>, Status> {
+    async fn get_state(
+        &self,
+        request: Request<pb::GetStateRequest>,
+    ) -> Result<Response<pb::GetStateResponse>, Status> {
         let token = token(&request)?;
         let req = request.into_inner();
         let cp = match (req.version, req.at) {
             (0, Some(at)) => {
-                let at = Timestamp { physical_micros: at.physical_micros, logical: at.logical, node_id: at.node_id };
-                self.core.get_state_at(token.as_deref(), &req.skill, &req.instance, at).await?
+                let at = Timestamp {
+                    physical_micros: at.physical_micros,
+                    logical: at.logical,
+                    node_id: at.node_id,
+                };
+                self.core
+                    .get_state_at(token.as_deref(), &req.skill, &req.instance, at)
+                    .await?
             }
-            (version, _) => self.core.get_state(token.as_deref(), &req.skill, &req.instance, version).await?,
+            (version, _) => {
+                self.core
+                    .get_state(token.as_deref(), &req.skill, &req.instance, version)
+                    .await?
+            }
         };
-        Ok(Response::new(pb::GetStateResponse { checkpoint: Some(checkpoint_to_pb(&cp)) }))
+        Ok(Response::new(pb::GetStateResponse {
+            checkpoint: Some(checkpoint_to_pb(&cp)),
+        }))
     }
 
-    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
         let token = token(&request)?;
         let req = request.into_inner();
-        let list = self.core.history(token.as_deref(), &req.skill, &req.instance, req.before_version, req.limit).await?;
-        Ok(Response::new(pb::HistoryResponse { checkpoints: list.iter().map(checkpoint_to_pb).collect() }))
+        let list = self
+            .core
+            .history(
+                token.as_deref(),
+                &req.skill,
+                &req.instance,
+                req.before_version,
+                req.limit,
+            )
+            .await?;
+        Ok(Response::new(pb::HistoryResponse {
+            checkpoints: list.iter().map(checkpoint_to_pb).collect(),
+        }))
     }
 
-    async fn rollback(&self, request: Request<pb::RollbackRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::InvokeResponse>, Status> {
         let token = token(&request)?;
         let req = request.into_inner();
-        let r = self.core.rollback(token.as_deref(), &req.skill, &req.instance, req.to_version, &req.request_id).await?;
+        let r = self
+            .core
+            .rollback(
+                token.as_deref(),
+                &req.skill,
+                &req.instance,
+                req.to_version,
+                &req.request_id,
+            )
+            .await?;
         Ok(Response::new(invoke_response(r)?))
     }
 
-    async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
         let token = token(&request)?;
         let req = request.into_inner();
-        let r = self.core.verify(token.as_deref(), &req.skill, &req.instance).await?;
+        let r = self
+            .core
+            .verify(token.as_deref(), &req.skill, &req.instance)
+            .await?;
         Ok(Response::new(pb::VerifyResponse {
             ok: r.ok,
             versions_checked: r.versions_checked,
@@ -160,13 +221,22 @@ impl pb::skills_server::Skills for Api {
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Checkpoint, Status>> + Send + 'static>>;
 
-    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let token = token(&request)?;
         let req = request.into_inner();
-        let mut sub = self.core.watch(token.as_deref(), &req.skill, &req.instance)?;
+        let mut sub = self
+            .core
+            .watch(token.as_deref(), &req.skill, &req.instance)?;
         let stream = async_stream(move |tx| async move {
             loop {
-                let item = sub.next().await.map(|cp| checkpoint_to_pb(&cp)).map_err(Status::from);
+                let item = sub
+                    .next()
+                    .await
+                    .map(|cp| checkpoint_to_pb(&cp))
+                    .map_err(Status::from);
                 let stop = item.is_err();
                 if tx.send(item).await.is_err() || stop {
                     break;
@@ -179,7 +249,9 @@ impl pb::skills_server::Skills for Api {
 
 /// A stream fed by a task through a small bounded channel: the task stops
 /// when the client goes away (send fails).
-fn async_stream<F, Fut>(f: F) -> Pin<Box<dyn Stream<Item = Result<pb::Checkpoint, Status>> + Send + 'static>>
+fn async_stream<F, Fut>(
+    f: F,
+) -> Pin<Box<dyn Stream<Item = Result<pb::Checkpoint, Status>> + Send + 'static>>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::Checkpoint, Status>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -192,7 +264,10 @@ where
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for Api {
-    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let token = token(&request)?;
         let s = self.core.status(token.as_deref())?;
         let last = s.raft.last_index;
@@ -209,7 +284,12 @@ impl pb::cluster_server::Cluster for Api {
                 .raft
                 .progress
                 .iter()
-                .map(|(id, matched)| pb::PeerStatus { id: *id, address: String::new(), match_index: *matched, lag: last.saturating_sub(*matched) })
+                .map(|(id, matched)| pb::PeerStatus {
+                    id: *id,
+                    address: String::new(),
+                    match_index: *matched,
+                    lag: last.saturating_sub(*matched),
+                })
                 .collect(),
             state_hash: s.state_hash.to_vec(),
             instances: s.instances,
@@ -220,10 +300,16 @@ impl pb::cluster_server::Cluster for Api {
 
 #[tonic::async_trait]
 impl pb::clock_server::Clock for Api {
-    async fn now(&self, request: Request<pb::NowRequest>) -> Result<Response<pb::NowResponse>, Status> {
+    async fn now(
+        &self,
+        request: Request<pb::NowRequest>,
+    ) -> Result<Response<pb::NowResponse>, Status> {
         let token = token(&request)?;
         let (ts, uncertainty) = self.core.now(token.as_deref())?;
-        Ok(Response::new(pb::NowResponse { timestamp: Some(timestamp_to_pb(&ts)), uncertainty_micros: uncertainty }))
+        Ok(Response::new(pb::NowResponse {
+            timestamp: Some(timestamp_to_pb(&ts)),
+            uncertainty_micros: uncertainty,
+        }))
     }
 }
 
@@ -237,7 +323,9 @@ pub(crate) async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| RuntimeError::Internal(format!("cannot bind gRPC on {addr}: {e}")))?;
-    let bound = listener.local_addr().map_err(|e| RuntimeError::Internal(e.to_string()))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| RuntimeError::Internal(e.to_string()))?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -260,7 +348,11 @@ pub(crate) async fn serve(
         loop {
             let ready = health_core.is_ready();
             if last != Some(ready) {
-                let status = if ready { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+                let status = if ready {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
                 health.set_service_status("", status).await;
                 health.set_service_status("synapse.v1.Skills", status).await;
                 last = Some(ready);
@@ -287,7 +379,10 @@ pub(crate) async fn serve(
                 }
             }
         };
-        if let Err(e) = server.serve_with_incoming_shutdown(incoming, shutdown).await {
+        if let Err(e) = server
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+        {
             tracing::error!(error = %e, "gRPC server failed");
         }
     });

@@ -13,8 +13,14 @@ use tokio::sync::watch;
 use crate::error::RuntimeError;
 use crate::node::Core;
 
-async fn metrics(State(core): State<Arc<Core>>) -> (StatusCode, [(&'static str, &'static str); 1], String) {
-    (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], core.metrics_text())
+async fn metrics(
+    State(core): State<Arc<Core>>,
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain; version=0.0.4")],
+        core.metrics_text(),
+    )
 }
 
 /// Liveness: the process answers. Deliberately no dependency checks, so a
@@ -26,11 +32,29 @@ async fn healthz() -> &'static str {
 async fn readyz(State(core): State<Arc<Core>>) -> (StatusCode, String) {
     let s = core.raft_status();
     if core.is_ready() {
-        (StatusCode::OK, format!("ready: role={} leader={} applied={}\n", s.role.as_str(), s.leader_id, s.applied_index))
+        (
+            StatusCode::OK,
+            format!(
+                "ready: role={} leader={} applied={}\n",
+                s.role.as_str(),
+                s.leader_id,
+                s.applied_index
+            ),
+        )
     } else if !s.running {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: consensus stopped (see logs)\n".into())
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: consensus stopped (see logs)\n".into(),
+        )
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: no known leader (role={} term={})\n", s.role.as_str(), s.term))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: no known leader (role={} term={})\n",
+                s.role.as_str(),
+                s.term
+            ),
+        )
     }
 }
 
@@ -42,7 +66,9 @@ pub(crate) async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| RuntimeError::Internal(format!("cannot bind HTTP on {addr}: {e}")))?;
-    let bound = listener.local_addr().map_err(|e| RuntimeError::Internal(e.to_string()))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| RuntimeError::Internal(e.to_string()))?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -56,7 +82,10 @@ pub(crate) async fn serve(
                 }
             }
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });

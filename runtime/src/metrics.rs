@@ -26,37 +26,120 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn render(&self, raft: &RaftStatus, guard_cache_hits: u64, guard_cache_len: usize) -> String {
+    pub fn render(
+        &self,
+        raft: &RaftStatus,
+        guard_cache_hits: u64,
+        guard_cache_len: usize,
+    ) -> String {
         let mut out = String::with_capacity(2048);
         let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP synapse_{name} {help}\n# TYPE synapse_{name} counter\nsynapse_{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP synapse_{name} {help}\n# TYPE synapse_{name} counter\nsynapse_{name} {v}"
+            );
         };
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter("invokes_ok_total", "Invoke calls that succeeded.", g(&self.invokes_ok));
-        counter("invokes_failed_total", "Invoke calls that returned an error.", g(&self.invokes_failed));
+        counter(
+            "invokes_ok_total",
+            "Invoke calls that succeeded.",
+            g(&self.invokes_ok),
+        );
+        counter(
+            "invokes_failed_total",
+            "Invoke calls that returned an error.",
+            g(&self.invokes_failed),
+        );
         counter("reads_total", "Linearizable reads served.", g(&self.reads));
-        counter("capability_denied_total", "Requests denied by the capability guard.", g(&self.denied));
-        counter("proposals_total", "Checkpoints proposed to Raft.", g(&self.proposals));
-        counter("applied_checkpoints_total", "Checkpoints applied to the local store.", g(&self.applied_checkpoints));
-        counter("deduplicated_total", "Retries answered from the request-id table.", g(&self.deduplicated));
-        counter("overloaded_total", "Requests refused with RESOURCE_EXHAUSTED.", g(&self.overloaded));
-        counter("handler_panics_total", "Skill handler panics contained.", g(&self.handler_panics));
-        counter("handler_deadline_overruns_total", "Skill handlers over their deadline.", g(&self.handler_deadline_overruns));
-        counter("data_loss_total", "Reads that found a corrupt record.", g(&self.data_loss));
-        counter("leader_changes_total", "Raft role or term changes seen.", g(&self.leader_changes));
-        counter("audit_write_failures_total", "Audit records that could not be written.", g(&self.audit_write_failures));
-        counter("guard_cache_hits_total", "Capability checks answered from cache.", guard_cache_hits);
+        counter(
+            "capability_denied_total",
+            "Requests denied by the capability guard.",
+            g(&self.denied),
+        );
+        counter(
+            "proposals_total",
+            "Checkpoints proposed to Raft.",
+            g(&self.proposals),
+        );
+        counter(
+            "applied_checkpoints_total",
+            "Checkpoints applied to the local store.",
+            g(&self.applied_checkpoints),
+        );
+        counter(
+            "deduplicated_total",
+            "Retries answered from the request-id table.",
+            g(&self.deduplicated),
+        );
+        counter(
+            "overloaded_total",
+            "Requests refused with RESOURCE_EXHAUSTED.",
+            g(&self.overloaded),
+        );
+        counter(
+            "handler_panics_total",
+            "Skill handler panics contained.",
+            g(&self.handler_panics),
+        );
+        counter(
+            "handler_deadline_overruns_total",
+            "Skill handlers over their deadline.",
+            g(&self.handler_deadline_overruns),
+        );
+        counter(
+            "data_loss_total",
+            "Reads that found a corrupt record.",
+            g(&self.data_loss),
+        );
+        counter(
+            "leader_changes_total",
+            "Raft role or term changes seen.",
+            g(&self.leader_changes),
+        );
+        counter(
+            "audit_write_failures_total",
+            "Audit records that could not be written.",
+            g(&self.audit_write_failures),
+        );
+        counter(
+            "guard_cache_hits_total",
+            "Capability checks answered from cache.",
+            guard_cache_hits,
+        );
         let mut gauge = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP synapse_{name} {help}\n# TYPE synapse_{name} gauge\nsynapse_{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP synapse_{name} {help}\n# TYPE synapse_{name} gauge\nsynapse_{name} {v}"
+            );
         };
-        gauge("active_instances", "Instance actors in memory.", g(&self.active_instances));
+        gauge(
+            "active_instances",
+            "Instance actors in memory.",
+            g(&self.active_instances),
+        );
         gauge("watchers", "Open Watch streams.", g(&self.watchers));
-        gauge("guard_cache_entries", "Entries in the capability cache.", guard_cache_len as u64);
+        gauge(
+            "guard_cache_entries",
+            "Entries in the capability cache.",
+            guard_cache_len as u64,
+        );
         gauge("raft_term", "Current Raft term.", raft.term);
         gauge("raft_commit_index", "Raft commit index.", raft.commit_index);
-        gauge("raft_applied_index", "Raft applied index.", raft.applied_index);
-        gauge("raft_is_leader", "1 if this node leads.", u64::from(raft.role == synapse_consensus::Role::Leader));
-        gauge("raft_leader_id", "Known leader id, 0 if none.", raft.leader_id);
+        gauge(
+            "raft_applied_index",
+            "Raft applied index.",
+            raft.applied_index,
+        );
+        gauge(
+            "raft_is_leader",
+            "1 if this node leads.",
+            u64::from(raft.role == synapse_consensus::Role::Leader),
+        );
+        gauge(
+            "raft_leader_id",
+            "Known leader id, 0 if none.",
+            raft.leader_id,
+        );
         out
     }
 }

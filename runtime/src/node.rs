@@ -82,10 +82,14 @@ pub struct Core {
 
 fn validate_name(kind: &str, value: &str, max: usize) -> Result<(), RuntimeError> {
     if value.is_empty() || value.len() > max {
-        return Err(RuntimeError::InvalidArgument(format!("{kind} must be 1..={max} bytes")));
+        return Err(RuntimeError::InvalidArgument(format!(
+            "{kind} must be 1..={max} bytes"
+        )));
     }
     if value.chars().any(|c| c.is_control() || c == '/') {
-        return Err(RuntimeError::InvalidArgument(format!("{kind} must not contain '/' or control characters")));
+        return Err(RuntimeError::InvalidArgument(format!(
+            "{kind} must not contain '/' or control characters"
+        )));
     }
     Ok(())
 }
@@ -113,7 +117,11 @@ impl Core {
     }
 
     pub fn metrics_text(&self) -> String {
-        self.metrics.render(&self.raft.status(), self.guard.cache_hits(), self.guard.cache_len())
+        self.metrics.render(
+            &self.raft.status(),
+            self.guard.cache_hits(),
+            self.guard.cache_len(),
+        )
     }
 
     /// Ready to serve: the driver runs and a leader is known.
@@ -123,7 +131,9 @@ impl Core {
     }
 
     fn skill(&self, name: &str) -> Result<&Arc<dyn DynSkill>, RuntimeError> {
-        self.skills.get(name).ok_or_else(|| RuntimeError::NotFound(format!("unknown skill `{name}`")))
+        self.skills
+            .get(name)
+            .ok_or_else(|| RuntimeError::NotFound(format!("unknown skill `{name}`")))
     }
 
     fn check_target(&self, skill: &str, instance: &str) -> Result<Arc<dyn DynSkill>, RuntimeError> {
@@ -142,7 +152,12 @@ impl Core {
         method: &str,
         operation: Operation,
     ) -> Result<String, RuntimeError> {
-        let req = Request { skill, instance, method, operation };
+        let req = Request {
+            skill,
+            instance,
+            method,
+            operation,
+        };
         let checked = self.guard.check(token, &req);
         let (allowed, principal, reason) = match &checked {
             Ok(d) => (d.allowed, d.principal.clone(), d.reason.clone()),
@@ -161,7 +176,9 @@ impl Core {
             hash: [0; 32],
         };
         if let Err(e) = self.store.audit_append(record) {
-            self.metrics.audit_write_failures.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .audit_write_failures
+                .fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "audit record not written");
         }
         let n = self.audit_count.fetch_add(1, Ordering::Relaxed) + 1;
@@ -185,7 +202,8 @@ impl Core {
     }
 
     fn not_leader(&self, status: &RaftStatus) -> RuntimeError {
-        let leader = (status.leader_id != 0 && status.leader_id != self.config.node_id).then_some(status.leader_id);
+        let leader = (status.leader_id != 0 && status.leader_id != self.config.node_id)
+            .then_some(status.leader_id);
         RuntimeError::Unavailable {
             reason: match leader {
                 Some(_) => "this node is not the leader".into(),
@@ -223,21 +241,44 @@ impl Core {
         }
     }
 
-    async fn send_to_actor(&self, id: InstanceId, skill: &Arc<dyn DynSkill>, op: Op, request_id: String, expected_version: Option<u64>) -> Result<InvokeResult, RuntimeError> {
+    async fn send_to_actor(
+        &self,
+        id: InstanceId,
+        skill: &Arc<dyn DynSkill>,
+        op: Op,
+        request_id: String,
+        expected_version: Option<u64>,
+    ) -> Result<InvokeResult, RuntimeError> {
         let addr = self.instances.get_or_activate(&id, skill, &self.env)?;
         let (tx, rx) = oneshot::channel();
-        addr.try_send(Execute { op, request_id, expected_version, reply: tx }).map_err(|e| match e {
+        addr.try_send(Execute {
+            op,
+            request_id,
+            expected_version,
+            reply: tx,
+        })
+        .map_err(|e| match e {
             actix::prelude::SendError::Full(_) => {
                 self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
                 RuntimeError::ResourceExhausted(format!("mailbox of {id} is full"))
             }
-            actix::prelude::SendError::Closed(_) => RuntimeError::unavailable(format!("{id} was passivated; retry")),
+            actix::prelude::SendError::Closed(_) => {
+                RuntimeError::unavailable(format!("{id} was passivated; retry"))
+            }
         })?;
-        rx.await.map_err(|_| RuntimeError::unavailable(format!("{id} stopped before replying (leadership change?); retry with the same request id")))?
+        rx.await.map_err(|_| {
+            RuntimeError::unavailable(format!(
+                "{id} stopped before replying (leadership change?); retry with the same request id"
+            ))
+        })?
     }
 
     /// Runs a skill method. Writes return once committed and durable.
-    pub async fn invoke(&self, token: Option<&str>, req: InvokeRequest) -> Result<InvokeResult, RuntimeError> {
+    pub async fn invoke(
+        &self,
+        token: Option<&str>,
+        req: InvokeRequest,
+    ) -> Result<InvokeResult, RuntimeError> {
         let result = self.invoke_inner(token, req).await;
         match &result {
             Ok(r) => {
@@ -256,64 +297,155 @@ impl Core {
         result
     }
 
-    async fn invoke_inner(&self, token: Option<&str>, req: InvokeRequest) -> Result<InvokeResult, RuntimeError> {
+    async fn invoke_inner(
+        &self,
+        token: Option<&str>,
+        req: InvokeRequest,
+    ) -> Result<InvokeResult, RuntimeError> {
         let skill = self.check_target(&req.skill, &req.instance)?;
         let kind = skill.method_kind(&req.method).ok_or_else(|| {
-            RuntimeError::NotFound(format!("skill `{}` has no method `{}` (it has: {})", req.skill, req.method, skill.method_names().join(", ")))
+            RuntimeError::NotFound(format!(
+                "skill `{}` has no method `{}` (it has: {})",
+                req.skill,
+                req.method,
+                skill.method_names().join(", ")
+            ))
         })?;
         if req.request_id.len() > MAX_REQUEST_ID {
-            return Err(RuntimeError::InvalidArgument(format!("request_id must be at most {MAX_REQUEST_ID} bytes")));
+            return Err(RuntimeError::InvalidArgument(format!(
+                "request_id must be at most {MAX_REQUEST_ID} bytes"
+            )));
         }
-        let operation = if kind == MethodKind::Read { Operation::Read } else { Operation::Write };
+        let operation = if kind == MethodKind::Read {
+            Operation::Read
+        } else {
+            Operation::Write
+        };
         self.authorize(token, &req.skill, &req.instance, &req.method, operation)?;
-        let id = InstanceId { skill: req.skill.clone(), instance: req.instance.clone() };
-        let op = Op::Call { method: req.method, kind, payload: req.payload };
+        let id = InstanceId {
+            skill: req.skill.clone(),
+            instance: req.instance.clone(),
+        };
+        let op = Op::Call {
+            method: req.method,
+            kind,
+            payload: req.payload,
+        };
         match kind {
             MethodKind::Read => {
                 self.linearizable_barrier().await?;
                 self.metrics.reads.fetch_add(1, Ordering::Relaxed);
-                self.send_to_actor(id, &skill, op, req.request_id, req.expected_version).await
+                self.send_to_actor(id, &skill, op, req.request_id, req.expected_version)
+                    .await
             }
             MethodKind::Write => {
-                let request_id = if req.request_id.is_empty() { fresh_request_id() } else { req.request_id };
+                let request_id = if req.request_id.is_empty() {
+                    fresh_request_id()
+                } else {
+                    req.request_id
+                };
                 if let Some(done) = self.store.request(&id.skill, &id.instance, &request_id)? {
                     self.metrics.deduplicated.fetch_add(1, Ordering::Relaxed);
-                    let reply = serde_json::from_slice(&done.reply)
-                        .map_err(|e| RuntimeError::DataLoss(format!("recorded reply does not decode: {e}")))?;
-                    return Ok(InvokeResult { reply, version: done.version, timestamp: done.timestamp, hash: done.hash, deduplicated: true, request_id });
+                    let reply = serde_json::from_slice(&done.reply).map_err(|e| {
+                        RuntimeError::DataLoss(format!("recorded reply does not decode: {e}"))
+                    })?;
+                    return Ok(InvokeResult {
+                        reply,
+                        version: done.version,
+                        timestamp: done.timestamp,
+                        hash: done.hash,
+                        deduplicated: true,
+                        request_id,
+                    });
                 }
                 self.ensure_write_leader().await?;
-                self.send_to_actor(id, &skill, op, request_id, req.expected_version).await
+                self.send_to_actor(id, &skill, op, request_id, req.expected_version)
+                    .await
             }
         }
     }
 
     /// Appends a checkpoint equal to an earlier version's state.
-    pub async fn rollback(&self, token: Option<&str>, skill: &str, instance: &str, to_version: u64, request_id: &str) -> Result<InvokeResult, RuntimeError> {
+    pub async fn rollback(
+        &self,
+        token: Option<&str>,
+        skill: &str,
+        instance: &str,
+        to_version: u64,
+        request_id: &str,
+    ) -> Result<InvokeResult, RuntimeError> {
         let dyn_skill = self.check_target(skill, instance)?;
         if request_id.len() > MAX_REQUEST_ID {
-            return Err(RuntimeError::InvalidArgument(format!("request_id must be at most {MAX_REQUEST_ID} bytes")));
+            return Err(RuntimeError::InvalidArgument(format!(
+                "request_id must be at most {MAX_REQUEST_ID} bytes"
+            )));
         }
         if to_version == 0 {
-            return Err(RuntimeError::InvalidArgument("to_version must be >= 1".into()));
+            return Err(RuntimeError::InvalidArgument(
+                "to_version must be >= 1".into(),
+            ));
         }
-        self.authorize(token, skill, instance, system_methods::ROLLBACK, Operation::Write)?;
-        let request_id = if request_id.is_empty() { fresh_request_id() } else { request_id.to_owned() };
+        self.authorize(
+            token,
+            skill,
+            instance,
+            system_methods::ROLLBACK,
+            Operation::Write,
+        )?;
+        let request_id = if request_id.is_empty() {
+            fresh_request_id()
+        } else {
+            request_id.to_owned()
+        };
         if let Some(done) = self.store.request(skill, instance, &request_id)? {
-            let reply = serde_json::from_slice(&done.reply).map_err(|e| RuntimeError::DataLoss(e.to_string()))?;
-            return Ok(InvokeResult { reply, version: done.version, timestamp: done.timestamp, hash: done.hash, deduplicated: true, request_id });
+            let reply = serde_json::from_slice(&done.reply)
+                .map_err(|e| RuntimeError::DataLoss(e.to_string()))?;
+            return Ok(InvokeResult {
+                reply,
+                version: done.version,
+                timestamp: done.timestamp,
+                hash: done.hash,
+                deduplicated: true,
+                request_id,
+            });
         }
         self.ensure_write_leader().await?;
-        let id = InstanceId { skill: skill.into(), instance: instance.into() };
-        self.send_to_actor(id, &dyn_skill, Op::Rollback { to_version }, request_id, None).await
+        let id = InstanceId {
+            skill: skill.into(),
+            instance: instance.into(),
+        };
+        self.send_to_actor(
+            id,
+            &dyn_skill,
+            Op::Rollback { to_version },
+            request_id,
+            None,
+        )
+        .await
     }
 
     /// Latest committed checkpoint (linearizable), or the one at `version`.
-    pub async fn get_state(&self, token: Option<&str>, skill: &str, instance: &str, version: u64) -> Result<Checkpoint, RuntimeError> {
+    pub async fn get_state(
+        &self,
+        token: Option<&str>,
+        skill: &str,
+        instance: &str,
+        version: u64,
+    ) -> Result<Checkpoint, RuntimeError> {
         self.check_target(skill, instance)?;
-        self.authorize(token, skill, instance, system_methods::STATE, Operation::Read)?;
+        self.authorize(
+            token,
+            skill,
+            instance,
+            system_methods::STATE,
+            Operation::Read,
+        )?;
         self.linearizable_barrier().await?;
-        let found = if version == 0 { self.store.latest(skill, instance) } else { self.store.get(skill, instance, version) };
+        let found = if version == 0 {
+            self.store.latest(skill, instance)
+        } else {
+            self.store.get(skill, instance, version)
+        };
         let found = found.inspect_err(|e| {
             if matches!(e, synapse_storage::StorageError::Corrupt { .. }) {
                 self.metrics.data_loss.fetch_add(1, Ordering::Relaxed);
@@ -326,19 +458,48 @@ impl Core {
     }
 
     /// Latest checkpoint at or before an HLC timestamp.
-    pub async fn get_state_at(&self, token: Option<&str>, skill: &str, instance: &str, at: Timestamp) -> Result<Checkpoint, RuntimeError> {
+    pub async fn get_state_at(
+        &self,
+        token: Option<&str>,
+        skill: &str,
+        instance: &str,
+        at: Timestamp,
+    ) -> Result<Checkpoint, RuntimeError> {
         self.check_target(skill, instance)?;
-        self.authorize(token, skill, instance, system_methods::STATE, Operation::Read)?;
+        self.authorize(
+            token,
+            skill,
+            instance,
+            system_methods::STATE,
+            Operation::Read,
+        )?;
         self.linearizable_barrier().await?;
         self.store
             .at_or_before(skill, instance, at)?
-            .ok_or_else(|| RuntimeError::NotFound(format!("{skill}/{instance} has no retained checkpoint at or before that time")))
+            .ok_or_else(|| {
+                RuntimeError::NotFound(format!(
+                    "{skill}/{instance} has no retained checkpoint at or before that time"
+                ))
+            })
     }
 
     /// Newest first, at most [`MAX_HISTORY`].
-    pub async fn history(&self, token: Option<&str>, skill: &str, instance: &str, before_version: u64, limit: u32) -> Result<Vec<Checkpoint>, RuntimeError> {
+    pub async fn history(
+        &self,
+        token: Option<&str>,
+        skill: &str,
+        instance: &str,
+        before_version: u64,
+        limit: u32,
+    ) -> Result<Vec<Checkpoint>, RuntimeError> {
         self.check_target(skill, instance)?;
-        self.authorize(token, skill, instance, system_methods::HISTORY, Operation::Read)?;
+        self.authorize(
+            token,
+            skill,
+            instance,
+            system_methods::HISTORY,
+            Operation::Read,
+        )?;
         self.linearizable_barrier().await?;
         let limit = match limit as usize {
             0 => 100,
@@ -346,18 +507,33 @@ impl Core {
         };
         let list = self.store.history(skill, instance, before_version, limit)?;
         if list.is_empty() && self.store.latest(skill, instance)?.is_none() {
-            return Err(RuntimeError::NotFound(format!("{skill}/{instance} has no checkpoint")));
+            return Err(RuntimeError::NotFound(format!(
+                "{skill}/{instance} has no checkpoint"
+            )));
         }
         Ok(list)
     }
 
-    pub async fn verify(&self, token: Option<&str>, skill: &str, instance: &str) -> Result<ChainReport, RuntimeError> {
+    pub async fn verify(
+        &self,
+        token: Option<&str>,
+        skill: &str,
+        instance: &str,
+    ) -> Result<ChainReport, RuntimeError> {
         self.check_target(skill, instance)?;
-        self.authorize(token, skill, instance, system_methods::VERIFY, Operation::Read)?;
+        self.authorize(
+            token,
+            skill,
+            instance,
+            system_methods::VERIFY,
+            Operation::Read,
+        )?;
         self.linearizable_barrier().await?;
         let report = self.store.verify_chain(skill, instance)?;
         if report.versions_checked == 0 && report.ok {
-            return Err(RuntimeError::NotFound(format!("{skill}/{instance} has no checkpoint")));
+            return Err(RuntimeError::NotFound(format!(
+                "{skill}/{instance} has no checkpoint"
+            )));
         }
         if !report.ok {
             self.metrics.data_loss.fetch_add(1, Ordering::Relaxed);
@@ -368,27 +544,64 @@ impl Core {
 
     /// Subscribes to newly committed checkpoints of one instance. The
     /// receiver is bounded; a subscriber that falls behind is cut off.
-    pub fn watch(&self, token: Option<&str>, skill: &str, instance: &str) -> Result<WatchGuard, RuntimeError> {
+    pub fn watch(
+        &self,
+        token: Option<&str>,
+        skill: &str,
+        instance: &str,
+    ) -> Result<WatchGuard, RuntimeError> {
         self.check_target(skill, instance)?;
-        self.authorize(token, skill, instance, system_methods::WATCH, Operation::Read)?;
+        self.authorize(
+            token,
+            skill,
+            instance,
+            system_methods::WATCH,
+            Operation::Read,
+        )?;
         let n = self.metrics.watchers.fetch_add(1, Ordering::Relaxed);
-        let guard = WatchGuard { metrics: self.metrics.clone(), rx: self.watch.subscribe(), skill: skill.into(), instance: instance.into() };
+        let guard = WatchGuard {
+            metrics: self.metrics.clone(),
+            rx: self.watch.subscribe(),
+            skill: skill.into(),
+            instance: instance.into(),
+        };
         if n as usize >= self.config.max_watchers {
             self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
-            return Err(RuntimeError::ResourceExhausted(format!("at most {} watchers", self.config.max_watchers)));
+            return Err(RuntimeError::ResourceExhausted(format!(
+                "at most {} watchers",
+                self.config.max_watchers
+            )));
         }
         Ok(guard)
     }
 
     pub fn status(&self, token: Option<&str>) -> Result<NodeStatus, RuntimeError> {
-        self.authorize(token, system_methods::SYSTEM_SKILL, "cluster", "status", Operation::Read)?;
+        self.authorize(
+            token,
+            system_methods::SYSTEM_SKILL,
+            "cluster",
+            "status",
+            Operation::Read,
+        )?;
         let raft = self.raft.status();
         let (applied, state_hash, instances) = self.store.state_hash()?;
-        Ok(NodeStatus { raft, applied_index: applied, state_hash, instances, active_instances: self.instances.len() as u64 })
+        Ok(NodeStatus {
+            raft,
+            applied_index: applied,
+            state_hash,
+            instances,
+            active_instances: self.instances.len() as u64,
+        })
     }
 
     pub fn now(&self, token: Option<&str>) -> Result<(Timestamp, u64), RuntimeError> {
-        self.authorize(token, system_methods::SYSTEM_SKILL, "clock", "now", Operation::Read)?;
+        self.authorize(
+            token,
+            system_methods::SYSTEM_SKILL,
+            "clock",
+            "now",
+            Operation::Read,
+        )?;
         // Until peer offsets are measured (cluster clock work), the bound is
         // the local clock's own: one tick of its resolution.
         Ok((self.hlc.now(), 1))
@@ -422,9 +635,13 @@ impl WatchGuard {
                 Ok(cp) if cp.skill == self.skill && cp.instance == self.instance => return Ok(cp),
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    return Err(RuntimeError::ResourceExhausted(format!("watcher fell {n} checkpoints behind; re-subscribe and read History")))
+                    return Err(RuntimeError::ResourceExhausted(format!(
+                        "watcher fell {n} checkpoints behind; re-subscribe and read History"
+                    )))
                 }
-                Err(broadcast::error::RecvError::Closed) => return Err(RuntimeError::unavailable("node stopped")),
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(RuntimeError::unavailable("node stopped"))
+                }
             }
         }
     }
@@ -450,7 +667,11 @@ pub struct NodeBuilder {
 
 impl NodeBuilder {
     pub fn new(config: NodeConfig) -> Self {
-        NodeBuilder { config, skills: vec![erase(Counter), erase(Kv)], clock: Arc::new(SystemClock) }
+        NodeBuilder {
+            config,
+            skills: vec![erase(Counter), erase(Kv)],
+            clock: Arc::new(SystemClock),
+        }
     }
 
     /// Registers an application skill.
@@ -460,7 +681,8 @@ impl NodeBuilder {
     }
 
     pub fn without_builtin_skills(mut self) -> Self {
-        self.skills.retain(|s| s.name() != "counter" && s.name() != "kv");
+        self.skills
+            .retain(|s| s.name() != "counter" && s.name() != "kv");
         self
     }
 
@@ -473,11 +695,16 @@ impl NodeBuilder {
     /// Starts the node on its own thread (one actix System hosts the actors,
     /// the Raft driver and the servers) and waits until it is serving.
     pub fn start(self) -> Result<Node, RuntimeError> {
-        self.config.validate().map_err(RuntimeError::InvalidArgument)?;
+        self.config
+            .validate()
+            .map_err(RuntimeError::InvalidArgument)?;
         let mut skills = HashMap::new();
         for s in self.skills {
             if skills.insert(s.name().to_string(), s.clone()).is_some() {
-                return Err(RuntimeError::InvalidArgument(format!("skill `{}` registered twice", s.name())));
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "skill `{}` registered twice",
+                    s.name()
+                )));
             }
         }
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -499,7 +726,10 @@ impl NodeBuilder {
                 core: parts.core,
                 grpc_addr: parts.grpc_addr,
                 http_addr: parts.http_addr,
-                control: Arc::new(Control { stop: Mutex::new(Some(stop_tx)), thread: Mutex::new(Some(thread)) }),
+                control: Arc::new(Control {
+                    stop: Mutex::new(Some(stop_tx)),
+                    thread: Mutex::new(Some(thread)),
+                }),
             }),
             Err(e) => {
                 let _ = thread.join();
@@ -571,16 +801,38 @@ impl Node {
     }
 
     /// Convenience for embedders: invoke with a token and a JSON payload.
-    pub async fn invoke(&self, token: &str, skill: &str, instance: &str, method: &str, payload: Value) -> Result<InvokeResult, RuntimeError> {
+    pub async fn invoke(
+        &self,
+        token: &str,
+        skill: &str,
+        instance: &str,
+        method: &str,
+        payload: Value,
+    ) -> Result<InvokeResult, RuntimeError> {
         self.core
-            .invoke(Some(token), InvokeRequest { skill: skill.into(), instance: instance.into(), method: method.into(), payload, ..Default::default() })
+            .invoke(
+                Some(token),
+                InvokeRequest {
+                    skill: skill.into(),
+                    instance: instance.into(),
+                    method: method.into(),
+                    payload,
+                    ..Default::default()
+                },
+            )
             .await
     }
 
     /// Latest committed state as JSON.
-    pub async fn state(&self, token: &str, skill: &str, instance: &str) -> Result<Value, RuntimeError> {
+    pub async fn state(
+        &self,
+        token: &str,
+        skill: &str,
+        instance: &str,
+    ) -> Result<Value, RuntimeError> {
         let cp = self.core.get_state(Some(token), skill, instance, 0).await?;
-        serde_json::from_slice(&cp.state).map_err(|e| RuntimeError::DataLoss(format!("state does not decode: {e}")))
+        serde_json::from_slice(&cp.state)
+            .map_err(|e| RuntimeError::DataLoss(format!("state does not decode: {e}")))
     }
 
     /// Stops serving, drains in-flight calls (bounded by `drain_timeout_ms`),
@@ -590,10 +842,24 @@ impl Node {
     }
 }
 
-async fn open_core(config: NodeConfig, skills: HashMap<String, Arc<dyn DynSkill>>, clock: Arc<dyn PhysicalClock>) -> Result<Arc<Core>, RuntimeError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| RuntimeError::Internal(format!("cannot create data dir {}: {e}", config.data_dir.display())))?;
-    let store = Store::open(&config.data_dir, StoreOptions { retention_versions: config.retention_versions, ..Default::default() })?;
+async fn open_core(
+    config: NodeConfig,
+    skills: HashMap<String, Arc<dyn DynSkill>>,
+    clock: Arc<dyn PhysicalClock>,
+) -> Result<Arc<Core>, RuntimeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        RuntimeError::Internal(format!(
+            "cannot create data dir {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let store = Store::open(
+        &config.data_dir,
+        StoreOptions {
+            retention_versions: config.retention_versions,
+            ..Default::default()
+        },
+    )?;
     let root = RootKey::load_or_create(&config.data_dir.join(ROOT_KEY_FILE))?;
     let guard = Guard::new(&root.public_hex(), config.token_cache_capacity)?;
     let root_token = ensure_root_token(&config, &root)?;
@@ -603,16 +869,44 @@ async fn open_core(config: NodeConfig, skills: HashMap<String, Arc<dyn DynSkill>
     hlc.observe(store.clock_high_water()?);
 
     let metrics = Arc::new(Metrics::default());
-    let instances = Arc::new(InstanceTable::new(config.max_active_instances, actix_rt::Arbiter::current()));
+    let instances = Arc::new(InstanceTable::new(
+        config.max_active_instances,
+        actix_rt::Arbiter::current(),
+    ));
     let (watch, _) = broadcast::channel(config.watch_buffer.max(1));
-    let sm = NodeStateMachine { store: store.clone(), hlc: hlc.clone(), watch: watch.clone(), instances: instances.clone(), metrics: metrics.clone() };
+    let sm = NodeStateMachine {
+        store: store.clone(),
+        hlc: hlc.clone(),
+        watch: watch.clone(),
+        instances: instances.clone(),
+        metrics: metrics.clone(),
+    };
     let mut raft_config = RaftConfig::single_node(config.node_id);
     raft_config.tick_interval = Duration::from_millis(config.raft_tick_ms);
     raft_config.election_tick = config.raft_election_tick;
     raft_config.heartbeat_tick = config.raft_heartbeat_tick;
     let (raft, _join) = spawn_driver(raft_config, store.clone(), sm, Arc::new(NoopTransport))?;
-    let env = Arc::new(ActorEnv { store: store.clone(), raft: raft.clone(), hlc: hlc.clone(), config: config.clone(), metrics: metrics.clone() });
-    Ok(Arc::new(Core { config, store, guard, hlc, raft, skills, instances, env, watch, metrics, root_token, audit_count: Default::default() }))
+    let env = Arc::new(ActorEnv {
+        store: store.clone(),
+        raft: raft.clone(),
+        hlc: hlc.clone(),
+        config: config.clone(),
+        metrics: metrics.clone(),
+    });
+    Ok(Arc::new(Core {
+        config,
+        store,
+        guard,
+        hlc,
+        raft,
+        skills,
+        instances,
+        env,
+        watch,
+        metrics,
+        root_token,
+        audit_count: Default::default(),
+    }))
 }
 
 /// Mints the all-rights token once and keeps it in `root.token` (0600).
@@ -624,7 +918,12 @@ fn ensure_root_token(config: &NodeConfig, root: &RootKey) -> Result<String, Runt
             return Ok(t);
         }
     }
-    let grant = Grant { skill: "*".into(), instance: "*".into(), methods: vec![], read_only: false };
+    let grant = Grant {
+        skill: "*".into(),
+        instance: "*".into(),
+        methods: vec![],
+        read_only: false,
+    };
     let token = root.mint("root", &[grant], None)?;
     write_private(&path, token.as_bytes())?;
     Ok(token)
@@ -639,8 +938,12 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), RuntimeErro
         use std::os::unix::fs::OpenOptionsExt as _;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).map_err(|e| RuntimeError::Internal(format!("cannot write {}: {e}", path.display())))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| RuntimeError::Internal(format!("cannot write {}: {e}", path.display())))
+    let mut f = opts
+        .open(path)
+        .map_err(|e| RuntimeError::Internal(format!("cannot write {}: {e}", path.display())))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| RuntimeError::Internal(format!("cannot write {}: {e}", path.display())))
 }
 
 async fn run_node(
@@ -689,11 +992,21 @@ async fn run_node(
         }
     }
     tracing::info!(node = config.node_id, data_dir = %config.data_dir.display(), grpc = ?grpc_addr, http = ?http_addr, "node started");
-    if ready.send(Ok(Started { core: core.clone(), grpc_addr, http_addr })).is_err() {
+    if ready
+        .send(Ok(Started {
+            core: core.clone(),
+            grpc_addr,
+            http_addr,
+        }))
+        .is_err()
+    {
         return;
     }
     let _ = stop.await;
-    tracing::info!(node = config.node_id, "shutting down: draining in-flight calls");
+    tracing::info!(
+        node = config.node_id,
+        "shutting down: draining in-flight calls"
+    );
     let _ = servers_stop_tx.send(true);
     for task in tasks {
         if tokio::time::timeout(drain, task).await.is_err() {

@@ -68,7 +68,12 @@ pub trait Skill: Send + Sync + 'static {
     fn methods(&self) -> &'static [MethodSpec];
 
     /// Runs `method` with a JSON payload; returns the JSON reply.
-    fn handle(&self, state: &mut Self::State, method: &str, payload: &Value) -> Result<Value, SkillError>;
+    fn handle(
+        &self,
+        state: &mut Self::State,
+        method: &str,
+        payload: &Value,
+    ) -> Result<Value, SkillError>;
 }
 
 /// A state held by an actor, its concrete type known only to its skill.
@@ -83,7 +88,12 @@ pub trait DynSkill: Send + Sync + 'static {
     fn decode_state(&self, bytes: &[u8]) -> Result<AnyState, SkillError>;
     fn encode_state(&self, state: &AnyState) -> Result<Vec<u8>, SkillError>;
     fn clone_state(&self, state: &AnyState) -> AnyState;
-    fn call(&self, state: &mut AnyState, method: &str, payload: &Value) -> Result<Value, SkillError>;
+    fn call(
+        &self,
+        state: &mut AnyState,
+        method: &str,
+        payload: &Value,
+    ) -> Result<Value, SkillError>;
 }
 
 struct Adapter<S: Skill>(S);
@@ -100,7 +110,11 @@ impl<S: Skill> DynSkill for Adapter<S> {
     }
 
     fn method_kind(&self, method: &str) -> Option<MethodKind> {
-        self.0.methods().iter().find(|m| m.name == method).map(|m| m.kind)
+        self.0
+            .methods()
+            .iter()
+            .find(|m| m.name == method)
+            .map(|m| m.kind)
     }
 
     fn method_names(&self) -> Vec<&'static str> {
@@ -128,7 +142,12 @@ impl<S: Skill> DynSkill for Adapter<S> {
         }
     }
 
-    fn call(&self, state: &mut AnyState, method: &str, payload: &Value) -> Result<Value, SkillError> {
+    fn call(
+        &self,
+        state: &mut AnyState,
+        method: &str,
+        payload: &Value,
+    ) -> Result<Value, SkillError> {
         let typed = state
             .downcast_mut::<S::State>()
             .ok_or_else(|| SkillError::Failed("state type does not belong to this skill".into()))?;

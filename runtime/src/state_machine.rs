@@ -32,21 +32,30 @@ struct Head {
 }
 
 impl NodeStateMachine {
-    fn head(&self, pending: &HashMap<(String, String), Head>, cp: &Checkpoint) -> Result<Option<Head>, ConsensusError> {
+    fn head(
+        &self,
+        pending: &HashMap<(String, String), Head>,
+        cp: &Checkpoint,
+    ) -> Result<Option<Head>, ConsensusError> {
         if let Some(h) = pending.get(&(cp.skill.clone(), cp.instance.clone())) {
             return Ok(Some(*h));
         }
-        Ok(self
-            .store
-            .latest(&cp.skill, &cp.instance)?
-            .map(|c| Head { version: c.version, hash: c.hash, timestamp: c.timestamp }))
+        Ok(self.store.latest(&cp.skill, &cp.instance)?.map(|c| Head {
+            version: c.version,
+            hash: c.hash,
+            timestamp: c.timestamp,
+        }))
     }
 }
 
 impl StateMachine for NodeStateMachine {
     type Output = ApplyOutcome;
 
-    fn apply(&mut self, ctx: ApplyContext, entries: &[Committed<'_>]) -> Result<Vec<ApplyOutcome>, ConsensusError> {
+    fn apply(
+        &mut self,
+        ctx: ApplyContext,
+        entries: &[Committed<'_>],
+    ) -> Result<Vec<ApplyOutcome>, ConsensusError> {
         let mut batch = ApplyBatch::default();
         let mut heads: HashMap<(String, String), Head> = HashMap::new();
         let mut requests: HashMap<(String, String, String), RequestRecord> = HashMap::new();
@@ -71,13 +80,16 @@ impl StateMachine for NodeStateMachine {
                 }
             };
             let _span = tracing::debug_span!("apply", skill = %cp.skill, instance = %cp.instance,
-                request_id = %cp.request_id, term = entry.term, index = entry.index).entered();
+                request_id = %cp.request_id, term = entry.term, index = entry.index)
+            .entered();
 
             if !cp.request_id.is_empty() {
                 let rkey = (cp.skill.clone(), cp.instance.clone(), cp.request_id.clone());
                 let earlier = match requests.get(&rkey) {
                     Some(r) => Some(r.clone()),
-                    None => self.store.request(&cp.skill, &cp.instance, &cp.request_id)?,
+                    None => self
+                        .store
+                        .request(&cp.skill, &cp.instance, &cp.request_id)?,
                 };
                 if let Some(record) = earlier {
                     outcomes.push(ApplyOutcome::Duplicate(record));
@@ -99,7 +111,9 @@ impl StateMachine for NodeStateMachine {
             }
             if let Some(h) = head {
                 if cp.timestamp <= h.timestamp {
-                    outcomes.push(ApplyOutcome::Rejected("checkpoint timestamp does not increase".into()));
+                    outcomes.push(ApplyOutcome::Rejected(
+                        "checkpoint timestamp does not increase".into(),
+                    ));
                     continue;
                 }
             }
@@ -109,15 +123,28 @@ impl StateMachine for NodeStateMachine {
             self.hlc.observe(cp.timestamp);
             heads.insert(
                 (cp.skill.clone(), cp.instance.clone()),
-                Head { version: cp.version, hash: cp.hash, timestamp: cp.timestamp },
+                Head {
+                    version: cp.version,
+                    hash: cp.hash,
+                    timestamp: cp.timestamp,
+                },
             );
             if !cp.request_id.is_empty() {
                 requests.insert(
                     (cp.skill.clone(), cp.instance.clone(), cp.request_id.clone()),
-                    RequestRecord { version: cp.version, hash: cp.hash, timestamp: cp.timestamp, reply },
+                    RequestRecord {
+                        version: cp.version,
+                        hash: cp.hash,
+                        timestamp: cp.timestamp,
+                        reply,
+                    },
                 );
             }
-            outcomes.push(ApplyOutcome::Applied { version: cp.version, hash: cp.hash, timestamp: cp.timestamp });
+            outcomes.push(ApplyOutcome::Applied {
+                version: cp.version,
+                hash: cp.hash,
+                timestamp: cp.timestamp,
+            });
             new_checkpoints.push(cp);
         }
 
@@ -125,7 +152,9 @@ impl StateMachine for NodeStateMachine {
             batch.set_applied(last.index);
         }
         self.store.commit_apply(batch)?;
-        self.metrics.applied_checkpoints.fetch_add(new_checkpoints.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .applied_checkpoints
+            .fetch_add(new_checkpoints.len() as u64, Ordering::Relaxed);
         if own_term_applied {
             self.instances.set_caught_up_term(ctx.term);
         }

@@ -16,8 +16,14 @@ pub struct CounterState {
 }
 
 const METHODS: &[MethodSpec] = &[
-    MethodSpec { name: "incr", kind: MethodKind::Write },
-    MethodSpec { name: "get", kind: MethodKind::Read },
+    MethodSpec {
+        name: "incr",
+        kind: MethodKind::Write,
+    },
+    MethodSpec {
+        name: "get",
+        kind: MethodKind::Read,
+    },
 ];
 
 impl Skill for Counter {
@@ -31,7 +37,12 @@ impl Skill for Counter {
         METHODS
     }
 
-    fn handle(&self, state: &mut CounterState, method: &str, payload: &Value) -> Result<Value, SkillError> {
+    fn handle(
+        &self,
+        state: &mut CounterState,
+        method: &str,
+        payload: &Value,
+    ) -> Result<Value, SkillError> {
         match method {
             "incr" => {
                 let by = match payload {
@@ -42,16 +53,21 @@ impl Skill for Counter {
                             .as_i64()
                             .ok_or_else(|| SkillError::invalid("`by` must be a 64-bit integer"))?,
                     },
-                    _ => return Err(SkillError::invalid("payload must be an object like {\"by\": 1}")),
+                    _ => {
+                        return Err(SkillError::invalid(
+                            "payload must be an object like {\"by\": 1}",
+                        ))
+                    }
                 };
-                state.value = state
-                    .value
-                    .checked_add(by)
-                    .ok_or_else(|| SkillError::FailedPrecondition("counter would overflow".into()))?;
+                state.value = state.value.checked_add(by).ok_or_else(|| {
+                    SkillError::FailedPrecondition("counter would overflow".into())
+                })?;
                 Ok(json!({ "value": state.value }))
             }
             "get" => Ok(json!({ "value": state.value })),
-            other => Err(SkillError::InvalidArgument(format!("unknown method `{other}`"))),
+            other => Err(SkillError::InvalidArgument(format!(
+                "unknown method `{other}`"
+            ))),
         }
     }
 }
@@ -63,16 +79,33 @@ mod tests {
     #[test]
     fn incr_and_get() {
         let mut s = CounterState::default();
-        assert_eq!(Counter.handle(&mut s, "incr", &json!({"by": 5})).unwrap(), json!({"value": 5}));
-        assert_eq!(Counter.handle(&mut s, "incr", &Value::Null).unwrap(), json!({"value": 6}));
-        assert_eq!(Counter.handle(&mut s, "get", &Value::Null).unwrap(), json!({"value": 6}));
+        assert_eq!(
+            Counter.handle(&mut s, "incr", &json!({"by": 5})).unwrap(),
+            json!({"value": 5})
+        );
+        assert_eq!(
+            Counter.handle(&mut s, "incr", &Value::Null).unwrap(),
+            json!({"value": 6})
+        );
+        assert_eq!(
+            Counter.handle(&mut s, "get", &Value::Null).unwrap(),
+            json!({"value": 6})
+        );
     }
 
     #[test]
     fn bad_payloads_are_invalid_and_leave_state() {
         let mut s = CounterState { value: 3 };
-        for bad in [json!({"by": "x"}), json!([1]), json!({"by": 1.5}), json!("by")] {
-            assert!(matches!(Counter.handle(&mut s, "incr", &bad), Err(SkillError::InvalidArgument(_))));
+        for bad in [
+            json!({"by": "x"}),
+            json!([1]),
+            json!({"by": 1.5}),
+            json!("by"),
+        ] {
+            assert!(matches!(
+                Counter.handle(&mut s, "incr", &bad),
+                Err(SkillError::InvalidArgument(_))
+            ));
         }
         assert_eq!(s.value, 3);
     }
@@ -80,6 +113,9 @@ mod tests {
     #[test]
     fn overflow_is_a_precondition_failure() {
         let mut s = CounterState { value: i64::MAX };
-        assert!(matches!(Counter.handle(&mut s, "incr", &json!({"by": 1})), Err(SkillError::FailedPrecondition(_))));
+        assert!(matches!(
+            Counter.handle(&mut s, "incr", &json!({"by": 1})),
+            Err(SkillError::FailedPrecondition(_))
+        ));
     }
 }
