@@ -147,6 +147,75 @@ enum ClusterCommand {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Add a member (as a learner unless --voter).
+    Add {
+        id: u64,
+        /// host:port of the new member.
+        address: String,
+        #[arg(long)]
+        voter: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Promote a caught-up learner to voter.
+    Promote {
+        id: u64,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Remove a member (refused if it would break quorum).
+    Remove {
+        id: u64,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Hand leadership to another voter.
+    TransferLeader {
+        id: u64,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+/// Which membership RPC to run.
+enum Membership {
+    Add(u64, String, bool),
+    Promote(u64),
+    Remove(u64),
+    Transfer(u64),
+}
+
+/// Runs a membership change on the leader, following one redirect.
+async fn membership(client: &ClientOpts, op: Membership) -> Result<(), Failure> {
+    let mut endpoint = client.endpoint.clone();
+    for attempt in 0..2 {
+        let opts = ClientOpts { endpoint: endpoint.clone(), ..client.clone() };
+        let mut c = connect(&opts).await?;
+        let result = match &op {
+            Membership::Add(id, address, voter) => {
+                c.cluster.add_member(pb::AddMemberRequest { id: *id, address: address.clone(), as_voter: *voter }).await
+            }
+            Membership::Promote(id) => c.cluster.promote_member(pb::MemberRequest { id: *id }).await,
+            Membership::Remove(id) => c.cluster.remove_member(pb::MemberRequest { id: *id }).await,
+            Membership::Transfer(id) => c.cluster.transfer_leader(pb::MemberRequest { id: *id }).await,
+        };
+        match result {
+            Ok(r) => {
+                let r = r.into_inner();
+                let v = json!({ "voters": r.voters, "learners": r.learners });
+                print(client.output, &v, || format!("voters {:?}  learners {:?}", r.voters, r.learners));
+                return Ok(());
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable && attempt == 0 => {
+                match s.metadata().get("x-synapse-leader-addr").and_then(|v| v.to_str().ok()) {
+                    Some(leader) => endpoint = format!("http://{leader}"),
+                    None => return Err(s.into()),
+                }
+            }
+            Err(s) => return Err(s.into()),
+        }
+    }
+    Err("leader redirect did not settle".to_string().into())
 }
 
 #[derive(Args)]
@@ -222,6 +291,23 @@ struct ServeOpts {
     max_active_instances: Option<usize>,
     #[arg(long, env = "SYNAPSE_HANDLER_DEADLINE_MS")]
     handler_deadline_ms: Option<u64>,
+    /// Initial members of a new cluster: `1=host:port,2=host:port,...`
+    /// (this node included).
+    #[arg(long, env = "SYNAPSE_PEERS", value_delimiter = ',')]
+    peers: Option<Vec<String>>,
+    /// Address other members use to reach this node (default: its entry in
+    /// --peers, else --listen).
+    #[arg(long, env = "SYNAPSE_ADVERTISE")]
+    advertise: Option<String>,
+    /// Join the cluster that this member (host:port) belongs to.
+    #[arg(long, env = "SYNAPSE_JOIN")]
+    join: Option<String>,
+    /// Token for joining (needs `_system/cluster` rights); or use --root-key-file.
+    #[arg(long, env = "SYNAPSE_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// Cluster root key (hex), e.g. a mounted Kubernetes Secret.
+    #[arg(long, env = "SYNAPSE_ROOT_KEY_FILE")]
+    root_key_file: Option<PathBuf>,
     /// Log filter, e.g. "info" or "synapse=debug,raft=info".
     #[arg(long, env = "SYNAPSE_LOG", default_value = "info")]
     log: String,
@@ -255,6 +341,21 @@ impl ServeOpts {
         }
         if let Some(l) = self.http_listen {
             config.http_listen = Some(l);
+        }
+        if let Some(p) = self.peers {
+            config.peers = p.into_iter().filter(|p| !p.trim().is_empty()).collect();
+        }
+        if self.advertise.is_some() {
+            config.advertise = self.advertise;
+        }
+        if self.join.is_some() {
+            config.join = self.join;
+        }
+        if self.join_token.is_some() {
+            config.join_token = self.join_token;
+        }
+        if self.root_key_file.is_some() {
+            config.root_key_file = self.root_key_file;
         }
         config.validate()?;
         Ok((config, self.log))
@@ -652,7 +753,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 "node_id": s.node_id, "role": s.role, "leader_id": s.leader_id, "term": s.term,
                 "commit_index": s.commit_index, "applied_index": s.applied_index, "voters": s.voters,
                 "learners": s.learners, "state_hash": hex(&s.state_hash), "instances": s.instances, "version": s.version,
-                "peers": s.peers.iter().map(|p| json!({"id": p.id, "match_index": p.match_index, "lag": p.lag})).collect::<Vec<_>>(),
+                "peers": s.peers.iter().map(|p| json!({"id": p.id, "address": p.address, "match_index": p.match_index, "lag": p.lag})).collect::<Vec<_>>(),
             });
             print(client.output, &v, || {
                 let mut out = format!(
@@ -668,6 +769,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 out
             });
             Ok(())
+        }
+        Command::Cluster { command: ClusterCommand::Add { id, address, voter, client } } => {
+            membership(&client, Membership::Add(id, address, voter)).await
+        }
+        Command::Cluster { command: ClusterCommand::Promote { id, client } } => membership(&client, Membership::Promote(id)).await,
+        Command::Cluster { command: ClusterCommand::Remove { id, client } } => membership(&client, Membership::Remove(id)).await,
+        Command::Cluster { command: ClusterCommand::TransferLeader { id, client } } => {
+            membership(&client, Membership::Transfer(id)).await
         }
         Command::Now { client } => {
             let mut c = connect(&client).await?;

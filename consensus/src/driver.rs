@@ -34,6 +34,9 @@ pub struct Committed<'a> {
     /// Empty for leader no-op entries and membership changes: they still
     /// advance the applied index.
     pub data: &'a [u8],
+    /// Set for an applied membership change (its `context` carries what the
+    /// proposer attached, such as the new member's address).
+    pub conf_change: Option<&'a ConfChangeV2>,
 }
 
 /// What the state machine learns about the node while applying.
@@ -67,6 +70,12 @@ pub trait StateMachine: Send + 'static {
 
     /// Called when this node's role or the term changes.
     fn on_role_change(&mut self, _role: Role, _term: u64, _leader_id: u64) {}
+
+    /// Test-only fault injection (see `RaftConfig::unsafe_ack_on_propose`):
+    /// the output a broken node would acknowledge before anything is durable.
+    fn speculative_output(&self, _data: &[u8]) -> Option<Self::Output> {
+        None
+    }
 }
 
 /// Raft role, mirrored from raft-rs so that callers need not import it.
@@ -133,6 +142,16 @@ pub struct RaftConfig {
     /// Entries kept behind the applied index at compaction, so a slightly
     /// lagging follower catches up from the log instead of a snapshot.
     pub compact_keep: u64,
+    /// Randomized election timeout range in ticks, `[min, max)`; 0 = raft-rs
+    /// default (`election_tick`, `2 * election_tick`). The simulation pins it
+    /// so that a seed replays exactly (raft-rs draws from a thread RNG).
+    pub min_election_tick: usize,
+    pub max_election_tick: usize,
+    /// DELIBERATELY BROKEN, test-only: acknowledge proposals as soon as they
+    /// are proposed, before they are persisted or committed. Exists so the
+    /// simulation can prove it catches lost acknowledged writes.
+    #[doc(hidden)]
+    pub unsafe_ack_on_propose: bool,
 }
 
 impl RaftConfig {
@@ -152,7 +171,16 @@ impl RaftConfig {
             read_timeout: Duration::from_secs(5),
             compact_threshold: 20_000,
             compact_keep: 5_000,
+            min_election_tick: 0,
+            max_election_tick: 0,
+            unsafe_ack_on_propose: false,
         }
+    }
+
+    /// A member of a multi-node cluster; `voters` is the initial voter set
+    /// for a brand-new cluster, empty for a node that joins an existing one.
+    pub fn cluster_member(id: u64, voters: Vec<u64>) -> Self {
+        RaftConfig { initial_voters: voters, ..RaftConfig::single_node(id) }
     }
 
     fn to_raft(&self, applied: u64) -> raft::Config {
@@ -169,6 +197,8 @@ impl RaftConfig {
             batch_append: true,
             max_uncommitted_size: self.max_uncommitted_size,
             max_committed_size_per_ready: self.max_committed_size_per_ready,
+            min_election_tick: self.min_election_tick,
+            max_election_tick: self.max_election_tick,
             ..Default::default()
         }
     }
@@ -208,6 +238,7 @@ enum Event<O> {
     },
     Step(Box<Message>),
     Unreachable(u64),
+    SnapshotReport { peer: u64, delivered: bool },
     TransferLeader(u64),
     Campaign,
     Stop,
@@ -274,6 +305,12 @@ impl<O: Send + 'static> RaftHandle<O> {
         let _ = self.enqueue(Event::Unreachable(peer));
     }
 
+    /// Tells raft whether a snapshot message reached `peer`, so a failed
+    /// transfer is retried instead of leaving the peer paused.
+    pub fn report_snapshot(&self, peer: u64, delivered: bool) {
+        let _ = self.enqueue(Event::SnapshotReport { peer, delivered });
+    }
+
     pub fn transfer_leader(&self, to: u64) -> Result<(), ConsensusError> {
         self.enqueue(Event::TransferLeader(to))
     }
@@ -321,6 +358,53 @@ struct Driver<S: StateMachine, T: Transport> {
     stopped: bool,
 }
 
+impl<S: StateMachine, T: Transport> Driver<S, T> {
+    fn build(
+        config: RaftConfig,
+        store: Store,
+        sm: S,
+        transport: Arc<T>,
+        events: mpsc::Receiver<Event<S::Output>>,
+        status: Arc<Mutex<RaftStatus>>,
+    ) -> Result<Self, ConsensusError> {
+        let log = store.raft_log();
+        if !config.initial_voters.is_empty() {
+            log.initialize(&config.initial_voters)?;
+        }
+        let applied = store.applied_index()?;
+        let raft_config = config.to_raft(applied);
+        raft_config.validate()?;
+        let logger = tracing_logger(config.id);
+        let raw = RawNode::new(&raft_config, log.clone(), &logger)?;
+        let mut driver = Driver {
+            raw,
+            store,
+            log,
+            sm,
+            transport,
+            events,
+            status,
+            nonce: rand::random(),
+            next_seq: 0,
+            proposals: HashMap::new(),
+            conf_changes: HashMap::new(),
+            reads_pending: HashMap::new(),
+            reads_ready: Vec::new(),
+            role: Role::Follower,
+            term: 0,
+            applied,
+            stopped: false,
+            config,
+        };
+        // A lone voter need not wait a full election timeout to lead.
+        if driver.is_sole_voter() {
+            driver.raw.campaign()?;
+        }
+        driver.publish_status();
+        Ok(driver)
+    }
+}
+
 /// Builds the `RawNode` over `store` and spawns the driver on the current
 /// tokio runtime. Returns the handle and the task's join handle.
 pub fn spawn_driver<S, T>(
@@ -333,48 +417,114 @@ where
     S: StateMachine,
     T: Transport,
 {
-    let log = store.raft_log();
-    if !config.initial_voters.is_empty() {
-        log.initialize(&config.initial_voters)?;
-    }
-    let applied = store.applied_index()?;
-    let raft_config = config.to_raft(applied);
-    raft_config.validate()?;
-    let logger = tracing_logger(config.id);
-    let raw = RawNode::new(&raft_config, log.clone(), &logger)?;
     let (tx, rx) = mpsc::channel(config.event_queue_capacity);
-    let status = Arc::new(Mutex::new(RaftStatus {
-        id: config.id,
-        running: true,
-        ..Default::default()
-    }));
-    let mut driver = Driver {
-        raw,
-        store,
-        log,
-        sm,
-        transport,
-        events: rx,
-        status: status.clone(),
-        nonce: rand::random(),
-        next_seq: 0,
-        proposals: HashMap::new(),
-        conf_changes: HashMap::new(),
-        reads_pending: HashMap::new(),
-        reads_ready: Vec::new(),
-        role: Role::Follower,
-        term: 0,
-        applied,
-        stopped: false,
-        config,
-    };
-    // A lone voter need not wait a full election timeout to lead.
-    if driver.is_sole_voter() {
-        driver.raw.campaign()?;
-    }
-    driver.publish_status();
+    let status = Arc::new(Mutex::new(RaftStatus { id: config.id, running: true, ..Default::default() }));
+    let mut driver = Driver::build(config, store, sm, transport, rx, status.clone())?;
     let join = tokio::spawn(async move { driver.run().await });
     Ok((RaftHandle { events: tx, status }, join))
+}
+
+/// The driver stepped by hand, for deterministic simulation: no tasks, no
+/// timers, no thread pool. The caller decides when a node ticks, which
+/// messages it receives and when it processes Ready; the same code paths as
+/// the async driver run underneath.
+pub struct SimDriver<S: StateMachine, T: Transport> {
+    driver: Driver<S, T>,
+    // Keeps the event channel open; the simulation calls methods directly.
+    _events: mpsc::Sender<Event<S::Output>>,
+}
+
+/// A reply the simulation polls without an executor.
+pub type SimReply<T> = oneshot::Receiver<Result<T, ConsensusError>>;
+
+impl<S: StateMachine, T: Transport> SimDriver<S, T> {
+    pub fn new(config: RaftConfig, store: Store, sm: S, transport: Arc<T>) -> Result<Self, ConsensusError> {
+        let (tx, rx) = mpsc::channel(1);
+        let status = Arc::new(Mutex::new(RaftStatus { id: config.id, running: true, ..Default::default() }));
+        let driver = Driver::build(config, store, sm, transport, rx, status)?;
+        Ok(SimDriver { driver, _events: tx })
+    }
+
+    /// Seeds the proposal-context nonce so runs replay exactly.
+    pub fn set_nonce(&mut self, nonce: u64) {
+        self.driver.nonce = nonce;
+    }
+
+    pub fn propose(&mut self, data: Vec<u8>) -> SimReply<S::Output> {
+        let (tx, rx) = oneshot::channel();
+        self.driver.handle(Event::Propose { data, reply: tx });
+        rx
+    }
+
+    pub fn read_index(&mut self) -> SimReply<u64> {
+        let (tx, rx) = oneshot::channel();
+        self.driver.handle(Event::Read { reply: tx });
+        rx
+    }
+
+    pub fn change_membership(&mut self, change: ConfChangeV2) -> SimReply<ConfState> {
+        let (tx, rx) = oneshot::channel();
+        self.driver.handle(Event::ConfChange { change, reply: tx });
+        rx
+    }
+
+    pub fn step(&mut self, msg: Message) {
+        self.driver.handle(Event::Step(Box::new(msg)));
+    }
+
+    pub fn tick(&mut self) {
+        self.driver.raw.tick();
+    }
+
+    /// Processes every pending Ready, persisting inline.
+    pub fn process(&mut self) -> Result<(), ConsensusError> {
+        let r = self.driver.process_ready_sync();
+        self.driver.publish_status();
+        r
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        self.driver.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn state_machine(&self) -> &S {
+        &self.driver.sm
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.driver.store
+    }
+}
+
+/// The durable write of one Ready: the group commit.
+struct PersistJob {
+    entries: Vec<Entry>,
+    hard_state: Option<raft::eraftpb::HardState>,
+    compact_to: Option<u64>,
+    must_sync: bool,
+}
+
+impl PersistJob {
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.hard_state.is_none() && self.compact_to.is_none() && !self.must_sync
+    }
+
+    fn run(self, log: &RaftLog, store: &Store) -> Result<(), ConsensusError> {
+        if !self.entries.is_empty() {
+            log.append(&self.entries)?;
+        }
+        if let Some(hs) = self.hard_state {
+            log.set_hard_state(&hs)?;
+        }
+        // One durability barrier per Ready, however many entries it holds.
+        store.sync()?;
+        if let Some(idx) = self.compact_to {
+            // The sync above made the applied state durable, so the entries
+            // behind it are no longer needed for recovery.
+            log.compact(idx)?;
+        }
+        Ok(())
+    }
 }
 
 /// Events handled per wake-up before processing Ready; bounds the latency a
@@ -470,10 +620,16 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                     return;
                 }
                 let (seq, ctx) = self.next_context();
+                let early = if self.config.unsafe_ack_on_propose { self.sm.speculative_output(&data) } else { None };
                 match self.raw.propose(ctx, data) {
-                    Ok(()) => {
-                        self.proposals.insert(seq, reply);
-                    }
+                    Ok(()) => match early {
+                        Some(output) => {
+                            let _ = reply.send(Ok(output));
+                        }
+                        None => {
+                            self.proposals.insert(seq, reply);
+                        }
+                    },
                     Err(raft::Error::ProposalDropped) => {
                         // raft-rs drops proposals past max_uncommitted_size or
                         // during a leader transfer.
@@ -522,6 +678,10 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 }
             }
             Event::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Event::SnapshotReport { peer, delivered } => {
+                let status = if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+                self.raw.report_snapshot(peer, status);
+            }
             Event::TransferLeader(to) => self.raw.transfer_leader(to),
             Event::Campaign => {
                 if let Err(e) = self.raw.campaign() {
@@ -594,78 +754,87 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         }
     }
 
-    async fn process_ready(&mut self) -> Result<(), ConsensusError> {
-        while self.raw.has_ready() && !self.stopped {
-            let mut ready = self.raw.ready();
-            self.observe_role();
+    /// Phase one of a Ready: everything before the durable write. Returns
+    /// the Ready to finish and the write to make, or `None` when idle.
+    fn ready_begin(&mut self) -> Result<Option<(raft::Ready, PersistJob)>, ConsensusError> {
+        if self.stopped || !self.raw.has_ready() {
+            return Ok(None);
+        }
+        let mut ready = self.raw.ready();
+        self.observe_role();
 
-            if !ready.messages().is_empty() {
-                self.transport.send(ready.take_messages());
-            }
-
-            if !ready.snapshot().is_empty() {
-                let snapshot = ready.snapshot().clone();
-                self.install_snapshot(&snapshot)?;
-            }
-
-            let committed = ready.take_committed_entries();
-            self.apply_entries(committed)?;
-
-            for rs in ready.take_read_states() {
-                if let Some(seq) = self.own_seq(&rs.request_ctx) {
-                    if let Some((_, reply)) = self.reads_pending.remove(&seq) {
-                        self.reads_ready.push((rs.index, reply));
-                    }
+        if !ready.messages().is_empty() {
+            self.transport.send(ready.take_messages());
+        }
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            self.install_snapshot(&snapshot)?;
+        }
+        let committed = ready.take_committed_entries();
+        self.apply_entries(committed)?;
+        for rs in ready.take_read_states() {
+            if let Some(seq) = self.own_seq(&rs.request_ctx) {
+                if let Some((_, reply)) = self.reads_pending.remove(&seq) {
+                    self.reads_ready.push((rs.index, reply));
                 }
             }
+        }
+        let job = PersistJob {
+            entries: ready.take_entries(),
+            hard_state: ready.hs().cloned(),
+            compact_to: self.compaction_point(),
+            must_sync: ready.must_sync(),
+        };
+        Ok(Some((ready, job)))
+    }
 
-            let entries = ready.take_entries();
-            let hard_state = ready.hs().cloned();
-            let compact_to = self.compaction_point();
-            if !entries.is_empty()
-                || hard_state.is_some()
-                || compact_to.is_some()
-                || ready.must_sync()
-            {
+    /// Phase two, after the write is durable: messages that must follow it,
+    /// advance, and the light ready.
+    fn ready_finish(&mut self, mut ready: raft::Ready) -> Result<(), ConsensusError> {
+        if !ready.persisted_messages().is_empty() {
+            self.transport.send(ready.take_persisted_messages());
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            let mut hs = self.log.hard_state()?;
+            hs.set_commit(commit);
+            self.log.set_hard_state(&hs)?;
+        }
+        if !light.messages().is_empty() {
+            self.transport.send(light.take_messages());
+        }
+        let committed = light.take_committed_entries();
+        self.apply_entries(committed)?;
+        self.raw.advance_apply();
+        self.observe_role();
+        Ok(())
+    }
+
+    /// The Ready loop with the durable write on the blocking pool, so this
+    /// thread keeps accepting requests (which the next Ready batches).
+    async fn process_ready(&mut self) -> Result<(), ConsensusError> {
+        while let Some((ready, job)) = self.ready_begin()? {
+            if !job.is_empty() {
                 let log = self.log.clone();
                 let store = self.store.clone();
-                tokio::task::spawn_blocking(move || -> Result<(), ConsensusError> {
-                    if !entries.is_empty() {
-                        log.append(&entries)?;
-                    }
-                    if let Some(hs) = hard_state {
-                        log.set_hard_state(&hs)?;
-                    }
-                    // One durability barrier per Ready: this is the group commit.
-                    store.sync()?;
-                    if let Some(idx) = compact_to {
-                        // The sync above made the applied state durable, so the
-                        // entries behind it are no longer needed for recovery.
-                        log.compact(idx)?;
-                    }
-                    Ok(())
-                })
-                .await
-                .map_err(|e| ConsensusError::Raft(format!("persist task failed: {e}")))??;
+                tokio::task::spawn_blocking(move || job.run(&log, &store))
+                    .await
+                    .map_err(|e| ConsensusError::Raft(format!("persist task failed: {e}")))??;
             }
+            self.ready_finish(ready)?;
+        }
+        self.release_reads();
+        Ok(())
+    }
 
-            if !ready.persisted_messages().is_empty() {
-                self.transport.send(ready.take_persisted_messages());
+    /// The same loop with the write done inline: for the deterministic
+    /// simulation, where nothing may depend on thread scheduling.
+    fn process_ready_sync(&mut self) -> Result<(), ConsensusError> {
+        while let Some((ready, job)) = self.ready_begin()? {
+            if !job.is_empty() {
+                job.run(&self.log, &self.store)?;
             }
-
-            let mut light = self.raw.advance(ready);
-            if let Some(commit) = light.commit_index() {
-                let mut hs = self.log.hard_state()?;
-                hs.set_commit(commit);
-                self.log.set_hard_state(&hs)?;
-            }
-            if !light.messages().is_empty() {
-                self.transport.send(light.take_messages());
-            }
-            let committed = light.take_committed_entries();
-            self.apply_entries(committed)?;
-            self.raw.advance_apply();
-            self.observe_role();
+            self.ready_finish(ready)?;
         }
         self.release_reads();
         Ok(())
@@ -708,8 +877,8 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     self.apply_run(ctx, &run)?;
                     run.clear();
-                    self.apply_conf_change(entry)?;
-                    self.apply_run(ctx, &[entry])?;
+                    let change = self.apply_conf_change(entry)?;
+                    self.apply_run_with(ctx, &[entry], &[change])?;
                 }
             }
         }
@@ -717,19 +886,28 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
     }
 
     fn apply_run(&mut self, ctx: ApplyContext, run: &[&Entry]) -> Result<(), ConsensusError> {
+        self.apply_run_with(ctx, run, &[None])
+    }
+
+    fn apply_run_with(
+        &mut self,
+        ctx: ApplyContext,
+        run: &[&Entry],
+        conf: &[Option<ConfChangeV2>],
+    ) -> Result<(), ConsensusError> {
         if run.is_empty() {
             return Ok(());
         }
+        let changes: Vec<Option<ConfChangeV2>> =
+            (0..run.len()).map(|i| conf.get(i).cloned().flatten()).collect();
         let committed: Vec<Committed<'_>> = run
             .iter()
-            .map(|e| Committed {
+            .zip(changes.iter())
+            .map(|(e, change)| Committed {
                 index: e.index,
                 term: e.term,
-                data: if e.get_entry_type() == EntryType::EntryNormal {
-                    &e.data
-                } else {
-                    &[]
-                },
+                data: if e.get_entry_type() == EntryType::EntryNormal { &e.data } else { &[] },
+                conf_change: change.as_ref(),
             })
             .collect();
         let outputs = self.sm.apply(ctx, &committed)?;
@@ -758,7 +936,8 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         Ok(())
     }
 
-    fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), ConsensusError> {
+    /// Applies a membership change; returns it when it took effect.
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<Option<ConfChangeV2>, ConsensusError> {
         let change = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
             ConfChangeV2::parse_from_bytes(&entry.data)
                 .map_err(|e| ConsensusError::Raft(e.to_string()))?
@@ -777,6 +956,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 if let Some(reply) = seq.and_then(|s| self.conf_changes.remove(&s)) {
                     let _ = reply.send(Ok(cs));
                 }
+                Ok(Some(change))
             }
             Err(e) => {
                 // An invalid change is rejected identically on every node.
@@ -784,9 +964,9 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 if let Some(reply) = seq.and_then(|s| self.conf_changes.remove(&s)) {
                     let _ = reply.send(Err(e.into()));
                 }
+                Ok(None)
             }
         }
-        Ok(())
     }
 
     fn release_reads(&mut self) {
@@ -826,5 +1006,15 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         if let Ok(mut s) = self.status.lock() {
             *s = status;
         }
+    }
+}
+
+impl<O: Send + 'static> crate::PeerReporter for RaftHandle<O> {
+    fn unreachable(&self, peer: u64) {
+        self.report_unreachable(peer);
+    }
+
+    fn snapshot_sent(&self, peer: u64, delivered: bool) {
+        self.report_snapshot(peer, delivered);
     }
 }

@@ -4,6 +4,7 @@ use synapse_storage::{Checkpoint, Hash, RequestRecord, StorageError, Timestamp};
 
 /// Format tag of a checkpoint command; a new command kind gets a new tag.
 const TAG_CHECKPOINT: u8 = 1;
+const TAG_SET_META: u8 = 2;
 
 /// A replicated command: the leader's actor already ran the handler; every
 /// node validates the checkpoint against its chain head and stores it.
@@ -12,6 +13,13 @@ pub enum Command {
     Checkpoint {
         checkpoint: Checkpoint,
         reply: Vec<u8>,
+    },
+    /// Replicated cluster metadata (the root key, member addresses).
+    /// `only_if_absent` makes the first proposal win, as for the root key.
+    SetMeta {
+        name: String,
+        value: Vec<u8>,
+        only_if_absent: bool,
     },
 }
 
@@ -25,6 +33,16 @@ impl Command {
                 out.extend_from_slice(&(reply.len() as u64).to_be_bytes());
                 out.extend_from_slice(reply);
                 out.extend_from_slice(&cp);
+                out
+            }
+            Command::SetMeta { name, value, only_if_absent } => {
+                let mut out = Vec::with_capacity(1 + 1 + 16 + name.len() + value.len());
+                out.push(TAG_SET_META);
+                out.push(u8::from(*only_if_absent));
+                out.extend_from_slice(&(name.len() as u64).to_be_bytes());
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(&(value.len() as u64).to_be_bytes());
+                out.extend_from_slice(value);
                 out
             }
         }
@@ -53,9 +71,28 @@ impl Command {
                     reply: reply.to_vec(),
                 })
             }
+            TAG_SET_META => {
+                let (&flag, rest) = rest.split_first().ok_or_else(|| corrupt("truncated meta"))?;
+                let (name, rest) = take_prefixed(rest).ok_or_else(|| corrupt("truncated meta name"))?;
+                let (value, rest) = take_prefixed(rest).ok_or_else(|| corrupt("truncated meta value"))?;
+                if !rest.is_empty() || flag > 1 {
+                    return Err(corrupt("malformed meta"));
+                }
+                let name = String::from_utf8(name.to_vec()).map_err(|_| corrupt("meta name is not UTF-8"))?;
+                Ok(Command::SetMeta { name, value: value.to_vec(), only_if_absent: flag == 1 })
+            }
             other => Err(corrupt(&format!("unknown tag {other}"))),
         }
     }
+}
+
+fn take_prefixed(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    if bytes.len() < 8 {
+        return None;
+    }
+    let (len, rest) = bytes.split_at(8);
+    let len = usize::try_from(u64::from_be_bytes(len.try_into().ok()?)).ok()?;
+    (rest.len() >= len).then(|| rest.split_at(len))
 }
 
 /// The result of applying one entry, handed back to the proposer.
@@ -72,6 +109,8 @@ pub enum ApplyOutcome {
     /// The checkpoint did not extend the head (a stale speculative parent, or
     /// a non-increasing timestamp). Nothing changed.
     Rejected(String),
+    /// Cluster metadata: `changed` is false when `only_if_absent` found a value.
+    MetaSet { changed: bool },
     /// A no-op or membership entry.
     Noop,
 }
@@ -104,6 +143,12 @@ mod tests {
     fn round_trip() {
         let c = sample();
         assert_eq!(Command::decode(&c.encode()).unwrap(), c);
+        let m = Command::SetMeta { name: "member/2".into(), value: b"h:1".to_vec(), only_if_absent: true };
+        let bytes = m.encode();
+        assert_eq!(Command::decode(&bytes).unwrap(), m);
+        for n in 0..bytes.len() {
+            assert!(Command::decode(&bytes[..n]).is_err(), "truncated meta accepted at {n}");
+        }
     }
 
     #[test]

@@ -48,6 +48,23 @@ pub struct NodeConfig {
     pub raft_tick_ms: u64,
     pub raft_election_tick: usize,
     pub raft_heartbeat_tick: usize,
+    /// Initial members of a new cluster, `"<id>=<host:port>"`, this node
+    /// included. Empty with no `join`: a single-node cluster.
+    pub peers: Vec<String>,
+    /// Address other members and forwarded clients use to reach this node.
+    /// Default: this node's entry in `peers`, else `listen`.
+    pub advertise: Option<String>,
+    /// Address of any existing member: join that cluster as a learner, then
+    /// get promoted to voter once caught up.
+    pub join: Option<String>,
+    /// Capability token used to join (needs `_system/cluster` rights). If
+    /// unset and `root_key_file` is set, one is minted from the key.
+    pub join_token: Option<String>,
+    /// The cluster root key (hex private key), e.g. from a Kubernetes
+    /// Secret. Without it, the first leader generates one and replicates it.
+    pub root_key_file: Option<PathBuf>,
+    /// Compact the Raft log after this many applied entries.
+    pub raft_compact_threshold: u64,
 }
 
 impl Default for NodeConfig {
@@ -72,6 +89,12 @@ impl Default for NodeConfig {
             raft_tick_ms: 100,
             raft_election_tick: 10,
             raft_heartbeat_tick: 2,
+            peers: Vec::new(),
+            advertise: None,
+            join: None,
+            join_token: None,
+            root_key_file: None,
+            raft_compact_threshold: 20_000,
         }
     }
 }
@@ -114,10 +137,54 @@ impl NodeConfig {
                 "raft_election_tick must exceed raft_heartbeat_tick >= 1",
             ),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, msg)) => Err((*msg).to_string()),
-            None => Ok(()),
+        if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err((*msg).to_string());
         }
+        let peers = self.parsed_peers()?;
+        if !peers.is_empty() && !peers.iter().any(|(id, _)| *id == self.node_id) {
+            return Err(format!("peers must include this node's id {}", self.node_id));
+        }
+        if !peers.is_empty() && self.join.is_some() {
+            return Err("set either peers (a new cluster) or join (an existing one), not both".into());
+        }
+        if (!peers.is_empty() || self.join.is_some()) && self.listen.is_none() {
+            return Err("a cluster member needs a gRPC listen address".into());
+        }
+        Ok(())
+    }
+
+    /// `peers` parsed into (id, address), sorted by id.
+    pub fn parsed_peers(&self) -> Result<Vec<(u64, String)>, String> {
+        let mut out = Vec::with_capacity(self.peers.len());
+        for p in &self.peers {
+            let (id, addr) = p
+                .split_once('=')
+                .ok_or_else(|| format!("peer `{p}` must look like <id>=<host:port>"))?;
+            let id: u64 = id.trim().parse().map_err(|_| format!("peer `{p}`: id must be a positive integer"))?;
+            let addr = addr.trim();
+            if id == 0 || addr.is_empty() || !addr.contains(':') {
+                return Err(format!("peer `{p}` must look like <id>=<host:port> with id >= 1"));
+            }
+            if out.iter().any(|(i, _)| *i == id) {
+                return Err(format!("peer id {id} listed twice"));
+            }
+            out.push((id, addr.to_string()));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Where others reach this node.
+    pub fn advertise_address(&self) -> Option<String> {
+        if let Some(a) = &self.advertise {
+            return Some(a.clone());
+        }
+        if let Ok(peers) = self.parsed_peers() {
+            if let Some((_, a)) = peers.iter().find(|(id, _)| *id == self.node_id) {
+                return Some(a.clone());
+            }
+        }
+        self.listen.map(|l| l.to_string())
     }
 
     pub fn idle_timeout(&self) -> Duration {

@@ -271,6 +271,10 @@ impl pb::cluster_server::Cluster for Api {
         let token = token(&request)?;
         let s = self.core.status(token.as_deref())?;
         let last = s.raft.last_index;
+        let mut addresses: std::collections::HashMap<u64, String> = self.core.peer_addresses().into_iter().collect();
+        if let Some(me) = self.core.config().advertise_address() {
+            addresses.insert(self.core.node_id(), me);
+        }
         Ok(Response::new(pb::StatusResponse {
             node_id: self.core.node_id(),
             role: s.raft.role.as_str().into(),
@@ -286,7 +290,7 @@ impl pb::cluster_server::Cluster for Api {
                 .iter()
                 .map(|(id, matched)| pb::PeerStatus {
                     id: *id,
-                    address: String::new(),
+                    address: addresses.get(id).cloned().unwrap_or_default(),
                     match_index: *matched,
                     lag: last.saturating_sub(*matched),
                 })
@@ -295,6 +299,82 @@ impl pb::cluster_server::Cluster for Api {
             instances: s.instances,
             version: env!("CARGO_PKG_VERSION").into(),
         }))
+    }
+
+    async fn add_member(&self, request: Request<pb::AddMemberRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+        let token = token(&request)?;
+        let r = request.into_inner();
+        Ok(membership(self.core.add_member(token.as_deref(), r.id, &r.address, r.as_voter).await?))
+    }
+
+    async fn promote_member(&self, request: Request<pb::MemberRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+        let token = token(&request)?;
+        let id = request.into_inner().id;
+        Ok(membership(self.core.promote_member(token.as_deref(), id).await?))
+    }
+
+    async fn remove_member(&self, request: Request<pb::MemberRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+        let token = token(&request)?;
+        let id = request.into_inner().id;
+        Ok(membership(self.core.remove_member(token.as_deref(), id).await?))
+    }
+
+    async fn transfer_leader(&self, request: Request<pb::MemberRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+        let token = token(&request)?;
+        let id = request.into_inner().id;
+        Ok(membership(self.core.transfer_leader(token.as_deref(), id)?))
+    }
+}
+
+fn membership(r: (Vec<u64>, Vec<u64>)) -> Response<pb::MembershipResponse> {
+    Response::new(pb::MembershipResponse { voters: r.0, learners: r.1 })
+}
+
+#[tonic::async_trait]
+impl pb::peer_server::Peer for Api {
+    async fn raft(&self, request: Request<tonic::Streaming<pb::RaftBatch>>) -> Result<Response<pb::RaftAck>, Status> {
+        let mut stream = request.into_inner();
+        let mut decoder = synapse_consensus::FrameDecoder::default();
+        let me = self.core.node_id();
+        while let Some(frame) = stream.message().await? {
+            let messages = decoder.decode(frame).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            for msg in messages {
+                if msg.to != me {
+                    tracing::debug!(to = msg.to, "dropping raft message addressed to another node");
+                    continue;
+                }
+                // A full queue drops the message; raft retransmits.
+                let _ = self.core.raft.step(msg);
+            }
+        }
+        Ok(Response::new(pb::RaftAck {}))
+    }
+
+    async fn forward_invoke(&self, request: Request<pb::ForwardInvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
+        let fwd = request.into_inner();
+        let req = fwd.request.ok_or_else(|| Status::invalid_argument("forwarded request is empty"))?;
+        let payload = if req.payload.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&req.payload)
+                .map_err(|e| RuntimeError::InvalidArgument(format!("payload is not valid JSON: {e}")))?
+        };
+        let token = (!fwd.token.is_empty()).then_some(fwd.token);
+        let result = self
+            .core
+            .invoke_forwarded(
+                token.as_deref(),
+                InvokeRequest {
+                    skill: req.skill,
+                    instance: req.instance,
+                    method: req.method,
+                    payload,
+                    request_id: req.request_id,
+                    expected_version: req.expected_version,
+                },
+            )
+            .await?;
+        Ok(Response::new(invoke_response(result)?))
     }
 }
 
@@ -338,7 +418,11 @@ pub(crate) async fn serve(
         .max_decoding_message_size(max_in)
         .max_encoding_message_size(MAX_ENCODING_BYTES);
     let cluster = pb::cluster_server::ClusterServer::new(api.clone());
-    let clock = pb::clock_server::ClockServer::new(api);
+    let clock = pb::clock_server::ClockServer::new(api.clone());
+    // Peer frames carry snapshot chunks of up to 1 MiB plus framing.
+    let peer = pb::peer_server::PeerServer::new(api)
+        .max_decoding_message_size(synapse_consensus::MAX_PEER_FRAME_BYTES)
+        .max_encoding_message_size(MAX_ENCODING_BYTES);
 
     // Health follows readiness: SERVING only while a leader is known.
     let health_core = core.clone();
@@ -370,7 +454,8 @@ pub(crate) async fn serve(
         .add_service(reflection)
         .add_service(skills)
         .add_service(cluster)
-        .add_service(clock);
+        .add_service(clock)
+        .add_service(peer);
     let task = tokio::spawn(async move {
         let shutdown = async move {
             while !*stop.borrow() {

@@ -14,6 +14,7 @@
 
 pub mod actor;
 pub mod clock;
+pub mod cluster;
 mod command;
 pub mod config;
 pub mod error;

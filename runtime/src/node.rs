@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use synapse_consensus::{spawn_driver, NoopTransport, RaftConfig, RaftHandle, RaftStatus, Role};
+use synapse_consensus::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+use synapse_consensus::{spawn_driver, GrpcTransport, NoopTransport, RaftConfig, RaftHandle, RaftStatus, Role};
+use synapse_proto::v1 as pb;
 use synapse_storage::{AuditRecord, ChainReport, Checkpoint, Store, StoreOptions, Timestamp};
 use tokio::sync::{broadcast, oneshot};
 
@@ -18,7 +20,9 @@ use crate::clock::{Hlc, PhysicalClock, SystemClock};
 use crate::command::ApplyOutcome;
 use crate::config::NodeConfig;
 use crate::error::RuntimeError;
-use crate::guard::{Grant, Guard, Operation, Request, RootKey};
+use crate::cluster::{call_leader, error_from_status, member_meta_name, ClusterKeys, PeerChannels, META_ROOT_KEY};
+use crate::command::Command;
+use crate::guard::{Grant, Operation, Request, RootKey};
 use crate::metrics::Metrics;
 use crate::skill::{erase, DynSkill, MethodKind, Skill};
 use crate::skills::{Counter, Kv};
@@ -68,7 +72,7 @@ pub mod system_methods {
 pub struct Core {
     pub(crate) config: NodeConfig,
     pub(crate) store: Store,
-    pub(crate) guard: Guard,
+    pub(crate) keys: Arc<ClusterKeys>,
     pub(crate) hlc: Arc<Hlc>,
     pub(crate) raft: RaftHandle<ApplyOutcome>,
     pub(crate) skills: HashMap<String, Arc<dyn DynSkill>>,
@@ -76,9 +80,13 @@ pub struct Core {
     pub(crate) env: Arc<ActorEnv>,
     pub(crate) watch: broadcast::Sender<Arc<Checkpoint>>,
     pub(crate) metrics: Arc<Metrics>,
-    root_token: String,
+    pub(crate) transport: Option<Arc<GrpcTransport>>,
+    channels: PeerChannels,
     audit_count: std::sync::atomic::AtomicU64,
 }
+
+/// A learner may be promoted only when this close to the leader's log.
+pub const MAX_PROMOTE_LAG: u64 = 100;
 
 fn validate_name(kind: &str, value: &str, max: usize) -> Result<(), RuntimeError> {
     if value.is_empty() || value.len() > max {
@@ -104,8 +112,9 @@ impl Core {
     }
 
     /// The token in `<data-dir>/root.token`: every right on this cluster.
+    /// Empty until the cluster's root key has been replicated to this node.
     pub fn root_token(&self) -> &str {
-        &self.root_token
+        self.keys.root_token()
     }
 
     pub fn raft_status(&self) -> RaftStatus {
@@ -117,17 +126,27 @@ impl Core {
     }
 
     pub fn metrics_text(&self) -> String {
-        self.metrics.render(
-            &self.raft.status(),
-            self.guard.cache_hits(),
-            self.guard.cache_len(),
-        )
+        let (hits, len) = self.keys.guard().map(|g| (g.cache_hits(), g.cache_len())).unwrap_or((0, 0));
+        self.metrics.render(&self.raft.status(), hits, len)
     }
 
-    /// Ready to serve: the driver runs and a leader is known.
+    /// Ready to serve: the driver runs, a leader is known and the root key
+    /// has reached this node.
     pub fn is_ready(&self) -> bool {
         let s = self.raft.status();
-        s.running && s.leader_id != 0
+        s.running && s.leader_id != 0 && self.keys.guard().is_some()
+    }
+
+    fn leader_address(&self, leader_id: u64) -> Option<String> {
+        if leader_id == self.config.node_id {
+            return self.config.advertise_address();
+        }
+        self.transport.as_ref().and_then(|t| t.peer_address(leader_id))
+    }
+
+    /// Addresses of the other members, as this node knows them.
+    pub fn peer_addresses(&self) -> Vec<(u64, String)> {
+        self.transport.as_ref().map(|t| t.peers()).unwrap_or_default()
     }
 
     fn skill(&self, name: &str) -> Result<&Arc<dyn DynSkill>, RuntimeError> {
@@ -158,7 +177,12 @@ impl Core {
             method,
             operation,
         };
-        let checked = self.guard.check(token, &req);
+        let Some(guard) = self.keys.guard() else {
+            return Err(RuntimeError::unavailable(
+                "the cluster root key has not reached this node yet; retry shortly",
+            ));
+        };
+        let checked = guard.check(token, &req);
         let (allowed, principal, reason) = match &checked {
             Ok(d) => (d.allowed, d.principal.clone(), d.reason.clone()),
             Err(e) => (false, String::new(), e.to_string()),
@@ -210,7 +234,7 @@ impl Core {
                 None => "no leader elected; retry shortly".into(),
             },
             leader_id: leader,
-            leader_addr: None,
+            leader_addr: leader.and_then(|l| self.leader_address(l)),
         }
     }
 
@@ -297,11 +321,55 @@ impl Core {
         result
     }
 
-    async fn invoke_inner(
-        &self,
-        token: Option<&str>,
-        req: InvokeRequest,
-    ) -> Result<InvokeResult, RuntimeError> {
+    async fn invoke_inner(&self, token: Option<&str>, req: InvokeRequest) -> Result<InvokeResult, RuntimeError> {
+        let status = self.raft.status();
+        if status.role != Role::Leader && self.transport.is_some() {
+            return self.forward_invoke(token, req, &status).await;
+        }
+        self.invoke_local(token, req).await
+    }
+
+    /// Runs an Invoke forwarded by another member: here or nowhere, so a
+    /// request never bounces between nodes.
+    pub async fn invoke_forwarded(&self, token: Option<&str>, req: InvokeRequest) -> Result<InvokeResult, RuntimeError> {
+        let result = self.invoke_local(token, req).await;
+        match &result {
+            Ok(_) => self.metrics.invokes_ok.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.metrics.invokes_failed.fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    async fn forward_invoke(&self, token: Option<&str>, req: InvokeRequest, status: &RaftStatus) -> Result<InvokeResult, RuntimeError> {
+        let Some(address) = (status.leader_id != 0).then(|| self.leader_address(status.leader_id)).flatten() else {
+            return Err(self.not_leader(status));
+        };
+        let payload = serde_json::to_vec(&req.payload).map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
+        let request = pb::ForwardInvokeRequest {
+            request: Some(pb::InvokeRequest {
+                skill: req.skill,
+                instance: req.instance,
+                method: req.method,
+                payload,
+                request_id: req.request_id,
+                expected_version: req.expected_version,
+            }),
+            token: token.unwrap_or_default().to_string(),
+        };
+        let mut client = pb::peer_client::PeerClient::new(self.channels.get(&address)?);
+        let r = client.forward_invoke(request).await.map_err(error_from_status)?.into_inner();
+        let ts = r.timestamp.unwrap_or_default();
+        Ok(InvokeResult {
+            reply: serde_json::from_slice(&r.reply).map_err(|e| RuntimeError::Internal(format!("leader reply does not decode: {e}")))?,
+            version: r.version,
+            timestamp: Timestamp { physical_micros: ts.physical_micros, logical: ts.logical, node_id: ts.node_id },
+            hash: r.hash.as_slice().try_into().map_err(|_| RuntimeError::Internal("leader sent a bad hash".into()))?,
+            deduplicated: r.deduplicated,
+            request_id: r.request_id,
+        })
+    }
+
+    async fn invoke_local(&self, token: Option<&str>, req: InvokeRequest) -> Result<InvokeResult, RuntimeError> {
         let skill = self.check_target(&req.skill, &req.instance)?;
         let kind = skill.method_kind(&req.method).ok_or_else(|| {
             RuntimeError::NotFound(format!(
@@ -594,6 +662,108 @@ impl Core {
         })
     }
 
+    fn require_leader(&self) -> Result<RaftStatus, RuntimeError> {
+        let status = self.raft.status();
+        if status.role != Role::Leader {
+            return Err(self.not_leader(&status));
+        }
+        Ok(status)
+    }
+
+    fn single_change(change_type: ConfChangeType, id: u64, context: Vec<u8>) -> ConfChangeV2 {
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(change_type);
+        single.node_id = id;
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(vec![single].into());
+        cc.context = context.into();
+        cc
+    }
+
+    /// Adds a member, as a learner unless `as_voter`.
+    pub async fn add_member(&self, token: Option<&str>, id: u64, address: &str, as_voter: bool) -> Result<(Vec<u64>, Vec<u64>), RuntimeError> {
+        self.authorize(token, system_methods::SYSTEM_SKILL, "cluster", "add_member", Operation::Write)?;
+        if id == 0 {
+            return Err(RuntimeError::InvalidArgument("member id must be >= 1".into()));
+        }
+        if address.is_empty() || !address.contains(':') || address.len() > 255 {
+            return Err(RuntimeError::InvalidArgument(format!("member address `{address}` must be host:port")));
+        }
+        let status = self.require_leader()?;
+        if status.voters.contains(&id) {
+            return Err(RuntimeError::FailedPrecondition(format!("node {id} is already a voter")));
+        }
+        if status.learners.contains(&id) && !as_voter {
+            return Ok((status.voters, status.learners));
+        }
+        let kind = if as_voter { ConfChangeType::AddNode } else { ConfChangeType::AddLearnerNode };
+        let cs = self.raft.change_membership(Self::single_change(kind, id, address.as_bytes().to_vec())).await?;
+        Ok((cs.voters, cs.learners))
+    }
+
+    /// Promotes a learner that has caught up.
+    pub async fn promote_member(&self, token: Option<&str>, id: u64) -> Result<(Vec<u64>, Vec<u64>), RuntimeError> {
+        self.authorize(token, system_methods::SYSTEM_SKILL, "cluster", "promote", Operation::Write)?;
+        let status = self.require_leader()?;
+        if status.voters.contains(&id) {
+            return Ok((status.voters, status.learners));
+        }
+        if !status.learners.contains(&id) {
+            return Err(RuntimeError::NotFound(format!("node {id} is not a learner of this cluster")));
+        }
+        let matched = status.progress.iter().find(|(p, _)| *p == id).map(|(_, m)| *m).unwrap_or(0);
+        let lag = status.last_index.saturating_sub(matched);
+        if lag > MAX_PROMOTE_LAG {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "node {id} is still catching up ({lag} entries behind; promotion needs <= {MAX_PROMOTE_LAG})"
+            )));
+        }
+        let cs = self.raft.change_membership(Self::single_change(ConfChangeType::AddNode, id, Vec::new())).await?;
+        Ok((cs.voters, cs.learners))
+    }
+
+    /// Removes a member; refuses when the remaining voters that are caught
+    /// up could not form a quorum.
+    pub async fn remove_member(&self, token: Option<&str>, id: u64) -> Result<(Vec<u64>, Vec<u64>), RuntimeError> {
+        self.authorize(token, system_methods::SYSTEM_SKILL, "cluster", "remove_member", Operation::Write)?;
+        let status = self.require_leader()?;
+        if !status.voters.contains(&id) && !status.learners.contains(&id) {
+            return Err(RuntimeError::NotFound(format!("node {id} is not a member")));
+        }
+        if status.voters.contains(&id) {
+            let remaining: Vec<u64> = status.voters.iter().copied().filter(|v| *v != id).collect();
+            if remaining.is_empty() {
+                return Err(RuntimeError::FailedPrecondition("cannot remove the last voter".into()));
+            }
+            let healthy = remaining
+                .iter()
+                .filter(|v| {
+                    **v == self.config.node_id
+                        || status.progress.iter().any(|(p, m)| p == *v && status.last_index.saturating_sub(*m) <= MAX_PROMOTE_LAG)
+                })
+                .count();
+            let quorum = remaining.len() / 2 + 1;
+            if healthy < quorum {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "removing node {id} would leave {healthy} caught-up voter(s) of {}; a quorum needs {quorum}",
+                    remaining.len()
+                )));
+            }
+        }
+        let cs = self.raft.change_membership(Self::single_change(ConfChangeType::RemoveNode, id, Vec::new())).await?;
+        Ok((cs.voters, cs.learners))
+    }
+
+    pub fn transfer_leader(&self, token: Option<&str>, id: u64) -> Result<(Vec<u64>, Vec<u64>), RuntimeError> {
+        self.authorize(token, system_methods::SYSTEM_SKILL, "cluster", "transfer_leader", Operation::Write)?;
+        let status = self.require_leader()?;
+        if !status.voters.contains(&id) {
+            return Err(RuntimeError::FailedPrecondition(format!("node {id} is not a voter")));
+        }
+        self.raft.transfer_leader(id)?;
+        Ok((status.voters, status.learners))
+    }
+
     pub fn now(&self, token: Option<&str>) -> Result<(Timestamp, u64), RuntimeError> {
         self.authorize(
             token,
@@ -842,37 +1012,38 @@ impl Node {
     }
 }
 
-async fn open_core(
-    config: NodeConfig,
-    skills: HashMap<String, Arc<dyn DynSkill>>,
-    clock: Arc<dyn PhysicalClock>,
-) -> Result<Arc<Core>, RuntimeError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        RuntimeError::Internal(format!(
-            "cannot create data dir {}: {e}",
-            config.data_dir.display()
-        ))
-    })?;
-    let store = Store::open(
-        &config.data_dir,
-        StoreOptions {
-            retention_versions: config.retention_versions,
-            ..Default::default()
-        },
-    )?;
-    let root = RootKey::load_or_create(&config.data_dir.join(ROOT_KEY_FILE))?;
-    let guard = Guard::new(&root.public_hex(), config.token_cache_capacity)?;
-    let root_token = ensure_root_token(&config, &root)?;
+async fn open_core(config: NodeConfig, skills: HashMap<String, Arc<dyn DynSkill>>, clock: Arc<dyn PhysicalClock>) -> Result<Arc<Core>, RuntimeError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| RuntimeError::Internal(format!("cannot create data dir {}: {e}", config.data_dir.display())))?;
+    let store = Store::open(&config.data_dir, StoreOptions { retention_versions: config.retention_versions, ..Default::default() })?;
+    let keys = Arc::new(ClusterKeys::new(&config.data_dir, config.token_cache_capacity));
+    if let Some(hex) = store.cluster_meta(META_ROOT_KEY)? {
+        keys.install(&String::from_utf8_lossy(&hex))?;
+    }
 
     let hlc = Arc::new(Hlc::new(config.node_id, clock));
     // Timestamps keep increasing across restarts: start past everything applied.
     hlc.observe(store.clock_high_water()?);
 
+    let peers = config.parsed_peers().map_err(RuntimeError::InvalidArgument)?;
+    let clustered = !peers.is_empty() || config.join.is_some();
+    let transport = if clustered {
+        let t = GrpcTransport::new(config.node_id, tokio::runtime::Handle::current());
+        for (id, addr) in &peers {
+            t.set_peer(*id, addr);
+        }
+        for (name, addr) in store.cluster_meta_prefix(crate::cluster::META_MEMBER_PREFIX)? {
+            if let Some(id) = name.strip_prefix(crate::cluster::META_MEMBER_PREFIX).and_then(|i| i.parse().ok()) {
+                t.set_peer(id, &String::from_utf8_lossy(&addr));
+            }
+        }
+        Some(t)
+    } else {
+        None
+    };
+
     let metrics = Arc::new(Metrics::default());
-    let instances = Arc::new(InstanceTable::new(
-        config.max_active_instances,
-        actix_rt::Arbiter::current(),
-    ));
+    let instances = Arc::new(InstanceTable::new(config.max_active_instances, actix_rt::Arbiter::current()));
     let (watch, _) = broadcast::channel(config.watch_buffer.max(1));
     let sm = NodeStateMachine {
         store: store.clone(),
@@ -880,23 +1051,35 @@ async fn open_core(
         watch: watch.clone(),
         instances: instances.clone(),
         metrics: metrics.clone(),
+        keys: keys.clone(),
+        transport: transport.clone(),
     };
-    let mut raft_config = RaftConfig::single_node(config.node_id);
+    let voters: Vec<u64> = if config.join.is_some() {
+        Vec::new()
+    } else if peers.is_empty() {
+        vec![config.node_id]
+    } else {
+        peers.iter().map(|(id, _)| *id).collect()
+    };
+    let mut raft_config = RaftConfig::cluster_member(config.node_id, voters);
     raft_config.tick_interval = Duration::from_millis(config.raft_tick_ms);
     raft_config.election_tick = config.raft_election_tick;
     raft_config.heartbeat_tick = config.raft_heartbeat_tick;
-    let (raft, _join) = spawn_driver(raft_config, store.clone(), sm, Arc::new(NoopTransport))?;
-    let env = Arc::new(ActorEnv {
-        store: store.clone(),
-        raft: raft.clone(),
-        hlc: hlc.clone(),
-        config: config.clone(),
-        metrics: metrics.clone(),
-    });
+    raft_config.compact_threshold = config.raft_compact_threshold;
+    raft_config.compact_keep = (config.raft_compact_threshold / 4).max(1);
+    let (raft, _join) = match &transport {
+        Some(t) => {
+            let (raft, join) = spawn_driver(raft_config, store.clone(), sm, t.clone())?;
+            t.set_reporter(Arc::new(raft.clone()));
+            (raft, join)
+        }
+        None => spawn_driver(raft_config, store.clone(), sm, Arc::new(NoopTransport))?,
+    };
+    let env = Arc::new(ActorEnv { store: store.clone(), raft: raft.clone(), hlc: hlc.clone(), config: config.clone(), metrics: metrics.clone() });
     Ok(Arc::new(Core {
         config,
         store,
-        guard,
+        keys,
         hlc,
         raft,
         skills,
@@ -904,46 +1087,142 @@ async fn open_core(
         env,
         watch,
         metrics,
-        root_token,
+        transport,
+        channels: PeerChannels::default(),
         audit_count: Default::default(),
     }))
 }
 
-/// Mints the all-rights token once and keeps it in `root.token` (0600).
-fn ensure_root_token(config: &NodeConfig, root: &RootKey) -> Result<String, RuntimeError> {
-    let path = config.data_dir.join(ROOT_TOKEN_FILE);
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        let t = existing.trim().to_string();
-        if !t.is_empty() {
-            return Ok(t);
+/// How often the background tasks look at the cluster.
+const CLUSTER_POLL: Duration = Duration::from_millis(200);
+
+/// On a leader that has applied its own term: replicate what a new cluster
+/// needs and is missing — the root key (first one wins) and the addresses
+/// of current members known from configuration.
+async fn bootstrap_task(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = bootstrap_once(&core).await {
+            tracing::debug!(error = %e, "bootstrap step deferred");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(CLUSTER_POLL) => {}
+            _ = stop.changed() => return,
         }
     }
-    let grant = Grant {
-        skill: "*".into(),
-        instance: "*".into(),
-        methods: vec![],
-        read_only: false,
-    };
-    let token = root.mint("root", &[grant], None)?;
-    write_private(&path, token.as_bytes())?;
-    Ok(token)
 }
 
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), RuntimeError> {
-    use std::io::Write as _;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
+async fn bootstrap_once(core: &Core) -> Result<(), RuntimeError> {
+    let status = core.raft.status();
+    if status.role != Role::Leader || core.instances.caught_up_term() != status.term {
+        return Ok(());
     }
-    let mut f = opts
-        .open(path)
-        .map_err(|e| RuntimeError::Internal(format!("cannot write {}: {e}", path.display())))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| RuntimeError::Internal(format!("cannot write {}: {e}", path.display())))
+    if core.store.cluster_meta(META_ROOT_KEY)?.is_none() {
+        let key = match &core.config.root_key_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| RuntimeError::InvalidArgument(format!("cannot read root key file {}: {e}", path.display())))?;
+                RootKey::from_private_hex(text.trim())?
+            }
+            // A node upgraded from a single-node data dir keeps its key.
+            None => RootKey::load_or_create(&core.config.data_dir.join(ROOT_KEY_FILE))?,
+        };
+        let cmd = Command::SetMeta { name: META_ROOT_KEY.into(), value: key.to_private_hex().into_bytes(), only_if_absent: true };
+        core.raft.propose(cmd.encode()).await?;
+        tracing::info!("cluster root key replicated");
+    }
+    let mut known: Vec<(u64, String)> = core.config.parsed_peers().unwrap_or_default();
+    if let Some(me) = core.config.advertise_address() {
+        if !known.iter().any(|(id, _)| *id == core.config.node_id) {
+            known.push((core.config.node_id, me));
+        }
+    }
+    for (id, addr) in known {
+        let member = status.voters.contains(&id) || status.learners.contains(&id);
+        if member && core.store.cluster_meta(&member_meta_name(id))?.is_none() {
+            let cmd = Command::SetMeta { name: member_meta_name(id), value: addr.into_bytes(), only_if_absent: true };
+            core.raft.propose(cmd.encode()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// For `join`: ask the cluster to add this node as a learner, then to
+/// promote it once it has caught up. Retries with backoff until done.
+async fn join_task(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Some(seed) = core.config.join.clone() else { return };
+    let id = core.config.node_id;
+    let Some(me) = core.config.advertise_address() else {
+        tracing::error!("cannot join: no advertise or listen address");
+        return;
+    };
+    let mut delay = CLUSTER_POLL;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
+        let status = core.raft.status();
+        if status.voters.contains(&id) {
+            tracing::info!(node = id, "joined the cluster as a voter");
+            return;
+        }
+        let token = match join_token(&core) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot join without a token: set join_token or root_key_file");
+                delay = Duration::from_secs(5);
+                continue;
+            }
+        };
+        let address = Some(status.leader_id)
+            .filter(|l| *l != 0)
+            .and_then(|l| core.leader_address(l))
+            .unwrap_or_else(|| seed.clone());
+        let result = if status.learners.contains(&id) {
+            call_leader(&core.channels, &address, &token, |mut c, auth| async move {
+                let mut req = tonic::Request::new(pb::MemberRequest { id });
+                req.metadata_mut().insert("authorization", auth);
+                c.promote_member(req).await
+            })
+            .await
+        } else {
+            let me = me.clone();
+            call_leader(&core.channels, &address, &token, |mut c, auth| {
+                let me = me.clone();
+                async move {
+                    let mut req = tonic::Request::new(pb::AddMemberRequest { id, address: me, as_voter: false });
+                    req.metadata_mut().insert("authorization", auth);
+                    c.add_member(req).await
+                }
+            })
+            .await
+        };
+        match result {
+            Ok(_) => delay = CLUSTER_POLL,
+            Err(RuntimeError::FailedPrecondition(msg)) => {
+                tracing::info!(node = id, "waiting to be promoted: {msg}");
+                delay = Duration::from_millis(500);
+            }
+            Err(e) => {
+                tracing::warn!(node = id, error = %e, "join attempt failed; retrying");
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn join_token(core: &Core) -> Result<String, RuntimeError> {
+    if let Some(t) = &core.config.join_token {
+        return Ok(t.trim().to_string());
+    }
+    if let Some(path) = &core.config.root_key_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| RuntimeError::InvalidArgument(format!("cannot read root key file {}: {e}", path.display())))?;
+        let key = RootKey::from_private_hex(text.trim())?;
+        let grant = Grant { skill: system_methods::SYSTEM_SKILL.into(), instance: "cluster".into(), methods: vec![], read_only: false };
+        return Ok(key.mint(&format!("node-{}", core.config.node_id), &[grant], None)?);
+    }
+    Err(RuntimeError::InvalidArgument("no join token".into()))
 }
 
 async fn run_node(
@@ -962,6 +1241,23 @@ async fn run_node(
         }
     };
     let (servers_stop_tx, servers_stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(bootstrap_task(core.clone(), servers_stop_rx.clone()));
+    if config.join.is_some() {
+        tokio::spawn(join_task(core.clone(), servers_stop_rx.clone()));
+    }
+    if core.transport.is_none() {
+        // A single node elects itself at once; wait (bounded) for its root
+        // key so that `root_token()` is usable as soon as start returns.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while core.keys.guard().is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if core.keys.guard().is_none() {
+            let _ = ready.send(Err(RuntimeError::unavailable("root key was not committed within 10 s")));
+            core.raft.stop().await;
+            return;
+        }
+    }
     let mut tasks = Vec::new();
     let mut grpc_addr = None;
     let mut http_addr = None;

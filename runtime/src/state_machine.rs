@@ -11,8 +11,12 @@ use synapse_consensus::{ApplyContext, Committed, ConsensusError, Role, StateMach
 use synapse_storage::{ApplyBatch, Checkpoint, Hash, RequestRecord, Store, Timestamp, ZERO_HASH};
 use tokio::sync::broadcast;
 
+use synapse_consensus::eraftpb::ConfChangeType;
+use synapse_consensus::GrpcTransport;
+
 use crate::actor::InstanceTable;
 use crate::clock::Hlc;
+use crate::cluster::{member_meta_name, ClusterKeys, META_MEMBER_PREFIX, META_ROOT_KEY};
 use crate::command::{ApplyOutcome, Command};
 use crate::metrics::Metrics;
 
@@ -22,6 +26,17 @@ pub(crate) struct NodeStateMachine {
     pub watch: broadcast::Sender<Arc<Checkpoint>>,
     pub instances: Arc<InstanceTable>,
     pub metrics: Arc<Metrics>,
+    pub keys: Arc<ClusterKeys>,
+    /// `None` for a node without peers.
+    pub transport: Option<Arc<GrpcTransport>>,
+}
+
+/// Effects of applied metadata that reach beyond the store; carried out
+/// after the batch commits, so they never run for a batch that failed.
+enum SideEffect {
+    InstallRootKey(Vec<u8>),
+    SetPeer(u64, String),
+    RemovePeer(u64),
 }
 
 #[derive(Clone, Copy)]
@@ -62,10 +77,31 @@ impl StateMachine for NodeStateMachine {
         let mut new_checkpoints = Vec::new();
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut own_term_applied = false;
+        let mut effects = Vec::new();
+        let mut meta: HashMap<String, Option<Vec<u8>>> = HashMap::new();
 
         for entry in entries {
             if ctx.is_leader && entry.term == ctx.term {
                 own_term_applied = true;
+            }
+            if let Some(change) = entry.conf_change {
+                for single in change.get_changes() {
+                    let id = single.node_id;
+                    match single.get_change_type() {
+                        ConfChangeType::AddNode | ConfChangeType::AddLearnerNode if !change.context.is_empty() => {
+                            let addr = String::from_utf8_lossy(&change.context).into_owned();
+                            batch.set_cluster_meta(&member_meta_name(id), addr.as_bytes());
+                            meta.insert(member_meta_name(id), Some(addr.clone().into_bytes()));
+                            effects.push(SideEffect::SetPeer(id, addr));
+                        }
+                        ConfChangeType::RemoveNode => {
+                            batch.delete_cluster_meta(&member_meta_name(id));
+                            meta.insert(member_meta_name(id), None);
+                            effects.push(SideEffect::RemovePeer(id));
+                        }
+                        _ => {}
+                    }
+                }
             }
             if entry.data.is_empty() {
                 outcomes.push(ApplyOutcome::Noop);
@@ -73,6 +109,25 @@ impl StateMachine for NodeStateMachine {
             }
             let (cp, reply) = match Command::decode(entry.data) {
                 Ok(Command::Checkpoint { checkpoint, reply }) => (checkpoint, reply),
+                Ok(Command::SetMeta { name, value, only_if_absent }) => {
+                    let exists = match meta.get(&name) {
+                        Some(v) => v.is_some(),
+                        None => self.store.cluster_meta(&name)?.is_some(),
+                    };
+                    if only_if_absent && exists {
+                        outcomes.push(ApplyOutcome::MetaSet { changed: false });
+                        continue;
+                    }
+                    batch.set_cluster_meta(&name, &value);
+                    if name == META_ROOT_KEY {
+                        effects.push(SideEffect::InstallRootKey(value.clone()));
+                    } else if let Some(id) = name.strip_prefix(META_MEMBER_PREFIX).and_then(|i| i.parse().ok()) {
+                        effects.push(SideEffect::SetPeer(id, String::from_utf8_lossy(&value).into_owned()));
+                    }
+                    meta.insert(name, Some(value));
+                    outcomes.push(ApplyOutcome::MetaSet { changed: true });
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(index = entry.index, error = %e, "rejecting undecodable command");
                     outcomes.push(ApplyOutcome::Rejected(format!("undecodable command: {e}")));
@@ -152,6 +207,25 @@ impl StateMachine for NodeStateMachine {
             batch.set_applied(last.index);
         }
         self.store.commit_apply(batch)?;
+        for effect in effects {
+            match effect {
+                SideEffect::InstallRootKey(hex) => {
+                    if let Err(e) = self.keys.install(&String::from_utf8_lossy(&hex)) {
+                        tracing::error!(error = %e, "cannot install the replicated root key");
+                    }
+                }
+                SideEffect::SetPeer(id, addr) => {
+                    if let Some(t) = &self.transport {
+                        t.set_peer(id, &addr);
+                    }
+                }
+                SideEffect::RemovePeer(id) => {
+                    if let Some(t) = &self.transport {
+                        t.remove_peer(id);
+                    }
+                }
+            }
+        }
         self.metrics
             .applied_checkpoints
             .fetch_add(new_checkpoints.len() as u64, Ordering::Relaxed);
@@ -168,6 +242,18 @@ impl StateMachine for NodeStateMachine {
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), ConsensusError> {
         self.store.restore_state(snapshot.get_data())?;
         self.hlc.observe(self.store.clock_high_water()?);
+        if let Some(hex) = self.store.cluster_meta(META_ROOT_KEY)? {
+            if let Err(e) = self.keys.install(&String::from_utf8_lossy(&hex)) {
+                tracing::error!(error = %e, "cannot install the root key from the snapshot");
+            }
+        }
+        if let Some(t) = &self.transport {
+            for (name, addr) in self.store.cluster_meta_prefix(META_MEMBER_PREFIX)? {
+                if let Some(id) = name.strip_prefix(META_MEMBER_PREFIX).and_then(|i| i.parse().ok()) {
+                    t.set_peer(id, &String::from_utf8_lossy(&addr));
+                }
+            }
+        }
         // Active instances hold state from before the snapshot.
         self.instances.clear();
         Ok(())

@@ -38,6 +38,12 @@ use crate::{Checkpoint, Hash, RaftLog, StorageError, Timestamp, ZERO_HASH};
 const TAG_HEAD: u8 = b'h';
 const TAG_CHECKPOINT: u8 = b'c';
 const TAG_REQUEST: u8 = b'r';
+/// Replicated cluster metadata (member addresses, the root key): part of the
+/// state tree so that snapshots carry it to new members.
+const TAG_CLUSTER: u8 = b'x';
+/// Longest cluster-metadata name and value; metadata is small by design.
+pub const MAX_CLUSTER_META_NAME: usize = 128;
+pub const MAX_CLUSTER_META_VALUE: usize = 64 * 1024;
 const KEY_APPLIED: &[u8] = b"m/applied";
 const KEY_CLOCK: &[u8] = b"m/clock";
 
@@ -73,6 +79,10 @@ pub struct StoreOptions {
     /// durability comes from explicit `Store::sync()` calls, one per Raft
     /// Ready, and a background flusher would only add competing I/O.
     pub flush_every_ms: Option<u64>,
+    /// For deterministic simulation only: a temporary sled (deleted on drop)
+    /// and a `sync()` that does nothing. A simulated crash there keeps the
+    /// `Store` (it models the disk) and drops everything above it.
+    pub simulation: bool,
 }
 
 impl Default for StoreOptions {
@@ -80,6 +90,7 @@ impl Default for StoreOptions {
         StoreOptions {
             retention_versions: DEFAULT_RETENTION_VERSIONS,
             flush_every_ms: None,
+            simulation: false,
         }
     }
 }
@@ -135,6 +146,8 @@ pub struct ApplyBatch {
     puts: Vec<(Checkpoint, Vec<u8>)>,
     applied: Option<u64>,
     high_water: Option<Timestamp>,
+    /// name → Some(value) to set, None to delete.
+    cluster_meta: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl ApplyBatch {
@@ -161,8 +174,20 @@ impl ApplyBatch {
         self.high_water = self.high_water.max(Some(ts));
     }
 
+    /// Sets replicated cluster metadata (applied in the same atomic batch).
+    pub fn set_cluster_meta(&mut self, name: &str, value: &[u8]) {
+        self.cluster_meta.push((name.to_owned(), Some(value.to_vec())));
+    }
+
+    pub fn delete_cluster_meta(&mut self, name: &str) {
+        self.cluster_meta.push((name.to_owned(), None));
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.puts.is_empty() && self.applied.is_none() && self.high_water.is_none()
+        self.puts.is_empty()
+            && self.applied.is_none()
+            && self.high_water.is_none()
+            && self.cluster_meta.is_empty()
     }
 }
 
@@ -174,6 +199,7 @@ pub(crate) struct Inner {
     pub(crate) raft_meta: sled::Tree,
     pub(crate) audit: sled::Tree,
     retention: u64,
+    simulation: bool,
     /// sled's log file, kept open for `sync_data()`.
     db_file: File,
     /// Blob files already fsynced (sled writes blobs without fsync).
@@ -263,6 +289,13 @@ fn instance_prefix(tag: u8, skill: &str, instance: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(instance.as_bytes());
     k.push(0);
+    k
+}
+
+fn cluster_key(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(TAG_CLUSTER);
+    k.extend_from_slice(name.as_bytes());
     k
 }
 
@@ -363,6 +396,7 @@ fn open_sled(dir: &Path, opts: &StoreOptions) -> Result<sled::Db, StorageError> 
             .path(dir)
             .cache_capacity(SLED_CACHE_CAPACITY_BYTES)
             .flush_every_ms(opts.flush_every_ms)
+            .temporary(opts.simulation)
             .open();
         match result {
             // sled reports a held lock only as this message (ErrorKind::Other).
@@ -407,6 +441,7 @@ impl Store {
                 raft_meta,
                 audit,
                 retention: opts.retention_versions,
+                simulation: opts.simulation,
                 db_file,
                 synced_blobs: Mutex::new(HashSet::new()),
                 apply_lock: RwLock::new(()),
@@ -430,6 +465,9 @@ impl Store {
     /// Cost: one fdatasync (≈0.2 ms on the target VMs), so call it once per
     /// Raft Ready (group commit), not per write.
     pub fn sync(&self) -> Result<(), StorageError> {
+        if self.inner.simulation {
+            return Ok(());
+        }
         self.inner.db.flush()?;
         self.inner.db_file.sync_data()?;
         self.sync_blobs()
@@ -550,6 +588,18 @@ impl Store {
                 prune_up_to(&mut pending, cp, cp.version - self.inner.retention)?;
             }
         }
+        for (name, value) in &batch.cluster_meta {
+            if name.is_empty() || name.len() > MAX_CLUSTER_META_NAME {
+                return Err(StorageError::Invalid(format!("cluster meta name `{name}` has a bad length")));
+            }
+            match value {
+                Some(v) if v.len() > MAX_CLUSTER_META_VALUE => {
+                    return Err(StorageError::Invalid(format!("cluster meta `{name}` is too large")));
+                }
+                Some(v) => pending.put(cluster_key(name), seal_value(v)),
+                None => pending.remove(cluster_key(name)),
+            }
+        }
         if let Some(index) = batch.applied {
             pending.put(KEY_APPLIED.to_vec(), seal_value(&index.to_be_bytes()));
         }
@@ -564,6 +614,27 @@ impl Store {
         }
         self.inner.state.apply_batch(pending.into_batch())?;
         Ok(())
+    }
+
+    /// Replicated cluster metadata by name (checksum verified).
+    pub fn cluster_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.inner.state.get(cluster_key(name))? {
+            Some(raw) => Ok(Some(open_value(&raw, "cluster meta")?.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// Every cluster-metadata entry whose name starts with `prefix`.
+    pub fn cluster_meta_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.inner.state.scan_prefix(cluster_key(prefix)) {
+            let (k, v) = item?;
+            let name = std::str::from_utf8(&k[1..])
+                .map_err(|_| corrupt("cluster meta key is not UTF-8"))?
+                .to_owned();
+            out.push((name, open_value(&v, "cluster meta")?.to_vec()));
+        }
+        Ok(out)
     }
 
     /// Raft index the state machine has applied up to; 0 if none.
@@ -999,6 +1070,9 @@ fn parse_and_validate_snapshot(data: &[u8]) -> Result<KvList, StorageError> {
                 let cp = decode_checkpoint_at(v, skill, instance, version)?;
                 checkpoint_hashes.insert(k.as_slice(), cp.hash);
             }
+            Some(&TAG_CLUSTER) => {
+                open_value(v, "state snapshot: cluster meta")?;
+            }
             Some(&TAG_REQUEST) => {
                 split_instance_key(k)
                     .ok_or_else(|| corrupt("state snapshot: malformed request key"))?;
@@ -1035,6 +1109,7 @@ mod tests {
             StoreOptions {
                 retention_versions: retention,
                 flush_every_ms: None,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -1087,6 +1162,7 @@ mod tests {
             StoreOptions {
                 retention_versions: 0,
                 flush_every_ms: None,
+                ..Default::default()
             },
         );
         assert!(matches!(err, Err(StorageError::Invalid(_))));
@@ -1282,6 +1358,7 @@ mod tests {
             StoreOptions {
                 retention_versions: 2,
                 flush_every_ms: None,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -1635,5 +1712,41 @@ mod tests {
         let data = a.snapshot_state().unwrap();
         assert!(b.restore_state(&data).unwrap_err().is_corrupt());
         assert_eq!(b.snapshot_state().unwrap(), before);
+    }
+}
+
+#[cfg(test)]
+mod cluster_meta_tests {
+    use super::*;
+
+    #[test]
+    fn cluster_meta_round_trips_through_apply_and_snapshot() {
+        let (_d1, a) = tests::open_tmp(10);
+        let mut batch = ApplyBatch::default();
+        batch.set_cluster_meta("member/2", b"10.0.0.2:50051");
+        batch.set_cluster_meta("member/3", b"10.0.0.3:50051");
+        batch.set_applied(5);
+        a.commit_apply(batch).unwrap();
+        let mut batch = ApplyBatch::default();
+        batch.delete_cluster_meta("member/3");
+        batch.set_applied(6);
+        a.commit_apply(batch).unwrap();
+        assert_eq!(a.cluster_meta("member/2").unwrap().as_deref(), Some(&b"10.0.0.2:50051"[..]));
+        assert_eq!(a.cluster_meta("member/3").unwrap(), None);
+        assert_eq!(a.cluster_meta_prefix("member/").unwrap().len(), 1);
+
+        let (_d2, b) = tests::open_tmp(10);
+        b.restore_state(&a.snapshot_state().unwrap()).unwrap();
+        assert_eq!(b.cluster_meta_prefix("member/").unwrap(), a.cluster_meta_prefix("member/").unwrap());
+    }
+
+    #[test]
+    fn oversized_cluster_meta_is_rejected_and_nothing_changes() {
+        let (_d, a) = tests::open_tmp(10);
+        let mut batch = ApplyBatch::default();
+        batch.set_cluster_meta("big", &vec![0; MAX_CLUSTER_META_VALUE + 1]);
+        batch.set_applied(1);
+        assert!(a.commit_apply(batch).is_err());
+        assert_eq!(a.applied_index().unwrap(), 0);
     }
 }

@@ -1,0 +1,363 @@
+//! Raft messages over tonic: one long-lived client stream per peer.
+//!
+//! Each peer has a bounded queue and a task that owns the connection. The
+//! task batches whatever is queued into one `RaftBatch` frame, reconnects
+//! with exponential backoff when the stream breaks, and reports the peer
+//! unreachable to raft so that replication to it slows to probing. When the
+//! queue is full, messages are dropped: Raft retransmits, and a bounded
+//! queue matters more than any single message.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use synapse_proto::v1::peer_client::PeerClient;
+use synapse_proto::v1::RaftBatch;
+use tokio::sync::mpsc;
+use tonic::transport::Endpoint;
+
+use crate::Transport;
+
+/// Messages queued per peer before new ones are dropped.
+pub const PEER_QUEUE_CAPACITY: usize = 4096;
+/// Messages per frame; bounds frame size for ordinary traffic.
+pub const MAX_MESSAGES_PER_FRAME: usize = 256;
+/// A message larger than this (a snapshot) is sent in chunks of this size,
+/// under tonic's default 4 MiB frame limit with room to spare.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// Largest message the receiver reassembles from chunks: the snapshot bound.
+pub const MAX_REASSEMBLED_BYTES: usize = 1024 * 1024 * 1024;
+/// Frames buffered between the batching loop and the gRPC stream.
+const STREAM_BUFFER_FRAMES: usize = 8;
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the transport tells the Raft driver about delivery.
+pub trait PeerReporter: Send + Sync + 'static {
+    fn unreachable(&self, peer: u64);
+    fn snapshot_sent(&self, peer: u64, delivered: bool);
+}
+
+struct Link {
+    address: String,
+    queue: mpsc::Sender<Message>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Transport over the `synapse.v1.Peer/Raft` stream.
+pub struct GrpcTransport {
+    self_id: u64,
+    links: Mutex<HashMap<u64, Link>>,
+    reporter: OnceLock<Arc<dyn PeerReporter>>,
+    runtime: tokio::runtime::Handle,
+    dropped: AtomicU64,
+}
+
+impl GrpcTransport {
+    /// `runtime` hosts the per-peer tasks.
+    pub fn new(self_id: u64, runtime: tokio::runtime::Handle) -> Arc<Self> {
+        Arc::new(GrpcTransport {
+            self_id,
+            links: Mutex::new(HashMap::new()),
+            reporter: OnceLock::new(),
+            runtime,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Wires delivery reports to the driver (set once, after it starts).
+    pub fn set_reporter(&self, reporter: Arc<dyn PeerReporter>) {
+        let _ = self.reporter.set(reporter);
+    }
+
+    /// Messages dropped because a peer's queue was full or unknown.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Adds a peer, or moves it to a new address.
+    pub fn set_peer(self: &Arc<Self>, id: u64, address: &str) {
+        if id == self.self_id {
+            return;
+        }
+        let Ok(mut links) = self.links.lock() else { return };
+        if links.get(&id).is_some_and(|l| l.address == address) {
+            return;
+        }
+        if let Some(old) = links.remove(&id) {
+            old.task.abort();
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_CAPACITY);
+        let this = Arc::downgrade(self);
+        let addr = address.to_string();
+        let task = self.runtime.spawn(async move { run_link(this, id, addr, rx).await });
+        links.insert(id, Link { address: address.to_string(), queue: tx, task });
+        tracing::info!(peer = id, address, "peer link added");
+    }
+
+    pub fn remove_peer(&self, id: u64) {
+        if let Ok(mut links) = self.links.lock() {
+            if let Some(old) = links.remove(&id) {
+                old.task.abort();
+                tracing::info!(peer = id, "peer link removed");
+            }
+        }
+    }
+
+    pub fn peer_address(&self, id: u64) -> Option<String> {
+        self.links.lock().ok()?.get(&id).map(|l| l.address.clone())
+    }
+
+    pub fn peers(&self) -> Vec<(u64, String)> {
+        let mut v: Vec<_> = match self.links.lock() {
+            Ok(l) => l.iter().map(|(id, l)| (*id, l.address.clone())).collect(),
+            Err(_) => Vec::new(),
+        };
+        v.sort();
+        v
+    }
+
+    fn report_unreachable(&self, peer: u64) {
+        if let Some(r) = self.reporter.get() {
+            r.unreachable(peer);
+        }
+    }
+
+    fn report_snapshot(&self, peer: u64, delivered: bool) {
+        if let Some(r) = self.reporter.get() {
+            r.snapshot_sent(peer, delivered);
+        }
+    }
+}
+
+impl Drop for GrpcTransport {
+    fn drop(&mut self) {
+        if let Ok(links) = self.links.get_mut() {
+            for (_, l) in links.drain() {
+                l.task.abort();
+            }
+        }
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, messages: Vec<Message>) {
+        let Ok(links) = self.links.lock() else { return };
+        for msg in messages {
+            let to = msg.to;
+            match links.get(&to) {
+                Some(link) => {
+                    if link.queue.try_send(msg).is_err() {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                None => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(peer = to, "no address for peer; dropping raft message");
+                }
+            }
+        }
+    }
+}
+
+/// Splits encoded messages into frames: small ones batched, large ones chunked.
+fn frames_for(from: u64, encoded: Vec<Vec<u8>>) -> Vec<RaftBatch> {
+    let mut frames = Vec::new();
+    let mut small = Vec::new();
+    for bytes in encoded {
+        if bytes.len() <= CHUNK_BYTES {
+            small.push(bytes);
+            continue;
+        }
+        if !small.is_empty() {
+            frames.push(RaftBatch { from, messages: std::mem::take(&mut small), ..Default::default() });
+        }
+        let n = bytes.len().div_ceil(CHUNK_BYTES);
+        for (i, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
+            frames.push(RaftBatch { from, messages: Vec::new(), chunk: chunk.to_vec(), chunk_last: i + 1 == n });
+        }
+    }
+    if !small.is_empty() {
+        frames.push(RaftBatch { from, messages: small, ..Default::default() });
+    }
+    frames
+}
+
+async fn run_link(
+    transport: std::sync::Weak<GrpcTransport>,
+    peer: u64,
+    address: String,
+    mut queue: mpsc::Receiver<Message>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let uri = if address.starts_with("http://") || address.starts_with("https://") {
+        address.clone()
+    } else {
+        format!("http://{address}")
+    };
+    loop {
+        let Some(me) = transport.upgrade() else { return };
+        let from = me.self_id;
+        let endpoint = match Endpoint::from_shared(uri.clone()) {
+            Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true),
+            Err(e) => {
+                tracing::error!(peer, address, error = %e, "invalid peer address");
+                return;
+            }
+        };
+        drop(me);
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(peer, address, error = %e, "peer connect failed");
+                if let Some(me) = transport.upgrade() {
+                    me.report_unreachable(peer);
+                }
+                // Drop what piled up while the peer was away; raft resends.
+                while queue.try_recv().is_ok() {}
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let mut client = PeerClient::new(channel).max_encoding_message_size(CHUNK_BYTES * 2);
+        let (frame_tx, frame_rx) = mpsc::channel::<RaftBatch>(STREAM_BUFFER_FRAMES);
+        let call = client.raft(tokio_stream::wrappers::ReceiverStream::new(frame_rx));
+        tokio::pin!(call);
+        tracing::debug!(peer, address, "peer stream open");
+        let mut healthy = false;
+        loop {
+            tokio::select! {
+                result = &mut call => {
+                    if let Err(e) = result {
+                        tracing::debug!(peer, error = %e, "peer stream closed");
+                    }
+                    break;
+                }
+                next = queue.recv() => {
+                    let Some(first) = next else { return };
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_MESSAGES_PER_FRAME {
+                        match queue.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                    let snapshots: Vec<u64> = batch
+                        .iter()
+                        .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+                        .map(|m| m.to)
+                        .collect();
+                    let encoded: Vec<Vec<u8>> = batch.iter().filter_map(|m| m.write_to_bytes().ok()).collect();
+                    let mut ok = true;
+                    for frame in frames_for(from, encoded) {
+                        if frame_tx.send(frame).await.is_err() {
+                            ok = false;
+                            break;
+                        }
+                    }
+                    if let Some(me) = transport.upgrade() {
+                        for to in snapshots {
+                            me.report_snapshot(to, ok);
+                        }
+                    }
+                    if !ok {
+                        break;
+                    }
+                    if !healthy {
+                        healthy = true;
+                        backoff = BACKOFF_MIN;
+                    }
+                }
+            }
+        }
+        if let Some(me) = transport.upgrade() {
+            me.report_unreachable(peer);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Receiver side: turns a stream of frames back into raft messages,
+/// reassembling chunked ones within [`MAX_REASSEMBLED_BYTES`].
+#[derive(Default)]
+pub struct FrameDecoder {
+    partial: Vec<u8>,
+}
+
+/// Why a frame was refused. The stream is closed; the sender reconnects.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("reassembled message exceeds {MAX_REASSEMBLED_BYTES} bytes")]
+    TooLarge,
+    #[error("undecodable raft message: {0}")]
+    Decode(String),
+}
+
+impl FrameDecoder {
+    pub fn decode(&mut self, frame: RaftBatch) -> Result<Vec<Message>, FrameError> {
+        let mut out = Vec::with_capacity(frame.messages.len() + 1);
+        if !frame.chunk.is_empty() || frame.chunk_last {
+            if self.partial.len() + frame.chunk.len() > MAX_REASSEMBLED_BYTES {
+                self.partial = Vec::new();
+                return Err(FrameError::TooLarge);
+            }
+            self.partial.extend_from_slice(&frame.chunk);
+            if frame.chunk_last {
+                let bytes = std::mem::take(&mut self.partial);
+                out.push(Message::parse_from_bytes(&bytes).map_err(|e| FrameError::Decode(e.to_string()))?);
+            }
+        }
+        for bytes in &frame.messages {
+            out.push(Message::parse_from_bytes(bytes).map_err(|e| FrameError::Decode(e.to_string()))?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(to: u64, size: usize) -> Message {
+        let mut m = Message::default();
+        m.to = to;
+        m.from = 1;
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.mut_snapshot().data = vec![7u8; size].into();
+        m
+    }
+
+    #[test]
+    fn small_messages_batch_and_large_ones_chunk_and_reassemble() {
+        let big = msg(2, CHUNK_BYTES * 2 + 17);
+        let small = msg(2, 10);
+        let encoded = vec![small.write_to_bytes().unwrap(), big.write_to_bytes().unwrap(), small.write_to_bytes().unwrap()];
+        let frames = frames_for(1, encoded);
+        assert_eq!(frames.len(), 1 + 3 + 1, "small, three chunks, small");
+        let mut dec = FrameDecoder::default();
+        let mut got = Vec::new();
+        for f in frames {
+            got.extend(dec.decode(f).unwrap());
+        }
+        assert_eq!(got, vec![small.clone(), big, small]);
+    }
+
+    #[test]
+    fn garbage_frames_are_errors_not_panics() {
+        let mut dec = FrameDecoder::default();
+        let frame = RaftBatch { from: 1, messages: vec![vec![0xff, 0xff, 0xff]], ..Default::default() };
+        assert!(dec.decode(frame).is_err());
+        let frame = RaftBatch { from: 1, chunk: vec![0xff; 5], chunk_last: true, ..Default::default() };
+        assert!(dec.decode(frame).is_err());
+    }
+}
+
+/// Largest peer frame a receiver accepts: one chunk plus framing, or a batch
+/// of ordinary messages.
+pub const MAX_PEER_FRAME_BYTES: usize = 4 * CHUNK_BYTES;
