@@ -133,6 +133,8 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Print a new cluster root key (hex) for --root-key-file or a Secret.
+    Keygen,
     /// Capability tokens.
     Token {
         #[command(subcommand)]
@@ -189,25 +191,48 @@ enum Membership {
 async fn membership(client: &ClientOpts, op: Membership) -> Result<(), Failure> {
     let mut endpoint = client.endpoint.clone();
     for attempt in 0..2 {
-        let opts = ClientOpts { endpoint: endpoint.clone(), ..client.clone() };
+        let opts = ClientOpts {
+            endpoint: endpoint.clone(),
+            ..client.clone()
+        };
         let mut c = connect(&opts).await?;
         let result = match &op {
             Membership::Add(id, address, voter) => {
-                c.cluster.add_member(pb::AddMemberRequest { id: *id, address: address.clone(), as_voter: *voter }).await
+                c.cluster
+                    .add_member(pb::AddMemberRequest {
+                        id: *id,
+                        address: address.clone(),
+                        as_voter: *voter,
+                    })
+                    .await
             }
-            Membership::Promote(id) => c.cluster.promote_member(pb::MemberRequest { id: *id }).await,
+            Membership::Promote(id) => {
+                c.cluster
+                    .promote_member(pb::MemberRequest { id: *id })
+                    .await
+            }
             Membership::Remove(id) => c.cluster.remove_member(pb::MemberRequest { id: *id }).await,
-            Membership::Transfer(id) => c.cluster.transfer_leader(pb::MemberRequest { id: *id }).await,
+            Membership::Transfer(id) => {
+                c.cluster
+                    .transfer_leader(pb::MemberRequest { id: *id })
+                    .await
+            }
         };
         match result {
             Ok(r) => {
                 let r = r.into_inner();
                 let v = json!({ "voters": r.voters, "learners": r.learners });
-                print(client.output, &v, || format!("voters {:?}  learners {:?}", r.voters, r.learners));
+                print(client.output, &v, || {
+                    format!("voters {:?}  learners {:?}", r.voters, r.learners)
+                });
                 return Ok(());
             }
             Err(s) if s.code() == tonic::Code::Unavailable && attempt == 0 => {
-                match s.metadata().get("x-synapse-leader-addr").and_then(|v| v.to_str().ok()) {
+                match s
+                    .metadata()
+                    .get("x-synapse-leader-addr")
+                    .and_then(|v| v.to_str().ok())
+                {
                     Some(leader) => endpoint = format!("http://{leader}"),
                     None => return Err(s.into()),
                 }
@@ -305,6 +330,14 @@ struct ServeOpts {
     /// Token for joining (needs `_system/cluster` rights); or use --root-key-file.
     #[arg(long, env = "SYNAPSE_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+    /// Seed mode (StatefulSet, compose): node 1 bootstraps, the others join
+    /// through this host:port.
+    #[arg(long, env = "SYNAPSE_SEED")]
+    seed: Option<String>,
+    /// Derive --node-id from the hostname's trailing ordinal plus one
+    /// (`synapse-0` → 1), as in a StatefulSet.
+    #[arg(long, env = "SYNAPSE_NODE_ID_FROM_HOSTNAME")]
+    node_id_from_hostname: bool,
     /// Cluster root key (hex), e.g. a mounted Kubernetes Secret.
     #[arg(long, env = "SYNAPSE_ROOT_KEY_FILE")]
     root_key_file: Option<PathBuf>,
@@ -357,9 +390,34 @@ impl ServeOpts {
         if self.root_key_file.is_some() {
             config.root_key_file = self.root_key_file;
         }
+        if self.seed.is_some() {
+            config.seed = self.seed;
+        }
+        if self.node_id_from_hostname {
+            config.node_id = node_id_from_hostname()?;
+        }
         config.validate()?;
         Ok((config, self.log))
     }
+}
+
+/// `synapse-2` → 3: StatefulSet ordinals start at 0, Raft ids at 1.
+fn node_id_from_hostname() -> Result<u64, String> {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .ok_or("cannot read the hostname (set HOSTNAME)")?;
+    let ordinal = host
+        .rsplit('-')
+        .next()
+        .and_then(|o| o.parse::<u64>().ok())
+        .ok_or_else(|| format!("hostname `{host}` does not end in -<ordinal>"))?;
+    Ok(ordinal + 1)
 }
 
 /// A failure the CLI reports: the gRPC code name (or "error") and a message.
@@ -770,14 +828,24 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             });
             Ok(())
         }
-        Command::Cluster { command: ClusterCommand::Add { id, address, voter, client } } => {
-            membership(&client, Membership::Add(id, address, voter)).await
-        }
-        Command::Cluster { command: ClusterCommand::Promote { id, client } } => membership(&client, Membership::Promote(id)).await,
-        Command::Cluster { command: ClusterCommand::Remove { id, client } } => membership(&client, Membership::Remove(id)).await,
-        Command::Cluster { command: ClusterCommand::TransferLeader { id, client } } => {
-            membership(&client, Membership::Transfer(id)).await
-        }
+        Command::Cluster {
+            command:
+                ClusterCommand::Add {
+                    id,
+                    address,
+                    voter,
+                    client,
+                },
+        } => membership(&client, Membership::Add(id, address, voter)).await,
+        Command::Cluster {
+            command: ClusterCommand::Promote { id, client },
+        } => membership(&client, Membership::Promote(id)).await,
+        Command::Cluster {
+            command: ClusterCommand::Remove { id, client },
+        } => membership(&client, Membership::Remove(id)).await,
+        Command::Cluster {
+            command: ClusterCommand::TransferLeader { id, client },
+        } => membership(&client, Membership::Transfer(id)).await,
         Command::Now { client } => {
             let mut c = connect(&client).await?;
             let r = c.clock.now(pb::NowRequest {}).await?.into_inner();
@@ -792,6 +860,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Token { command } => token_command(command),
+        Command::Keygen => {
+            println!("{}", RootKey::generate().to_private_hex());
+            Ok(())
+        }
     }
 }
 

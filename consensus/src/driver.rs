@@ -180,7 +180,10 @@ impl RaftConfig {
     /// A member of a multi-node cluster; `voters` is the initial voter set
     /// for a brand-new cluster, empty for a node that joins an existing one.
     pub fn cluster_member(id: u64, voters: Vec<u64>) -> Self {
-        RaftConfig { initial_voters: voters, ..RaftConfig::single_node(id) }
+        RaftConfig {
+            initial_voters: voters,
+            ..RaftConfig::single_node(id)
+        }
     }
 
     fn to_raft(&self, applied: u64) -> raft::Config {
@@ -238,7 +241,10 @@ enum Event<O> {
     },
     Step(Box<Message>),
     Unreachable(u64),
-    SnapshotReport { peer: u64, delivered: bool },
+    SnapshotReport {
+        peer: u64,
+        delivered: bool,
+    },
     TransferLeader(u64),
     Campaign,
     Stop,
@@ -418,7 +424,11 @@ where
     T: Transport,
 {
     let (tx, rx) = mpsc::channel(config.event_queue_capacity);
-    let status = Arc::new(Mutex::new(RaftStatus { id: config.id, running: true, ..Default::default() }));
+    let status = Arc::new(Mutex::new(RaftStatus {
+        id: config.id,
+        running: true,
+        ..Default::default()
+    }));
     let mut driver = Driver::build(config, store, sm, transport, rx, status.clone())?;
     let join = tokio::spawn(async move { driver.run().await });
     Ok((RaftHandle { events: tx, status }, join))
@@ -438,11 +448,23 @@ pub struct SimDriver<S: StateMachine, T: Transport> {
 pub type SimReply<T> = oneshot::Receiver<Result<T, ConsensusError>>;
 
 impl<S: StateMachine, T: Transport> SimDriver<S, T> {
-    pub fn new(config: RaftConfig, store: Store, sm: S, transport: Arc<T>) -> Result<Self, ConsensusError> {
+    pub fn new(
+        config: RaftConfig,
+        store: Store,
+        sm: S,
+        transport: Arc<T>,
+    ) -> Result<Self, ConsensusError> {
         let (tx, rx) = mpsc::channel(1);
-        let status = Arc::new(Mutex::new(RaftStatus { id: config.id, running: true, ..Default::default() }));
+        let status = Arc::new(Mutex::new(RaftStatus {
+            id: config.id,
+            running: true,
+            ..Default::default()
+        }));
         let driver = Driver::build(config, store, sm, transport, rx, status)?;
-        Ok(SimDriver { driver, _events: tx })
+        Ok(SimDriver {
+            driver,
+            _events: tx,
+        })
     }
 
     /// Seeds the proposal-context nonce so runs replay exactly.
@@ -484,7 +506,11 @@ impl<S: StateMachine, T: Transport> SimDriver<S, T> {
     }
 
     pub fn status(&self) -> RaftStatus {
-        self.driver.status.lock().map(|s| s.clone()).unwrap_or_default()
+        self.driver
+            .status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     pub fn state_machine(&self) -> &S {
@@ -506,7 +532,10 @@ struct PersistJob {
 
 impl PersistJob {
     fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.hard_state.is_none() && self.compact_to.is_none() && !self.must_sync
+        self.entries.is_empty()
+            && self.hard_state.is_none()
+            && self.compact_to.is_none()
+            && !self.must_sync
     }
 
     fn run(self, log: &RaftLog, store: &Store) -> Result<(), ConsensusError> {
@@ -620,7 +649,11 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                     return;
                 }
                 let (seq, ctx) = self.next_context();
-                let early = if self.config.unsafe_ack_on_propose { self.sm.speculative_output(&data) } else { None };
+                let early = if self.config.unsafe_ack_on_propose {
+                    self.sm.speculative_output(&data)
+                } else {
+                    None
+                };
                 match self.raw.propose(ctx, data) {
                     Ok(()) => match early {
                         Some(output) => {
@@ -679,7 +712,11 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
             Event::Unreachable(peer) => self.raw.report_unreachable(peer),
             Event::SnapshotReport { peer, delivered } => {
-                let status = if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+                let status = if delivered {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
                 self.raw.report_snapshot(peer, status);
             }
             Event::TransferLeader(to) => self.raw.transfer_leader(to),
@@ -898,15 +935,20 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         if run.is_empty() {
             return Ok(());
         }
-        let changes: Vec<Option<ConfChangeV2>> =
-            (0..run.len()).map(|i| conf.get(i).cloned().flatten()).collect();
+        let changes: Vec<Option<ConfChangeV2>> = (0..run.len())
+            .map(|i| conf.get(i).cloned().flatten())
+            .collect();
         let committed: Vec<Committed<'_>> = run
             .iter()
             .zip(changes.iter())
             .map(|(e, change)| Committed {
                 index: e.index,
                 term: e.term,
-                data: if e.get_entry_type() == EntryType::EntryNormal { &e.data } else { &[] },
+                data: if e.get_entry_type() == EntryType::EntryNormal {
+                    &e.data
+                } else {
+                    &[]
+                },
                 conf_change: change.as_ref(),
             })
             .collect();

@@ -55,6 +55,8 @@ pub struct GrpcTransport {
     reporter: OnceLock<Arc<dyn PeerReporter>>,
     runtime: tokio::runtime::Handle,
     dropped: AtomicU64,
+    /// This node's advertised address, sent with every frame.
+    self_address: OnceLock<String>,
 }
 
 impl GrpcTransport {
@@ -66,12 +68,26 @@ impl GrpcTransport {
             reporter: OnceLock::new(),
             runtime,
             dropped: AtomicU64::new(0),
+            self_address: OnceLock::new(),
         })
     }
 
     /// Wires delivery reports to the driver (set once, after it starts).
     pub fn set_reporter(&self, reporter: Arc<dyn PeerReporter>) {
         let _ = self.reporter.set(reporter);
+    }
+
+    /// The address peers should use to reach this node (sent in frames).
+    pub fn set_self_address(&self, address: &str) {
+        let _ = self.self_address.set(address.to_string());
+    }
+
+    /// Learns a peer's address from its frames, unless one is configured.
+    pub fn learn_peer(self: &Arc<Self>, id: u64, address: &str) {
+        if id == 0 || address.is_empty() || self.peer_address(id).is_some() {
+            return;
+        }
+        self.set_peer(id, address);
     }
 
     /// Messages dropped because a peer's queue was full or unknown.
@@ -84,7 +100,9 @@ impl GrpcTransport {
         if id == self.self_id {
             return;
         }
-        let Ok(mut links) = self.links.lock() else { return };
+        let Ok(mut links) = self.links.lock() else {
+            return;
+        };
         if links.get(&id).is_some_and(|l| l.address == address) {
             return;
         }
@@ -94,8 +112,17 @@ impl GrpcTransport {
         let (tx, rx) = mpsc::channel(PEER_QUEUE_CAPACITY);
         let this = Arc::downgrade(self);
         let addr = address.to_string();
-        let task = self.runtime.spawn(async move { run_link(this, id, addr, rx).await });
-        links.insert(id, Link { address: address.to_string(), queue: tx, task });
+        let task = self
+            .runtime
+            .spawn(async move { run_link(this, id, addr, rx).await });
+        links.insert(
+            id,
+            Link {
+                address: address.to_string(),
+                queue: tx,
+                task,
+            },
+        );
         tracing::info!(peer = id, address, "peer link added");
     }
 
@@ -165,7 +192,7 @@ impl Transport for GrpcTransport {
 }
 
 /// Splits encoded messages into frames: small ones batched, large ones chunked.
-fn frames_for(from: u64, encoded: Vec<Vec<u8>>) -> Vec<RaftBatch> {
+fn frames_for(from: u64, from_address: &str, encoded: Vec<Vec<u8>>) -> Vec<RaftBatch> {
     let mut frames = Vec::new();
     let mut small = Vec::new();
     for bytes in encoded {
@@ -174,15 +201,31 @@ fn frames_for(from: u64, encoded: Vec<Vec<u8>>) -> Vec<RaftBatch> {
             continue;
         }
         if !small.is_empty() {
-            frames.push(RaftBatch { from, messages: std::mem::take(&mut small), ..Default::default() });
+            frames.push(RaftBatch {
+                from,
+                messages: std::mem::take(&mut small),
+                from_address: from_address.to_string(),
+                ..Default::default()
+            });
         }
         let n = bytes.len().div_ceil(CHUNK_BYTES);
         for (i, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
-            frames.push(RaftBatch { from, messages: Vec::new(), chunk: chunk.to_vec(), chunk_last: i + 1 == n });
+            frames.push(RaftBatch {
+                from,
+                messages: Vec::new(),
+                chunk: chunk.to_vec(),
+                chunk_last: i + 1 == n,
+                from_address: from_address.to_string(),
+            });
         }
     }
     if !small.is_empty() {
-        frames.push(RaftBatch { from, messages: small, ..Default::default() });
+        frames.push(RaftBatch {
+            from,
+            messages: small,
+            from_address: from_address.to_string(),
+            ..Default::default()
+        });
     }
     frames
 }
@@ -200,8 +243,11 @@ async fn run_link(
         format!("http://{address}")
     };
     loop {
-        let Some(me) = transport.upgrade() else { return };
+        let Some(me) = transport.upgrade() else {
+            return;
+        };
         let from = me.self_id;
+        let from_address = me.self_address.get().cloned().unwrap_or_default();
         let endpoint = match Endpoint::from_shared(uri.clone()) {
             Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true),
             Err(e) => {
@@ -254,7 +300,7 @@ async fn run_link(
                         .collect();
                     let encoded: Vec<Vec<u8>> = batch.iter().filter_map(|m| m.write_to_bytes().ok()).collect();
                     let mut ok = true;
-                    for frame in frames_for(from, encoded) {
+                    for frame in frames_for(from, &from_address, encoded) {
                         if frame_tx.send(frame).await.is_err() {
                             ok = false;
                             break;
@@ -310,11 +356,16 @@ impl FrameDecoder {
             self.partial.extend_from_slice(&frame.chunk);
             if frame.chunk_last {
                 let bytes = std::mem::take(&mut self.partial);
-                out.push(Message::parse_from_bytes(&bytes).map_err(|e| FrameError::Decode(e.to_string()))?);
+                out.push(
+                    Message::parse_from_bytes(&bytes)
+                        .map_err(|e| FrameError::Decode(e.to_string()))?,
+                );
             }
         }
         for bytes in &frame.messages {
-            out.push(Message::parse_from_bytes(bytes).map_err(|e| FrameError::Decode(e.to_string()))?);
+            out.push(
+                Message::parse_from_bytes(bytes).map_err(|e| FrameError::Decode(e.to_string()))?,
+            );
         }
         Ok(out)
     }
@@ -337,8 +388,12 @@ mod tests {
     fn small_messages_batch_and_large_ones_chunk_and_reassemble() {
         let big = msg(2, CHUNK_BYTES * 2 + 17);
         let small = msg(2, 10);
-        let encoded = vec![small.write_to_bytes().unwrap(), big.write_to_bytes().unwrap(), small.write_to_bytes().unwrap()];
-        let frames = frames_for(1, encoded);
+        let encoded = vec![
+            small.write_to_bytes().unwrap(),
+            big.write_to_bytes().unwrap(),
+            small.write_to_bytes().unwrap(),
+        ];
+        let frames = frames_for(1, "127.0.0.1:1", encoded);
         assert_eq!(frames.len(), 1 + 3 + 1, "small, three chunks, small");
         let mut dec = FrameDecoder::default();
         let mut got = Vec::new();
@@ -351,9 +406,18 @@ mod tests {
     #[test]
     fn garbage_frames_are_errors_not_panics() {
         let mut dec = FrameDecoder::default();
-        let frame = RaftBatch { from: 1, messages: vec![vec![0xff, 0xff, 0xff]], ..Default::default() };
+        let frame = RaftBatch {
+            from: 1,
+            messages: vec![vec![0xff, 0xff, 0xff]],
+            ..Default::default()
+        };
         assert!(dec.decode(frame).is_err());
-        let frame = RaftBatch { from: 1, chunk: vec![0xff; 5], chunk_last: true, ..Default::default() };
+        let frame = RaftBatch {
+            from: 1,
+            chunk: vec![0xff; 5],
+            chunk_last: true,
+            ..Default::default()
+        };
         assert!(dec.decode(frame).is_err());
     }
 }

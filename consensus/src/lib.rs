@@ -18,12 +18,14 @@ mod logger;
 mod transport;
 
 pub use driver::{
-    spawn_driver, ApplyContext, Committed, RaftConfig, RaftHandle, RaftStatus, Role, SimDriver, SimReply,
-    StateMachine,
+    spawn_driver, ApplyContext, Committed, RaftConfig, RaftHandle, RaftStatus, Role, SimDriver,
+    SimReply, StateMachine,
 };
 pub use error::ConsensusError;
+pub use grpc_transport::{
+    FrameDecoder, FrameError, GrpcTransport, PeerReporter, MAX_PEER_FRAME_BYTES,
+};
 pub use logger::tracing_logger;
-pub use grpc_transport::{FrameDecoder, FrameError, GrpcTransport, PeerReporter, MAX_PEER_FRAME_BYTES};
 pub use transport::{NoopTransport, Transport};
 
 /// raft-rs types that users of this crate need, re-exported so that higher

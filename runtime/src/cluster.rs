@@ -58,7 +58,9 @@ impl ClusterKeys {
         let public = key.public_hex();
         if let Some(existing) = self.public_hex.get() {
             if *existing != public {
-                tracing::error!("a different cluster root key was replicated; keeping the installed one");
+                tracing::error!(
+                    "a different cluster root key was replicated; keeping the installed one"
+                );
             }
             return Ok(());
         }
@@ -77,7 +79,11 @@ impl ClusterKeys {
 }
 
 /// Reuses `root.token` if it was minted by this key, else mints it.
-fn ensure_root_token(data_dir: &Path, key: &RootKey, public_hex: &str) -> Result<String, RuntimeError> {
+fn ensure_root_token(
+    data_dir: &Path,
+    key: &RootKey,
+    public_hex: &str,
+) -> Result<String, RuntimeError> {
     let path = data_dir.join(crate::node::ROOT_TOKEN_FILE);
     if let Ok(existing) = std::fs::read_to_string(&path) {
         let t = existing.trim().to_string();
@@ -85,7 +91,12 @@ fn ensure_root_token(data_dir: &Path, key: &RootKey, public_hex: &str) -> Result
             return Ok(t);
         }
     }
-    let grant = Grant { skill: "*".into(), instance: "*".into(), methods: vec![], read_only: false };
+    let grant = Grant {
+        skill: "*".into(),
+        instance: "*".into(),
+        methods: vec![],
+        read_only: false,
+    };
     let token = key.mint("root", &[grant], None)?;
     write_private(&path, token.as_bytes())?;
     Ok(token)
@@ -120,16 +131,25 @@ const MAX_PEER_CHANNELS: usize = 64;
 
 impl PeerChannels {
     pub fn get(&self, address: &str) -> Result<Channel, RuntimeError> {
-        let mut map = self.channels.lock().map_err(|_| RuntimeError::Internal("channel cache poisoned".into()))?;
+        let mut map = self
+            .channels
+            .lock()
+            .map_err(|_| RuntimeError::Internal("channel cache poisoned".into()))?;
         if let Some(c) = map.get(address) {
             return Ok(c.clone());
         }
         if map.len() >= MAX_PEER_CHANNELS {
             map.clear();
         }
-        let uri = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
+        let uri = if address.contains("://") {
+            address.to_string()
+        } else {
+            format!("http://{address}")
+        };
         let channel = Endpoint::from_shared(uri)
-            .map_err(|e| RuntimeError::InvalidArgument(format!("bad peer address `{address}`: {e}")))?
+            .map_err(|e| {
+                RuntimeError::InvalidArgument(format!("bad peer address `{address}`: {e}"))
+            })?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .connect_lazy();
@@ -155,8 +175,14 @@ pub(crate) fn error_from_status(s: tonic::Status) -> RuntimeError {
         Code::DataLoss => RuntimeError::DataLoss(msg),
         Code::Unavailable | Code::Cancelled | Code::Unknown => RuntimeError::Unavailable {
             reason: format!("leader: {msg}"),
-            leader_id: s.metadata().get(LEADER_HINT_HEADER).and_then(|v| v.to_str().ok()?.parse().ok()),
-            leader_addr: s.metadata().get(LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok().map(String::from)),
+            leader_id: s
+                .metadata()
+                .get(LEADER_HINT_HEADER)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            leader_addr: s
+                .metadata()
+                .get(LEADER_ADDR_HEADER)
+                .and_then(|v| v.to_str().ok().map(String::from)),
         },
         _ => RuntimeError::Internal(format!("leader: {msg}")),
     }
@@ -171,7 +197,10 @@ pub(crate) async fn call_leader<T, F, Fut>(
     mut f: F,
 ) -> Result<T, RuntimeError>
 where
-    F: FnMut(pb::cluster_client::ClusterClient<Channel>, tonic::metadata::MetadataValue<tonic::metadata::Ascii>) -> Fut,
+    F: FnMut(
+        pb::cluster_client::ClusterClient<Channel>,
+        tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    ) -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
     /// Redirects followed before giving up; a stable cluster needs one.
@@ -185,7 +214,10 @@ where
         match f(client, auth.clone()).await {
             Ok(v) => return Ok(v),
             Err(status) => match error_from_status(status) {
-                RuntimeError::Unavailable { leader_addr: Some(next), .. } if next != address => address = next,
+                RuntimeError::Unavailable {
+                    leader_addr: Some(next),
+                    ..
+                } if next != address => address = next,
                 other => return Err(other),
             },
         }

@@ -35,7 +35,11 @@ impl Command {
                 out.extend_from_slice(&cp);
                 out
             }
-            Command::SetMeta { name, value, only_if_absent } => {
+            Command::SetMeta {
+                name,
+                value,
+                only_if_absent,
+            } => {
                 let mut out = Vec::with_capacity(1 + 1 + 16 + name.len() + value.len());
                 out.push(TAG_SET_META);
                 out.push(u8::from(*only_if_absent));
@@ -72,14 +76,23 @@ impl Command {
                 })
             }
             TAG_SET_META => {
-                let (&flag, rest) = rest.split_first().ok_or_else(|| corrupt("truncated meta"))?;
-                let (name, rest) = take_prefixed(rest).ok_or_else(|| corrupt("truncated meta name"))?;
-                let (value, rest) = take_prefixed(rest).ok_or_else(|| corrupt("truncated meta value"))?;
+                let (&flag, rest) = rest
+                    .split_first()
+                    .ok_or_else(|| corrupt("truncated meta"))?;
+                let (name, rest) =
+                    take_prefixed(rest).ok_or_else(|| corrupt("truncated meta name"))?;
+                let (value, rest) =
+                    take_prefixed(rest).ok_or_else(|| corrupt("truncated meta value"))?;
                 if !rest.is_empty() || flag > 1 {
                     return Err(corrupt("malformed meta"));
                 }
-                let name = String::from_utf8(name.to_vec()).map_err(|_| corrupt("meta name is not UTF-8"))?;
-                Ok(Command::SetMeta { name, value: value.to_vec(), only_if_absent: flag == 1 })
+                let name = String::from_utf8(name.to_vec())
+                    .map_err(|_| corrupt("meta name is not UTF-8"))?;
+                Ok(Command::SetMeta {
+                    name,
+                    value: value.to_vec(),
+                    only_if_absent: flag == 1,
+                })
             }
             other => Err(corrupt(&format!("unknown tag {other}"))),
         }
@@ -143,11 +156,18 @@ mod tests {
     fn round_trip() {
         let c = sample();
         assert_eq!(Command::decode(&c.encode()).unwrap(), c);
-        let m = Command::SetMeta { name: "member/2".into(), value: b"h:1".to_vec(), only_if_absent: true };
+        let m = Command::SetMeta {
+            name: "member/2".into(),
+            value: b"h:1".to_vec(),
+            only_if_absent: true,
+        };
         let bytes = m.encode();
         assert_eq!(Command::decode(&bytes).unwrap(), m);
         for n in 0..bytes.len() {
-            assert!(Command::decode(&bytes[..n]).is_err(), "truncated meta accepted at {n}");
+            assert!(
+                Command::decode(&bytes[..n]).is_err(),
+                "truncated meta accepted at {n}"
+            );
         }
     }
 

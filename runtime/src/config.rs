@@ -65,6 +65,10 @@ pub struct NodeConfig {
     pub root_key_file: Option<PathBuf>,
     /// Compact the Raft log after this many applied entries.
     pub raft_compact_threshold: u64,
+    /// StatefulSet/compose mode: node 1 bootstraps a one-voter cluster on an
+    /// empty data dir; every other node joins through this address. The
+    /// same binary logic serves Kubernetes and docker-compose.
+    pub seed: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -95,6 +99,7 @@ impl Default for NodeConfig {
             join_token: None,
             root_key_file: None,
             raft_compact_threshold: 20_000,
+            seed: None,
         }
     }
 }
@@ -142,12 +147,20 @@ impl NodeConfig {
         }
         let peers = self.parsed_peers()?;
         if !peers.is_empty() && !peers.iter().any(|(id, _)| *id == self.node_id) {
-            return Err(format!("peers must include this node's id {}", self.node_id));
+            return Err(format!(
+                "peers must include this node's id {}",
+                self.node_id
+            ));
         }
-        if !peers.is_empty() && self.join.is_some() {
-            return Err("set either peers (a new cluster) or join (an existing one), not both".into());
+        let modes = usize::from(!peers.is_empty())
+            + usize::from(self.join.is_some())
+            + usize::from(self.seed.is_some());
+        if modes > 1 {
+            return Err(
+                "set only one of peers (a new cluster), join (an existing one) or seed".into(),
+            );
         }
-        if (!peers.is_empty() || self.join.is_some()) && self.listen.is_none() {
+        if self.is_clustered() && self.listen.is_none() {
             return Err("a cluster member needs a gRPC listen address".into());
         }
         Ok(())
@@ -160,10 +173,15 @@ impl NodeConfig {
             let (id, addr) = p
                 .split_once('=')
                 .ok_or_else(|| format!("peer `{p}` must look like <id>=<host:port>"))?;
-            let id: u64 = id.trim().parse().map_err(|_| format!("peer `{p}`: id must be a positive integer"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| format!("peer `{p}`: id must be a positive integer"))?;
             let addr = addr.trim();
             if id == 0 || addr.is_empty() || !addr.contains(':') {
-                return Err(format!("peer `{p}` must look like <id>=<host:port> with id >= 1"));
+                return Err(format!(
+                    "peer `{p}` must look like <id>=<host:port> with id >= 1"
+                ));
             }
             if out.iter().any(|(i, _)| *i == id) {
                 return Err(format!("peer id {id} listed twice"));
@@ -172,6 +190,21 @@ impl NodeConfig {
         }
         out.sort();
         Ok(out)
+    }
+
+    /// True when this node talks to peers (any cluster mode).
+    pub fn is_clustered(&self) -> bool {
+        !self.peers.is_empty() || self.join.is_some() || self.seed.is_some()
+    }
+
+    /// The address this node joins through, if it joins at all: `join`, or
+    /// `seed` for every node but node 1.
+    pub fn join_address(&self) -> Option<String> {
+        match (&self.join, &self.seed) {
+            (Some(j), _) => Some(j.clone()),
+            (None, Some(seed)) if self.node_id != 1 => Some(seed.clone()),
+            _ => None,
+        }
     }
 
     /// Where others reach this node.

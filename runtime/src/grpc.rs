@@ -271,7 +271,8 @@ impl pb::cluster_server::Cluster for Api {
         let token = token(&request)?;
         let s = self.core.status(token.as_deref())?;
         let last = s.raft.last_index;
-        let mut addresses: std::collections::HashMap<u64, String> = self.core.peer_addresses().into_iter().collect();
+        let mut addresses: std::collections::HashMap<u64, String> =
+            self.core.peer_addresses().into_iter().collect();
         if let Some(me) = self.core.config().advertise_address() {
             addresses.insert(self.core.node_id(), me);
         }
@@ -301,25 +302,45 @@ impl pb::cluster_server::Cluster for Api {
         }))
     }
 
-    async fn add_member(&self, request: Request<pb::AddMemberRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+    async fn add_member(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
         let token = token(&request)?;
         let r = request.into_inner();
-        Ok(membership(self.core.add_member(token.as_deref(), r.id, &r.address, r.as_voter).await?))
+        Ok(membership(
+            self.core
+                .add_member(token.as_deref(), r.id, &r.address, r.as_voter)
+                .await?,
+        ))
     }
 
-    async fn promote_member(&self, request: Request<pb::MemberRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+    async fn promote_member(
+        &self,
+        request: Request<pb::MemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
         let token = token(&request)?;
         let id = request.into_inner().id;
-        Ok(membership(self.core.promote_member(token.as_deref(), id).await?))
+        Ok(membership(
+            self.core.promote_member(token.as_deref(), id).await?,
+        ))
     }
 
-    async fn remove_member(&self, request: Request<pb::MemberRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+    async fn remove_member(
+        &self,
+        request: Request<pb::MemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
         let token = token(&request)?;
         let id = request.into_inner().id;
-        Ok(membership(self.core.remove_member(token.as_deref(), id).await?))
+        Ok(membership(
+            self.core.remove_member(token.as_deref(), id).await?,
+        ))
     }
 
-    async fn transfer_leader(&self, request: Request<pb::MemberRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::MemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
         let token = token(&request)?;
         let id = request.into_inner().id;
         Ok(membership(self.core.transfer_leader(token.as_deref(), id)?))
@@ -327,20 +348,34 @@ impl pb::cluster_server::Cluster for Api {
 }
 
 fn membership(r: (Vec<u64>, Vec<u64>)) -> Response<pb::MembershipResponse> {
-    Response::new(pb::MembershipResponse { voters: r.0, learners: r.1 })
+    Response::new(pb::MembershipResponse {
+        voters: r.0,
+        learners: r.1,
+    })
 }
 
 #[tonic::async_trait]
 impl pb::peer_server::Peer for Api {
-    async fn raft(&self, request: Request<tonic::Streaming<pb::RaftBatch>>) -> Result<Response<pb::RaftAck>, Status> {
+    async fn raft(
+        &self,
+        request: Request<tonic::Streaming<pb::RaftBatch>>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
         let mut stream = request.into_inner();
         let mut decoder = synapse_consensus::FrameDecoder::default();
         let me = self.core.node_id();
         while let Some(frame) = stream.message().await? {
-            let messages = decoder.decode(frame).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if let Some(t) = &self.core.transport {
+                t.learn_peer(frame.from, &frame.from_address);
+            }
+            let messages = decoder
+                .decode(frame)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
             for msg in messages {
                 if msg.to != me {
-                    tracing::debug!(to = msg.to, "dropping raft message addressed to another node");
+                    tracing::debug!(
+                        to = msg.to,
+                        "dropping raft message addressed to another node"
+                    );
                     continue;
                 }
                 // A full queue drops the message; raft retransmits.
@@ -350,14 +385,20 @@ impl pb::peer_server::Peer for Api {
         Ok(Response::new(pb::RaftAck {}))
     }
 
-    async fn forward_invoke(&self, request: Request<pb::ForwardInvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
+    async fn forward_invoke(
+        &self,
+        request: Request<pb::ForwardInvokeRequest>,
+    ) -> Result<Response<pb::InvokeResponse>, Status> {
         let fwd = request.into_inner();
-        let req = fwd.request.ok_or_else(|| Status::invalid_argument("forwarded request is empty"))?;
+        let req = fwd
+            .request
+            .ok_or_else(|| Status::invalid_argument("forwarded request is empty"))?;
         let payload = if req.payload.is_empty() {
             serde_json::Value::Null
         } else {
-            serde_json::from_slice(&req.payload)
-                .map_err(|e| RuntimeError::InvalidArgument(format!("payload is not valid JSON: {e}")))?
+            serde_json::from_slice(&req.payload).map_err(|e| {
+                RuntimeError::InvalidArgument(format!("payload is not valid JSON: {e}"))
+            })?
         };
         let token = (!fwd.token.is_empty()).then_some(fwd.token);
         let result = self

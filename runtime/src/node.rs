@@ -10,18 +10,22 @@ use std::time::Duration;
 
 use serde_json::Value;
 use synapse_consensus::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
-use synapse_consensus::{spawn_driver, GrpcTransport, NoopTransport, RaftConfig, RaftHandle, RaftStatus, Role};
+use synapse_consensus::{
+    spawn_driver, GrpcTransport, NoopTransport, RaftConfig, RaftHandle, RaftStatus, Role,
+};
 use synapse_proto::v1 as pb;
 use synapse_storage::{AuditRecord, ChainReport, Checkpoint, Store, StoreOptions, Timestamp};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::actor::{ActorEnv, Execute, InstanceId, InstanceTable, InvokeResult, Op};
 use crate::clock::{Hlc, PhysicalClock, SystemClock};
+use crate::cluster::{
+    call_leader, error_from_status, member_meta_name, ClusterKeys, PeerChannels, META_ROOT_KEY,
+};
 use crate::command::ApplyOutcome;
+use crate::command::Command;
 use crate::config::NodeConfig;
 use crate::error::RuntimeError;
-use crate::cluster::{call_leader, error_from_status, member_meta_name, ClusterKeys, PeerChannels, META_ROOT_KEY};
-use crate::command::Command;
 use crate::guard::{Grant, Operation, Request, RootKey};
 use crate::metrics::Metrics;
 use crate::skill::{erase, DynSkill, MethodKind, Skill};
@@ -126,7 +130,11 @@ impl Core {
     }
 
     pub fn metrics_text(&self) -> String {
-        let (hits, len) = self.keys.guard().map(|g| (g.cache_hits(), g.cache_len())).unwrap_or((0, 0));
+        let (hits, len) = self
+            .keys
+            .guard()
+            .map(|g| (g.cache_hits(), g.cache_len()))
+            .unwrap_or((0, 0));
         self.metrics.render(&self.raft.status(), hits, len)
     }
 
@@ -134,19 +142,27 @@ impl Core {
     /// has reached this node.
     pub fn is_ready(&self) -> bool {
         let s = self.raft.status();
-        s.running && s.leader_id != 0 && self.keys.guard().is_some()
+        s.running
+            && s.leader_id != 0
+            && self.keys.guard().is_some()
+            && s.applied_index + MAX_PROMOTE_LAG >= s.commit_index
     }
 
     fn leader_address(&self, leader_id: u64) -> Option<String> {
         if leader_id == self.config.node_id {
             return self.config.advertise_address();
         }
-        self.transport.as_ref().and_then(|t| t.peer_address(leader_id))
+        self.transport
+            .as_ref()
+            .and_then(|t| t.peer_address(leader_id))
     }
 
     /// Addresses of the other members, as this node knows them.
     pub fn peer_addresses(&self) -> Vec<(u64, String)> {
-        self.transport.as_ref().map(|t| t.peers()).unwrap_or_default()
+        self.transport
+            .as_ref()
+            .map(|t| t.peers())
+            .unwrap_or_default()
     }
 
     fn skill(&self, name: &str) -> Result<&Arc<dyn DynSkill>, RuntimeError> {
@@ -321,7 +337,11 @@ impl Core {
         result
     }
 
-    async fn invoke_inner(&self, token: Option<&str>, req: InvokeRequest) -> Result<InvokeResult, RuntimeError> {
+    async fn invoke_inner(
+        &self,
+        token: Option<&str>,
+        req: InvokeRequest,
+    ) -> Result<InvokeResult, RuntimeError> {
         let status = self.raft.status();
         if status.role != Role::Leader && self.transport.is_some() {
             return self.forward_invoke(token, req, &status).await;
@@ -331,7 +351,11 @@ impl Core {
 
     /// Runs an Invoke forwarded by another member: here or nowhere, so a
     /// request never bounces between nodes.
-    pub async fn invoke_forwarded(&self, token: Option<&str>, req: InvokeRequest) -> Result<InvokeResult, RuntimeError> {
+    pub async fn invoke_forwarded(
+        &self,
+        token: Option<&str>,
+        req: InvokeRequest,
+    ) -> Result<InvokeResult, RuntimeError> {
         let result = self.invoke_local(token, req).await;
         match &result {
             Ok(_) => self.metrics.invokes_ok.fetch_add(1, Ordering::Relaxed),
@@ -340,11 +364,20 @@ impl Core {
         result
     }
 
-    async fn forward_invoke(&self, token: Option<&str>, req: InvokeRequest, status: &RaftStatus) -> Result<InvokeResult, RuntimeError> {
-        let Some(address) = (status.leader_id != 0).then(|| self.leader_address(status.leader_id)).flatten() else {
+    async fn forward_invoke(
+        &self,
+        token: Option<&str>,
+        req: InvokeRequest,
+        status: &RaftStatus,
+    ) -> Result<InvokeResult, RuntimeError> {
+        let Some(address) = (status.leader_id != 0)
+            .then(|| self.leader_address(status.leader_id))
+            .flatten()
+        else {
             return Err(self.not_leader(status));
         };
-        let payload = serde_json::to_vec(&req.payload).map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
+        let payload = serde_json::to_vec(&req.payload)
+            .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
         let request = pb::ForwardInvokeRequest {
             request: Some(pb::InvokeRequest {
                 skill: req.skill,
@@ -357,19 +390,37 @@ impl Core {
             token: token.unwrap_or_default().to_string(),
         };
         let mut client = pb::peer_client::PeerClient::new(self.channels.get(&address)?);
-        let r = client.forward_invoke(request).await.map_err(error_from_status)?.into_inner();
+        let r = client
+            .forward_invoke(request)
+            .await
+            .map_err(error_from_status)?
+            .into_inner();
         let ts = r.timestamp.unwrap_or_default();
         Ok(InvokeResult {
-            reply: serde_json::from_slice(&r.reply).map_err(|e| RuntimeError::Internal(format!("leader reply does not decode: {e}")))?,
+            reply: serde_json::from_slice(&r.reply).map_err(|e| {
+                RuntimeError::Internal(format!("leader reply does not decode: {e}"))
+            })?,
             version: r.version,
-            timestamp: Timestamp { physical_micros: ts.physical_micros, logical: ts.logical, node_id: ts.node_id },
-            hash: r.hash.as_slice().try_into().map_err(|_| RuntimeError::Internal("leader sent a bad hash".into()))?,
+            timestamp: Timestamp {
+                physical_micros: ts.physical_micros,
+                logical: ts.logical,
+                node_id: ts.node_id,
+            },
+            hash: r
+                .hash
+                .as_slice()
+                .try_into()
+                .map_err(|_| RuntimeError::Internal("leader sent a bad hash".into()))?,
             deduplicated: r.deduplicated,
             request_id: r.request_id,
         })
     }
 
-    async fn invoke_local(&self, token: Option<&str>, req: InvokeRequest) -> Result<InvokeResult, RuntimeError> {
+    async fn invoke_local(
+        &self,
+        token: Option<&str>,
+        req: InvokeRequest,
+    ) -> Result<InvokeResult, RuntimeError> {
         let skill = self.check_target(&req.skill, &req.instance)?;
         let kind = skill.method_kind(&req.method).ok_or_else(|| {
             RuntimeError::NotFound(format!(
@@ -681,51 +732,106 @@ impl Core {
     }
 
     /// Adds a member, as a learner unless `as_voter`.
-    pub async fn add_member(&self, token: Option<&str>, id: u64, address: &str, as_voter: bool) -> Result<(Vec<u64>, Vec<u64>), RuntimeError> {
-        self.authorize(token, system_methods::SYSTEM_SKILL, "cluster", "add_member", Operation::Write)?;
+    pub async fn add_member(
+        &self,
+        token: Option<&str>,
+        id: u64,
+        address: &str,
+        as_voter: bool,
+    ) -> Result<(Vec<u64>, Vec<u64>), RuntimeError> {
+        self.authorize(
+            token,
+            system_methods::SYSTEM_SKILL,
+            "cluster",
+            "add_member",
+            Operation::Write,
+        )?;
         if id == 0 {
-            return Err(RuntimeError::InvalidArgument("member id must be >= 1".into()));
+            return Err(RuntimeError::InvalidArgument(
+                "member id must be >= 1".into(),
+            ));
         }
         if address.is_empty() || !address.contains(':') || address.len() > 255 {
-            return Err(RuntimeError::InvalidArgument(format!("member address `{address}` must be host:port")));
+            return Err(RuntimeError::InvalidArgument(format!(
+                "member address `{address}` must be host:port"
+            )));
         }
         let status = self.require_leader()?;
         if status.voters.contains(&id) {
-            return Err(RuntimeError::FailedPrecondition(format!("node {id} is already a voter")));
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "node {id} is already a voter"
+            )));
         }
         if status.learners.contains(&id) && !as_voter {
             return Ok((status.voters, status.learners));
         }
-        let kind = if as_voter { ConfChangeType::AddNode } else { ConfChangeType::AddLearnerNode };
-        let cs = self.raft.change_membership(Self::single_change(kind, id, address.as_bytes().to_vec())).await?;
+        let kind = if as_voter {
+            ConfChangeType::AddNode
+        } else {
+            ConfChangeType::AddLearnerNode
+        };
+        let cs = self
+            .raft
+            .change_membership(Self::single_change(kind, id, address.as_bytes().to_vec()))
+            .await?;
         Ok((cs.voters, cs.learners))
     }
 
     /// Promotes a learner that has caught up.
-    pub async fn promote_member(&self, token: Option<&str>, id: u64) -> Result<(Vec<u64>, Vec<u64>), RuntimeError> {
-        self.authorize(token, system_methods::SYSTEM_SKILL, "cluster", "promote", Operation::Write)?;
+    pub async fn promote_member(
+        &self,
+        token: Option<&str>,
+        id: u64,
+    ) -> Result<(Vec<u64>, Vec<u64>), RuntimeError> {
+        self.authorize(
+            token,
+            system_methods::SYSTEM_SKILL,
+            "cluster",
+            "promote",
+            Operation::Write,
+        )?;
         let status = self.require_leader()?;
         if status.voters.contains(&id) {
             return Ok((status.voters, status.learners));
         }
         if !status.learners.contains(&id) {
-            return Err(RuntimeError::NotFound(format!("node {id} is not a learner of this cluster")));
+            return Err(RuntimeError::NotFound(format!(
+                "node {id} is not a learner of this cluster"
+            )));
         }
-        let matched = status.progress.iter().find(|(p, _)| *p == id).map(|(_, m)| *m).unwrap_or(0);
+        let matched = status
+            .progress
+            .iter()
+            .find(|(p, _)| *p == id)
+            .map(|(_, m)| *m)
+            .unwrap_or(0);
         let lag = status.last_index.saturating_sub(matched);
         if lag > MAX_PROMOTE_LAG {
             return Err(RuntimeError::FailedPrecondition(format!(
                 "node {id} is still catching up ({lag} entries behind; promotion needs <= {MAX_PROMOTE_LAG})"
             )));
         }
-        let cs = self.raft.change_membership(Self::single_change(ConfChangeType::AddNode, id, Vec::new())).await?;
+        let cs = self
+            .raft
+            .change_membership(Self::single_change(ConfChangeType::AddNode, id, Vec::new()))
+            .await?;
         Ok((cs.voters, cs.learners))
     }
 
     /// Removes a member; refuses when the remaining voters that are caught
     /// up could not form a quorum.
-    pub async fn remove_member(&self, token: Option<&str>, id: u64) -> Result<(Vec<u64>, Vec<u64>), RuntimeError> {
-        self.authorize(token, system_methods::SYSTEM_SKILL, "cluster", "remove_member", Operation::Write)?;
+    pub async fn remove_member(
+        &self,
+        token: Option<&str>,
+        id: u64,
+    ) -> Result<(Vec<u64>, Vec<u64>), RuntimeError> {
+        self.authorize(
+            token,
+            system_methods::SYSTEM_SKILL,
+            "cluster",
+            "remove_member",
+            Operation::Write,
+        )?;
         let status = self.require_leader()?;
         if !status.voters.contains(&id) && !status.learners.contains(&id) {
             return Err(RuntimeError::NotFound(format!("node {id} is not a member")));
@@ -733,13 +839,17 @@ impl Core {
         if status.voters.contains(&id) {
             let remaining: Vec<u64> = status.voters.iter().copied().filter(|v| *v != id).collect();
             if remaining.is_empty() {
-                return Err(RuntimeError::FailedPrecondition("cannot remove the last voter".into()));
+                return Err(RuntimeError::FailedPrecondition(
+                    "cannot remove the last voter".into(),
+                ));
             }
             let healthy = remaining
                 .iter()
                 .filter(|v| {
                     **v == self.config.node_id
-                        || status.progress.iter().any(|(p, m)| p == *v && status.last_index.saturating_sub(*m) <= MAX_PROMOTE_LAG)
+                        || status.progress.iter().any(|(p, m)| {
+                            p == *v && status.last_index.saturating_sub(*m) <= MAX_PROMOTE_LAG
+                        })
                 })
                 .count();
             let quorum = remaining.len() / 2 + 1;
@@ -750,15 +860,34 @@ impl Core {
                 )));
             }
         }
-        let cs = self.raft.change_membership(Self::single_change(ConfChangeType::RemoveNode, id, Vec::new())).await?;
+        let cs = self
+            .raft
+            .change_membership(Self::single_change(
+                ConfChangeType::RemoveNode,
+                id,
+                Vec::new(),
+            ))
+            .await?;
         Ok((cs.voters, cs.learners))
     }
 
-    pub fn transfer_leader(&self, token: Option<&str>, id: u64) -> Result<(Vec<u64>, Vec<u64>), RuntimeError> {
-        self.authorize(token, system_methods::SYSTEM_SKILL, "cluster", "transfer_leader", Operation::Write)?;
+    pub fn transfer_leader(
+        &self,
+        token: Option<&str>,
+        id: u64,
+    ) -> Result<(Vec<u64>, Vec<u64>), RuntimeError> {
+        self.authorize(
+            token,
+            system_methods::SYSTEM_SKILL,
+            "cluster",
+            "transfer_leader",
+            Operation::Write,
+        )?;
         let status = self.require_leader()?;
         if !status.voters.contains(&id) {
-            return Err(RuntimeError::FailedPrecondition(format!("node {id} is not a voter")));
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "node {id} is not a voter"
+            )));
         }
         self.raft.transfer_leader(id)?;
         Ok((status.voters, status.learners))
@@ -1012,11 +1141,28 @@ impl Node {
     }
 }
 
-async fn open_core(config: NodeConfig, skills: HashMap<String, Arc<dyn DynSkill>>, clock: Arc<dyn PhysicalClock>) -> Result<Arc<Core>, RuntimeError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| RuntimeError::Internal(format!("cannot create data dir {}: {e}", config.data_dir.display())))?;
-    let store = Store::open(&config.data_dir, StoreOptions { retention_versions: config.retention_versions, ..Default::default() })?;
-    let keys = Arc::new(ClusterKeys::new(&config.data_dir, config.token_cache_capacity));
+async fn open_core(
+    config: NodeConfig,
+    skills: HashMap<String, Arc<dyn DynSkill>>,
+    clock: Arc<dyn PhysicalClock>,
+) -> Result<Arc<Core>, RuntimeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        RuntimeError::Internal(format!(
+            "cannot create data dir {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let store = Store::open(
+        &config.data_dir,
+        StoreOptions {
+            retention_versions: config.retention_versions,
+            ..Default::default()
+        },
+    )?;
+    let keys = Arc::new(ClusterKeys::new(
+        &config.data_dir,
+        config.token_cache_capacity,
+    ));
     if let Some(hex) = store.cluster_meta(META_ROOT_KEY)? {
         keys.install(&String::from_utf8_lossy(&hex))?;
     }
@@ -1025,15 +1171,22 @@ async fn open_core(config: NodeConfig, skills: HashMap<String, Arc<dyn DynSkill>
     // Timestamps keep increasing across restarts: start past everything applied.
     hlc.observe(store.clock_high_water()?);
 
-    let peers = config.parsed_peers().map_err(RuntimeError::InvalidArgument)?;
-    let clustered = !peers.is_empty() || config.join.is_some();
-    let transport = if clustered {
+    let peers = config
+        .parsed_peers()
+        .map_err(RuntimeError::InvalidArgument)?;
+    let transport = if config.is_clustered() {
         let t = GrpcTransport::new(config.node_id, tokio::runtime::Handle::current());
+        if let Some(me) = config.advertise_address() {
+            t.set_self_address(&me);
+        }
         for (id, addr) in &peers {
             t.set_peer(*id, addr);
         }
         for (name, addr) in store.cluster_meta_prefix(crate::cluster::META_MEMBER_PREFIX)? {
-            if let Some(id) = name.strip_prefix(crate::cluster::META_MEMBER_PREFIX).and_then(|i| i.parse().ok()) {
+            if let Some(id) = name
+                .strip_prefix(crate::cluster::META_MEMBER_PREFIX)
+                .and_then(|i| i.parse().ok())
+            {
                 t.set_peer(id, &String::from_utf8_lossy(&addr));
             }
         }
@@ -1043,7 +1196,10 @@ async fn open_core(config: NodeConfig, skills: HashMap<String, Arc<dyn DynSkill>
     };
 
     let metrics = Arc::new(Metrics::default());
-    let instances = Arc::new(InstanceTable::new(config.max_active_instances, actix_rt::Arbiter::current()));
+    let instances = Arc::new(InstanceTable::new(
+        config.max_active_instances,
+        actix_rt::Arbiter::current(),
+    ));
     let (watch, _) = broadcast::channel(config.watch_buffer.max(1));
     let sm = NodeStateMachine {
         store: store.clone(),
@@ -1054,7 +1210,7 @@ async fn open_core(config: NodeConfig, skills: HashMap<String, Arc<dyn DynSkill>
         keys: keys.clone(),
         transport: transport.clone(),
     };
-    let voters: Vec<u64> = if config.join.is_some() {
+    let voters: Vec<u64> = if config.join_address().is_some() {
         Vec::new()
     } else if peers.is_empty() {
         vec![config.node_id]
@@ -1075,7 +1231,13 @@ async fn open_core(config: NodeConfig, skills: HashMap<String, Arc<dyn DynSkill>
         }
         None => spawn_driver(raft_config, store.clone(), sm, Arc::new(NoopTransport))?,
     };
-    let env = Arc::new(ActorEnv { store: store.clone(), raft: raft.clone(), hlc: hlc.clone(), config: config.clone(), metrics: metrics.clone() });
+    let env = Arc::new(ActorEnv {
+        store: store.clone(),
+        raft: raft.clone(),
+        hlc: hlc.clone(),
+        config: config.clone(),
+        metrics: metrics.clone(),
+    });
     Ok(Arc::new(Core {
         config,
         store,
@@ -1119,14 +1281,22 @@ async fn bootstrap_once(core: &Core) -> Result<(), RuntimeError> {
     if core.store.cluster_meta(META_ROOT_KEY)?.is_none() {
         let key = match &core.config.root_key_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| RuntimeError::InvalidArgument(format!("cannot read root key file {}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    RuntimeError::InvalidArgument(format!(
+                        "cannot read root key file {}: {e}",
+                        path.display()
+                    ))
+                })?;
                 RootKey::from_private_hex(text.trim())?
             }
             // A node upgraded from a single-node data dir keeps its key.
             None => RootKey::load_or_create(&core.config.data_dir.join(ROOT_KEY_FILE))?,
         };
-        let cmd = Command::SetMeta { name: META_ROOT_KEY.into(), value: key.to_private_hex().into_bytes(), only_if_absent: true };
+        let cmd = Command::SetMeta {
+            name: META_ROOT_KEY.into(),
+            value: key.to_private_hex().into_bytes(),
+            only_if_absent: true,
+        };
         core.raft.propose(cmd.encode()).await?;
         tracing::info!("cluster root key replicated");
     }
@@ -1139,7 +1309,11 @@ async fn bootstrap_once(core: &Core) -> Result<(), RuntimeError> {
     for (id, addr) in known {
         let member = status.voters.contains(&id) || status.learners.contains(&id);
         if member && core.store.cluster_meta(&member_meta_name(id))?.is_none() {
-            let cmd = Command::SetMeta { name: member_meta_name(id), value: addr.into_bytes(), only_if_absent: true };
+            let cmd = Command::SetMeta {
+                name: member_meta_name(id),
+                value: addr.into_bytes(),
+                only_if_absent: true,
+            };
             core.raft.propose(cmd.encode()).await?;
         }
     }
@@ -1149,7 +1323,9 @@ async fn bootstrap_once(core: &Core) -> Result<(), RuntimeError> {
 /// For `join`: ask the cluster to add this node as a learner, then to
 /// promote it once it has caught up. Retries with backoff until done.
 async fn join_task(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let Some(seed) = core.config.join.clone() else { return };
+    let Some(seed) = core.config.join_address() else {
+        return;
+    };
     let id = core.config.node_id;
     let Some(me) = core.config.advertise_address() else {
         tracing::error!("cannot join: no advertise or listen address");
@@ -1190,7 +1366,11 @@ async fn join_task(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>
             call_leader(&core.channels, &address, &token, |mut c, auth| {
                 let me = me.clone();
                 async move {
-                    let mut req = tonic::Request::new(pb::AddMemberRequest { id, address: me, as_voter: false });
+                    let mut req = tonic::Request::new(pb::AddMemberRequest {
+                        id,
+                        address: me,
+                        as_voter: false,
+                    });
                     req.metadata_mut().insert("authorization", auth);
                     c.add_member(req).await
                 }
@@ -1216,10 +1396,19 @@ fn join_token(core: &Core) -> Result<String, RuntimeError> {
         return Ok(t.trim().to_string());
     }
     if let Some(path) = &core.config.root_key_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| RuntimeError::InvalidArgument(format!("cannot read root key file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            RuntimeError::InvalidArgument(format!(
+                "cannot read root key file {}: {e}",
+                path.display()
+            ))
+        })?;
         let key = RootKey::from_private_hex(text.trim())?;
-        let grant = Grant { skill: system_methods::SYSTEM_SKILL.into(), instance: "cluster".into(), methods: vec![], read_only: false };
+        let grant = Grant {
+            skill: system_methods::SYSTEM_SKILL.into(),
+            instance: "cluster".into(),
+            methods: vec![],
+            read_only: false,
+        };
         return Ok(key.mint(&format!("node-{}", core.config.node_id), &[grant], None)?);
     }
     Err(RuntimeError::InvalidArgument("no join token".into()))
@@ -1242,7 +1431,7 @@ async fn run_node(
     };
     let (servers_stop_tx, servers_stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(bootstrap_task(core.clone(), servers_stop_rx.clone()));
-    if config.join.is_some() {
+    if config.join_address().is_some() {
         tokio::spawn(join_task(core.clone(), servers_stop_rx.clone()));
     }
     if core.transport.is_none() {
@@ -1253,7 +1442,9 @@ async fn run_node(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if core.keys.guard().is_none() {
-            let _ = ready.send(Err(RuntimeError::unavailable("root key was not committed within 10 s")));
+            let _ = ready.send(Err(RuntimeError::unavailable(
+                "root key was not committed within 10 s",
+            )));
             core.raft.stop().await;
             return;
         }

@@ -88,7 +88,9 @@ impl StateMachine for NodeStateMachine {
                 for single in change.get_changes() {
                     let id = single.node_id;
                     match single.get_change_type() {
-                        ConfChangeType::AddNode | ConfChangeType::AddLearnerNode if !change.context.is_empty() => {
+                        ConfChangeType::AddNode | ConfChangeType::AddLearnerNode
+                            if !change.context.is_empty() =>
+                        {
                             let addr = String::from_utf8_lossy(&change.context).into_owned();
                             batch.set_cluster_meta(&member_meta_name(id), addr.as_bytes());
                             meta.insert(member_meta_name(id), Some(addr.clone().into_bytes()));
@@ -109,7 +111,11 @@ impl StateMachine for NodeStateMachine {
             }
             let (cp, reply) = match Command::decode(entry.data) {
                 Ok(Command::Checkpoint { checkpoint, reply }) => (checkpoint, reply),
-                Ok(Command::SetMeta { name, value, only_if_absent }) => {
+                Ok(Command::SetMeta {
+                    name,
+                    value,
+                    only_if_absent,
+                }) => {
                     let exists = match meta.get(&name) {
                         Some(v) => v.is_some(),
                         None => self.store.cluster_meta(&name)?.is_some(),
@@ -121,8 +127,14 @@ impl StateMachine for NodeStateMachine {
                     batch.set_cluster_meta(&name, &value);
                     if name == META_ROOT_KEY {
                         effects.push(SideEffect::InstallRootKey(value.clone()));
-                    } else if let Some(id) = name.strip_prefix(META_MEMBER_PREFIX).and_then(|i| i.parse().ok()) {
-                        effects.push(SideEffect::SetPeer(id, String::from_utf8_lossy(&value).into_owned()));
+                    } else if let Some(id) = name
+                        .strip_prefix(META_MEMBER_PREFIX)
+                        .and_then(|i| i.parse().ok())
+                    {
+                        effects.push(SideEffect::SetPeer(
+                            id,
+                            String::from_utf8_lossy(&value).into_owned(),
+                        ));
                     }
                     meta.insert(name, Some(value));
                     outcomes.push(ApplyOutcome::MetaSet { changed: true });
@@ -249,7 +261,10 @@ impl StateMachine for NodeStateMachine {
         }
         if let Some(t) = &self.transport {
             for (name, addr) in self.store.cluster_meta_prefix(META_MEMBER_PREFIX)? {
-                if let Some(id) = name.strip_prefix(META_MEMBER_PREFIX).and_then(|i| i.parse().ok()) {
+                if let Some(id) = name
+                    .strip_prefix(META_MEMBER_PREFIX)
+                    .and_then(|i| i.parse().ok())
+                {
                     t.set_peer(id, &String::from_utf8_lossy(&addr));
                 }
             }

@@ -426,6 +426,9 @@ impl RaftLog {
     /// neither hard state nor conf state exists, set the conf state's voters.
     /// Returns whether it initialized (false: already initialized, no-op).
     pub fn initialize(&self, voters: &[u64]) -> Result<bool, StorageError> {
+        /// Index and term of the bootstrap snapshot; the first real entry is 2.
+        const BOOTSTRAP_INDEX: u64 = 1;
+        const BOOTSTRAP_TERM: u64 = 1;
         if voters.is_empty() || voters.contains(&0) {
             return Err(StorageError::Invalid(
                 "initialize: voters must be non-empty and non-zero".into(),
@@ -440,11 +443,18 @@ impl RaftLog {
         {
             return Ok(false);
         }
-        let cs = ConfState {
-            voters: voters.to_vec(),
-            ..Default::default()
-        };
-        self.set_conf_state(&cs)?;
+        // Bootstrap from a metadata-only snapshot at index 1 (the raft-rs
+        // and TiKV convention) rather than a bare conf state: the initial
+        // membership then lives in snapshot metadata, so a node that joins
+        // later receives it with its first snapshot instead of replaying
+        // membership changes against an empty configuration.
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = BOOTSTRAP_INDEX;
+        meta.term = BOOTSTRAP_TERM;
+        meta.mut_conf_state().voters = voters.to_vec();
+        drop(b);
+        self.apply_snapshot(&snap)?;
         Ok(true)
     }
 }
@@ -760,14 +770,14 @@ mod tests {
         llog.initialize(&[1, 2]).unwrap();
         feed(&leader, "a", 6);
         feed(&leader, "b", 3);
-        llog.compact(8).unwrap();
+        llog.compact(9).unwrap();
         // Not applied that far yet: temporarily unavailable.
         assert!(is_store_err(
             llog.snapshot(100, 2),
             raft::StorageError::SnapshotTemporarilyUnavailable
         ));
         let snap = llog.snapshot(5, 2).unwrap();
-        assert_eq!(snap.get_metadata().index, 9);
+        assert_eq!(snap.get_metadata().index, 10);
         assert_eq!(snap.get_metadata().term, 2);
         assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1, 2]);
 
@@ -777,16 +787,16 @@ mod tests {
         follower.restore_state(snap.get_data()).unwrap();
         flog.apply_snapshot(&snap).unwrap();
         assert_eq!(follower.state_hash().unwrap(), leader.state_hash().unwrap());
-        assert_eq!(follower.applied_index().unwrap(), 9);
+        assert_eq!(follower.applied_index().unwrap(), 10);
         assert_eq!(
             (flog.first_index().unwrap(), flog.last_index().unwrap()),
-            (10, 9)
+            (11, 10)
         );
-        assert_eq!(flog.term(9).unwrap(), 2);
-        assert_eq!(flog.hard_state().unwrap().commit, 9);
+        assert_eq!(flog.term(10).unwrap(), 2);
+        assert_eq!(flog.hard_state().unwrap().commit, 10);
         assert_eq!(flog.hard_state().unwrap().term, 2);
         assert_eq!(flog.conf_state().unwrap().voters, vec![1, 2]);
-        assert_eq!(flog.snapshot_metadata().unwrap().index, 9);
+        assert_eq!(flog.snapshot_metadata().unwrap().index, 10);
         assert_eq!(
             follower.latest("kv", "a").unwrap(),
             leader.latest("kv", "a").unwrap()
@@ -797,7 +807,7 @@ mod tests {
             Err(StorageError::SnapshotOutOfDate { .. })
         ));
         // The follower can continue the log after the snapshot.
-        flog.append(&ents(10..=10, 3)).unwrap();
+        flog.append(&ents(11..=11, 3)).unwrap();
         // And it survives reopen.
         drop(flog);
         follower.sync().unwrap();
@@ -806,9 +816,9 @@ mod tests {
         let flog = follower.raft_log();
         assert_eq!(
             (flog.first_index().unwrap(), flog.last_index().unwrap()),
-            (10, 10)
+            (11, 11)
         );
-        assert_eq!(flog.term(9).unwrap(), 2);
+        assert_eq!(flog.term(10).unwrap(), 2);
         assert_eq!(
             follower.state_hash().unwrap().1,
             leader.state_hash().unwrap().1

@@ -176,7 +176,8 @@ impl ApplyBatch {
 
     /// Sets replicated cluster metadata (applied in the same atomic batch).
     pub fn set_cluster_meta(&mut self, name: &str, value: &[u8]) {
-        self.cluster_meta.push((name.to_owned(), Some(value.to_vec())));
+        self.cluster_meta
+            .push((name.to_owned(), Some(value.to_vec())));
     }
 
     pub fn delete_cluster_meta(&mut self, name: &str) {
@@ -590,11 +591,15 @@ impl Store {
         }
         for (name, value) in &batch.cluster_meta {
             if name.is_empty() || name.len() > MAX_CLUSTER_META_NAME {
-                return Err(StorageError::Invalid(format!("cluster meta name `{name}` has a bad length")));
+                return Err(StorageError::Invalid(format!(
+                    "cluster meta name `{name}` has a bad length"
+                )));
             }
             match value {
                 Some(v) if v.len() > MAX_CLUSTER_META_VALUE => {
-                    return Err(StorageError::Invalid(format!("cluster meta `{name}` is too large")));
+                    return Err(StorageError::Invalid(format!(
+                        "cluster meta `{name}` is too large"
+                    )));
                 }
                 Some(v) => pending.put(cluster_key(name), seal_value(v)),
                 None => pending.remove(cluster_key(name)),
@@ -625,7 +630,10 @@ impl Store {
     }
 
     /// Every cluster-metadata entry whose name starts with `prefix`.
-    pub fn cluster_meta_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+    pub fn cluster_meta_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
         let mut out = Vec::new();
         for item in self.inner.state.scan_prefix(cluster_key(prefix)) {
             let (k, v) = item?;
@@ -1731,13 +1739,19 @@ mod cluster_meta_tests {
         batch.delete_cluster_meta("member/3");
         batch.set_applied(6);
         a.commit_apply(batch).unwrap();
-        assert_eq!(a.cluster_meta("member/2").unwrap().as_deref(), Some(&b"10.0.0.2:50051"[..]));
+        assert_eq!(
+            a.cluster_meta("member/2").unwrap().as_deref(),
+            Some(&b"10.0.0.2:50051"[..])
+        );
         assert_eq!(a.cluster_meta("member/3").unwrap(), None);
         assert_eq!(a.cluster_meta_prefix("member/").unwrap().len(), 1);
 
         let (_d2, b) = tests::open_tmp(10);
         b.restore_state(&a.snapshot_state().unwrap()).unwrap();
-        assert_eq!(b.cluster_meta_prefix("member/").unwrap(), a.cluster_meta_prefix("member/").unwrap());
+        assert_eq!(
+            b.cluster_meta_prefix("member/").unwrap(),
+            a.cluster_meta_prefix("member/").unwrap()
+        );
     }
 
     #[test]
