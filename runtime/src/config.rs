@@ -42,6 +42,9 @@ pub struct NodeConfig {
     pub max_watchers: usize,
     /// Checkpoints buffered per Watch stream before it is cut off as too slow.
     pub watch_buffer: usize,
+    /// Invoke calls in progress on this node before new ones get
+    /// RESOURCE_EXHAUSTED: the bound on memory held by waiting requests.
+    pub max_inflight_invokes: usize,
     /// Graceful shutdown waits this long for in-flight calls.
     pub drain_timeout_ms: u64,
     /// Raft tick length in ms; election timeout is `election_tick` ticks.
@@ -89,6 +92,7 @@ impl Default for NodeConfig {
             audit_max_records: 1_000_000,
             max_watchers: 1024,
             watch_buffer: 1024,
+            max_inflight_invokes: 10_000,
             drain_timeout_ms: 5_000,
             raft_tick_ms: 100,
             raft_election_tick: 10,

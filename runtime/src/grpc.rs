@@ -32,6 +32,9 @@ fn max_decoding_bytes(core: &Core) -> usize {
 /// `max_state_bytes` each; the encoder limit must allow that.
 const MAX_ENCODING_BYTES: usize = 256 * 1024 * 1024;
 
+/// Requests in flight per client connection (HTTP/2 streams served at once).
+const MAX_CONCURRENT_PER_CONNECTION: usize = 1024;
+
 pub(crate) fn token<T>(req: &Request<T>) -> Result<Option<String>, Status> {
     match req.metadata().get(AUTHORIZATION) {
         None => Ok(None),
@@ -449,9 +452,16 @@ pub(crate) async fn serve(
         .map_err(|e| RuntimeError::Internal(e.to_string()))?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
+    // Both reflection versions: grpcurl speaks v1, many libraries v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(synapse_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .map_err(|e| RuntimeError::Internal(format!("reflection: {e}")))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(synapse_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .map_err(|e| RuntimeError::Internal(format!("reflection: {e}")))?;
     let api = Api::new(core.clone());
     let max_in = max_decoding_bytes(&core);
@@ -490,9 +500,13 @@ pub(crate) async fn serve(
     });
 
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Bounds the requests one connection can have in flight; the node-wide
+    // bound is `max_inflight_invokes`.
     let server = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(MAX_CONCURRENT_PER_CONNECTION)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(skills)
         .add_service(cluster)
         .add_service(clock)

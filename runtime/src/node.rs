@@ -87,6 +87,16 @@ pub struct Core {
     pub(crate) transport: Option<Arc<GrpcTransport>>,
     channels: PeerChannels,
     audit_count: std::sync::atomic::AtomicU64,
+    inflight_invokes: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts an Invoke in progress; released on drop, whatever the outcome.
+struct InflightSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for InflightSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A learner may be promoted only when this close to the leader's log.
@@ -319,7 +329,10 @@ impl Core {
         token: Option<&str>,
         req: InvokeRequest,
     ) -> Result<InvokeResult, RuntimeError> {
-        let result = self.invoke_inner(token, req).await;
+        let result = match self.admit() {
+            Ok(_slot) => self.invoke_inner(token, req).await,
+            Err(e) => Err(e),
+        };
         match &result {
             Ok(r) => {
                 self.metrics.invokes_ok.fetch_add(1, Ordering::Relaxed);
@@ -349,6 +362,19 @@ impl Core {
         self.invoke_local(token, req).await
     }
 
+    fn admit(&self) -> Result<InflightSlot<'_>, RuntimeError> {
+        let n = self.inflight_invokes.fetch_add(1, Ordering::Relaxed);
+        let slot = InflightSlot(&self.inflight_invokes);
+        if n >= self.config.max_inflight_invokes {
+            self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(RuntimeError::ResourceExhausted(format!(
+                "{} invocations already in progress on this node",
+                self.config.max_inflight_invokes
+            )));
+        }
+        Ok(slot)
+    }
+
     /// Runs an Invoke forwarded by another member: here or nowhere, so a
     /// request never bounces between nodes.
     pub async fn invoke_forwarded(
@@ -356,7 +382,10 @@ impl Core {
         token: Option<&str>,
         req: InvokeRequest,
     ) -> Result<InvokeResult, RuntimeError> {
-        let result = self.invoke_local(token, req).await;
+        let result = match self.admit() {
+            Ok(_slot) => self.invoke_local(token, req).await,
+            Err(e) => Err(e),
+        };
         match &result {
             Ok(_) => self.metrics.invokes_ok.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.metrics.invokes_failed.fetch_add(1, Ordering::Relaxed),
@@ -1252,6 +1281,7 @@ async fn open_core(
         transport,
         channels: PeerChannels::default(),
         audit_count: Default::default(),
+        inflight_invokes: Default::default(),
     }))
 }
 
