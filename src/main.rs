@@ -6,6 +6,21 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// `println!` that exits quietly when stdout is closed (`synapse ... | head`)
+/// instead of panicking on the broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: cannot write output: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
 use serde_json::{json, Value};
 use synapse::client::{v1 as pb, Client};
 use synapse::{format_timestamp, Grant, NodeConfig, Restriction, RootKey, Timestamp};
@@ -502,11 +517,11 @@ fn checkpoint_json(cp: &pb::Checkpoint) -> Value {
 
 fn print(output: Output, value: &Value, table: impl FnOnce() -> String) {
     match output {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_default()
         ),
-        Output::Table => println!("{}", table()),
+        Output::Table => outln!("{}", table()),
     }
 }
 
@@ -861,7 +876,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Token { command } => token_command(command),
         Command::Keygen => {
-            println!("{}", RootKey::generate().to_private_hex());
+            outln!("{}", RootKey::generate().to_private_hex());
             Ok(())
         }
     }
@@ -899,7 +914,7 @@ fn token_command(command: TokenCommand) -> Result<(), Failure> {
             let token = key
                 .mint(&principal, &[grant], expires)
                 .map_err(|e| Failure::from(e.to_string()))?;
-            println!("{token}");
+            outln!("{token}");
             Ok(())
         }
         TokenCommand::Attenuate { scope, client } => {
@@ -908,7 +923,7 @@ fn token_command(command: TokenCommand) -> Result<(), Failure> {
             })?;
             let narrowed = synapse::attenuate(&token, &restriction(&scope)?)
                 .map_err(|e| Failure::from(e.to_string()))?;
-            println!("{narrowed}");
+            outln!("{narrowed}");
             Ok(())
         }
         TokenCommand::Inspect { client, data_dir } => {
@@ -924,7 +939,7 @@ fn token_command(command: TokenCommand) -> Result<(), Failure> {
             };
             let text = synapse::inspect(&token, public.as_deref())
                 .map_err(|e| Failure::from(e.to_string()))?;
-            println!("{text}");
+            outln!("{text}");
             Ok(())
         }
     }
