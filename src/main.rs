@@ -25,6 +25,8 @@ use serde_json::{json, Value};
 use synapse::client::{v1 as pb, Client};
 use synapse::{format_timestamp, Grant, NodeConfig, Restriction, RootKey, Timestamp};
 
+mod loadgen;
+
 #[derive(Parser)]
 #[command(
     name = "synapse",
@@ -150,6 +152,8 @@ enum Command {
     },
     /// Print a new cluster root key (hex) for --root-key-file or a Secret.
     Keygen,
+    /// Drive a cluster (or etcd) with a bounded load and report latency.
+    Bench(loadgen::BenchOpts),
     /// Capability tokens.
     Token {
         #[command(subcommand)]
@@ -875,6 +879,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Token { command } => token_command(command),
+        Command::Bench(opts) => loadgen::run(opts).await.map_err(Failure::from),
         Command::Keygen => {
             outln!("{}", RootKey::generate().to_private_hex());
             Ok(())
