@@ -1,1 +1,403 @@
-fn main() {}
+//! Criterion benches for the single-node hot path.
+//!
+//! Run: `cargo bench --bench core` (see `benches/README.md` for figures).
+//!
+//! Groups, in the order a message meets them:
+//! * `disk/write_4k_fdatasync`: reference figure for this disk (std only);
+//! * `guard/*`: capability check: cached decision, cold (parse + verify +
+//!   authorize), authorize with a cached verified token;
+//! * `clock/hlc_now`;
+//! * `checkpoint/seal_1KiB`, `checkpoint/store_apply_1KiB`, `storage/sync`;
+//! * `invoke/*`: a whole Invoke on a real single node (sled in a tempdir),
+//!   embedded and over gRPC on loopback, and 64-client throughput.
+//!
+//! Everything runs on one 2-vCPU box; the node has its own thread (actix
+//! System) and the bench thread drives it from a tokio current-thread runtime.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{black_box, BatchSize, Criterion, SamplingMode, Throughput};
+use serde_json::json;
+use synapse::client::{v1 as pb, Client};
+use synapse::{Grant, Node, NodeConfig, RootKey};
+use synapse_runtime::clock::{Hlc, SystemClock};
+use synapse_runtime::guard::{Guard, Operation, Request};
+use synapse_storage::{ApplyBatch, Checkpoint, Store, StoreOptions, Timestamp, ZERO_HASH};
+
+/// Operations per batch in the concurrent-throughput benches.
+const BATCH_OPS: usize = 5_000;
+/// Concurrent clients in the throughput benches.
+const CLIENTS: usize = 64;
+
+fn quick(
+    c: &mut Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.warm_up_time(Duration::from_millis(800));
+    g.measurement_time(Duration::from_secs(3));
+    g.sample_size(50);
+    g
+}
+
+// ------------------------------------------------------------------ disk
+
+fn bench_disk(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("wal"))
+        .expect("open");
+    let block = [0xA5u8; 4096];
+    let mut g = quick(c, "disk");
+    // Append 4 KiB then fdatasync: the pattern of a write-ahead log (the
+    // file grows, so the size change is part of what is synced).
+    g.bench_function("write_4k_fdatasync", |b| {
+        b.iter(|| {
+            f.write_all(&block).expect("write");
+            f.sync_data().expect("fdatasync");
+        })
+    });
+    g.finish();
+}
+
+// ----------------------------------------------------------------- guard
+
+fn root_and_token() -> (RootKey, String) {
+    let key = RootKey::generate();
+    let token = key
+        .mint(
+            "bench",
+            &[Grant {
+                skill: "counter".into(),
+                instance: "*".into(),
+                methods: vec!["incr".into(), "get".into()],
+                read_only: false,
+            }],
+            None,
+        )
+        .expect("mint");
+    (key, token)
+}
+
+fn bench_guard(c: &mut Criterion) {
+    let (key, token) = root_and_token();
+    let public = key.public_hex();
+    let req = Request {
+        skill: "counter",
+        instance: "alice",
+        method: "incr",
+        operation: Operation::Write,
+    };
+    let mut g = quick(c, "guard");
+
+    // Steady state: same token, same request -> decision-cache lookup
+    // (SHA-256 of the token text + hash map).
+    let guard = Guard::new(&public, 10_000).expect("guard");
+    guard.check(Some(&token), &req).expect("allowed");
+    g.bench_function("check_cached_decision", |b| {
+        b.iter(|| black_box(guard.check(Some(black_box(&token)), &req).expect("allowed")))
+    });
+
+    // Cold: a fresh Guard per iteration (built in the untimed setup), so
+    // every timed check parses the token, verifies its signature chain and
+    // runs the authorizer.
+    g.bench_function("check_cold", |b| {
+        b.iter_batched(
+            || Guard::new(&public, 10_000).expect("guard"),
+            |guard| black_box(guard.check(Some(&token), &req).expect("allowed")),
+            BatchSize::SmallInput,
+        )
+    });
+
+    // Verified token cached, decision cache missed: a new instance name on
+    // every iteration, so only the datalog authorization runs.
+    let guard = Guard::new(&public, 10_000).expect("guard");
+    guard.check(Some(&token), &req).expect("allowed");
+    let n = AtomicU64::new(0);
+    g.bench_function("authorize_cached_token", |b| {
+        b.iter_batched(
+            || format!("i{}", n.fetch_add(1, Ordering::Relaxed)),
+            |instance| {
+                let r = Request {
+                    instance: &instance,
+                    ..req
+                };
+                black_box(guard.check(Some(&token), &r).expect("allowed"))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+// ----------------------------------------------------------------- clock
+
+fn bench_clock(c: &mut Criterion) {
+    let hlc = Hlc::new(1, Arc::new(SystemClock));
+    let mut g = quick(c, "clock");
+    g.bench_function("hlc_now", |b| b.iter(|| black_box(hlc.now())));
+    g.finish();
+}
+
+// ------------------------------------------------------- checkpoint/store
+
+fn ts(n: u64) -> Timestamp {
+    Timestamp {
+        physical_micros: 1_700_000_000_000_000 + n,
+        logical: 0,
+        node_id: 1,
+    }
+}
+
+fn bench_checkpoint(c: &mut Criterion) {
+    let state = vec![0x5Au8; 1024];
+    let mut g = quick(c, "checkpoint");
+    g.throughput(Throughput::Bytes(1024));
+    // Canonical encoding + SHA-256; the field values are moved in (their
+    // allocation is in the untimed setup).
+    g.bench_function("seal_1KiB", |b| {
+        b.iter_batched(
+            || {
+                (
+                    "counter".to_string(),
+                    "alice".to_string(),
+                    state.clone(),
+                    "req-0123456789abcdef".to_string(),
+                )
+            },
+            |(skill, instance, st, rid)| {
+                black_box(Checkpoint::seal(
+                    skill,
+                    instance,
+                    7,
+                    ZERO_HASH,
+                    st,
+                    ts(7),
+                    rid,
+                ))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    // One ApplyBatch with one 1 KiB checkpoint (head, request record,
+    // applied index, clock high-water; retention pruning once past 100
+    // versions), committed as one sled batch. No sync.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), StoreOptions::default()).expect("store");
+    let mut version = 0u64;
+    let mut parent = ZERO_HASH;
+    let mut next_batch = || {
+        version += 1;
+        let cp = Checkpoint::seal(
+            "counter".into(),
+            "alice".into(),
+            version,
+            parent,
+            state.clone(),
+            ts(version),
+            format!("req-{version}"),
+        );
+        parent = cp.hash;
+        let mut batch = ApplyBatch::default();
+        batch.put_checkpoint(&cp, br#"{"value":1}"#);
+        batch.set_applied(version);
+        batch
+    };
+    g.bench_function("store_apply_1KiB", |b| {
+        b.iter_batched(
+            &mut next_batch,
+            |batch| store.commit_apply(batch).expect("apply"),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+
+    // The durability barrier: sled flush + fdatasync of its log file, with
+    // one 1 KiB checkpoint applied (untimed) before each sync so there is
+    // something to write, as after one Raft Ready.
+    let mut g = quick(c, "storage");
+    g.bench_function("sync", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                store.commit_apply(next_batch()).expect("apply");
+                let t = Instant::now();
+                store.sync().expect("sync");
+                total += t.elapsed();
+            }
+            total
+        })
+    });
+    g.finish();
+    drop(store);
+}
+
+// ---------------------------------------------------------------- invoke
+
+fn incr_req(instance: &str) -> pb::InvokeRequest {
+    pb::InvokeRequest {
+        skill: "counter".into(),
+        instance: instance.into(),
+        method: "incr".into(),
+        payload: br#"{"by":1}"#.to_vec(),
+        request_id: String::new(),
+        expected_version: None,
+    }
+}
+
+fn bench_invoke(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::builder(NodeConfig {
+        data_dir: dir.path().to_path_buf(),
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        http_listen: None,
+        ..NodeConfig::default()
+    })
+    .start()
+    .expect("node starts");
+    let token = node.root_token().to_string();
+    assert!(!token.is_empty(), "root token available after start");
+    let endpoint = format!("http://{}", node.grpc_addr().expect("grpc addr"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = rt
+        .block_on(Client::connect(&endpoint, Some(&token)))
+        .expect("connect");
+
+    let mut g = quick(c, "invoke");
+    g.sample_size(30);
+
+    // Guard (cached) -> actor -> seal -> Raft propose -> persist (fdatasync)
+    // -> apply -> reply, awaited in-process.
+    g.bench_function("embedded_counter_incr", |b| {
+        b.iter(|| {
+            rt.block_on(node.invoke(&token, "counter", "emb", "incr", json!({"by": 1})))
+                .expect("invoke")
+        })
+    });
+
+    // Same path plus tonic client/server over loopback.
+    g.bench_function("grpc_counter_incr", |b| {
+        let mut cl = client.clone();
+        b.iter(|| {
+            rt.block_on(cl.skills.invoke(incr_req("grpc")))
+                .expect("invoke")
+        })
+    });
+
+    // Linearizable read: ReadIndex barrier + the actor's `get`.
+    g.bench_function("grpc_counter_get", |b| {
+        let mut cl = client.clone();
+        let mut req = incr_req("grpc");
+        req.method = "get".into();
+        req.payload = Vec::new();
+        b.iter(|| rt.block_on(cl.skills.invoke(req.clone())).expect("get"))
+    });
+    g.finish();
+
+    // Throughput: CLIENTS concurrent callers, each on its own instance,
+    // BATCH_OPS increments per timed batch.
+    let mut g = c.benchmark_group("invoke");
+    g.sampling_mode(SamplingMode::Flat);
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_millis(500));
+    g.measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(BATCH_OPS as u64));
+
+    // 64 separate connections (one channel each), connected up front.
+    let clients: Vec<Client> = rt.block_on(async {
+        let mut v = Vec::with_capacity(CLIENTS);
+        for _ in 0..CLIENTS {
+            v.push(
+                Client::connect(&endpoint, Some(&token))
+                    .await
+                    .expect("connect"),
+            );
+        }
+        v
+    });
+    g.bench_function("grpc_counter_incr_64_clients", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let mut set = tokio::task::JoinSet::new();
+                    for (k, cl) in clients.iter().enumerate() {
+                        let mut cl = cl.clone();
+                        let ops = per_client(k);
+                        set.spawn(async move {
+                            let inst = format!("tp-{k}");
+                            for _ in 0..ops {
+                                cl.skills.invoke(incr_req(&inst)).await.expect("invoke");
+                            }
+                        });
+                    }
+                    while let Some(r) = set.join_next().await {
+                        r.expect("client task");
+                    }
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    g.bench_function("embedded_counter_incr_64_tasks", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let mut set = tokio::task::JoinSet::new();
+                    for k in 0..CLIENTS {
+                        let node = node.clone();
+                        let token = token.clone();
+                        let ops = per_client(k);
+                        set.spawn(async move {
+                            let inst = format!("te-{k}");
+                            for _ in 0..ops {
+                                node.invoke(&token, "counter", &inst, "incr", json!({"by": 1}))
+                                    .await
+                                    .expect("invoke");
+                            }
+                        });
+                    }
+                    while let Some(r) = set.join_next().await {
+                        r.expect("task");
+                    }
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
+
+    drop(clients);
+    drop(client);
+    drop(rt);
+    node.shutdown();
+    drop(node);
+    drop(dir);
+}
+
+/// Splits BATCH_OPS over CLIENTS as evenly as possible.
+fn per_client(k: usize) -> usize {
+    BATCH_OPS / CLIENTS + usize::from(k < BATCH_OPS % CLIENTS)
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench_disk(&mut c);
+    bench_guard(&mut c);
+    bench_clock(&mut c);
+    bench_checkpoint(&mut c);
+    bench_invoke(&mut c);
+    c.final_summary();
+}

@@ -104,7 +104,6 @@ tar --numeric-owner -C "$root" -c . | docker import \
     --change 'ENV SYNAPSE_DATA_DIR=/var/lib/synapse SYNAPSE_LISTEN=0.0.0.0:50051 SYNAPSE_HTTP_LISTEN=0.0.0.0:50052 SYNAPSE_TOKEN_FILE=/var/lib/synapse/root.token' \
     --change 'VOLUME ["/var/lib/synapse"]' \
     --change 'EXPOSE 50051 50052' \
-    --change 'STOPSIGNAL SIGTERM' \
     --change 'ENTRYPOINT ["/usr/local/bin/synapse"]' \
     --change 'CMD ["serve"]' \
     --change "LABEL org.opencontainers.image.title=synapse org.opencontainers.image.version=$version" \

@@ -21,7 +21,9 @@
 
 pub mod client;
 
-pub use synapse_runtime::clock::{format_timestamp, ManualClock, PhysicalClock, SystemClock};
+pub use synapse_runtime::clock::{
+    format_timestamp, ManualClock, PhysicalClock, SkewedClock, SystemClock,
+};
 pub use synapse_runtime::guard::{attenuate, inspect, Grant, Restriction, RootKey};
 pub use synapse_runtime::skill::field;
 pub use synapse_runtime::{

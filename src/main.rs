@@ -357,6 +357,10 @@ struct ServeOpts {
     /// (`synapse-0` → 1), as in a StatefulSet.
     #[arg(long, env = "SYNAPSE_NODE_ID_FROM_HOSTNAME")]
     node_id_from_hostname: bool,
+    /// Test-only: skew this node's clock by the integer milliseconds in this
+    /// file (re-read every 200 ms), to exercise the clock service.
+    #[arg(long, hide = true, env = "SYNAPSE_DEBUG_CLOCK_SKEW_FILE")]
+    debug_clock_skew_file: Option<PathBuf>,
     /// Cluster root key (hex), e.g. a mounted Kubernetes Secret.
     #[arg(long, env = "SYNAPSE_ROOT_KEY_FILE")]
     root_key_file: Option<PathBuf>,
@@ -366,7 +370,7 @@ struct ServeOpts {
 }
 
 impl ServeOpts {
-    fn into_config(self) -> Result<(NodeConfig, String), String> {
+    fn into_config(self) -> Result<(NodeConfig, String, Option<PathBuf>), String> {
         let mut config = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -416,7 +420,7 @@ impl ServeOpts {
             config.node_id = node_id_from_hostname()?;
         }
         config.validate()?;
-        Ok((config, self.log))
+        Ok((config, self.log, self.debug_clock_skew_file))
     }
 }
 
@@ -580,13 +584,17 @@ fn invoke_json(r: &pb::InvokeResponse) -> Value {
 }
 
 async fn serve(opts: ServeOpts) -> Result<(), Failure> {
-    let (config, log) = opts.into_config()?;
+    let (config, log, skew_file) = opts.into_config()?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| format!("bad --log: {e}"))?,
         )
         .init();
-    let node = tokio::task::spawn_blocking(move || synapse::Node::builder(config).start())
+    let mut builder = synapse::Node::builder(config);
+    if let Some(path) = skew_file {
+        builder = builder.clock(skew_from_file(path));
+    }
+    let node = tokio::task::spawn_blocking(move || builder.start())
         .await
         .map_err(|e| format!("start task failed: {e}"))?
         .map_err(|e| format!("cannot start node: {e}"))?;
@@ -607,6 +615,21 @@ async fn serve(opts: ServeOpts) -> Result<(), Failure> {
         .await
         .map_err(|e| format!("shutdown failed: {e}"))?;
     Ok(())
+}
+
+/// A clock skewed by the milliseconds written in `path`, polled by a thread.
+fn skew_from_file(path: PathBuf) -> std::sync::Arc<synapse::SkewedClock> {
+    let clock = std::sync::Arc::new(synapse::SkewedClock::new(0));
+    let target = clock.clone();
+    std::thread::spawn(move || loop {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(ms) = text.trim().parse::<i64>() {
+                target.set_skew_micros(ms.saturating_mul(1000));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    clock
 }
 
 async fn wait_for_signal() {
@@ -830,17 +853,37 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 "node_id": s.node_id, "role": s.role, "leader_id": s.leader_id, "term": s.term,
                 "commit_index": s.commit_index, "applied_index": s.applied_index, "voters": s.voters,
                 "learners": s.learners, "state_hash": hex(&s.state_hash), "instances": s.instances, "version": s.version,
-                "peers": s.peers.iter().map(|p| json!({"id": p.id, "address": p.address, "match_index": p.match_index, "lag": p.lag})).collect::<Vec<_>>(),
+                "clock_offset_micros": s.clock_offset_micros, "clock_uncertainty_micros": s.clock_uncertainty_micros,
+                "clock_healthy": s.clock_healthy, "clock_problem": s.clock_problem,
+                "peers": s.peers.iter().map(|p| json!({"id": p.id, "address": p.address, "match_index": p.match_index, "lag": p.lag,
+                    "clock_offset_micros": p.clock_offset_micros, "clock_uncertainty_micros": p.clock_uncertainty_micros,
+                    "clock_sample_age_ms": p.clock_sample_age_ms})).collect::<Vec<_>>(),
             });
             print(client.output, &v, || {
                 let mut out = format!(
                     "node {}  role {}  leader {}  term {}\ncommit {}  applied {}  instances {}\nvoters {:?}  learners {:?}\nstate hash {}",
                     s.node_id, s.role, s.leader_id, s.term, s.commit_index, s.applied_index, s.instances, s.voters, s.learners, hex(&s.state_hash)
                 );
+                out.push_str(&format!(
+                    "\nclock offset {} µs ± {} µs  {}",
+                    s.clock_offset_micros,
+                    s.clock_uncertainty_micros,
+                    if s.clock_healthy {
+                        "healthy".to_string()
+                    } else {
+                        format!("UNHEALTHY: {}", s.clock_problem)
+                    }
+                ));
                 for p in &s.peers {
                     out.push_str(&format!(
-                        "\npeer {}  match {}  lag {}",
-                        p.id, p.match_index, p.lag
+                        "\npeer {}  {}  match {}  lag {}  clock {} µs ± {} µs ({} ms old)",
+                        p.id,
+                        p.address,
+                        p.match_index,
+                        p.lag,
+                        p.clock_offset_micros,
+                        p.clock_uncertainty_micros,
+                        p.clock_sample_age_ms
                     ));
                 }
                 out

@@ -57,7 +57,12 @@ pub struct GrpcTransport {
     dropped: AtomicU64,
     /// This node's advertised address, sent with every frame.
     self_address: OnceLock<String>,
+    /// Reads this node's hybrid logical clock for each frame.
+    clock: OnceLock<ClockFn>,
 }
+
+/// A clock reading for outgoing frames.
+pub type ClockFn = Arc<dyn Fn() -> synapse_storage::Timestamp + Send + Sync>;
 
 impl GrpcTransport {
     /// `runtime` hosts the per-peer tasks.
@@ -69,6 +74,7 @@ impl GrpcTransport {
             runtime,
             dropped: AtomicU64::new(0),
             self_address: OnceLock::new(),
+            clock: OnceLock::new(),
         })
     }
 
@@ -80,6 +86,11 @@ impl GrpcTransport {
     /// The address peers should use to reach this node (sent in frames).
     pub fn set_self_address(&self, address: &str) {
         let _ = self.self_address.set(address.to_string());
+    }
+
+    /// Stamps every outgoing frame with this clock (HLC receive rule).
+    pub fn set_clock(&self, clock: ClockFn) {
+        let _ = self.clock.set(clock);
     }
 
     /// Learns a peer's address from its frames, unless one is configured.
@@ -216,6 +227,7 @@ fn frames_for(from: u64, from_address: &str, encoded: Vec<Vec<u8>>) -> Vec<RaftB
                 chunk: chunk.to_vec(),
                 chunk_last: i + 1 == n,
                 from_address: from_address.to_string(),
+                hlc: None,
             });
         }
     }
@@ -300,7 +312,13 @@ async fn run_link(
                         .collect();
                     let encoded: Vec<Vec<u8>> = batch.iter().filter_map(|m| m.write_to_bytes().ok()).collect();
                     let mut ok = true;
-                    for frame in frames_for(from, &from_address, encoded) {
+                    let hlc = transport.upgrade().and_then(|t| t.clock.get().map(|c| c()));
+                    for mut frame in frames_for(from, &from_address, encoded) {
+                        frame.hlc = hlc.map(|ts| synapse_proto::v1::Timestamp {
+                            physical_micros: ts.physical_micros,
+                            logical: ts.logical,
+                            node_id: ts.node_id,
+                        });
                         if frame_tx.send(frame).await.is_err() {
                             ok = false;
                             break;

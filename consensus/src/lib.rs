@@ -23,7 +23,7 @@ pub use driver::{
 };
 pub use error::ConsensusError;
 pub use grpc_transport::{
-    FrameDecoder, FrameError, GrpcTransport, PeerReporter, MAX_PEER_FRAME_BYTES,
+    ClockFn, FrameDecoder, FrameError, GrpcTransport, PeerReporter, MAX_PEER_FRAME_BYTES,
 };
 pub use logger::tracing_logger;
 pub use transport::{NoopTransport, Transport};

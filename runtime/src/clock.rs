@@ -37,6 +37,37 @@ impl PhysicalClock for SystemClock {
     }
 }
 
+/// The system clock plus an adjustable skew: the injection point for clock
+/// skew tests (in-process, or through `synapse serve --debug-clock-skew-file`).
+#[derive(Debug, Default)]
+pub struct SkewedClock {
+    skew_micros: AtomicI64,
+}
+
+impl SkewedClock {
+    pub fn new(skew_micros: i64) -> Self {
+        SkewedClock {
+            skew_micros: AtomicI64::new(skew_micros),
+        }
+    }
+
+    pub fn set_skew_micros(&self, skew: i64) {
+        self.skew_micros.store(skew, Ordering::Relaxed);
+    }
+
+    pub fn skew_micros(&self) -> i64 {
+        self.skew_micros.load(Ordering::Relaxed)
+    }
+}
+
+impl PhysicalClock for SkewedClock {
+    fn now_micros(&self) -> u64 {
+        SystemClock
+            .now_micros()
+            .saturating_add_signed(self.skew_micros())
+    }
+}
+
 /// Test clock: settable and advanceable, so tests can model skew between
 /// nodes and backwards/forwards jumps without sleeping.
 #[derive(Debug, Default)]
@@ -122,6 +153,17 @@ impl Hlc {
 
     pub fn node_id(&self) -> u64 {
         self.node_id
+    }
+
+    /// The uncorrected physical clock: what peers compare when they
+    /// estimate offsets (comparing corrected clocks would chase itself).
+    pub fn raw_physical_micros(&self) -> u64 {
+        self.clock.now_micros()
+    }
+
+    /// Offset-corrected physical reading, saturating at both ends.
+    pub fn corrected_physical_micros(&self) -> u64 {
+        self.corrected_physical()
     }
 
     /// Offset-corrected physical reading, saturating at both ends.

@@ -182,7 +182,10 @@ mod tests {
             if let Ok(Command::Checkpoint { checkpoint, .. }) = Command::decode(&b) {
                 let Command::Checkpoint {
                     checkpoint: orig, ..
-                } = sample();
+                } = sample()
+                else {
+                    unreachable!("sample() builds a checkpoint command")
+                };
                 assert_eq!(
                     checkpoint, orig,
                     "flip at {i} changed the checkpoint undetected"

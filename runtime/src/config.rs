@@ -42,6 +42,11 @@ pub struct NodeConfig {
     pub max_watchers: usize,
     /// Checkpoints buffered per Watch stream before it is cut off as too slow.
     pub watch_buffer: usize,
+    /// A node whose clock is further than this from the cluster's reports
+    /// itself not ready and gives up leadership.
+    pub max_clock_offset_ms: u64,
+    /// How often each peer's clock is sampled.
+    pub clock_sample_interval_ms: u64,
     /// Invoke calls in progress on this node before new ones get
     /// RESOURCE_EXHAUSTED: the bound on memory held by waiting requests.
     pub max_inflight_invokes: usize,
@@ -92,6 +97,8 @@ impl Default for NodeConfig {
             audit_max_records: 1_000_000,
             max_watchers: 1024,
             watch_buffer: 1024,
+            max_clock_offset_ms: 500,
+            clock_sample_interval_ms: 1_000,
             max_inflight_invokes: 10_000,
             drain_timeout_ms: 5_000,
             raft_tick_ms: 100,

@@ -273,7 +273,7 @@ impl pb::cluster_server::Cluster for Api {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let token = token(&request)?;
         let s = self.core.status(token.as_deref())?;
-        let last = s.raft.last_index;
+        let clock = self.core.clock_status();
         let mut addresses: std::collections::HashMap<u64, String> =
             self.core.peer_addresses().into_iter().collect();
         if let Some(me) = self.core.config().advertise_address() {
@@ -288,20 +288,14 @@ impl pb::cluster_server::Cluster for Api {
             applied_index: s.applied_index,
             voters: s.raft.voters.clone(),
             learners: s.raft.learners.clone(),
-            peers: s
-                .raft
-                .progress
-                .iter()
-                .map(|(id, matched)| pb::PeerStatus {
-                    id: *id,
-                    address: addresses.get(id).cloned().unwrap_or_default(),
-                    match_index: *matched,
-                    lag: last.saturating_sub(*matched),
-                })
-                .collect(),
+            peers: peer_statuses(&s, &clock, &addresses),
             state_hash: s.state_hash.to_vec(),
             instances: s.instances,
             version: env!("CARGO_PKG_VERSION").into(),
+            clock_offset_micros: clock.offset_micros,
+            clock_uncertainty_micros: clock.uncertainty_micros,
+            clock_healthy: clock.healthy,
+            clock_problem: clock.problem.clone(),
         }))
     }
 
@@ -350,6 +344,52 @@ impl pb::cluster_server::Cluster for Api {
     }
 }
 
+/// Every member this node knows of: voters, learners, linked peers and
+/// peers with clock samples. Match index and lag are known on the leader.
+fn peer_statuses(
+    s: &crate::node::NodeStatus,
+    clock: &crate::clock_service::ClockStatus,
+    addresses: &std::collections::HashMap<u64, String>,
+) -> Vec<pb::PeerStatus> {
+    let mut ids: std::collections::BTreeSet<u64> = s
+        .raft
+        .voters
+        .iter()
+        .chain(&s.raft.learners)
+        .copied()
+        .collect();
+    ids.extend(addresses.keys().copied());
+    ids.extend(clock.peers.iter().map(|p| p.peer));
+    let last = s.raft.last_index;
+    ids.into_iter()
+        .map(|id| {
+            let matched = s
+                .raft
+                .progress
+                .iter()
+                .find(|(p, _)| *p == id)
+                .map(|(_, m)| *m)
+                .unwrap_or(0);
+            let sample = clock.peers.iter().find(|p| p.peer == id);
+            pb::PeerStatus {
+                id,
+                address: addresses.get(&id).cloned().unwrap_or_default(),
+                match_index: matched,
+                lag: if s.raft.progress.is_empty() {
+                    0
+                } else {
+                    last.saturating_sub(matched)
+                },
+                clock_offset_micros: sample.map(|p| p.offset_micros).unwrap_or(0),
+                clock_uncertainty_micros: sample.map(|p| p.uncertainty_micros).unwrap_or(0),
+                clock_sample_age_ms: sample
+                    .map(|p| u64::try_from(p.age.as_millis()).unwrap_or(u64::MAX))
+                    .unwrap_or(0),
+            }
+        })
+        .collect()
+}
+
 fn membership(r: (Vec<u64>, Vec<u64>)) -> Response<pb::MembershipResponse> {
     Response::new(pb::MembershipResponse {
         voters: r.0,
@@ -370,6 +410,13 @@ impl pb::peer_server::Peer for Api {
             if let Some(t) = &self.core.transport {
                 t.learn_peer(frame.from, &frame.from_address);
             }
+            if let Some(ts) = &frame.hlc {
+                self.core.observe_peer_clock(Timestamp {
+                    physical_micros: ts.physical_micros,
+                    logical: ts.logical,
+                    node_id: ts.node_id,
+                });
+            }
             let messages = decoder
                 .decode(frame)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -386,6 +433,20 @@ impl pb::peer_server::Peer for Api {
             }
         }
         Ok(Response::new(pb::RaftAck {}))
+    }
+
+    async fn clock_sample(
+        &self,
+        request: Request<pb::ClockSampleRequest>,
+    ) -> Result<Response<pb::ClockSampleResponse>, Status> {
+        let t2 = self.core.hlc().raw_physical_micros();
+        drop(request);
+        let t3 = self.core.hlc().raw_physical_micros();
+        Ok(Response::new(pb::ClockSampleResponse {
+            node_id: self.core.node_id(),
+            t2_micros: t2,
+            t3_micros: t3,
+        }))
     }
 
     async fn forward_invoke(

@@ -31,8 +31,8 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(core): State<Arc<Core>>) -> (StatusCode, String) {
     let s = core.raft_status();
-    if core.is_ready() {
-        (
+    match core.not_ready_reason() {
+        None => (
             StatusCode::OK,
             format!(
                 "ready: role={} leader={} applied={}\n",
@@ -40,21 +40,11 @@ async fn readyz(State(core): State<Arc<Core>>) -> (StatusCode, String) {
                 s.leader_id,
                 s.applied_index
             ),
-        )
-    } else if !s.running {
-        (
+        ),
+        Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: consensus stopped (see logs)\n".into(),
-        )
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "not ready: no known leader (role={} term={})\n",
-                s.role.as_str(),
-                s.term
-            ),
-        )
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 

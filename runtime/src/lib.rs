@@ -14,6 +14,7 @@
 
 pub mod actor;
 pub mod clock;
+pub mod clock_service;
 pub mod cluster;
 mod command;
 pub mod config;

@@ -31,6 +31,7 @@ impl Metrics {
         raft: &RaftStatus,
         guard_cache_hits: u64,
         guard_cache_len: usize,
+        clock: &crate::clock_service::ClockStatus,
     ) -> String {
         let mut out = String::with_capacity(2048);
         let mut counter = |name: &str, help: &str, v: u64| {
@@ -140,6 +141,46 @@ impl Metrics {
             "Known leader id, 0 if none.",
             raft.leader_id,
         );
+        gauge(
+            "clock_healthy",
+            "1 while the clock offset is within the maximum.",
+            u64::from(clock.healthy),
+        );
+        gauge(
+            "clock_uncertainty_micros",
+            "Uncertainty of the clock offset estimate.",
+            clock.uncertainty_micros,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP synapse_clock_offset_micros This node's clock minus the cluster's.\n# TYPE synapse_clock_offset_micros gauge\nsynapse_clock_offset_micros {}",
+            clock.offset_micros
+        );
+        let _ = writeln!(out, "# HELP synapse_peer_clock_offset_micros Peer clock minus this node's (best recent sample).\n# TYPE synapse_peer_clock_offset_micros gauge");
+        for p in &clock.peers {
+            let _ = writeln!(
+                out,
+                "synapse_peer_clock_offset_micros{{peer=\"{}\"}} {}",
+                p.peer, p.offset_micros
+            );
+        }
+        let _ = writeln!(out, "# HELP synapse_peer_clock_uncertainty_micros RTT/2 of that sample.\n# TYPE synapse_peer_clock_uncertainty_micros gauge");
+        for p in &clock.peers {
+            let _ = writeln!(
+                out,
+                "synapse_peer_clock_uncertainty_micros{{peer=\"{}\"}} {}",
+                p.peer, p.uncertainty_micros
+            );
+        }
+        let _ = writeln!(out, "# HELP synapse_peer_clock_sample_age_seconds Age of that sample.\n# TYPE synapse_peer_clock_sample_age_seconds gauge");
+        for p in &clock.peers {
+            let _ = writeln!(
+                out,
+                "synapse_peer_clock_sample_age_seconds{{peer=\"{}\"}} {:.3}",
+                p.peer,
+                p.age.as_secs_f64()
+            );
+        }
         out
     }
 }

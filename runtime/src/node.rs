@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::actor::{ActorEnv, Execute, InstanceId, InstanceTable, InvokeResult, Op};
 use crate::clock::{Hlc, PhysicalClock, SystemClock};
+use crate::clock_service::{ClockService, ClockStatus};
 use crate::cluster::{
     call_leader, error_from_status, member_meta_name, ClusterKeys, PeerChannels, META_ROOT_KEY,
 };
@@ -85,6 +86,7 @@ pub struct Core {
     pub(crate) watch: broadcast::Sender<Arc<Checkpoint>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) transport: Option<Arc<GrpcTransport>>,
+    pub(crate) clock: Arc<ClockService>,
     channels: PeerChannels,
     audit_count: std::sync::atomic::AtomicU64,
     inflight_invokes: std::sync::atomic::AtomicUsize,
@@ -145,7 +147,8 @@ impl Core {
             .guard()
             .map(|g| (g.cache_hits(), g.cache_len()))
             .unwrap_or((0, 0));
-        self.metrics.render(&self.raft.status(), hits, len)
+        self.metrics
+            .render(&self.raft.status(), hits, len, &self.clock.status())
     }
 
     /// Ready to serve: the driver runs, a leader is known and the root key
@@ -156,6 +159,61 @@ impl Core {
             && s.leader_id != 0
             && self.keys.guard().is_some()
             && s.applied_index + MAX_PROMOTE_LAG >= s.commit_index
+            && self.clock.healthy()
+    }
+
+    /// Why the node is not ready, for `/readyz` and logs; `None` if ready.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        let s = self.raft.status();
+        if !s.running {
+            return Some("consensus stopped (see logs)".into());
+        }
+        if s.leader_id == 0 {
+            return Some(format!(
+                "no known leader (role={} term={})",
+                s.role.as_str(),
+                s.term
+            ));
+        }
+        if self.keys.guard().is_none() {
+            return Some("cluster root key not yet replicated to this node".into());
+        }
+        if s.applied_index + MAX_PROMOTE_LAG < s.commit_index {
+            return Some(format!(
+                "catching up: applied {} of {}",
+                s.applied_index, s.commit_index
+            ));
+        }
+        let c = self.clock.status();
+        if !c.healthy {
+            return Some(c.problem);
+        }
+        None
+    }
+
+    /// HLC receive rule for a peer's frame, except from a clock so far ahead
+    /// that following it would drag this node past the maximum offset.
+    pub fn observe_peer_clock(&self, ts: Timestamp) {
+        let limit = self
+            .hlc
+            .corrected_physical_micros()
+            .saturating_add(self.clock.max_offset_micros());
+        if ts.physical_micros <= limit {
+            self.hlc.observe(ts);
+        } else {
+            tracing::debug!(
+                peer = ts.node_id,
+                "ignoring a peer HLC beyond the maximum clock offset"
+            );
+        }
+    }
+
+    pub fn clock_status(&self) -> ClockStatus {
+        self.clock.status()
+    }
+
+    pub fn hlc(&self) -> &Hlc {
+        &self.hlc
     }
 
     fn leader_address(&self, leader_id: u64) -> Option<String> {
@@ -930,9 +988,12 @@ impl Core {
             "now",
             Operation::Read,
         )?;
-        // Until peer offsets are measured (cluster clock work), the bound is
-        // the local clock's own: one tick of its resolution.
-        Ok((self.hlc.now(), 1))
+        // The offset estimate's uncertainty, plus the clock's 1 µs resolution.
+        let c = self.clock.status();
+        if !c.healthy {
+            return Err(RuntimeError::unavailable(c.problem));
+        }
+        Ok((self.hlc.now(), c.uncertainty_micros + 1))
     }
 }
 
@@ -1208,6 +1269,8 @@ async fn open_core(
         if let Some(me) = config.advertise_address() {
             t.set_self_address(&me);
         }
+        let frame_clock = hlc.clone();
+        t.set_clock(Arc::new(move || frame_clock.now()));
         for (id, addr) in &peers {
             t.set_peer(*id, addr);
         }
@@ -1267,6 +1330,9 @@ async fn open_core(
         config: config.clone(),
         metrics: metrics.clone(),
     });
+    let clock = Arc::new(ClockService::new(Duration::from_millis(
+        config.max_clock_offset_ms,
+    )));
     Ok(Arc::new(Core {
         config,
         store,
@@ -1280,9 +1346,83 @@ async fn open_core(
         metrics,
         transport,
         channels: PeerChannels::default(),
+        clock,
         audit_count: Default::default(),
         inflight_invokes: Default::default(),
     }))
+}
+
+/// Samples every peer's clock, recomputes the offset, and hands leadership
+/// away while this node's clock cannot be trusted.
+async fn clock_task(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    /// A sample that takes longer than this says nothing useful (its
+    /// uncertainty would dwarf any offset worth correcting).
+    const SAMPLE_TIMEOUT: Duration = Duration::from_secs(1);
+    let interval = Duration::from_millis(core.config.clock_sample_interval_ms.max(10));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        let peers = core.peer_addresses();
+        for (peer, address) in &peers {
+            let Ok(channel) = core.channels.get(address) else {
+                continue;
+            };
+            let mut client = pb::peer_client::PeerClient::new(channel);
+            let t1 = core.hlc.raw_physical_micros();
+            let call = client.clock_sample(pb::ClockSampleRequest {
+                from: core.config.node_id,
+                t1_micros: t1,
+            });
+            if let Ok(Ok(resp)) = tokio::time::timeout(SAMPLE_TIMEOUT, call).await {
+                let t4 = core.hlc.raw_physical_micros();
+                let r = resp.into_inner();
+                if r.node_id == *peer {
+                    core.clock.record(*peer, t1, r.t2_micros, r.t3_micros, t4);
+                }
+            }
+        }
+        let status = core.clock.recompute(&core.hlc);
+        if !status.healthy {
+            hand_off_leadership(&core, &status);
+        }
+    }
+}
+
+/// While the clock is out of bounds, a leader transfers leadership to the
+/// caught-up voter whose clock agrees best with the cluster.
+fn hand_off_leadership(core: &Core, clock: &ClockStatus) {
+    let raft = core.raft.status();
+    if raft.role != Role::Leader {
+        return;
+    }
+    let best = raft
+        .voters
+        .iter()
+        .filter(|v| **v != core.config.node_id)
+        .filter(|v| {
+            raft.progress
+                .iter()
+                .any(|(p, m)| p == *v && raft.last_index.saturating_sub(*m) <= MAX_PROMOTE_LAG)
+        })
+        .min_by_key(|v| {
+            // Peer offset relative to the cluster = (peer − me) + (me − cluster).
+            clock
+                .peers
+                .iter()
+                .find(|p| p.peer == **v)
+                .map(|p| {
+                    p.offset_micros
+                        .saturating_add(clock.offset_micros)
+                        .unsigned_abs()
+                })
+                .unwrap_or(u64::MAX)
+        });
+    if let Some(to) = best {
+        tracing::warn!(to, "clock out of bounds: transferring leadership");
+        let _ = core.raft.transfer_leader(*to);
+    }
 }
 
 /// How often the background tasks look at the cluster.
@@ -1461,6 +1601,9 @@ async fn run_node(
     };
     let (servers_stop_tx, servers_stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(bootstrap_task(core.clone(), servers_stop_rx.clone()));
+    if core.transport.is_some() {
+        tokio::spawn(clock_task(core.clone(), servers_stop_rx.clone()));
+    }
     if config.join_address().is_some() {
         tokio::spawn(join_task(core.clone(), servers_stop_rx.clone()));
     }

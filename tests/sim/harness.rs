@@ -1,0 +1,862 @@
+//! The deterministic cluster: N `SimDriver`s over an in-memory network whose
+//! every decision (who ticks, which message is delivered, dropped,
+//! duplicated, delayed or reordered, partitions, crashes, restarts, what is
+//! proposed) comes from one seeded RNG. Invariants are checked after every
+//! step; a violation names the seed and step, and the seed replays exactly.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::hash::{Hash as _, Hasher as _};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use synapse_consensus::eraftpb::{Message, MessageType};
+use synapse_consensus::{RaftConfig, Role, SimDriver, SimReply, Transport};
+use synapse_storage::{Checkpoint, Hash, Store, StoreOptions, Timestamp, ZERO_HASH};
+use tempfile::TempDir;
+use tokio::sync::oneshot::error::TryRecvError;
+
+use super::sm::{lock, Ledger, SimOutcome, SimSm, SKILL};
+
+/// Pushes every message into the harness-owned outbox.
+pub struct SimTransport {
+    outbox: Arc<Mutex<Vec<Message>>>,
+}
+
+impl Transport for SimTransport {
+    fn send(&self, messages: Vec<Message>) {
+        self.outbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(messages);
+    }
+}
+
+/// What one run does.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub steps: usize,
+    /// The deliberately broken driver (ack before persist/commit).
+    pub unsafe_ack_on_propose: bool,
+    /// Print every action and the cluster state after it.
+    pub verbose: bool,
+}
+
+/// A broken invariant.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub seed: u64,
+    pub step: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SIM VIOLATION seed={} step={}: {}\n  replay: SIM_SEED={} cargo test --test simulation \
+             -- --nocapture   (add SIM_VERBOSE=1 for a step-by-step trace)",
+            self.seed, self.step, self.message, self.seed
+        )
+    }
+}
+
+/// What one seed did (for the summary and the determinism check).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub seed: u64,
+    pub nodes: usize,
+    pub steps: usize,
+    pub converge_rounds: usize,
+    pub leader_changes: u64,
+    pub max_term: u64,
+    pub crashes: u64,
+    pub partitions: u64,
+    pub proposals: u64,
+    pub acked: u64,
+    pub rejected: u64,
+    pub snapshots_installed: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
+    pub final_applied: u64,
+    pub compaction: bool,
+    /// Digest over every action, every leader and every applied index.
+    pub trace_digest: u64,
+}
+
+struct Node {
+    id: u64,
+    // Field order is drop order: the driver, then the store, then its dir.
+    driver: Option<SimDriver<SimSm, SimTransport>>,
+    store: Store,
+    _dir: TempDir,
+    /// The proposer's speculative chain heads (like an actor's in-memory
+    /// state), valid for `spec_term` only.
+    spec: HashMap<String, (u64, Hash)>,
+    spec_term: u64,
+    max_applied: u64,
+}
+
+struct Pending {
+    node: u64,
+    instance: String,
+    reply: SimReply<SimOutcome>,
+}
+
+#[derive(Debug, Clone)]
+struct Acked {
+    instance: String,
+    version: u64,
+    hash: Hash,
+    /// 0 when acknowledged speculatively.
+    index: u64,
+    step: usize,
+    node: u64,
+}
+
+struct Faults {
+    drop: f64,
+    delay: f64,
+    duplicate: f64,
+    shuffle: f64,
+}
+
+const INSTANCES: usize = 3;
+const ELECTION_TICK: usize = 8;
+const MAX_IN_FLIGHT: usize = 4096;
+const CONVERGE_ROUNDS: usize = 3000;
+const ACK_CHECK_EVERY: usize = 16;
+
+struct Cluster {
+    seed: u64,
+    opts: SimOptions,
+    rng: StdRng,
+    nodes: Vec<Node>,
+    voters: Vec<u64>,
+    compact: (u64, u64),
+    outbox: Arc<Mutex<Vec<Message>>>,
+    in_flight: Vec<Message>,
+    /// Partition group per node (index = id - 1); `None` when healed.
+    groups: Option<Vec<u8>>,
+    faults: Faults,
+    ledger: Arc<Mutex<Ledger>>,
+    term_leader: BTreeMap<u64, u64>,
+    state_hashes: HashMap<u64, Hash>,
+    pending: Vec<Pending>,
+    acked: Vec<Acked>,
+    clock: u64,
+    step: usize,
+    trace: DefaultHasher,
+    report: Report,
+}
+
+type Check = Result<(), String>;
+
+impl Cluster {
+    fn new(seed: u64, opts: SimOptions) -> Result<Cluster, String> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let n: u64 = if rng.gen_bool(0.25) { 5 } else { 3 };
+        let compaction = rng.gen_bool(0.5);
+        let compact = if compaction {
+            (40, 10)
+        } else {
+            (1 << 30, 1 << 20)
+        };
+        let faults = Faults {
+            drop: rng.gen_range(0.0..0.15),
+            delay: rng.gen_range(0.0..0.3),
+            duplicate: rng.gen_range(0.0..0.05),
+            shuffle: rng.gen_range(0.0..0.5),
+        };
+        let voters: Vec<u64> = (1..=n).collect();
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let store = Store::open(
+                dir.path(),
+                StoreOptions {
+                    simulation: true,
+                    retention_versions: 1 << 40,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| format!("open store {id}: {e}"))?;
+            nodes.push(Node {
+                id,
+                driver: None,
+                store,
+                _dir: dir,
+                spec: HashMap::new(),
+                spec_term: 0,
+                max_applied: 0,
+            });
+        }
+        let mut c = Cluster {
+            seed,
+            opts,
+            rng,
+            nodes,
+            voters,
+            compact,
+            outbox: Arc::new(Mutex::new(Vec::new())),
+            in_flight: Vec::new(),
+            groups: None,
+            faults,
+            ledger,
+            term_leader: BTreeMap::new(),
+            state_hashes: HashMap::new(),
+            pending: Vec::new(),
+            acked: Vec::new(),
+            clock: 0,
+            step: 0,
+            trace: DefaultHasher::new(),
+            report: Report {
+                seed,
+                nodes: n as usize,
+                compaction,
+                ..Default::default()
+            },
+        };
+        for id in 1..=n {
+            c.start(id)?;
+        }
+        Ok(c)
+    }
+
+    fn config(&self, id: u64) -> RaftConfig {
+        let mut cfg = RaftConfig::cluster_member(id, self.voters.clone());
+        cfg.election_tick = ELECTION_TICK;
+        cfg.heartbeat_tick = 2;
+        // [min, max) of width 1: raft-rs's thread-RNG draw is then fixed.
+        cfg.min_election_tick = ELECTION_TICK;
+        cfg.max_election_tick = ELECTION_TICK + 1;
+        cfg.max_size_per_msg = 2048;
+        cfg.max_inflight_msgs = 16;
+        cfg.compact_threshold = self.compact.0;
+        cfg.compact_keep = self.compact.1;
+        cfg.unsafe_ack_on_propose = self.opts.unsafe_ack_on_propose;
+        cfg
+    }
+
+    fn idx(id: u64) -> usize {
+        (id - 1) as usize
+    }
+
+    /// Builds a fresh driver over the node's store (boot or restart).
+    fn start(&mut self, id: u64) -> Check {
+        let cfg = self.config(id);
+        let node = &self.nodes[Self::idx(id)];
+        let sm = SimSm::new(id, node.store.clone(), self.ledger.clone())
+            .map_err(|e| format!("node {id}: state machine: {e}"))?;
+        let transport = Arc::new(SimTransport {
+            outbox: self.outbox.clone(),
+        });
+        let mut driver = SimDriver::new(cfg, node.store.clone(), sm, transport)
+            .map_err(|e| format!("node {id}: driver failed to start: {e}"))?;
+        driver.set_nonce(self.rng.gen());
+        let node = &mut self.nodes[Self::idx(id)];
+        node.driver = Some(driver);
+        node.spec.clear();
+        self.process(id)
+    }
+
+    fn live(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.driver.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    fn crashed(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.driver.is_none())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    fn note(&mut self, action: &str) {
+        action.hash(&mut self.trace);
+        if self.opts.verbose {
+            eprintln!("[seed {} step {}] {action}", self.seed, self.step);
+        }
+    }
+
+    fn process(&mut self, id: u64) -> Check {
+        if let Some(d) = self.nodes[Self::idx(id)].driver.as_mut() {
+            d.process()
+                .map_err(|e| format!("node {id}: process() failed: {e}"))?;
+        }
+        let mut out = self
+            .outbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.in_flight.append(&mut out);
+        Ok(())
+    }
+
+    fn connected(&self, a: u64, b: u64) -> bool {
+        match &self.groups {
+            None => true,
+            Some(g) => g[Self::idx(a)] == g[Self::idx(b)],
+        }
+    }
+
+    /// Delivers in-flight messages (to `only` if set). With `reliable` off,
+    /// each message may be dropped, delayed (kept for a later round, so that
+    /// later messages overtake it), duplicated, and the batch may be
+    /// shuffled. Messages across a partition or to a crashed node are lost,
+    /// except snapshots: the driver cannot be told a snapshot failed
+    /// (`SimDriver` has no `report_snapshot`), so the network keeps them
+    /// until they can be delivered, like a transport that retries them.
+    fn deliver(&mut self, only: Option<u64>, reliable: bool) -> Check {
+        let mut msgs = std::mem::take(&mut self.in_flight);
+        if !reliable && self.rng.gen_bool(self.faults.shuffle) {
+            msgs.shuffle(&mut self.rng);
+        }
+        let mut keep = Vec::new();
+        let mut touched = BTreeSet::new();
+        for m in msgs {
+            if only.is_some_and(|t| t != m.to) {
+                keep.push(m);
+                continue;
+            }
+            let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            let to = m.to;
+            let reachable =
+                self.connected(m.from, to) && self.nodes[Self::idx(to)].driver.is_some();
+            if !reachable {
+                if snapshot {
+                    keep.push(m);
+                } else {
+                    self.report.dropped += 1;
+                }
+                continue;
+            }
+            let mut copies = 1;
+            if !reliable {
+                let r: f64 = self.rng.gen();
+                let f = &self.faults;
+                if r < f.drop && !snapshot {
+                    self.report.dropped += 1;
+                    continue;
+                } else if r < f.drop + f.delay {
+                    keep.push(m);
+                    continue;
+                } else if r < f.drop + f.delay + f.duplicate {
+                    copies = 2;
+                    self.report.duplicated += 1;
+                }
+            }
+            let d = self.nodes[Self::idx(to)]
+                .driver
+                .as_mut()
+                .expect("reachable");
+            for _ in 1..copies {
+                d.step(m.clone());
+            }
+            d.step(m);
+            self.report.delivered += copies;
+            touched.insert(to);
+        }
+        // What was kept goes before what the receivers send now.
+        keep.append(&mut self.in_flight);
+        self.in_flight = keep;
+        for id in touched {
+            self.process(id)?;
+        }
+        if self.in_flight.len() > MAX_IN_FLIGHT {
+            // A bounded network: shed the oldest non-snapshot messages.
+            let excess = self.in_flight.len() - MAX_IN_FLIGHT;
+            let mut shed = 0;
+            self.in_flight.retain(|m| {
+                if shed < excess && m.get_msg_type() != MessageType::MsgSnapshot {
+                    shed += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+            self.report.dropped += shed as u64;
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, ids: &[u64]) -> Check {
+        for &id in ids {
+            if let Some(d) = self.nodes[Self::idx(id)].driver.as_mut() {
+                d.tick();
+            }
+        }
+        for &id in ids {
+            self.process(id)?;
+        }
+        Ok(())
+    }
+
+    fn leaders(&self) -> Vec<(u64, u64)> {
+        self.nodes
+            .iter()
+            .filter_map(|n| {
+                let s = n.driver.as_ref()?.status();
+                (s.role == Role::Leader).then_some((n.id, s.term))
+            })
+            .collect()
+    }
+
+    fn head(&self, id: u64, instance: &str) -> Result<(u64, Hash), String> {
+        Ok(self.nodes[Self::idx(id)]
+            .store
+            .latest(SKILL, instance)
+            .map_err(|e| format!("node {id}: latest({instance}): {e}"))?
+            .map_or((0, ZERO_HASH), |c| (c.version, c.hash)))
+    }
+
+    fn propose(&mut self) -> Check {
+        let leaders = self.leaders();
+        let Some(&(id, term)) = leaders.choose(&mut self.rng) else {
+            self.note("propose: no leader");
+            return Ok(());
+        };
+        let count = self.rng.gen_range(1..=3);
+        for _ in 0..count {
+            let instance = format!("i{}", self.rng.gen_range(0..INSTANCES));
+            let from_applied = self.rng.gen_bool(0.1);
+            let node = &mut self.nodes[Self::idx(id)];
+            if node.spec_term != term {
+                node.spec.clear();
+                node.spec_term = term;
+            }
+            let base = match node.spec.get(&instance) {
+                Some(&h) if !from_applied => h,
+                _ => self.head(id, &instance)?,
+            };
+            self.clock += 1;
+            let state = self.rng.gen::<u64>().to_be_bytes().to_vec();
+            let cp = Checkpoint::seal(
+                SKILL.into(),
+                instance.clone(),
+                base.0 + 1,
+                base.1,
+                state,
+                Timestamp {
+                    physical_micros: self.clock,
+                    logical: 0,
+                    node_id: id,
+                },
+                String::new(),
+            );
+            self.note(&format!(
+                "propose on {id} (term {term}): {instance} v{}",
+                cp.version
+            ));
+            let node = &mut self.nodes[Self::idx(id)];
+            node.spec.insert(instance.clone(), (cp.version, cp.hash));
+            let reply = node
+                .driver
+                .as_mut()
+                .expect("leaders are live")
+                .propose(cp.encode());
+            self.report.proposals += 1;
+            self.pending.push(Pending {
+                node: id,
+                instance,
+                reply,
+            });
+        }
+        self.process(id)
+    }
+
+    fn poll_replies(&mut self) {
+        let step = self.step;
+        let mut acked = Vec::new();
+        let mut stale = Vec::new();
+        self.pending.retain_mut(|p| match p.reply.try_recv() {
+            Ok(Ok(SimOutcome::Applied {
+                index,
+                version,
+                hash,
+            })) => {
+                acked.push(Acked {
+                    instance: p.instance.clone(),
+                    version,
+                    hash,
+                    index,
+                    step,
+                    node: p.node,
+                });
+                false
+            }
+            Ok(Ok(SimOutcome::Rejected(_))) | Ok(Err(_)) => {
+                stale.push((p.node, p.instance.clone()));
+                false
+            }
+            Ok(Ok(SimOutcome::Noop)) | Err(TryRecvError::Closed) => false,
+            Err(TryRecvError::Empty) => true,
+        });
+        for (id, inst) in stale {
+            // Like an actor reset to its last committed checkpoint.
+            self.nodes[Self::idx(id)].spec.remove(&inst);
+        }
+        self.report.acked += acked.len() as u64;
+        for a in &acked {
+            (a.instance.as_str(), a.version, a.index).hash(&mut self.trace);
+        }
+        self.acked.extend(acked);
+    }
+
+    fn partition(&mut self, isolate: bool) {
+        let n = self.nodes.len();
+        let groups: Vec<u8> = if isolate {
+            let lone = self.rng.gen_range(0..n);
+            (0..n).map(|i| u8::from(i == lone)).collect()
+        } else {
+            loop {
+                let g: Vec<u8> = (0..n).map(|_| self.rng.gen_range(0..2)).collect();
+                if g.contains(&0) && g.contains(&1) {
+                    break g;
+                }
+            }
+        };
+        self.note(&format!(
+            "{} {groups:?}",
+            if isolate { "isolate" } else { "partition" }
+        ));
+        self.groups = Some(groups);
+        self.report.partitions += 1;
+    }
+
+    fn crash(&mut self) {
+        let live = self.live();
+        let max_down = (self.nodes.len() - 1) / 2;
+        if self.nodes.len() - live.len() >= max_down {
+            self.note("crash: skipped (a majority must stay up)");
+            return;
+        }
+        let id = *live.choose(&mut self.rng).expect("some node is live");
+        self.note(&format!("crash {id}"));
+        let node = &mut self.nodes[Self::idx(id)];
+        // The disk (Store) survives; raft's memory, unsent messages and
+        // waiters do not.
+        node.driver = None;
+        node.spec.clear();
+        self.report.crashes += 1;
+    }
+
+    fn restart(&mut self, id: u64) -> Check {
+        self.note(&format!("restart {id}"));
+        self.start(id)
+    }
+
+    /// One random action.
+    fn act(&mut self) -> Check {
+        let roll = self.rng.gen_range(0..100);
+        match roll {
+            0..=29 => {
+                self.note("deliver all");
+                self.deliver(None, false)
+            }
+            30..=37 => {
+                let to = self.rng.gen_range(1..=self.nodes.len() as u64);
+                self.note(&format!("deliver to {to}"));
+                self.deliver(Some(to), false)
+            }
+            38..=61 => {
+                let ids: Vec<u64> = self
+                    .live()
+                    .into_iter()
+                    .filter(|_| self.rng.gen_bool(0.85))
+                    .collect();
+                self.note(&format!("tick {ids:?}"));
+                self.tick(&ids)
+            }
+            62..=65 => {
+                let id = self.rng.gen_range(1..=self.nodes.len() as u64);
+                self.note(&format!("tick {id}"));
+                self.tick(&[id])
+            }
+            66..=83 => self.propose(),
+            84..=86 => {
+                if self.groups.is_none() {
+                    self.partition(false);
+                } else {
+                    self.note("heal");
+                    self.groups = None;
+                }
+                Ok(())
+            }
+            87..=88 => {
+                self.partition(true);
+                Ok(())
+            }
+            89..=92 => {
+                self.note("heal");
+                self.groups = None;
+                Ok(())
+            }
+            93..=95 => {
+                self.crash();
+                Ok(())
+            }
+            _ => {
+                let crashed = self.crashed();
+                match crashed.choose(&mut self.rng) {
+                    Some(&id) => self.restart(id),
+                    None => {
+                        self.note("deliver all");
+                        self.deliver(None, false)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Invariants that hold after every step.
+    fn check(&mut self) -> Check {
+        self.poll_replies();
+        {
+            let mut l = lock(&self.ledger);
+            if let Some(v) = l.violations.first() {
+                return Err(v.clone());
+            }
+            l.violations.clear();
+        }
+        for i in 0..self.nodes.len() {
+            let Some(d) = self.nodes[i].driver.as_ref() else {
+                continue;
+            };
+            let id = self.nodes[i].id;
+            let st = d.status();
+            (id, st.role.as_str(), st.term, st.applied_index).hash(&mut self.trace);
+            self.report.max_term = self.report.max_term.max(st.term);
+            // (1) at most one leader per term, over the whole run
+            if st.role == Role::Leader {
+                match self.term_leader.get(&st.term) {
+                    Some(&other) if other != id => {
+                        return Err(format!(
+                            "two leaders in term {}: node {other} and node {id}",
+                            st.term
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.term_leader.insert(st.term, id);
+                        self.report.leader_changes += 1;
+                        self.note(&format!("leader {id} term {}", st.term));
+                    }
+                }
+            }
+            // (3) identical state hashes at equal applied index
+            let (applied, hash, _) = self.nodes[i]
+                .store
+                .state_hash()
+                .map_err(|e| format!("node {id}: state_hash: {e}"))?;
+            if applied != st.applied_index {
+                return Err(format!(
+                    "node {id}: driver says applied {} but the store says {applied}",
+                    st.applied_index
+                ));
+            }
+            if applied < self.nodes[i].max_applied {
+                return Err(format!(
+                    "node {id}: applied index went back from {} to {applied}",
+                    self.nodes[i].max_applied
+                ));
+            }
+            self.nodes[i].max_applied = applied;
+            match self.state_hashes.get(&applied) {
+                Some(h) if *h != hash => {
+                    return Err(format!(
+                        "node {id}: state hash at applied index {applied} differs from another \
+                         node's at the same index"
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.state_hashes.insert(applied, hash);
+                }
+            }
+        }
+        if self.step % ACK_CHECK_EVERY == 0 {
+            self.check_acked(false)?;
+        }
+        Ok(())
+    }
+
+    /// (4) every acknowledged write is in every live node that applied past
+    /// it; `all` also checks speculative acks (index unknown) everywhere.
+    fn check_acked(&self, all: bool) -> Check {
+        for n in &self.nodes {
+            if n.driver.is_none() {
+                continue;
+            }
+            for a in &self.acked {
+                let due = if all {
+                    true
+                } else {
+                    a.index != 0 && a.index <= n.max_applied
+                };
+                if !due {
+                    continue;
+                }
+                let got = n
+                    .store
+                    .get(SKILL, &a.instance, a.version)
+                    .map_err(|e| format!("node {}: get: {e}", n.id))?;
+                if got.as_ref().map(|c| c.hash) != Some(a.hash) {
+                    return Err(format!(
+                        "acknowledged write lost: {}/{} v{} (hash {}..., index {}, acked by node {} \
+                         at step {}) is {} on node {} (applied {})",
+                        SKILL,
+                        a.instance,
+                        a.version,
+                        hex8(&a.hash),
+                        a.index,
+                        a.node,
+                        a.step,
+                        if got.is_some() { "different" } else { "missing" },
+                        n.id,
+                        n.max_applied
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Heal everything, restart crashed nodes, run with a reliable network
+    /// until every node applied the leader's whole log, then check every
+    /// acknowledged write everywhere.
+    fn converge(&mut self, progress: &AtomicUsize) -> Check {
+        self.note("final: heal, restart all, reliable network");
+        self.groups = None;
+        for id in self.crashed() {
+            self.restart(id)?;
+        }
+        for round in 0..CONVERGE_ROUNDS {
+            self.step += 1;
+            progress.store(self.step, Ordering::Relaxed);
+            self.report.converge_rounds = round + 1;
+            if round % 2 == 0 {
+                let live = self.live();
+                self.tick(&live)?;
+            }
+            self.deliver(None, true)?;
+            self.check()?;
+            let leaders = self.leaders();
+            if let [(leader, _)] = leaders[..] {
+                let ls = self.nodes[Self::idx(leader)]
+                    .driver
+                    .as_ref()
+                    .expect("live")
+                    .status();
+                let done = ls.commit_index == ls.last_index
+                    && self.nodes.iter().all(|n| {
+                        n.driver
+                            .as_ref()
+                            .is_some_and(|d| d.status().applied_index == ls.last_index)
+                    });
+                if done {
+                    self.report.final_applied = ls.last_index;
+                    let hashes: BTreeSet<Hash> = self
+                        .nodes
+                        .iter()
+                        .map(|n| n.store.state_hash().map(|h| h.1))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| e.to_string())?;
+                    if hashes.len() != 1 {
+                        return Err("converged nodes have different state hashes".into());
+                    }
+                    return self.check_acked(true);
+                }
+            }
+        }
+        let status: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.driver.as_ref())
+            .map(|d| {
+                let s = d.status();
+                format!(
+                    "{}:{} term {} commit {} applied {} last {}",
+                    s.id,
+                    s.role.as_str(),
+                    s.term,
+                    s.commit_index,
+                    s.applied_index,
+                    s.last_index
+                )
+            })
+            .collect();
+        Err(format!(
+            "no convergence after {CONVERGE_ROUNDS} fault-free rounds: {}",
+            status.join("; ")
+        ))
+    }
+
+    fn run(&mut self, progress: &AtomicUsize) -> Check {
+        for s in 1..=self.opts.steps {
+            self.step = s;
+            progress.store(s, Ordering::Relaxed);
+            self.act()?;
+            self.check()?;
+        }
+        self.converge(progress)
+    }
+
+    fn finish(mut self) -> Report {
+        let l = lock(&self.ledger);
+        self.report.snapshots_installed = l.snapshots_installed;
+        self.report.rejected = l.rejected;
+        drop(l);
+        self.report.steps = self.opts.steps;
+        self.report.trace_digest = self.trace.finish();
+        self.report.clone()
+    }
+}
+
+fn hex8(h: &Hash) -> String {
+    h[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "non-string panic".into())
+}
+
+/// Runs one seed. A panic anywhere below (raft-rs `fatal!`, the driver's
+/// asserts) is reported as a violation at the step it happened.
+pub fn run_seed(seed: u64, opts: &SimOptions) -> Result<Report, Violation> {
+    let progress = AtomicUsize::new(0);
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let mut c = Cluster::new(seed, opts.clone()).map_err(|m| (0, m))?;
+        let r = c.run(&progress);
+        match r {
+            Ok(()) => Ok(c.finish()),
+            Err(m) => Err((c.step, m)),
+        }
+    }));
+    match result {
+        Ok(Ok(report)) => Ok(report),
+        Ok(Err((step, message))) => Err(Violation {
+            seed,
+            step,
+            message,
+        }),
+        Err(p) => Err(Violation {
+            seed,
+            step: progress.load(Ordering::Relaxed),
+            message: format!("panic: {}", panic_text(&*p)),
+        }),
+    }
+}
