@@ -1300,7 +1300,6 @@ async fn follower_read_and_unavailable_hint() {
 /// returns early for a removed leader), so the remaining voters never elect
 /// one of their own. Expected: leadership moves to a remaining voter.
 /// Fails today; run with `--ignored`.
-#[ignore = "product bug: a removed leader keeps leading as a non-member"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn removed_leader_hands_over() {
     let mut cluster = Cluster::start_static(&[1, 2, 3]);

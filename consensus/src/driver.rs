@@ -221,6 +221,9 @@ pub struct RaftStatus {
     pub learners: Vec<u64>,
     /// (peer id, match index), leader only.
     pub progress: Vec<(u64, u64)>,
+    /// Peers the leader heard from within the last election timeout
+    /// (check-quorum's view), leader only.
+    pub recently_active: Vec<u64>,
     /// False after a fatal error stopped the driver.
     pub running: bool,
 }
@@ -378,6 +381,15 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             log.initialize(&config.initial_voters)?;
         }
         let applied = store.applied_index()?;
+        // raft-rs panics when its storage fails while it reads entries, so
+        // verify everything it will read at start (the unapplied tail) first
+        // and fail with a typed error instead: a damaged log is DATA_LOSS
+        // on this node, to be recovered from peers, never a crash.
+        let first = log.first_log_index().max(applied.saturating_add(1));
+        let last = log.last_log_index();
+        if first <= last {
+            log.read_entries(first, last + 1, None)?;
+        }
         let raft_config = config.to_raft(applied);
         raft_config.validate()?;
         let logger = tracing_logger(config.id);
@@ -994,6 +1006,28 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         match result {
             Ok(cs) => {
                 self.log.set_conf_state(&cs)?;
+                // raft-rs leaves a leader that removed itself in charge (a
+                // known TODO there); hand leadership to the most caught-up
+                // remaining voter so the cluster is not led by a non-member.
+                if self.raw.raft.state == StateRole::Leader && !cs.voters.contains(&self.config.id)
+                {
+                    let best = self
+                        .raw
+                        .raft
+                        .prs()
+                        .iter()
+                        .filter(|(id, _)| cs.voters.contains(id))
+                        .max_by_key(|(_, p)| p.matched)
+                        .map(|(id, _)| *id);
+                    if let Some(to) = best {
+                        tracing::info!(
+                            node = self.config.id,
+                            to,
+                            "removed from the voters; transferring leadership"
+                        );
+                        self.raw.transfer_leader(to);
+                    }
+                }
                 tracing::info!(node = self.config.id, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
                 if let Some(reply) = seq.and_then(|s| self.conf_changes.remove(&s)) {
                     let _ = reply.send(Ok(cs));
@@ -1027,10 +1061,17 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
     fn publish_status(&self) {
         let raft = &self.raw.raft;
         let cs = raft.prs().conf().to_conf_state();
-        let progress = if raft.state == StateRole::Leader {
-            raft.prs().iter().map(|(id, p)| (*id, p.matched)).collect()
+        let (progress, recently_active) = if raft.state == StateRole::Leader {
+            (
+                raft.prs().iter().map(|(id, p)| (*id, p.matched)).collect(),
+                raft.prs()
+                    .iter()
+                    .filter(|(_, p)| p.recent_active)
+                    .map(|(id, _)| *id)
+                    .collect(),
+            )
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         let status = RaftStatus {
             id: self.config.id,
@@ -1043,6 +1084,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             voters: cs.voters.clone(),
             learners: cs.learners.clone(),
             progress,
+            recently_active,
             running: !self.stopped,
         };
         if let Ok(mut s) = self.status.lock() {

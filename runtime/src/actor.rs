@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,8 @@ struct Head {
 
 pub(crate) struct InstanceActor {
     id: InstanceId,
+    /// Shared with the table's `Mailbox`: messages queued, not yet taken.
+    queued: Arc<AtomicUsize>,
     generation: u64,
     skill: Arc<dyn DynSkill>,
     env: Arc<ActorEnv>,
@@ -244,8 +246,40 @@ impl InstanceActor {
         Ok((next, reply))
     }
 
+    /// With nothing in flight the cached head must equal the stored one.
+    /// Re-reading it (hash verified) before serving means a checkpoint
+    /// damaged on disk is reported as DATA_LOSS instead of being served
+    /// from memory, and a head changed underneath (snapshot install) is
+    /// reloaded.
+    fn check_stored_head(&mut self) -> Result<(), RuntimeError> {
+        if self.in_flight != 0 {
+            return Ok(());
+        }
+        let Some(head) = &self.head else {
+            return Ok(());
+        };
+        match self.env.store.latest(&self.id.skill, &self.id.instance) {
+            Ok(Some(cp)) if cp.version == head.version && cp.hash == head.hash => Ok(()),
+            Ok(None) if head.version == 0 => Ok(()),
+            Ok(_) => {
+                self.head = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.head = None;
+                self.env.metrics.data_loss.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(instance = %self.id, error = %e, "stored head fails verification; not serving");
+                Err(e.into())
+            }
+        }
+    }
+
     fn execute(&mut self, msg: Execute, ctx: &mut Context<Self>) {
         self.last_active = Instant::now();
+        if let Err(e) = self.check_stored_head() {
+            let _ = msg.reply.send(Err(e));
+            return;
+        }
         let Execute {
             op,
             request_id,
@@ -463,6 +497,7 @@ impl Handler<Execute> for InstanceActor {
     type Result = ();
 
     fn handle(&mut self, msg: Execute, ctx: &mut Self::Context) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
         self.execute(msg, ctx);
     }
 }
@@ -476,9 +511,21 @@ impl Handler<Passivate> for InstanceActor {
 }
 
 struct Slot {
-    addr: Addr<InstanceActor>,
+    mailbox: Mailbox,
     generation: u64,
     stamp: u64,
+}
+
+/// An actor's address plus the count of messages queued for it.
+///
+/// actix's bounded mailbox does not bound `try_send` across `Addr` clones
+/// (each clone may always queue one message), so the runtime keeps its own
+/// count: incremented before queuing, decremented when the actor takes the
+/// message. That count is what `mailbox_capacity` bounds.
+#[derive(Clone)]
+pub(crate) struct Mailbox {
+    pub addr: Addr<InstanceActor>,
+    pub queued: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -528,7 +575,7 @@ impl InstanceTable {
         id: &InstanceId,
         skill: &Arc<dyn DynSkill>,
         env: &Arc<ActorEnv>,
-    ) -> Result<Addr<InstanceActor>, RuntimeError> {
+    ) -> Result<Mailbox, RuntimeError> {
         let mut t = self
             .inner
             .lock()
@@ -536,12 +583,12 @@ impl InstanceTable {
         t.next_stamp += 1;
         let stamp = t.next_stamp;
         if let Some(slot) = t.slots.get_mut(id) {
-            if slot.addr.connected() {
+            if slot.mailbox.addr.connected() {
                 let old = std::mem::replace(&mut slot.stamp, stamp);
-                let addr = slot.addr.clone();
+                let mailbox = slot.mailbox.clone();
                 t.lru.remove(&old);
                 t.lru.insert(stamp, id.clone());
-                return Ok(addr);
+                return Ok(mailbox);
             }
         }
         if let Some(old) = t.slots.remove(id) {
@@ -553,10 +600,12 @@ impl InstanceTable {
             };
             if let Some(slot) = t.slots.remove(&victim) {
                 // A busy victim refuses; it stops on its own once idle.
-                let _ = slot.addr.try_send(Passivate);
+                let _ = slot.mailbox.addr.try_send(Passivate);
             }
         }
+        let queued = Arc::new(AtomicUsize::new(0));
         let actor = InstanceActor {
+            queued: queued.clone(),
             id: id.clone(),
             generation: stamp,
             skill: skill.clone(),
@@ -568,16 +617,17 @@ impl InstanceTable {
             last_active: Instant::now(),
         };
         let addr = InstanceActor::start_in_arbiter(&self.arbiter, move |_ctx| actor);
+        let mailbox = Mailbox { addr, queued };
         t.slots.insert(
             id.clone(),
             Slot {
-                addr: addr.clone(),
+                mailbox: mailbox.clone(),
                 generation: stamp,
                 stamp,
             },
         );
         t.lru.insert(stamp, id.clone());
-        Ok(addr)
+        Ok(mailbox)
     }
 
     pub fn remove_if(&self, id: &InstanceId, generation: u64) {
@@ -595,7 +645,7 @@ impl InstanceTable {
         if let Ok(mut t) = self.inner.lock() {
             t.lru.clear();
             for (_, slot) in t.slots.drain() {
-                let _ = slot.addr.try_send(Passivate);
+                let _ = slot.mailbox.addr.try_send(Passivate);
             }
         }
     }

@@ -401,26 +401,4 @@ mod tests {
         };
         assert_eq!(format_timestamp(&huge), format!("{}us/0@2", u64::MAX));
     }
-
-    #[test]
-    #[ignore = "timing printout, not an assertion; run with --ignored --nocapture"]
-    fn print_now_cost() {
-        let hlc = Hlc::new(1, Arc::new(SystemClock));
-        let n = 1_000_000u32;
-        let start = std::time::Instant::now();
-        let mut x = 0u64;
-        for _ in 0..n {
-            x ^= hlc.now().physical_micros;
-        }
-        println!("Hlc::now ≈ {:?} per call ({x})", start.elapsed() / n);
-        // Baseline on the same machine state: the physical read alone.
-        let start = std::time::Instant::now();
-        for _ in 0..n {
-            x ^= SystemClock.now_micros();
-        }
-        println!(
-            "SystemClock::now_micros ≈ {:?} per call ({x})",
-            start.elapsed() / n
-        );
-    }
 }

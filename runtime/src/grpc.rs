@@ -18,14 +18,14 @@ use crate::node::{Core, InvokeRequest};
 /// Metadata key of the capability token: `authorization: Bearer <token>`.
 pub const AUTHORIZATION: &str = "authorization";
 
-/// Largest gRPC message the server decodes. Above the payload limit so that
-/// an oversized payload gets our clear INVALID_ARGUMENT instead of a bare
-/// transport error, yet bounded.
+/// Largest gRPC message the server decodes: well above the payload limit so
+/// that an oversized payload gets our clear INVALID_ARGUMENT rather than
+/// tonic's OUT_OF_RANGE, yet bounded (16 MiB, or 4× the payload limit).
 fn max_decoding_bytes(core: &Core) -> usize {
     core.config()
         .max_payload_bytes
-        .saturating_mul(2)
-        .max(64 * 1024)
+        .saturating_mul(4)
+        .max(16 * 1024 * 1024)
 }
 
 /// History responses hold at most MAX_HISTORY states of at most

@@ -290,7 +290,7 @@ impl Core {
             tracing::error!(error = %e, "audit record not written");
         }
         let n = self.audit_count.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % AUDIT_PRUNE_EVERY == 0 {
+        if n.is_multiple_of(AUDIT_PRUNE_EVERY) {
             if let Err(e) = self.store.audit_prune(self.config.audit_max_records) {
                 tracing::warn!(error = %e, "audit prune failed");
             }
@@ -357,23 +357,33 @@ impl Core {
         request_id: String,
         expected_version: Option<u64>,
     ) -> Result<InvokeResult, RuntimeError> {
-        let addr = self.instances.get_or_activate(&id, skill, &self.env)?;
+        let mailbox = self.instances.get_or_activate(&id, skill, &self.env)?;
+        if mailbox.queued.fetch_add(1, Ordering::AcqRel) >= self.config.mailbox_capacity {
+            mailbox.queued.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(RuntimeError::ResourceExhausted(format!(
+                "mailbox of {id} is full"
+            )));
+        }
         let (tx, rx) = oneshot::channel();
-        addr.try_send(Execute {
+        let sent = mailbox.addr.try_send(Execute {
             op,
             request_id,
             expected_version,
             reply: tx,
-        })
-        .map_err(|e| match e {
-            actix::prelude::SendError::Full(_) => {
-                self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
-                RuntimeError::ResourceExhausted(format!("mailbox of {id} is full"))
-            }
-            actix::prelude::SendError::Closed(_) => {
-                RuntimeError::unavailable(format!("{id} was passivated; retry"))
-            }
-        })?;
+        });
+        if let Err(e) = sent {
+            mailbox.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(match e {
+                actix::prelude::SendError::Full(_) => {
+                    self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+                    RuntimeError::ResourceExhausted(format!("mailbox of {id} is full"))
+                }
+                actix::prelude::SendError::Closed(_) => {
+                    RuntimeError::unavailable(format!("{id} was passivated; retry"))
+                }
+            });
+        }
         rx.await.map_err(|_| {
             RuntimeError::unavailable(format!(
                 "{id} stopped before replying (leadership change?); retry with the same request id"
@@ -508,8 +518,27 @@ impl Core {
         token: Option<&str>,
         req: InvokeRequest,
     ) -> Result<InvokeResult, RuntimeError> {
-        let skill = self.check_target(&req.skill, &req.instance)?;
-        let kind = skill.method_kind(&req.method).ok_or_else(|| {
+        validate_name("skill", &req.skill, MAX_SKILL_NAME)?;
+        validate_name("instance", &req.instance, MAX_INSTANCE_NAME)?;
+        if req.request_id.len() > MAX_REQUEST_ID {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "request_id must be at most {MAX_REQUEST_ID} bytes"
+            )));
+        }
+        // Authorize before saying whether the skill or method exists, so an
+        // unauthorized caller cannot probe them. An unknown method is
+        // checked as a write, the strictest reading.
+        let known = self.skills.get(&req.skill).cloned();
+        let kind = known.as_ref().and_then(|s| s.method_kind(&req.method));
+        let operation = if kind == Some(MethodKind::Read) {
+            Operation::Read
+        } else {
+            Operation::Write
+        };
+        self.authorize(token, &req.skill, &req.instance, &req.method, operation)?;
+        let skill = known
+            .ok_or_else(|| RuntimeError::NotFound(format!("unknown skill `{}`", req.skill)))?;
+        let kind = kind.ok_or_else(|| {
             RuntimeError::NotFound(format!(
                 "skill `{}` has no method `{}` (it has: {})",
                 req.skill,
@@ -517,17 +546,6 @@ impl Core {
                 skill.method_names().join(", ")
             ))
         })?;
-        if req.request_id.len() > MAX_REQUEST_ID {
-            return Err(RuntimeError::InvalidArgument(format!(
-                "request_id must be at most {MAX_REQUEST_ID} bytes"
-            )));
-        }
-        let operation = if kind == MethodKind::Read {
-            Operation::Read
-        } else {
-            Operation::Write
-        };
-        self.authorize(token, &req.skill, &req.instance, &req.method, operation)?;
         let id = InstanceId {
             skill: req.skill.clone(),
             instance: req.instance.clone(),
@@ -580,7 +598,8 @@ impl Core {
         to_version: u64,
         request_id: &str,
     ) -> Result<InvokeResult, RuntimeError> {
-        let dyn_skill = self.check_target(skill, instance)?;
+        validate_name("skill", skill, MAX_SKILL_NAME)?;
+        validate_name("instance", instance, MAX_INSTANCE_NAME)?;
         if request_id.len() > MAX_REQUEST_ID {
             return Err(RuntimeError::InvalidArgument(format!(
                 "request_id must be at most {MAX_REQUEST_ID} bytes"
@@ -598,6 +617,7 @@ impl Core {
             system_methods::ROLLBACK,
             Operation::Write,
         )?;
+        let dyn_skill = self.check_target(skill, instance)?;
         let request_id = if request_id.is_empty() {
             fresh_request_id()
         } else {
@@ -638,7 +658,8 @@ impl Core {
         instance: &str,
         version: u64,
     ) -> Result<Checkpoint, RuntimeError> {
-        self.check_target(skill, instance)?;
+        validate_name("skill", skill, MAX_SKILL_NAME)?;
+        validate_name("instance", instance, MAX_INSTANCE_NAME)?;
         self.authorize(
             token,
             skill,
@@ -646,6 +667,7 @@ impl Core {
             system_methods::STATE,
             Operation::Read,
         )?;
+        self.check_target(skill, instance)?;
         self.linearizable_barrier().await?;
         let found = if version == 0 {
             self.store.latest(skill, instance)
@@ -671,7 +693,8 @@ impl Core {
         instance: &str,
         at: Timestamp,
     ) -> Result<Checkpoint, RuntimeError> {
-        self.check_target(skill, instance)?;
+        validate_name("skill", skill, MAX_SKILL_NAME)?;
+        validate_name("instance", instance, MAX_INSTANCE_NAME)?;
         self.authorize(
             token,
             skill,
@@ -679,6 +702,7 @@ impl Core {
             system_methods::STATE,
             Operation::Read,
         )?;
+        self.check_target(skill, instance)?;
         self.linearizable_barrier().await?;
         self.store
             .at_or_before(skill, instance, at)?
@@ -698,7 +722,8 @@ impl Core {
         before_version: u64,
         limit: u32,
     ) -> Result<Vec<Checkpoint>, RuntimeError> {
-        self.check_target(skill, instance)?;
+        validate_name("skill", skill, MAX_SKILL_NAME)?;
+        validate_name("instance", instance, MAX_INSTANCE_NAME)?;
         self.authorize(
             token,
             skill,
@@ -706,6 +731,7 @@ impl Core {
             system_methods::HISTORY,
             Operation::Read,
         )?;
+        self.check_target(skill, instance)?;
         self.linearizable_barrier().await?;
         let limit = match limit as usize {
             0 => 100,
@@ -726,7 +752,8 @@ impl Core {
         skill: &str,
         instance: &str,
     ) -> Result<ChainReport, RuntimeError> {
-        self.check_target(skill, instance)?;
+        validate_name("skill", skill, MAX_SKILL_NAME)?;
+        validate_name("instance", instance, MAX_INSTANCE_NAME)?;
         self.authorize(
             token,
             skill,
@@ -734,6 +761,7 @@ impl Core {
             system_methods::VERIFY,
             Operation::Read,
         )?;
+        self.check_target(skill, instance)?;
         self.linearizable_barrier().await?;
         let report = self.store.verify_chain(skill, instance)?;
         if report.versions_checked == 0 && report.ok {
@@ -756,7 +784,8 @@ impl Core {
         skill: &str,
         instance: &str,
     ) -> Result<WatchGuard, RuntimeError> {
-        self.check_target(skill, instance)?;
+        validate_name("skill", skill, MAX_SKILL_NAME)?;
+        validate_name("instance", instance, MAX_INSTANCE_NAME)?;
         self.authorize(
             token,
             skill,
@@ -764,6 +793,7 @@ impl Core {
             system_methods::WATCH,
             Operation::Read,
         )?;
+        self.check_target(skill, instance)?;
         let n = self.metrics.watchers.fetch_add(1, Ordering::Relaxed);
         let guard = WatchGuard {
             metrics: self.metrics.clone(),
@@ -930,13 +960,17 @@ impl Core {
                     "cannot remove the last voter".into(),
                 ));
             }
+            // Healthy = heard from within the last election timeout (check
+            // quorum's view) and caught up; a freshly killed voter still has
+            // a recent match index, so the match index alone is not enough.
             let healthy = remaining
                 .iter()
                 .filter(|v| {
                     **v == self.config.node_id
-                        || status.progress.iter().any(|(p, m)| {
-                            p == *v && status.last_index.saturating_sub(*m) <= MAX_PROMOTE_LAG
-                        })
+                        || (status.recently_active.contains(v)
+                            && status.progress.iter().any(|(p, m)| {
+                                p == *v && status.last_index.saturating_sub(*m) <= MAX_PROMOTE_LAG
+                            }))
                 })
                 .count();
             let quorum = remaining.len() / 2 + 1;

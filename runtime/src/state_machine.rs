@@ -47,6 +47,9 @@ struct Head {
 }
 
 impl NodeStateMachine {
+    /// The chain head from the small head record: applying never reads
+    /// checkpoint bodies, so a damaged body on this node cannot stop apply
+    /// (it is reported when the instance is served, as DATA_LOSS).
     fn head(
         &self,
         pending: &HashMap<(String, String), Head>,
@@ -55,10 +58,10 @@ impl NodeStateMachine {
         if let Some(h) = pending.get(&(cp.skill.clone(), cp.instance.clone())) {
             return Ok(Some(*h));
         }
-        Ok(self.store.latest(&cp.skill, &cp.instance)?.map(|c| Head {
-            version: c.version,
-            hash: c.hash,
-            timestamp: c.timestamp,
+        Ok(self.store.head(&cp.skill, &cp.instance)?.map(|h| Head {
+            version: h.version,
+            hash: h.hash,
+            timestamp: h.timestamp,
         }))
     }
 }

@@ -31,5 +31,6 @@ pub use checkpoint::{Checkpoint, Hash, Timestamp, ZERO_HASH};
 pub use error::StorageError;
 pub use raft_log::RaftLog;
 pub use store::{
-    ApplyBatch, ChainReport, RequestRecord, Store, StoreOptions, DEFAULT_RETENTION_VERSIONS,
+    ApplyBatch, ChainReport, HeadInfo, RequestRecord, Store, StoreOptions,
+    DEFAULT_RETENTION_VERSIONS,
 };

@@ -245,11 +245,22 @@ impl std::fmt::Debug for Store {
 struct Head {
     version: u64,
     hash: Hash,
+    timestamp: Timestamp,
 }
 
-fn encode_head(version: u64, hash: &Hash) -> Vec<u8> {
-    let mut w = Writer::with_capacity(40);
-    w.u64(version).raw(hash);
+/// What the state machine needs to validate the next checkpoint of an
+/// instance: small and checksummed, so applying never depends on reading
+/// (possibly damaged) state bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadInfo {
+    pub version: u64,
+    pub hash: Hash,
+    pub timestamp: Timestamp,
+}
+
+fn encode_head(version: u64, hash: &Hash, timestamp: &Timestamp) -> Vec<u8> {
+    let mut w = Writer::with_capacity(64);
+    w.u64(version).raw(hash).timestamp(timestamp);
     seal_value(w.as_slice())
 }
 
@@ -258,6 +269,7 @@ fn decode_head(raw: &[u8]) -> Result<Head, StorageError> {
     let head = Head {
         version: r.u64()?,
         hash: r.hash()?,
+        timestamp: r.timestamp()?,
     };
     r.finish()?;
     Ok(head)
@@ -571,7 +583,7 @@ impl Store {
                 checkpoint_key(&cp.skill, &cp.instance, cp.version),
                 cp.encode(),
             );
-            pending.put(hk, encode_head(cp.version, &cp.hash));
+            pending.put(hk, encode_head(cp.version, &cp.hash, &cp.timestamp));
             if !cp.request_id.is_empty() {
                 let rec = RequestRecord {
                     version: cp.version,
@@ -619,6 +631,23 @@ impl Store {
         }
         self.inner.state.apply_batch(pending.into_batch())?;
         Ok(())
+    }
+
+    /// The instance's chain head (version, hash, timestamp) from its small
+    /// checksummed record, without reading the checkpoint body.
+    pub fn head(&self, skill: &str, instance: &str) -> Result<Option<HeadInfo>, StorageError> {
+        validate_names(skill, instance)?;
+        match self.inner.state.get(head_key(skill, instance))? {
+            Some(raw) => {
+                let h = decode_head(&raw)?;
+                Ok(Some(HeadInfo {
+                    version: h.version,
+                    hash: h.hash,
+                    timestamp: h.timestamp,
+                }))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Replicated cluster metadata by name (checksum verified).
@@ -1618,7 +1647,8 @@ mod tests {
         assert!(!store.verify_chain("s", "i").unwrap().ok);
         assert!(store.state_hash().unwrap_err().is_corrupt());
         // A head pointing at an older (valid) version is also caught.
-        raw.insert(hk, encode_head(2, &[0u8; 32])).unwrap();
+        raw.insert(hk, encode_head(2, &[0u8; 32], &Timestamp::default()))
+            .unwrap();
         assert!(store.latest("s", "i").unwrap_err().is_corrupt());
         assert!(!store.verify_chain("s", "i").unwrap().ok);
     }

@@ -70,7 +70,9 @@ impl SimSm {
         store: Store,
         ledger: Arc<Mutex<Ledger>>,
     ) -> Result<Self, ConsensusError> {
-        let applied = store.applied_index()?;
+        // A brand-new log starts behind the bootstrap snapshot at index 1
+        // (membership only, no state): the first entry applied is 2.
+        let applied = store.applied_index()?.max(1);
         lock(&ledger).applied.insert(node, applied);
         Ok(SimSm {
             node,
