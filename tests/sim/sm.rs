@@ -41,6 +41,10 @@ pub struct Ledger {
     pub entries: BTreeMap<u64, (u64, u64, u64)>,
     /// node -> last index its state machine reached (entries or snapshot).
     pub applied: HashMap<u64, u64>,
+    /// node -> the term in which, as leader, it applied an entry of its own
+    /// term (only then does it know every committed entry: the runtime's
+    /// `caught_up_term`).
+    pub caught_up: HashMap<u64, u64>,
     pub violations: Vec<String>,
     pub snapshots_installed: u64,
     pub entries_applied: u64,
@@ -125,10 +129,13 @@ impl StateMachine for SimSm {
 
     fn apply(
         &mut self,
-        _ctx: ApplyContext,
+        ctx: ApplyContext,
         entries: &[Committed<'_>],
     ) -> Result<Vec<SimOutcome>, ConsensusError> {
         self.record(entries);
+        if ctx.is_leader && entries.iter().any(|e| e.term == ctx.term) {
+            lock(&self.ledger).caught_up.insert(self.node, ctx.term);
+        }
         let mut batch = ApplyBatch::default();
         let mut heads: HashMap<String, Head> = HashMap::new();
         let mut out = Vec::with_capacity(entries.len());
