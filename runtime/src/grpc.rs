@@ -235,11 +235,13 @@ impl pb::skills_server::Skills for Api {
             .watch(token.as_deref(), &req.skill, &req.instance)?;
         let stream = async_stream(move |tx| async move {
             loop {
-                let item = sub
-                    .next()
-                    .await
-                    .map(|cp| checkpoint_to_pb(&cp))
-                    .map_err(Status::from);
+                // Also wake when the client goes away, so an idle stream
+                // releases its watcher slot at once, not at the next change.
+                let next = tokio::select! {
+                    next = sub.next() => next,
+                    _ = tx.closed() => break,
+                };
+                let item = next.map(|cp| checkpoint_to_pb(&cp)).map_err(Status::from);
                 let stop = item.is_err();
                 if tx.send(item).await.is_err() || stop {
                     break;

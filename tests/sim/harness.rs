@@ -376,6 +376,9 @@ impl Cluster {
                 }
             }
             let snapshot = p.msg.get_msg_type() == MessageType::MsgSnapshot;
+            if self.opts.verbose {
+                eprintln!("      {}", describe(&p.msg, copies));
+            }
             let d = self.nodes[Self::idx(to)]
                 .driver
                 .as_mut()
@@ -713,6 +716,34 @@ impl Cluster {
                 }
             }
         }
+        if self.opts.verbose {
+            let line: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|n| match n.driver.as_ref().map(|d| d.status()) {
+                    Some(s) => format!(
+                        "{}:{}/t{} c{} a{} l{}{}",
+                        n.id,
+                        &s.role.as_str()[..1],
+                        s.term,
+                        s.commit_index,
+                        s.applied_index,
+                        s.last_index,
+                        if s.progress.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" match{:?}", s.progress)
+                        }
+                    ),
+                    None => format!("{}:down", n.id),
+                })
+                .collect();
+            eprintln!(
+                "    {} | in flight {}",
+                line.join("  "),
+                self.in_flight.len()
+            );
+        }
         if self.step % ACK_CHECK_EVERY == 0 {
             self.check_acked(false)?;
         }
@@ -853,6 +884,32 @@ impl Cluster {
         self.report.trace_digest = self.trace.finish();
         self.report.clone()
     }
+}
+
+fn describe(m: &Message, copies: u64) -> String {
+    let ents = match (m.entries.first(), m.entries.last()) {
+        (Some(a), Some(b)) => format!(" ents[{}..={}]", a.index, b.index),
+        _ => String::new(),
+    };
+    let snap = if m.get_msg_type() == MessageType::MsgSnapshot {
+        format!(" snap@{}", m.get_snapshot().get_metadata().index)
+    } else {
+        String::new()
+    };
+    format!(
+        "{:?} {}->{} t{} idx{} lt{} commit{}{}{}{}{}",
+        m.get_msg_type(),
+        m.from,
+        m.to,
+        m.term,
+        m.index,
+        m.log_term,
+        m.commit,
+        ents,
+        snap,
+        if m.reject { " REJECT" } else { "" },
+        if copies > 1 { " x2" } else { "" }
+    )
 }
 
 fn hex8(h: &Hash) -> String {
