@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{black_box, BatchSize, Criterion, SamplingMode, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{black_box, BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use serde_json::json;
 use synapse::client::{v1 as pb, Client};
 use synapse::{Grant, Node, NodeConfig, RootKey};
@@ -123,7 +124,7 @@ fn bench_guard(c: &mut Criterion) {
     g.bench_function("authorize_cached_token", |b| {
         b.iter_batched(
             || format!("i{}", n.fetch_add(1, Ordering::Relaxed)),
-            |instance| {
+            |instance: String| {
                 let r = Request {
                     instance: &instance,
                     ..req

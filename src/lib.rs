@@ -25,6 +25,7 @@ pub use synapse_runtime::clock::{
     format_timestamp, ManualClock, PhysicalClock, SkewedClock, SystemClock,
 };
 pub use synapse_runtime::guard::{attenuate, inspect, Grant, Restriction, RootKey};
+pub use synapse_runtime::node::restore_backup;
 pub use synapse_runtime::skill::field;
 pub use synapse_runtime::{
     InvokeRequest, InvokeResult, MethodKind, MethodSpec, Node, NodeBuilder, NodeConfig,

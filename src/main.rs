@@ -152,6 +152,20 @@ enum Command {
     },
     /// Print a new cluster root key (hex) for --root-key-file or a Secret.
     Keygen,
+    /// Exit 0 only if the node reports SERVING on grpc.health.v1 (a leader
+    /// is known, it is caught up, its clock is within bounds).
+    Health {
+        /// Service to check ("" = the whole node).
+        #[arg(long, default_value = "synapse.v1.Skills")]
+        service: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Back up or restore the whole cluster state.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// Drive a cluster (or etcd) with a bounded load and report latency.
     Bench(loadgen::BenchOpts),
     /// Capability tokens.
@@ -260,6 +274,25 @@ async fn membership(client: &ClientOpts, op: Membership) -> Result<(), Failure> 
         }
     }
     Err("leader redirect did not settle".to_string().into())
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Stream a verified backup of the whole state from a node into a file.
+    Save {
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Restore a backup into an EMPTY data dir as a new one-voter cluster;
+    /// start that node, then let the others join it. Offline.
+    Restore {
+        file: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        node_id: u64,
+    },
 }
 
 #[derive(Args)]
@@ -441,6 +474,14 @@ fn node_id_from_hostname() -> Result<u64, String> {
         .and_then(|o| o.parse::<u64>().ok())
         .ok_or_else(|| format!("hostname `{host}` does not end in -<ordinal>"))?;
     Ok(ordinal + 1)
+}
+
+fn synapse_runtime_restore(
+    data_dir: &std::path::Path,
+    node_id: u64,
+    data: &[u8],
+) -> Result<u64, Failure> {
+    synapse::restore_backup(data_dir, node_id, data).map_err(|e| Failure::from(e.to_string()))
 }
 
 /// A failure the CLI reports: the gRPC code name (or "error") and a message.
@@ -923,6 +964,90 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Token { command } => token_command(command),
         Command::Bench(opts) => loadgen::run(opts).await.map_err(Failure::from),
+        Command::Health { service, client } => {
+            let channel = tonic::transport::Endpoint::from_shared(client.endpoint.clone())
+                .map_err(|e| Failure::from(format!("bad endpoint: {e}")))?
+                .connect_timeout(Duration::from_secs(3))
+                .connect()
+                .await
+                .map_err(|e| {
+                    Failure::from(format!("cannot connect to {}: {e}", client.endpoint))
+                })?;
+            let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
+            let r = h
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.clone(),
+                })
+                .await?
+                .into_inner();
+            let serving =
+                r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+            let name = tonic_health::pb::health_check_response::ServingStatus::try_from(r.status)
+                .map(|s| s.as_str_name().to_string())
+                .unwrap_or_else(|_| r.status.to_string());
+            print(
+                client.output,
+                &json!({ "service": service, "status": name }),
+                || name.clone(),
+            );
+            if serving {
+                Ok(())
+            } else {
+                Err(Failure(
+                    "NotServing".into(),
+                    format!("{service:?} reports {name}"),
+                ))
+            }
+        }
+        Command::Snapshot {
+            command: SnapshotCommand::Save { file, client },
+        } => {
+            use sha2::Digest as _;
+            let mut c = connect(&client).await?;
+            let mut stream = c.cluster.backup(pb::BackupRequest {}).await?.into_inner();
+            let mut data = Vec::new();
+            let mut applied = 0;
+            while let Some(chunk) = stream.message().await? {
+                if chunk.applied_index != 0 {
+                    applied = chunk.applied_index;
+                }
+                data.extend_from_slice(&chunk.data);
+            }
+            let tmp = file.with_extension("partial");
+            std::fs::write(&tmp, &data)
+                .map_err(|e| Failure::from(format!("cannot write {}: {e}", tmp.display())))?;
+            std::fs::rename(&tmp, &file)
+                .map_err(|e| Failure::from(format!("cannot write {}: {e}", file.display())))?;
+            let digest = hex(&sha2::Sha256::digest(&data));
+            let v = json!({ "file": file, "bytes": data.len(), "applied_index": applied, "sha256": digest });
+            print(client.output, &v, || {
+                format!(
+                    "saved {} bytes at applied index {applied} to {} (sha256 {digest})",
+                    data.len(),
+                    file.display()
+                )
+            });
+            Ok(())
+        }
+        Command::Snapshot {
+            command:
+                SnapshotCommand::Restore {
+                    file,
+                    data_dir,
+                    node_id,
+                },
+        } => {
+            let data = std::fs::read(&file)
+                .map_err(|e| Failure::from(format!("cannot read {}: {e}", file.display())))?;
+            let applied = synapse_runtime_restore(&data_dir, node_id, &data)?;
+            outln!(
+                "restored {} at applied index {applied} into {} as node {node_id}; start it with\n  synapse serve --node-id {node_id} --data-dir {} ...\nand let the other nodes join it (--join).",
+                file.display(),
+                data_dir.display(),
+                data_dir.display()
+            );
+            Ok(())
+        }
         Command::Keygen => {
             outln!("{}", RootKey::generate().to_private_hex());
             Ok(())
@@ -1006,7 +1131,11 @@ fn main() {
         }
     };
     if let Err(Failure(code, msg)) = runtime.block_on(run(cli)) {
-        eprintln!("error: {code}: {msg}");
+        if code == "error" {
+            eprintln!("error: {msg}");
+        } else {
+            eprintln!("error: {code}: {msg}");
+        }
         std::process::exit(1);
     }
 }

@@ -301,6 +301,32 @@ impl pb::cluster_server::Cluster for Api {
         }))
     }
 
+    type BackupStream =
+        Pin<Box<dyn Stream<Item = Result<pb::BackupChunk, Status>> + Send + 'static>>;
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        /// Chunk size: well under the default 4 MiB gRPC frame limit.
+        const BACKUP_CHUNK: usize = 1024 * 1024;
+        let token = token(&request)?;
+        let (applied, data) = self.core.backup(token.as_deref()).await?;
+        let total = data.len() as u64;
+        let chunks: Vec<Result<pb::BackupChunk, Status>> = data
+            .chunks(BACKUP_CHUNK)
+            .enumerate()
+            .map(|(i, c)| {
+                Ok(pb::BackupChunk {
+                    data: c.to_vec(),
+                    applied_index: if i == 0 { applied } else { 0 },
+                    total_bytes: if i == 0 { total } else { 0 },
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
     async fn add_member(
         &self,
         request: Request<pb::AddMemberRequest>,

@@ -650,6 +650,12 @@ impl Store {
         }
     }
 
+    /// Verifies a state snapshot (digest, every checkpoint hash, heads)
+    /// without touching any store: check a backup before creating anything.
+    pub fn verify_snapshot_data(data: &[u8]) -> Result<(), StorageError> {
+        parse_and_validate_snapshot(data).map(|_| ())
+    }
+
     /// Replicated cluster metadata by name (checksum verified).
     pub fn cluster_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
         match self.inner.state.get(cluster_key(name))? {
