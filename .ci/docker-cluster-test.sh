@@ -338,8 +338,12 @@ for svc in "${svcs[@]}"; do
     role=follower; [[ "$(leader_svc)" == "$svc" ]] && role=leader
     log "FAULT (d): rolling restart: docker restart $svc ($role)"
     first_ack_at=""; t_f=$(now)
-    docker restart -t 10 "$(ctr "$svc")" >/dev/null
+    # The workload runs while `docker restart` (graceful stop, then start) is
+    # under way, so the recovery time is the write outage, not the restart.
+    docker restart -t 10 "$(ctr "$svc")" >/dev/null &
+    restarter=$!
     load "roll-$svc" "$fault_writes"
+    wait "$restarter" || fail "docker restart $svc failed"
     after_fault "rolling restart $svc ($role)" "$t_f"
 done
 

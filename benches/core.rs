@@ -34,10 +34,7 @@ const BATCH_OPS: usize = 5_000;
 /// Concurrent clients in the throughput benches.
 const CLIENTS: usize = 64;
 
-fn quick(
-    c: &mut Criterion,
-    name: &str,
-) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
+fn quick<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
     let mut g = c.benchmark_group(name);
     g.warm_up_time(Duration::from_millis(800));
     g.measurement_time(Duration::from_secs(3));

@@ -318,6 +318,9 @@ struct RunResult {
     per_op: BTreeMap<&'static str, Histogram<u64>>,
     per_sec: Vec<(u64, Histogram<u64>)>,
     warmup_ops: u64,
+    /// Open loop: scheduled requests never sent because the clients were
+    /// still behind schedule when the time was up.
+    missed: u64,
 }
 
 impl RunResult {
@@ -587,6 +590,7 @@ async fn run_once(setup: &Setup, opts: &BenchOpts, clients: usize) -> Result<Run
     let done_ops = Arc::new(AtomicU64::new(0)); // all completions, for progress
     let tickets = Arc::new(AtomicU64::new(0)); // measured ops issued (--ops)
     let stop = Arc::new(AtomicBool::new(false));
+    let missed = Arc::new(AtomicU64::new(0)); // open-loop slots never sent
     let start = Instant::now();
     let measure_start = start + opts.warmup;
     let end = measure_start + opts.duration;
@@ -599,8 +603,13 @@ async fn run_once(setup: &Setup, opts: &BenchOpts, clients: usize) -> Result<Run
     for i in 0..clients {
         let pool = &pools[i % pools.len()];
         let mut conn = pool[(i / pools.len()) % pool.len()].clone();
-        let (rec, done_ops, tickets, stop) =
-            (rec.clone(), done_ops.clone(), tickets.clone(), stop.clone());
+        let (rec, done_ops, tickets, stop, missed) = (
+            rec.clone(),
+            done_ops.clone(),
+            tickets.clone(),
+            stop.clone(),
+            missed.clone(),
+        );
         let mix = setup.mix.clone();
         let payloads = setup.payloads.clone();
         let (instances, ops_bound, timeout) = (opts.instances, opts.ops, opts.timeout);
@@ -617,6 +626,14 @@ async fn run_once(setup: &Setup, opts: &BenchOpts, clients: usize) -> Result<Run
                     (Some(t), Some(iv)) => {
                         next = Some(t + iv);
                         if t >= end {
+                            break;
+                        }
+                        let now = Instant::now();
+                        if now >= end {
+                            // Behind schedule when time is up: the slots not
+                            // sent are reported, not silently dropped.
+                            let left = (end - t).as_secs_f64() / iv.as_secs_f64();
+                            missed.fetch_add(left.ceil() as u64, Ordering::Relaxed);
                             break;
                         }
                         if t > Instant::now() {
@@ -771,10 +788,18 @@ async fn run_once(setup: &Setup, opts: &BenchOpts, clients: usize) -> Result<Run
             .load(Ordering::Relaxed)
             .saturating_sub(r.ok + r.errors.values().sum::<u64>())
     };
-    let r = Arc::try_unwrap(rec)
-        .map_err(|_| "internal: recorder still shared".to_string())?
-        .into_inner()
-        .unwrap();
+    // Aborted clients may still hold a reference for a moment: take the data.
+    let r = {
+        let mut g = rec.lock().unwrap();
+        Recorder {
+            all: std::mem::replace(&mut g.all, new_hist()),
+            per_op: std::mem::take(&mut g.per_op),
+            per_sec: std::mem::take(&mut g.per_sec),
+            ok: g.ok,
+            errors: std::mem::take(&mut g.errors),
+            last_error: g.last_error.take(),
+        }
+    };
     let mut per_sec = r.per_sec;
     per_sec.sort_by_key(|x| x.0);
     Ok(RunResult {
@@ -787,6 +812,7 @@ async fn run_once(setup: &Setup, opts: &BenchOpts, clients: usize) -> Result<Run
         per_op: r.per_op,
         per_sec,
         warmup_ops,
+        missed: missed.load(Ordering::Relaxed),
     })
 }
 
@@ -838,6 +864,12 @@ fn print_run(setup: &Setup, opts: &BenchOpts, r: &RunResult) {
             row(name, h);
         }
     }
+    if r.missed > 0 {
+        println!(
+            "  not sent     {:>10}  (scheduled, but the clients were still behind when time was up)",
+            r.missed
+        );
+    }
     if let Some(rate) = opts.rate {
         if r.throughput() < rate * 0.95 {
             println!(
@@ -880,6 +912,7 @@ fn to_json(setup: &Setup, opts: &BenchOpts, results: &[RunResult]) -> Value {
                 "elapsed_s": r.elapsed.as_secs_f64(),
                 "ok": r.ok,
                 "warmup_ops": r.warmup_ops,
+                "missed_schedule": r.missed,
                 "throughput_ops_s": (r.throughput() * 10.0).round() / 10.0,
                 "errors": r.errors,
                 "errors_total": r.failed(),

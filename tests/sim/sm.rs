@@ -47,6 +47,8 @@ pub struct Ledger {
     pub caught_up: HashMap<u64, u64>,
     pub violations: Vec<String>,
     pub snapshots_installed: u64,
+    /// node -> snapshots it restored (its state was replaced wholesale).
+    pub restores: HashMap<u64, u64>,
     pub entries_applied: u64,
     pub checkpoints_applied: u64,
     pub rejected: u64,
@@ -221,6 +223,7 @@ impl StateMachine for SimSm {
         }
         l.applied.insert(self.node, index);
         l.snapshots_installed += 1;
+        *l.restores.entry(self.node).or_default() += 1;
         Ok(())
     }
 
