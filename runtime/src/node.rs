@@ -1516,6 +1516,34 @@ pub fn restore_backup(
     Ok(applied)
 }
 
+/// A leader that stops on purpose first hands leadership to the most
+/// caught-up voter, so clients see one quick leader change instead of an
+/// election timeout. Bounded: after two election timeouts it stops anyway.
+async fn hand_off_before_stop(core: &Core) {
+    let status = core.raft.status();
+    if status.role != Role::Leader || status.voters.len() < 2 {
+        return;
+    }
+    let Some((to, _)) = status
+        .progress
+        .iter()
+        .filter(|(id, _)| *id != core.config.node_id && status.voters.contains(id))
+        .max_by_key(|(_, matched)| *matched)
+    else {
+        return;
+    };
+    tracing::info!(to, "stopping: transferring leadership first");
+    if core.raft.transfer_leader(*to).is_err() {
+        return;
+    }
+    let bound =
+        Duration::from_millis(core.config.raft_tick_ms * core.config.raft_election_tick as u64 * 2);
+    let deadline = tokio::time::Instant::now() + bound;
+    while core.raft.status().role == Role::Leader && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// How often the background tasks look at the cluster.
 const CLUSTER_POLL: Duration = Duration::from_millis(200);
 
@@ -1754,6 +1782,7 @@ async fn run_node(
         return;
     }
     let _ = stop.await;
+    hand_off_before_stop(&core).await;
     tracing::info!(
         node = config.node_id,
         "shutting down: draining in-flight calls"
