@@ -1034,6 +1034,9 @@ async fn membership_join_promote_remove() {
     wait_converged(&live_addrs, &token).await;
     let l = leader_status(&live_addrs, &token).await;
     let leader = l.node_id;
+    // Re-read the voters after convergence: the earlier removal's outcome
+    // was unknown to the client and may have committed since `after`.
+    let after = sorted(l.voters.clone());
     // A voter that is down already (node 1, if its removal did not commit)
     // serves as the lagging one; otherwise stop a follower.
     let dead = match after.iter().find(|id| !live_ids.contains(id)) {
