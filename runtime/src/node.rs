@@ -1674,7 +1674,9 @@ async fn join_task(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>
             }
             Err(e) => {
                 tracing::warn!(node = id, error = %e, "join attempt failed; retrying");
-                delay = (delay * 2).min(Duration::from_secs(5));
+                // Joining is rare and cheap to retry; a long backoff only
+                // delays a node that is about to succeed.
+                delay = (delay * 2).min(Duration::from_secs(1));
             }
         }
     }
