@@ -763,7 +763,7 @@ impl Cluster {
                 self.in_flight.len()
             );
         }
-        if self.step % ACK_CHECK_EVERY == 0 {
+        if self.step.checked_rem(ACK_CHECK_EVERY) == Some(0) {
             self.check_acked(false)?;
         }
         Ok(())
