@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use sim::{run_seed, Report, SimOptions, Violation};
 
-const DEFAULT_SEEDS: u64 = 1000;
+const DEFAULT_SEEDS: u64 = 600;
 const DEFAULT_STEPS: usize = 300;
 /// Seeds the broken variant may take before the harness must have caught it.
 const BROKEN_SEED_BUDGET: u64 = 200;

@@ -197,7 +197,13 @@ impl RaftConfig {
             check_quorum: true,
             pre_vote: true,
             read_only_option: raft::ReadOnlyOption::Safe,
-            batch_append: true,
+            // raft-rs 0.7's `try_batching` can merge entries into an
+            // already-queued MsgAppend whose base index no longer matches
+            // (after a rejection lowers next_idx), so a follower acks past
+            // the leader's log and the leader commits without a quorum. The
+            // deterministic simulation found it (SIM_SEED=16). Group commit
+            // per Ready already batches, so raft-level batching is off.
+            batch_append: false,
             max_uncommitted_size: self.max_uncommitted_size,
             max_committed_size_per_ready: self.max_committed_size_per_ready,
             min_election_tick: self.min_election_tick,
@@ -508,6 +514,15 @@ impl<S: StateMachine, T: Transport> SimDriver<S, T> {
 
     pub fn tick(&mut self) {
         self.driver.raw.tick();
+    }
+
+    pub fn report_snapshot(&mut self, peer: u64, delivered: bool) {
+        self.driver
+            .handle(Event::SnapshotReport { peer, delivered });
+    }
+
+    pub fn report_unreachable(&mut self, peer: u64) {
+        self.driver.handle(Event::Unreachable(peer));
     }
 
     /// Processes every pending Ready, persisting inline.

@@ -735,6 +735,26 @@ impl Cluster {
                 }
             }
         }
+        // (2b) a leader's commit index is held by a quorum of persisted logs
+        // (catches commit-without-quorum when it happens, not steps later).
+        let mut persisted: Vec<u64> = self
+            .nodes
+            .iter()
+            .map(|n| n.store.raft_log().last_log_index())
+            .collect();
+        persisted.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_holds = persisted[self.nodes.len() / 2];
+        for n in &self.nodes {
+            if let Some(s) = n.driver.as_ref().map(|d| d.status()) {
+                if s.role == Role::Leader && s.commit_index > quorum_holds {
+                    return Err(format!(
+                        "leader {} (term {}) committed index {} but only {quorum_holds} is \
+                         persisted on a quorum (persisted last indexes {persisted:?})",
+                        n.id, s.term, s.commit_index
+                    ));
+                }
+            }
+        }
         if self.opts.verbose {
             let line: Vec<String> = self
                 .nodes
