@@ -9,7 +9,7 @@ cargo build --quiet --bin synapse
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 hport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-./target/debug/synapse serve --data-dir "$dir/data" --listen "127.0.0.1:$port" --http-listen "127.0.0.1:$hport" >"$dir/serve.log" 2>&1 &
+"${CARGO_TARGET_DIR:-target}/debug/synapse" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" --http-listen "127.0.0.1:$hport" >"$dir/serve.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 1 100); do [ -s "$dir/data/root.token" ] && break; sleep 0.1; done
