@@ -55,6 +55,7 @@ fn bench_disk(c: &mut Criterion) {
     let path = dir.path().join("blocks");
     let f = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&path)

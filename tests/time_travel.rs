@@ -26,7 +26,7 @@ async fn get_state_at_a_timestamp() {
         skill: "counter".into(),
         instance: "tt".into(),
         version: 0,
-        at: Some(ts.clone()),
+        at: Some(*ts),
     };
     for (i, ts) in stamps.iter().enumerate() {
         // Exactly at a checkpoint's timestamp: that checkpoint.
@@ -49,7 +49,7 @@ async fn get_state_at_a_timestamp() {
             let before_next = if before_next.physical_micros >= ts.physical_micros {
                 before_next
             } else {
-                ts.clone()
+                *ts
             };
             let cp = c
                 .skills

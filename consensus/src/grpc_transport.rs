@@ -30,6 +30,9 @@ pub const MAX_MESSAGES_PER_FRAME: usize = 256;
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// Largest message the receiver reassembles from chunks: the snapshot bound.
 pub const MAX_REASSEMBLED_BYTES: usize = 1024 * 1024 * 1024;
+/// Largest peer frame a receiver accepts: one chunk plus framing, or a batch
+/// of ordinary messages.
+pub const MAX_PEER_FRAME_BYTES: usize = 4 * CHUNK_BYTES;
 /// Frames buffered between the batching loop and the gRPC stream.
 const STREAM_BUFFER_FRAMES: usize = 8;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -394,9 +397,11 @@ mod tests {
     use super::*;
 
     fn msg(to: u64, size: usize) -> Message {
-        let mut m = Message::default();
-        m.to = to;
-        m.from = 1;
+        let mut m = Message {
+            to,
+            from: 1,
+            ..Default::default()
+        };
         m.set_msg_type(MessageType::MsgSnapshot);
         m.mut_snapshot().data = vec![7u8; size].into();
         m
@@ -439,7 +444,3 @@ mod tests {
         assert!(dec.decode(frame).is_err());
     }
 }
-
-/// Largest peer frame a receiver accepts: one chunk plus framing, or a batch
-/// of ordinary messages.
-pub const MAX_PEER_FRAME_BYTES: usize = 4 * CHUNK_BYTES;
