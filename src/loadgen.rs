@@ -193,7 +193,11 @@ impl Mix {
     fn pick(&self, r: u64) -> Op {
         let total = self.0.last().map(|x| x.1).unwrap_or(1) as u64;
         let x = (r % total) as u32;
-        self.0.iter().find(|(_, c)| x < *c).map(|x| x.0).unwrap()
+        self.0
+            .iter()
+            .find(|(_, c)| x < *c)
+            .map(|x| x.0)
+            .expect("x is drawn below the last cumulative weight")
     }
 
     fn describe(&self) -> String {
@@ -249,7 +253,8 @@ impl Payloads {
         Payloads {
             prefix: prefix.to_string(),
             incr: br#"{"by":1}"#.to_vec(),
-            put: serde_json::to_vec(&json!({"key": "k", "value": value})).unwrap(),
+            put: serde_json::to_vec(&json!({"key": "k", "value": value}))
+                .expect("a JSON object of strings always encodes"),
             get: br#"{"key":"k"}"#.to_vec(),
             empty: Vec::new(),
             value: value.into_bytes(),
@@ -495,7 +500,7 @@ async fn run_all(opts: BenchOpts) -> Result<(), String> {
     }
     let doc = to_json(&setup, &opts, &results);
     if let Some(path) = &opts.json {
-        let text = serde_json::to_string_pretty(&doc).unwrap();
+        let text = serde_json::to_string_pretty(&doc).expect("a serde_json::Value always encodes");
         std::fs::write(path, text + "\n")
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         eprintln!("wrote {}", path.display());
@@ -671,7 +676,9 @@ async fn run_once(setup: &Setup, opts: &BenchOpts, clients: usize) -> Result<Run
                 }
                 let us = (now.saturating_duration_since(intended).as_micros() as u64)
                     .clamp(1, HIST_MAX_US);
-                let mut r = rec.lock().unwrap();
+                let mut r = rec
+                    .lock()
+                    .expect("no recorder holder panics while holding the lock");
                 match res {
                     Ok(Ok(())) => {
                         r.ok += 1;
@@ -785,14 +792,18 @@ async fn run_once(setup: &Setup, opts: &BenchOpts, clients: usize) -> Result<Run
             .saturating_duration_since(measure_start)
     };
     let warmup_ops = {
-        let r = rec.lock().unwrap();
+        let r = rec
+            .lock()
+            .expect("no recorder holder panics while holding the lock");
         done_ops
             .load(Ordering::Relaxed)
             .saturating_sub(r.ok + r.errors.values().sum::<u64>())
     };
     // Aborted clients may still hold a reference for a moment: take the data.
     let r = {
-        let mut g = rec.lock().unwrap();
+        let mut g = rec
+            .lock()
+            .expect("no recorder holder panics while holding the lock");
         Recorder {
             all: std::mem::replace(&mut g.all, new_hist()),
             per_op: std::mem::take(&mut g.per_op),
