@@ -239,9 +239,19 @@ impl Core {
             .ok_or_else(|| RuntimeError::NotFound(format!("unknown skill `{name}`")))
     }
 
-    fn check_target(&self, skill: &str, instance: &str) -> Result<Arc<dyn DynSkill>, RuntimeError> {
+    /// Names valid, caller authorized, skill known: in that order, so an
+    /// unauthorized caller learns nothing about which skills exist.
+    fn admit_target(
+        &self,
+        token: Option<&str>,
+        skill: &str,
+        instance: &str,
+        method: &str,
+        operation: Operation,
+    ) -> Result<Arc<dyn DynSkill>, RuntimeError> {
         validate_name("skill", skill, MAX_SKILL_NAME)?;
         validate_name("instance", instance, MAX_INSTANCE_NAME)?;
+        self.authorize(token, skill, instance, method, operation)?;
         Ok(self.skill(skill)?.clone())
     }
 
@@ -617,7 +627,7 @@ impl Core {
             system_methods::ROLLBACK,
             Operation::Write,
         )?;
-        let dyn_skill = self.check_target(skill, instance)?;
+        let dyn_skill = self.skill(skill)?.clone();
         let request_id = if request_id.is_empty() {
             fresh_request_id()
         } else {
@@ -658,16 +668,13 @@ impl Core {
         instance: &str,
         version: u64,
     ) -> Result<Checkpoint, RuntimeError> {
-        validate_name("skill", skill, MAX_SKILL_NAME)?;
-        validate_name("instance", instance, MAX_INSTANCE_NAME)?;
-        self.authorize(
+        self.admit_target(
             token,
             skill,
             instance,
             system_methods::STATE,
             Operation::Read,
         )?;
-        self.check_target(skill, instance)?;
         self.linearizable_barrier().await?;
         let found = if version == 0 {
             self.store.latest(skill, instance)
@@ -693,16 +700,13 @@ impl Core {
         instance: &str,
         at: Timestamp,
     ) -> Result<Checkpoint, RuntimeError> {
-        validate_name("skill", skill, MAX_SKILL_NAME)?;
-        validate_name("instance", instance, MAX_INSTANCE_NAME)?;
-        self.authorize(
+        self.admit_target(
             token,
             skill,
             instance,
             system_methods::STATE,
             Operation::Read,
         )?;
-        self.check_target(skill, instance)?;
         self.linearizable_barrier().await?;
         self.store
             .at_or_before(skill, instance, at)?
@@ -722,16 +726,13 @@ impl Core {
         before_version: u64,
         limit: u32,
     ) -> Result<Vec<Checkpoint>, RuntimeError> {
-        validate_name("skill", skill, MAX_SKILL_NAME)?;
-        validate_name("instance", instance, MAX_INSTANCE_NAME)?;
-        self.authorize(
+        self.admit_target(
             token,
             skill,
             instance,
             system_methods::HISTORY,
             Operation::Read,
         )?;
-        self.check_target(skill, instance)?;
         self.linearizable_barrier().await?;
         let limit = match limit as usize {
             0 => 100,
@@ -752,16 +753,13 @@ impl Core {
         skill: &str,
         instance: &str,
     ) -> Result<ChainReport, RuntimeError> {
-        validate_name("skill", skill, MAX_SKILL_NAME)?;
-        validate_name("instance", instance, MAX_INSTANCE_NAME)?;
-        self.authorize(
+        self.admit_target(
             token,
             skill,
             instance,
             system_methods::VERIFY,
             Operation::Read,
         )?;
-        self.check_target(skill, instance)?;
         self.linearizable_barrier().await?;
         let report = self.store.verify_chain(skill, instance)?;
         if report.versions_checked == 0 && report.ok {
@@ -784,16 +782,13 @@ impl Core {
         skill: &str,
         instance: &str,
     ) -> Result<WatchGuard, RuntimeError> {
-        validate_name("skill", skill, MAX_SKILL_NAME)?;
-        validate_name("instance", instance, MAX_INSTANCE_NAME)?;
-        self.authorize(
+        self.admit_target(
             token,
             skill,
             instance,
             system_methods::WATCH,
             Operation::Read,
         )?;
-        self.check_target(skill, instance)?;
         let n = self.metrics.watchers.fetch_add(1, Ordering::Relaxed);
         let guard = WatchGuard {
             metrics: self.metrics.clone(),
