@@ -15,7 +15,9 @@ use synapse_runtime::{Node, NodeConfig};
 
 fn clock_now_in_process(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = Node::builder(NodeConfig::embedded(dir.path())).start().expect("node");
+    let node = Node::builder(NodeConfig::embedded(dir.path()))
+        .start()
+        .expect("node");
     let token = node.root_token().to_string();
     let core = node.core().clone();
     c.bench_function("clock/now_in_process", |b| {
