@@ -247,7 +247,7 @@ fn bench_checkpoint(c: &mut Criterion) {
                 store.commit_apply(batch).expect("apply");
                 total += t.elapsed();
                 applied += 1;
-                if applied % 64 == 0 {
+                if applied.is_multiple_of(64) {
                     store.sync().expect("sync");
                 }
             }
