@@ -614,6 +614,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 _ = ticker.tick() => {
                     self.raw.tick();
                     self.expire_reads();
+                    self.hand_off_if_removed();
                 }
             }
             if let Err(e) = self.process_ready().await {
@@ -753,6 +754,36 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 }
             }
             Event::Stop => self.stopped = true,
+        }
+    }
+
+    /// raft-rs leaves a leader that removed itself in charge (a known TODO
+    /// there); hand leadership to the most caught-up remaining voter. Called
+    /// after membership changes and on every tick, because raft-rs abandons
+    /// a transfer after an election timeout if the target was not caught up.
+    fn hand_off_if_removed(&mut self) {
+        if self.raw.raft.state != StateRole::Leader || self.raw.raft.lead_transferee.is_some() {
+            return;
+        }
+        let cs = self.raw.raft.prs().conf().to_conf_state();
+        if cs.voters.contains(&self.config.id) {
+            return;
+        }
+        let best = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| cs.voters.contains(id))
+            .max_by_key(|(_, p)| p.matched)
+            .map(|(id, _)| *id);
+        if let Some(to) = best {
+            tracing::info!(
+                node = self.config.id,
+                to,
+                "removed from the voters; transferring leadership"
+            );
+            self.raw.transfer_leader(to);
         }
     }
 
@@ -1021,28 +1052,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         match result {
             Ok(cs) => {
                 self.log.set_conf_state(&cs)?;
-                // raft-rs leaves a leader that removed itself in charge (a
-                // known TODO there); hand leadership to the most caught-up
-                // remaining voter so the cluster is not led by a non-member.
-                if self.raw.raft.state == StateRole::Leader && !cs.voters.contains(&self.config.id)
-                {
-                    let best = self
-                        .raw
-                        .raft
-                        .prs()
-                        .iter()
-                        .filter(|(id, _)| cs.voters.contains(id))
-                        .max_by_key(|(_, p)| p.matched)
-                        .map(|(id, _)| *id);
-                    if let Some(to) = best {
-                        tracing::info!(
-                            node = self.config.id,
-                            to,
-                            "removed from the voters; transferring leadership"
-                        );
-                        self.raw.transfer_leader(to);
-                    }
-                }
+                self.hand_off_if_removed();
                 tracing::info!(node = self.config.id, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
                 if let Some(reply) = seq.and_then(|s| self.conf_changes.remove(&s)) {
                     let _ = reply.send(Ok(cs));
