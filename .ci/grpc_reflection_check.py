@@ -18,7 +18,7 @@ def ask(req):
 
 services = [s.name for s in ask(reflection_pb2.ServerReflectionRequest(list_services="")).list_services_response.service]
 print("reflection lists:", services)
-for want in ["synapse.v1.Skills", "synapse.v1.Cluster", "synapse.v1.Clock", "grpc.health.v1.Health"]:
+for want in ["synapse.v1.Skills", "synapse.v1.Cluster", "synapse.v1.Clock", "synapse.v1.Capabilities", "grpc.health.v1.Health"]:
     assert want in services, f"{want} missing from reflection"
 
 pool = descriptor_pool.DescriptorPool()

@@ -20,6 +20,7 @@
 //! internals; everything here goes through `synapse-runtime`'s public API.
 
 pub mod client;
+pub mod history;
 
 pub use synapse_runtime::clock::{
     format_timestamp, ManualClock, PhysicalClock, SkewedClock, SystemClock,

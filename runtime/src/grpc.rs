@@ -477,6 +477,16 @@ impl pb::peer_server::Peer for Api {
         }))
     }
 
+    // Placeholder until live corruption repair lands (issue #8).
+    async fn fetch_checkpoint(
+        &self,
+        _request: Request<pb::FetchCheckpointRequest>,
+    ) -> Result<Response<pb::FetchCheckpointResponse>, Status> {
+        Err(Status::unimplemented(
+            "Peer.FetchCheckpoint is not implemented yet",
+        ))
+    }
+
     async fn forward_invoke(
         &self,
         request: Request<pb::ForwardInvokeRequest>,
@@ -508,6 +518,28 @@ impl pb::peer_server::Peer for Api {
             )
             .await?;
         Ok(Response::new(invoke_response(result)?))
+    }
+}
+
+// Placeholder until revocation and the audit query land (issue #5).
+#[tonic::async_trait]
+impl pb::capabilities_server::Capabilities for Api {
+    async fn revoke(
+        &self,
+        _request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        Err(Status::unimplemented(
+            "Capabilities.Revoke is not implemented yet",
+        ))
+    }
+
+    async fn audit(
+        &self,
+        _request: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditResponse>, Status> {
+        Err(Status::unimplemented(
+            "Capabilities.Audit is not implemented yet",
+        ))
     }
 }
 
@@ -559,6 +591,7 @@ pub(crate) async fn serve(
         .max_encoding_message_size(MAX_ENCODING_BYTES);
     let cluster = pb::cluster_server::ClusterServer::new(api.clone());
     let clock = pb::clock_server::ClockServer::new(api.clone());
+    let capabilities = pb::capabilities_server::CapabilitiesServer::new(api.clone());
     // Peer frames carry snapshot chunks of up to 1 MiB plus framing.
     let peer = pb::peer_server::PeerServer::new(api)
         .max_decoding_message_size(synapse_consensus::MAX_PEER_FRAME_BYTES)
@@ -599,6 +632,7 @@ pub(crate) async fn serve(
         .add_service(skills)
         .add_service(cluster)
         .add_service(clock)
+        .add_service(capabilities)
         .add_service(peer);
     let task = tokio::spawn(async move {
         let shutdown = async move {
