@@ -17,9 +17,52 @@ use raft::eraftpb::{Message, MessageType};
 use synapse_proto::v1::peer_client::PeerClient;
 use synapse_proto::v1::RaftBatch;
 use tokio::sync::mpsc;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::Transport;
+
+/// Metadata key of the peer credential that every node-to-node call carries
+/// (a capability token minted from the cluster root key). Separate from
+/// `authorization` because a forwarded Invoke carries the client's own token.
+pub const PEER_CREDENTIAL_HEADER: &str = "x-synapse-peer-credential";
+
+/// The current peer credential, if this node has one yet (it can change once:
+/// from a join token to the `_peer` token when the root key is installed).
+pub type CredentialFn = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// Builds the endpoint for a peer address: `https` with `tls` (the node
+/// certificate as client identity, the cluster CA as the only trust root),
+/// else plaintext `http` (development only). An address that already has a
+/// scheme keeps it.
+pub fn peer_endpoint(address: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, String> {
+    let uri = if address.contains("://") {
+        address.to_string()
+    } else if tls.is_some() {
+        format!("https://{address}")
+    } else {
+        format!("http://{address}")
+    };
+    let endpoint = Endpoint::from_shared(uri)
+        .map_err(|e| format!("bad peer address `{address}`: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    match tls {
+        Some(cfg) => endpoint
+            .tls_config(cfg.clone())
+            .map_err(|e| format!("TLS setup for `{address}`: {e}")),
+        None => Ok(endpoint),
+    }
+}
+
+/// Attaches the peer credential to a request, if there is one.
+pub fn attach_credential<T>(request: &mut tonic::Request<T>, credential: Option<&CredentialFn>) {
+    let Some(token) = credential.and_then(|f| f()) else {
+        return;
+    };
+    if let Ok(v) = token.parse() {
+        request.metadata_mut().insert(PEER_CREDENTIAL_HEADER, v);
+    }
+}
 
 /// Messages queued per peer before new ones are dropped.
 pub const PEER_QUEUE_CAPACITY: usize = 4096;
@@ -62,6 +105,10 @@ pub struct GrpcTransport {
     self_address: OnceLock<String>,
     /// Reads this node's hybrid logical clock for each frame.
     clock: OnceLock<ClockFn>,
+    /// Client TLS for peer links (`None`: plaintext, development only).
+    tls: OnceLock<ClientTlsConfig>,
+    /// The credential sent when a stream opens.
+    credential: OnceLock<CredentialFn>,
 }
 
 /// A clock reading for outgoing frames.
@@ -78,7 +125,19 @@ impl GrpcTransport {
             dropped: AtomicU64::new(0),
             self_address: OnceLock::new(),
             clock: OnceLock::new(),
+            tls: OnceLock::new(),
+            credential: OnceLock::new(),
         })
+    }
+
+    /// Peer links use TLS with this config (set once, before peers are added).
+    pub fn set_tls(&self, tls: ClientTlsConfig) {
+        let _ = self.tls.set(tls);
+    }
+
+    /// Every stream opened from now on carries this credential.
+    pub fn set_credential(&self, credential: CredentialFn) {
+        let _ = self.credential.set(credential);
     }
 
     /// Wires delivery reports to the driver (set once, after it starts).
@@ -252,24 +311,20 @@ async fn run_link(
     mut queue: mpsc::Receiver<Message>,
 ) {
     let mut backoff = BACKOFF_MIN;
-    let uri = if address.starts_with("http://") || address.starts_with("https://") {
-        address.clone()
-    } else {
-        format!("http://{address}")
-    };
     loop {
         let Some(me) = transport.upgrade() else {
             return;
         };
         let from = me.self_id;
         let from_address = me.self_address.get().cloned().unwrap_or_default();
-        let endpoint = match Endpoint::from_shared(uri.clone()) {
-            Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true),
+        let endpoint = match peer_endpoint(&address, me.tls.get()) {
+            Ok(e) => e,
             Err(e) => {
                 tracing::error!(peer, address, error = %e, "invalid peer address");
                 return;
             }
         };
+        let credential = me.credential.get().cloned();
         drop(me);
         let channel = match endpoint.connect().await {
             Ok(c) => c,
@@ -287,7 +342,10 @@ async fn run_link(
         };
         let mut client = PeerClient::new(channel).max_encoding_message_size(CHUNK_BYTES * 2);
         let (frame_tx, frame_rx) = mpsc::channel::<RaftBatch>(STREAM_BUFFER_FRAMES);
-        let call = client.raft(tokio_stream::wrappers::ReceiverStream::new(frame_rx));
+        let mut request =
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(frame_rx));
+        attach_credential(&mut request, credential.as_ref());
+        let call = client.raft(request);
         tokio::pin!(call);
         tracing::debug!(peer, address, "peer stream open");
         let mut healthy = false;

@@ -23,7 +23,8 @@ pub use driver::{
 };
 pub use error::ConsensusError;
 pub use grpc_transport::{
-    ClockFn, FrameDecoder, FrameError, GrpcTransport, PeerReporter, MAX_PEER_FRAME_BYTES,
+    attach_credential, peer_endpoint, ClockFn, CredentialFn, FrameDecoder, FrameError,
+    GrpcTransport, PeerReporter, MAX_PEER_FRAME_BYTES, PEER_CREDENTIAL_HEADER,
 };
 pub use logger::tracing_logger;
 pub use transport::{NoopTransport, Transport};

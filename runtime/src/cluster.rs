@@ -1,14 +1,14 @@
 //! Cluster plumbing: the replicated root key, the member address book,
-//! bootstrap of a new cluster, joining an existing one, and forwarding
-//! Invoke to the leader.
+//! bootstrap of a new cluster, joining an existing one, forwarding Invoke
+//! to the leader, and peer authentication (who may call the Peer service).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
 
+use synapse_consensus::{CredentialFn, PEER_CREDENTIAL_HEADER};
 use synapse_proto::v1 as pb;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::error::{RuntimeError, LEADER_ADDR_HEADER, LEADER_HINT_HEADER};
 use crate::guard::{Grant, Guard, RootKey};
@@ -17,6 +17,11 @@ use crate::guard::{Grant, Guard, RootKey};
 pub const META_ROOT_KEY: &str = "root_key";
 /// Prefix of member address entries: `member/<id>` → `host:port`.
 pub const META_MEMBER_PREFIX: &str = "member/";
+
+/// Skill name of the peer grant: a token allowing it is the credential
+/// every node-to-node call carries. The leading `_` keeps it out of the
+/// namespace of registrable skills.
+pub const PEER_SKILL: &str = "_peer";
 
 pub fn member_meta_name(id: u64) -> String {
     format!("{META_MEMBER_PREFIX}{id}")
@@ -27,6 +32,8 @@ pub fn member_meta_name(id: u64) -> String {
 pub(crate) struct ClusterKeys {
     guard: OnceLock<Guard>,
     root_token: OnceLock<String>,
+    /// Credential for node-to-node calls, minted when the key is installed.
+    peer_token: OnceLock<String>,
     public_hex: OnceLock<String>,
     data_dir: PathBuf,
     cache_capacity: usize,
@@ -37,6 +44,7 @@ impl ClusterKeys {
         ClusterKeys {
             guard: OnceLock::new(),
             root_token: OnceLock::new(),
+            peer_token: OnceLock::new(),
             public_hex: OnceLock::new(),
             data_dir: data_dir.to_path_buf(),
             cache_capacity,
@@ -49,6 +57,11 @@ impl ClusterKeys {
 
     pub fn root_token(&self) -> &str {
         self.root_token.get().map(String::as_str).unwrap_or("")
+    }
+
+    /// The `_peer` credential, once the root key is installed here.
+    pub fn peer_token(&self) -> Option<&str> {
+        self.peer_token.get().map(String::as_str)
     }
 
     /// Installs the key: guard, `<data-dir>/root.key` and `root.token`
@@ -70,6 +83,17 @@ impl ClusterKeys {
         }
         let token = ensure_root_token(&self.data_dir, &key, &public)?;
         let guard = Guard::new(&public, self.cache_capacity)?;
+        let peer = key.mint(
+            "peer",
+            &[Grant {
+                skill: PEER_SKILL.into(),
+                instance: "*".into(),
+                methods: vec![],
+                read_only: false,
+            }],
+            None,
+        )?;
+        let _ = self.peer_token.set(peer);
         let _ = self.guard.set(guard);
         let _ = self.root_token.set(token);
         let _ = self.public_hex.set(public);
@@ -119,10 +143,13 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RuntimeErro
         .map_err(|e| RuntimeError::Internal(format!("cannot write {}: {e}", path.display())))
 }
 
-/// Channels to other members, created lazily and reused.
+/// Channels to other members, created lazily and reused, with this node's
+/// TLS client config (if any) and its peer credential.
 #[derive(Default)]
 pub(crate) struct PeerChannels {
     channels: Mutex<HashMap<String, Channel>>,
+    tls: Option<ClientTlsConfig>,
+    credential: Option<CredentialFn>,
 }
 
 /// Bound on cached peer channels; members are few, this only guards
@@ -130,6 +157,21 @@ pub(crate) struct PeerChannels {
 const MAX_PEER_CHANNELS: usize = 64;
 
 impl PeerChannels {
+    pub fn new(tls: Option<ClientTlsConfig>, credential: CredentialFn) -> Self {
+        PeerChannels {
+            channels: Mutex::new(HashMap::new()),
+            tls,
+            credential: Some(credential),
+        }
+    }
+
+    /// Wraps a Peer RPC message with this node's peer credential.
+    pub fn peer_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        synapse_consensus::attach_credential(&mut request, self.credential.as_ref());
+        request
+    }
+
     pub fn get(&self, address: &str) -> Result<Channel, RuntimeError> {
         let mut map = self
             .channels
@@ -141,21 +183,84 @@ impl PeerChannels {
         if map.len() >= MAX_PEER_CHANNELS {
             map.clear();
         }
-        let uri = if address.contains("://") {
-            address.to_string()
-        } else {
-            format!("http://{address}")
-        };
-        let channel = Endpoint::from_shared(uri)
-            .map_err(|e| {
-                RuntimeError::InvalidArgument(format!("bad peer address `{address}`: {e}"))
-            })?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
+        let channel = synapse_consensus::peer_endpoint(address, self.tls.as_ref())
+            .map_err(RuntimeError::InvalidArgument)?
             .connect_lazy();
         map.insert(address.to_string(), channel.clone());
         Ok(channel)
     }
+}
+
+/// The credential this node sends: its `_peer` token once the root key is
+/// installed; before that (a joining node), the join token, which the
+/// cluster accepts too, since its holder may become a member anyway.
+pub(crate) fn credential_fn(keys: Arc<ClusterKeys>, join_token: Option<String>) -> CredentialFn {
+    Arc::new(move || {
+        keys.peer_token()
+            .map(String::from)
+            .or_else(|| join_token.clone())
+    })
+}
+
+/// Admits a Peer RPC. With TLS, the connection must have presented a client
+/// certificate (rustls has already verified it against the cluster CA).
+/// In every mode the request must carry a credential from the cluster root
+/// key: the `_peer` grant, or `_system/cluster` rights (a join token).
+///
+/// Until the root key has reached this node (a new cluster before its first
+/// commit, a joining node before it catches up) there is nothing to check a
+/// credential against, and the call is admitted: that window is why
+/// plaintext is for development only; TLS closes it.
+pub(crate) fn authorize_peer<T>(
+    keys: &ClusterKeys,
+    tls_on: bool,
+    request: &tonic::Request<T>,
+    rpc: &str,
+) -> Result<(), RuntimeError> {
+    if tls_on && request.peer_certs().is_none_or(|c| c.is_empty()) {
+        return Err(RuntimeError::Unauthenticated(
+            "peer RPCs need a client certificate signed by the cluster CA".into(),
+        ));
+    }
+    let Some(guard) = keys.guard() else {
+        tracing::debug!(rpc, "peer call admitted before the root key is installed");
+        return Ok(());
+    };
+    let credential = match request.metadata().get(PEER_CREDENTIAL_HEADER) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            RuntimeError::Unauthenticated("peer credential is not ASCII".into())
+        })?),
+    };
+    let peer = crate::guard::Request {
+        skill: PEER_SKILL,
+        instance: "*",
+        method: rpc,
+        operation: crate::guard::Operation::Write,
+    };
+    let first = match guard.check(credential, &peer) {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    let join = crate::guard::Request {
+        skill: crate::node::system_methods::SYSTEM_SKILL,
+        instance: "cluster",
+        method: rpc,
+        operation: crate::guard::Operation::Write,
+    };
+    if guard.check(credential, &join).is_ok() {
+        return Ok(());
+    }
+    tracing::warn!(rpc, error = %first, "peer call refused");
+    Err(match RuntimeError::from(first) {
+        RuntimeError::Unauthenticated(m) => {
+            RuntimeError::Unauthenticated(format!("peer credential: {m}"))
+        }
+        RuntimeError::PermissionDenied(m) => {
+            RuntimeError::PermissionDenied(format!("peer credential: {m}"))
+        }
+        other => other,
+    })
 }
 
 /// Turns a status from another node back into our error, keeping the

@@ -77,6 +77,14 @@ pub struct NodeConfig {
     /// empty data dir; every other node joins through this address. The
     /// same binary logic serves Kubernetes and docker-compose.
     pub seed: Option<String>,
+    /// This node's TLS certificate (PEM). With `tls_key` and `tls_ca` it
+    /// turns on TLS for clients and peers; all three or none.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of `tls_cert` (PEM, keep it 0600).
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): peers must present a certificate it signed,
+    /// and this node trusts only it when calling peers.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -111,6 +119,9 @@ impl Default for NodeConfig {
             root_key_file: None,
             raft_compact_threshold: 20_000,
             seed: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
         }
     }
 }
@@ -155,6 +166,10 @@ impl NodeConfig {
         ];
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
             return Err((*msg).to_string());
+        }
+        let tls = [&self.tls_cert, &self.tls_key, &self.tls_ca];
+        if tls.iter().any(|p| p.is_some()) && !tls.iter().all(|p| p.is_some()) {
+            return Err("TLS needs all of tls_cert, tls_key and tls_ca (or none of them)".into());
         }
         let peers = self.parsed_peers()?;
         if !peers.is_empty() && !peers.iter().any(|(id, _)| *id == self.node_id) {
@@ -229,6 +244,11 @@ impl NodeConfig {
             }
         }
         self.listen.map(|l| l.to_string())
+    }
+
+    /// True when TLS is configured (validated: all three files given).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some() && self.tls_ca.is_some()
     }
 
     pub fn idle_timeout(&self) -> Duration {

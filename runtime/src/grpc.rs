@@ -92,6 +92,17 @@ impl Api {
     pub fn new(core: Arc<Core>) -> Self {
         Api { core }
     }
+
+    /// Every Peer RPC starts here: see `cluster::authorize_peer`.
+    fn authorize_peer<T>(&self, request: &Request<T>, rpc: &str) -> Result<(), Status> {
+        crate::cluster::authorize_peer(
+            &self.core.keys,
+            self.core.config().tls_enabled(),
+            request,
+            rpc,
+        )
+        .map_err(Status::from)
+    }
 }
 
 #[tonic::async_trait]
@@ -431,6 +442,7 @@ impl pb::peer_server::Peer for Api {
         &self,
         request: Request<tonic::Streaming<pb::RaftBatch>>,
     ) -> Result<Response<pb::RaftAck>, Status> {
+        self.authorize_peer(&request, "raft")?;
         let mut stream = request.into_inner();
         let mut decoder = synapse_consensus::FrameDecoder::default();
         let me = self.core.node_id();
@@ -467,6 +479,7 @@ impl pb::peer_server::Peer for Api {
         &self,
         request: Request<pb::ClockSampleRequest>,
     ) -> Result<Response<pb::ClockSampleResponse>, Status> {
+        self.authorize_peer(&request, "clock_sample")?;
         let t2 = self.core.hlc().raw_physical_micros();
         drop(request);
         let t3 = self.core.hlc().raw_physical_micros();
@@ -480,8 +493,9 @@ impl pb::peer_server::Peer for Api {
     // Placeholder until live corruption repair lands (issue #8).
     async fn fetch_checkpoint(
         &self,
-        _request: Request<pb::FetchCheckpointRequest>,
+        request: Request<pb::FetchCheckpointRequest>,
     ) -> Result<Response<pb::FetchCheckpointResponse>, Status> {
+        self.authorize_peer(&request, "fetch_checkpoint")?;
         Err(Status::unimplemented(
             "Peer.FetchCheckpoint is not implemented yet",
         ))
@@ -491,6 +505,7 @@ impl pb::peer_server::Peer for Api {
         &self,
         request: Request<pb::ForwardInvokeRequest>,
     ) -> Result<Response<pb::InvokeResponse>, Status> {
+        self.authorize_peer(&request, "forward_invoke")?;
         let fwd = request.into_inner();
         let req = fwd
             .request
@@ -624,7 +639,13 @@ pub(crate) async fn serve(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     // Bounds the requests one connection can have in flight; the node-wide
     // bound is `max_inflight_invokes`.
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &core.tls {
+        builder = builder.tls_config(tls.server_config()).map_err(|e| {
+            RuntimeError::InvalidArgument(format!("TLS certificate or key unusable: {e}"))
+        })?;
+    }
+    let server = builder
         .concurrency_limit_per_connection(MAX_CONCURRENT_PER_CONNECTION)
         .add_service(health_service)
         .add_service(reflection)

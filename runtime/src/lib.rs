@@ -27,6 +27,7 @@ pub mod node;
 pub mod skill;
 pub mod skills;
 mod state_machine;
+pub mod tls;
 
 pub use actor::{InstanceId, InvokeResult};
 pub use config::NodeConfig;

@@ -88,6 +88,8 @@ pub struct Core {
     pub(crate) transport: Option<Arc<GrpcTransport>>,
     pub(crate) clock: Arc<ClockService>,
     channels: PeerChannels,
+    /// Certificate, key and CA when TLS is on (`None`: plaintext, dev only).
+    pub(crate) tls: Option<crate::tls::TlsMaterial>,
     audit_count: std::sync::atomic::AtomicU64,
     inflight_invokes: std::sync::atomic::AtomicUsize,
 }
@@ -498,7 +500,7 @@ impl Core {
         };
         let mut client = pb::peer_client::PeerClient::new(self.channels.get(&address)?);
         let r = client
-            .forward_invoke(request)
+            .forward_invoke(self.channels.peer_request(request))
             .await
             .map_err(error_from_status)?
             .into_inner();
@@ -1311,8 +1313,18 @@ async fn open_core(
     let peers = config
         .parsed_peers()
         .map_err(RuntimeError::InvalidArgument)?;
+    let tls = crate::tls::TlsMaterial::from_paths(
+        config.tls_cert.as_ref(),
+        config.tls_key.as_ref(),
+        config.tls_ca.as_ref(),
+    )?;
+    let credential = crate::cluster::credential_fn(keys.clone(), join_token_for(&config).ok());
     let transport = if config.is_clustered() {
         let t = GrpcTransport::new(config.node_id, tokio::runtime::Handle::current());
+        if let Some(tls) = &tls {
+            t.set_tls(tls.client_config());
+        }
+        t.set_credential(credential.clone());
         if let Some(me) = config.advertise_address() {
             t.set_self_address(&me);
         }
@@ -1392,7 +1404,8 @@ async fn open_core(
         watch,
         metrics,
         transport,
-        channels: PeerChannels::default(),
+        channels: PeerChannels::new(tls.as_ref().map(|t| t.client_config()), credential),
+        tls,
         clock,
         audit_count: Default::default(),
         inflight_invokes: Default::default(),
@@ -1418,10 +1431,10 @@ async fn clock_task(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool
             };
             let mut client = pb::peer_client::PeerClient::new(channel);
             let t1 = core.hlc.raw_physical_micros();
-            let call = client.clock_sample(pb::ClockSampleRequest {
+            let call = client.clock_sample(core.channels.peer_request(pb::ClockSampleRequest {
                 from: core.config.node_id,
                 t1_micros: t1,
-            });
+            }));
             if let Ok(Ok(resp)) = tokio::time::timeout(SAMPLE_TIMEOUT, call).await {
                 let t4 = core.hlc.raw_physical_micros();
                 let r = resp.into_inner();
@@ -1678,10 +1691,14 @@ async fn join_task(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>
 }
 
 fn join_token(core: &Core) -> Result<String, RuntimeError> {
-    if let Some(t) = &core.config.join_token {
+    join_token_for(&core.config)
+}
+
+fn join_token_for(config: &NodeConfig) -> Result<String, RuntimeError> {
+    if let Some(t) = &config.join_token {
         return Ok(t.trim().to_string());
     }
-    if let Some(path) = &core.config.root_key_file {
+    if let Some(path) = &config.root_key_file {
         let text = std::fs::read_to_string(path).map_err(|e| {
             RuntimeError::InvalidArgument(format!(
                 "cannot read root key file {}: {e}",
@@ -1695,7 +1712,7 @@ fn join_token(core: &Core) -> Result<String, RuntimeError> {
             methods: vec![],
             read_only: false,
         };
-        return Ok(key.mint(&format!("node-{}", core.config.node_id), &[grant], None)?);
+        return Ok(key.mint(&format!("node-{}", config.node_id), &[grant], None)?);
     }
     Err(RuntimeError::InvalidArgument("no join token".into()))
 }
