@@ -390,7 +390,7 @@ fn spec(full: &str, skills: &[Target]) -> Option<Kind> {
     };
     let caps = |method: &str, write: bool| -> Kind {
         let t = skills[0].clone();
-        Kind::Client(vec![(t, Scope::new(CAPS_SKILL, "*", method, write))])
+        Kind::Client(vec![(t, Scope::new(CAPS_SKILL, "cluster", method, write))])
     };
     Some(match full {
         "synapse.v1.Skills/Invoke" => Kind::Client(

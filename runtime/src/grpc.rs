@@ -82,6 +82,24 @@ fn invoke_response(r: crate::actor::InvokeResult) -> Result<pb::InvokeResponse, 
     })
 }
 
+/// An Invoke payload: bounded in size, JSON, empty meaning `null`.
+pub(crate) fn decode_payload(
+    payload: &[u8],
+    max_payload_bytes: usize,
+) -> Result<serde_json::Value, RuntimeError> {
+    if payload.len() > max_payload_bytes {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "payload is {} bytes, over the {max_payload_bytes}-byte limit",
+            payload.len(),
+        )));
+    }
+    if payload.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_slice(payload)
+        .map_err(|e| RuntimeError::InvalidArgument(format!("payload is not valid JSON: {e}")))
+}
+
 /// Implements every client service over one shared [`Core`].
 #[derive(Clone)]
 pub struct Api {
@@ -113,21 +131,7 @@ impl pb::skills_server::Skills for Api {
     ) -> Result<Response<pb::InvokeResponse>, Status> {
         let token = token(&request)?;
         let req = request.into_inner();
-        if req.payload.len() > self.core.config().max_payload_bytes {
-            return Err(RuntimeError::InvalidArgument(format!(
-                "payload is {} bytes, over the {}-byte limit",
-                req.payload.len(),
-                self.core.config().max_payload_bytes
-            ))
-            .into());
-        }
-        let payload = if req.payload.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&req.payload).map_err(|e| {
-                RuntimeError::InvalidArgument(format!("payload is not valid JSON: {e}"))
-            })?
-        };
+        let payload = decode_payload(&req.payload, self.core.config().max_payload_bytes)?;
         let result = self
             .core
             .invoke(
@@ -510,13 +514,9 @@ impl pb::peer_server::Peer for Api {
         let req = fwd
             .request
             .ok_or_else(|| Status::invalid_argument("forwarded request is empty"))?;
-        let payload = if req.payload.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&req.payload).map_err(|e| {
-                RuntimeError::InvalidArgument(format!("payload is not valid JSON: {e}"))
-            })?
-        };
+        // The same limit as a direct Invoke: the peer frame bound is far
+        // larger than the payload limit.
+        let payload = decode_payload(&req.payload, self.core.config().max_payload_bytes)?;
         let token = (!fwd.token.is_empty()).then_some(fwd.token);
         let result = self
             .core

@@ -19,6 +19,8 @@ pub mod cluster;
 mod command;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod guard;
 mod http;

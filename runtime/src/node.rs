@@ -106,7 +106,7 @@ impl Drop for InflightSlot<'_> {
 /// A learner may be promoted only when this close to the leader's log.
 pub const MAX_PROMOTE_LAG: u64 = 100;
 
-fn validate_name(kind: &str, value: &str, max: usize) -> Result<(), RuntimeError> {
+pub(crate) fn validate_name(kind: &str, value: &str, max: usize) -> Result<(), RuntimeError> {
     if value.is_empty() || value.len() > max {
         return Err(RuntimeError::InvalidArgument(format!(
             "{kind} must be 1..={max} bytes"
@@ -115,6 +115,30 @@ fn validate_name(kind: &str, value: &str, max: usize) -> Result<(), RuntimeError
     if value.chars().any(|c| c.is_control() || c == '/') {
         return Err(RuntimeError::InvalidArgument(format!(
             "{kind} must not contain '/' or control characters"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_request_id(request_id: &str) -> Result<(), RuntimeError> {
+    if request_id.len() > MAX_REQUEST_ID {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "request_id must be at most {MAX_REQUEST_ID} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// AddMember's input checks (after the guard, before any Raft work).
+pub(crate) fn validate_member(id: u64, address: &str) -> Result<(), RuntimeError> {
+    if id == 0 {
+        return Err(RuntimeError::InvalidArgument(
+            "member id must be >= 1".into(),
+        ));
+    }
+    if address.is_empty() || !address.contains(':') || address.len() > 255 {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "member address `{address}` must be host:port"
         )));
     }
     Ok(())
@@ -532,11 +556,7 @@ impl Core {
     ) -> Result<InvokeResult, RuntimeError> {
         validate_name("skill", &req.skill, MAX_SKILL_NAME)?;
         validate_name("instance", &req.instance, MAX_INSTANCE_NAME)?;
-        if req.request_id.len() > MAX_REQUEST_ID {
-            return Err(RuntimeError::InvalidArgument(format!(
-                "request_id must be at most {MAX_REQUEST_ID} bytes"
-            )));
-        }
+        validate_request_id(&req.request_id)?;
         // Authorize before saying whether the skill or method exists, so an
         // unauthorized caller cannot probe them. An unknown method is
         // checked as a write, the strictest reading.
@@ -612,11 +632,7 @@ impl Core {
     ) -> Result<InvokeResult, RuntimeError> {
         validate_name("skill", skill, MAX_SKILL_NAME)?;
         validate_name("instance", instance, MAX_INSTANCE_NAME)?;
-        if request_id.len() > MAX_REQUEST_ID {
-            return Err(RuntimeError::InvalidArgument(format!(
-                "request_id must be at most {MAX_REQUEST_ID} bytes"
-            )));
-        }
+        validate_request_id(request_id)?;
         if to_version == 0 {
             return Err(RuntimeError::InvalidArgument(
                 "to_version must be >= 1".into(),
@@ -860,16 +876,7 @@ impl Core {
             "add_member",
             Operation::Write,
         )?;
-        if id == 0 {
-            return Err(RuntimeError::InvalidArgument(
-                "member id must be >= 1".into(),
-            ));
-        }
-        if address.is_empty() || !address.contains(':') || address.len() > 255 {
-            return Err(RuntimeError::InvalidArgument(format!(
-                "member address `{address}` must be host:port"
-            )));
-        }
+        validate_member(id, address)?;
         let status = self.require_leader()?;
         if status.voters.contains(&id) {
             return Err(RuntimeError::FailedPrecondition(format!(

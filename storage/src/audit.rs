@@ -60,14 +60,14 @@ impl AuditRecord {
         sha256(self.canonical().as_slice())
     }
 
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut w = self.canonical();
         w.raw(&self.hash);
         w.into_inner()
     }
 
     /// Same scheme as `Checkpoint::decode`: the hash covers the raw bytes.
-    fn decode(bytes: &[u8]) -> Result<AuditRecord, StorageError> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<AuditRecord, StorageError> {
         if bytes.len() < AUDIT_DOMAIN.len() + 32 {
             return Err(corrupt("audit record: truncated"));
         }
@@ -99,7 +99,7 @@ impl AuditRecord {
     }
 }
 
-fn decode_at(key: &[u8], value: &[u8]) -> Result<AuditRecord, StorageError> {
+pub(crate) fn decode_at(key: &[u8], value: &[u8]) -> Result<AuditRecord, StorageError> {
     let rec = AuditRecord::decode(value)?;
     if key_u64(key) != Some(rec.seq) {
         return Err(corrupt(format!("audit record {} under wrong key", rec.seq)));

@@ -23,6 +23,8 @@ mod audit;
 mod checkpoint;
 mod codec;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod raft_log;
 mod store;
 

@@ -90,7 +90,7 @@ fn decode_msg<M: Message>(raw: &[u8], what: &str) -> Result<M, StorageError> {
     M::parse_from_bytes(payload).map_err(|e| corrupt(format!("{what}: {e}")))
 }
 
-fn decode_entry(index: u64, raw: &[u8]) -> Result<Entry, StorageError> {
+pub(crate) fn decode_entry(index: u64, raw: &[u8]) -> Result<Entry, StorageError> {
     let e: Entry = decode_msg(raw, "raft log entry")?;
     if e.index != index {
         return Err(corrupt(format!(
