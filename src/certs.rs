@@ -90,7 +90,9 @@ fn write(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertsError> {
 /// SANs: node name, `localhost`, `127.0.0.1`, and every `hosts` entry.
 pub fn init(out: &Path, nodes: &[String], hosts: &[String]) -> Result<Written, CertsError> {
     if nodes.is_empty() {
-        return Err(CertsError::Invalid("--nodes needs at least one name".into()));
+        return Err(CertsError::Invalid(
+            "--nodes needs at least one name".into(),
+        ));
     }
     for n in nodes {
         check_name(n)?;

@@ -1,10 +1,10 @@
 //! A thin gRPC client for the `synapse.v1` API that attaches the capability
 //! token to every call. Used by the CLI and the tests.
 
+use std::path::PathBuf;
 use synapse_proto::v1 as pb;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use std::path::PathBuf;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
@@ -59,7 +59,8 @@ impl ClientTls {
     /// Reads the files into a tonic config.
     pub fn config(&self) -> Result<ClientTlsConfig, ClientError> {
         let read = |p: &PathBuf| {
-            std::fs::read(p).map_err(|e| ClientError::Tls(format!("cannot read {}: {e}", p.display())))
+            std::fs::read(p)
+                .map_err(|e| ClientError::Tls(format!("cannot read {}: {e}", p.display())))
         };
         let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca)?));
         match (&self.cert, &self.key) {

@@ -130,10 +130,7 @@ impl Procs {
                 .arg("--data-dir")
                 .arg(&n.dir)
                 .args(["--listen", &n.addr])
-                .args([
-                    "--http-listen",
-                    &format!("127.0.0.1:{}", ports[2 * i + 1]),
-                ])
+                .args(["--http-listen", &format!("127.0.0.1:{}", ports[2 * i + 1])])
                 .args(extra(*id, &peers));
             clean_env(&mut cmd);
             cmd.env("SYNAPSE_LOG", "info,raft=warn")
@@ -227,7 +224,7 @@ async fn cli(args: Vec<String>) -> Output {
 fn certs_init(out: &Path) -> std::process::Output {
     let mut cmd = Command::new(BIN);
     clean_env(&mut cmd);
-    cmd.args(["certs", "init", "--nodes", "n1,n2,n3", "--out"])
+    cmd.args(["certs", "init", "--nodes", "n1,n2,n3,n4", "--out"])
         .arg(out)
         .output()
         .expect("run certs init")
@@ -340,7 +337,10 @@ async fn mtls_cluster_serves_ca_clients_and_refuses_strangers() {
     {
         use std::os::unix::fs::PermissionsExt as _;
         for f in ["ca.key", "n1.key", "client.key"] {
-            let mode = std::fs::metadata(pki.join(f)).expect("key file").permissions().mode();
+            let mode = std::fs::metadata(pki.join(f))
+                .expect("key file")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{f} must be private");
         }
     }
@@ -434,6 +434,57 @@ async fn mtls_cluster_serves_ca_clients_and_refuses_strangers() {
     })
     .await;
 
+    // A fourth node joins over TLS with a join token: learner, caught up,
+    // promoted (its own join task drives AddMember/PromoteMember).
+    let pki_for = pki.clone();
+    let (seed, join_token) = (addrs[0].clone(), token.clone());
+    p.start(&[4], move |_, _| {
+        let f = |name: &str| pki_for.join(name).to_string_lossy().into_owned();
+        vec![
+            "--join".into(),
+            seed.clone(),
+            "--join-token".into(),
+            join_token.clone(),
+            "--tls-cert".into(),
+            f("n4.pem"),
+            "--tls-key".into(),
+            f("n4.key"),
+            "--tls-ca".into(),
+            f("ca.pem"),
+        ]
+    });
+    let t_join = Instant::now();
+    let addr4 = p.nodes[&4].addr.clone();
+    wait_for("node 4 a voter with the same state", || {
+        let (addr4, a1, token, good) =
+            (addr4.clone(), addrs[0].clone(), token.clone(), good.clone());
+        async move {
+            let mut c4 = Client::connect_tls(&addr4, Some(&token), Some(&good))
+                .await
+                .map_err(|e| e.to_string())?;
+            let s4 = status(&mut c4).await?;
+            let mut c1 = Client::connect_tls(&a1, Some(&token), Some(&good))
+                .await
+                .map_err(|e| e.to_string())?;
+            let s1 = status(&mut c1).await?;
+            if s4.voters.contains(&4)
+                && (s4.applied_index, &s4.state_hash) == (s1.applied_index, &s1.state_hash)
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "node 4: voters {:?} applied {} vs {}",
+                    s4.voters, s4.applied_index, s1.applied_index
+                ))
+            }
+        }
+    })
+    .await;
+    println!(
+        "TLS join: node 4 a caught-up voter after {:?}",
+        t_join.elapsed()
+    );
+
     // The CLI with the CA (and an http:// endpoint, upgraded to https).
     let out = cli(vec![
         "invoke".into(),
@@ -456,7 +507,10 @@ async fn mtls_cluster_serves_ca_clients_and_refuses_strangers() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("CLI JSON");
-    assert_eq!(v["reply"]["value"], 3, "three increments, one per node: {v}");
+    assert_eq!(
+        v["reply"]["value"], 3,
+        "three increments, one per node: {v}"
+    );
 
     // Plaintext to the TLS port: refused (at connect or on the first call).
     let plain = async {
@@ -498,7 +552,10 @@ async fn mtls_cluster_serves_ca_clients_and_refuses_strangers() {
         Err(e) => Err(e.to_string()),
         Ok(mut c) => status(&mut c).await.map(|_| ()),
     };
-    assert!(foreign.is_err(), "a client cert from a foreign CA must fail");
+    assert!(
+        foreign.is_err(),
+        "a client cert from a foreign CA must fail"
+    );
     println!("foreign client certificate: {}", foreign.unwrap_err());
     // A node certificate from another CA cannot join the peer protocol either.
     let foreign_node = ClientTls {
@@ -513,7 +570,10 @@ async fn mtls_cluster_serves_ca_clients_and_refuses_strangers() {
             .await
             .map_err(|s| format!("{:?}", s.code())),
     };
-    assert!(r.is_err(), "a node cert from a foreign CA must not reach Peer");
+    assert!(
+        r.is_err(),
+        "a node cert from a foreign CA must not reach Peer"
+    );
 
     // Peer RPCs over TLS without a client certificate: UNAUTHENTICATED,
     // even with a valid peer credential.

@@ -249,12 +249,13 @@ pub(crate) fn authorize_peer<T>(
             "peer RPCs need a client certificate signed by the cluster CA".into(),
         ));
     }
-    let credential = match request.metadata().get(PEER_CREDENTIAL_HEADER) {
-        None => None,
-        Some(v) => Some(v.to_str().map_err(|_| {
-            RuntimeError::Unauthenticated("peer credential is not ASCII".into())
-        })?),
-    };
+    let credential =
+        match request.metadata().get(PEER_CREDENTIAL_HEADER) {
+            None => None,
+            Some(v) => Some(v.to_str().map_err(|_| {
+                RuntimeError::Unauthenticated("peer credential is not ASCII".into())
+            })?),
+        };
     let Some(guard) = keys.guard() else {
         tracing::debug!(rpc, "peer call admitted before the root key is installed");
         if let Some(c) = credential.filter(|_| rpc == "raft") {
