@@ -1,10 +1,12 @@
 //! A thin gRPC client for the `synapse.v1` API that attaches the capability
 //! token to every call. Used by the CLI and the tests.
 
+use std::path::PathBuf;
 use synapse_proto::v1 as pb;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
 pub use synapse_proto::v1;
@@ -40,17 +42,88 @@ pub enum ClientError {
     Connect(String, String),
     #[error("token is not valid header text")]
     Token,
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// TLS for a client: the cluster CA to trust (only it, not the system
+/// roots) and, optionally, a client certificate and key for mutual TLS.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTls {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl ClientTls {
+    /// Reads the files into a tonic config.
+    pub fn config(&self) -> Result<ClientTlsConfig, ClientError> {
+        let read = |p: &PathBuf| {
+            std::fs::read(p)
+                .map_err(|e| ClientError::Tls(format!("cannot read {}: {e}", p.display())))
+        };
+        let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca)?));
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => cfg = cfg.identity(Identity::from_pem(read(c)?, read(k)?)),
+            (None, None) => {}
+            _ => {
+                return Err(ClientError::Tls(
+                    "a client certificate needs both --tls-cert and --tls-key".into(),
+                ))
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// With TLS, a plain `http://` (or scheme-less) endpoint becomes `https://`;
+/// without, a scheme-less one becomes `http://`.
+pub fn endpoint_uri(endpoint: &str, tls: bool) -> String {
+    match (endpoint.split_once("://"), tls) {
+        (Some(("http", rest)), true) => format!("https://{rest}"),
+        (Some(_), _) => endpoint.to_string(),
+        (None, true) => format!("https://{endpoint}"),
+        (None, false) => format!("http://{endpoint}"),
+    }
+}
+
+/// Opens a channel to `endpoint`, over TLS when `tls` is given.
+pub async fn channel(endpoint: &str, tls: Option<&ClientTls>) -> Result<Channel, ClientError> {
+    let uri = endpoint_uri(endpoint, tls.is_some());
+    let mut ep = Endpoint::from_shared(uri.clone())
+        .map_err(|e| ClientError::Endpoint(endpoint.into(), e.to_string()))?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    if let Some(tls) = tls {
+        ep = ep
+            .tls_config(tls.config()?)
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+    }
+    ep.connect().await.map_err(|e| {
+        // tonic's top-level message is just "transport error"; the cause
+        // (refused, bad certificate, ...) is what the user needs.
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg = format!("{msg}: {s}");
+            src = s.source();
+        }
+        ClientError::Connect(uri.clone(), msg)
+    })
 }
 
 impl Client {
     /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`).
     pub async fn connect(endpoint: &str, token: Option<&str>) -> Result<Client, ClientError> {
-        let channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| ClientError::Endpoint(endpoint.into(), e.to_string()))?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(|e| ClientError::Connect(endpoint.into(), e.to_string()))?;
+        Self::connect_tls(endpoint, token, None).await
+    }
+
+    /// Connects over TLS when `tls` is given (see [`ClientTls`]).
+    pub async fn connect_tls(
+        endpoint: &str,
+        token: Option<&str>,
+        tls: Option<&ClientTls>,
+    ) -> Result<Client, ClientError> {
+        let channel = channel(endpoint, tls).await?;
         Self::with_channel(channel, token)
     }
 

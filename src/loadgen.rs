@@ -23,7 +23,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use synapse::client::{v1 as pb, Client};
+use synapse::client::{v1 as pb, Client, ClientTls};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
@@ -49,6 +49,9 @@ pub struct BenchOpts {
     /// Capability token text (overrides --token-file).
     #[arg(long, env = "SYNAPSE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Cluster CA (PEM) of a TLS cluster: endpoints are dialled over https.
+    #[arg(long, env = "SYNAPSE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Concurrent clients (1 to 1024), each with one request in flight.
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
@@ -385,6 +388,8 @@ struct Setup {
     target: Target,
     endpoints: Vec<String>,
     token: Option<String>,
+    /// Client TLS (trusting the cluster CA) when `--tls-ca` is given.
+    tls: Option<ClientTls>,
     mix: Mix,
     payloads: Arc<Payloads>,
 }
@@ -451,13 +456,7 @@ async fn run_all(opts: BenchOpts) -> Result<(), String> {
         .iter()
         .map(|e| e.trim())
         .filter(|e| !e.is_empty())
-        .map(|e| {
-            if e.contains("://") {
-                e.to_string()
-            } else {
-                format!("http://{e}")
-            }
-        })
+        .map(|e| synapse::client::endpoint_uri(e, opts.tls_ca.is_some()))
         .collect();
     let setup = Setup {
         label: opts.label.clone().unwrap_or_else(|| {
@@ -470,6 +469,10 @@ async fn run_all(opts: BenchOpts) -> Result<(), String> {
         target: opts.target,
         endpoints,
         token,
+        tls: opts.tls_ca.clone().map(|ca| ClientTls {
+            ca,
+            ..Default::default()
+        }),
         mix,
         payloads: Arc::new(Payloads::new(&opts.prefix, opts.value_size)),
     };
@@ -545,10 +548,16 @@ fn load_token(opts: &BenchOpts) -> Result<Option<String>, String> {
 }
 
 async fn connect(setup: &Setup, endpoint: &str) -> Result<Conn, String> {
-    let channel: Channel = Endpoint::from_shared(endpoint.to_string())
+    let mut ep = Endpoint::from_shared(endpoint.to_string())
         .map_err(|e| format!("invalid endpoint `{endpoint}`: {e}"))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
+        .tcp_nodelay(true);
+    if let Some(tls) = &setup.tls {
+        ep = ep
+            .tls_config(tls.config().map_err(|e| e.to_string())?)
+            .map_err(|e| format!("TLS for `{endpoint}`: {e}"))?;
+    }
+    let channel: Channel = ep
         .connect()
         .await
         .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;

@@ -22,9 +22,10 @@ macro_rules! outln {
     }};
 }
 use serde_json::{json, Value};
-use synapse::client::{v1 as pb, Client};
+use synapse::client::{v1 as pb, Client, ClientTls};
 use synapse::{format_timestamp, Grant, NodeConfig, Restriction, RootKey, Timestamp};
 
+mod certs;
 mod loadgen;
 
 #[derive(Parser)]
@@ -59,6 +60,16 @@ struct ClientOpts {
     /// Capability token text (overrides --token-file).
     #[arg(long, env = "SYNAPSE_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// Cluster CA (PEM): talk TLS (`http://` becomes `https://`) and trust
+    /// only this CA.
+    #[arg(long, env = "SYNAPSE_TLS_CA", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key.
+    #[arg(long, env = "SYNAPSE_CLIENT_TLS_CERT", global = true)]
+    tls_cert: Option<PathBuf>,
+    /// Key of --tls-cert (PEM).
+    #[arg(long, env = "SYNAPSE_CLIENT_TLS_KEY", global = true)]
+    tls_key: Option<PathBuf>,
     /// Output format.
     #[arg(
         short = 'w',
@@ -173,6 +184,28 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// TLS certificates for a cluster.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a cluster CA, a certificate per node and a client certificate
+    /// (PEM; keys 0600). Refuses to overwrite existing files.
+    Init {
+        /// Directory for ca.pem/ca.key, <node>.pem/<node>.key, client.pem/client.key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Node names; each becomes a DNS SAN of its certificate.
+        #[arg(long, value_delimiter = ',', default_value = "n1,n2,n3")]
+        nodes: Vec<String>,
+        /// Extra SANs (DNS names or IPs) put on every node certificate.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -266,7 +299,9 @@ async fn membership(client: &ClientOpts, op: Membership) -> Result<(), Failure> 
                     .get("x-synapse-leader-addr")
                     .and_then(|v| v.to_str().ok())
                 {
-                    Some(leader) => endpoint = format!("http://{leader}"),
+                    Some(leader) => {
+                        endpoint = synapse::client::endpoint_uri(leader, client.tls_ca.is_some())
+                    }
                     None => return Err(s.into()),
                 }
             }
@@ -397,6 +432,16 @@ struct ServeOpts {
     /// Cluster root key (hex), e.g. a mounted Kubernetes Secret.
     #[arg(long, env = "SYNAPSE_ROOT_KEY_FILE")]
     root_key_file: Option<PathBuf>,
+    /// This node's TLS certificate (PEM); with --tls-key and --tls-ca turns
+    /// on TLS for clients and peers. Without them: plaintext, development only.
+    #[arg(long, env = "SYNAPSE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, env = "SYNAPSE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Cluster CA (PEM): peers must present a certificate it signed.
+    #[arg(long, env = "SYNAPSE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     /// Log filter, e.g. "info" or "synapse=debug,raft=info".
     #[arg(long, env = "SYNAPSE_LOG", default_value = "info")]
     log: String,
@@ -448,6 +493,15 @@ impl ServeOpts {
         }
         if self.seed.is_some() {
             config.seed = self.seed;
+        }
+        if self.tls_cert.is_some() {
+            config.tls_cert = self.tls_cert;
+        }
+        if self.tls_key.is_some() {
+            config.tls_key = self.tls_key;
+        }
+        if self.tls_ca.is_some() {
+            config.tls_ca = self.tls_ca;
         }
         if self.node_id_from_hostname {
             config.node_id = node_id_from_hostname()?;
@@ -527,9 +581,22 @@ fn read_token(opts: &ClientOpts) -> Result<Option<String>, Failure> {
 
 async fn connect(opts: &ClientOpts) -> Result<Client, Failure> {
     let token = read_token(opts)?;
-    Client::connect(&opts.endpoint, token.as_deref())
+    Client::connect_tls(&opts.endpoint, token.as_deref(), client_tls(opts)?.as_ref())
         .await
         .map_err(|e| Failure::from(e.to_string()))
+}
+
+/// The client TLS settings from `--tls-ca/--tls-cert/--tls-key`.
+fn client_tls(opts: &ClientOpts) -> Result<Option<ClientTls>, Failure> {
+    match (&opts.tls_ca, &opts.tls_cert, &opts.tls_key) {
+        (None, None, None) => Ok(None),
+        (None, _, _) => Err("--tls-cert/--tls-key need --tls-ca".to_string().into()),
+        (Some(ca), cert, key) => Ok(Some(ClientTls {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        })),
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -965,14 +1032,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Token { command } => token_command(command),
         Command::Bench(opts) => loadgen::run(opts).await.map_err(Failure::from),
         Command::Health { service, client } => {
-            let channel = tonic::transport::Endpoint::from_shared(client.endpoint.clone())
-                .map_err(|e| Failure::from(format!("bad endpoint: {e}")))?
-                .connect_timeout(Duration::from_secs(3))
-                .connect()
+            let channel = synapse::client::channel(&client.endpoint, client_tls(&client)?.as_ref())
                 .await
-                .map_err(|e| {
-                    Failure::from(format!("cannot connect to {}: {e}", client.endpoint))
-                })?;
+                .map_err(|e| Failure::from(e.to_string()))?;
             let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
             let r = h
                 .check(tonic_health::pb::HealthCheckRequest {
@@ -1046,6 +1108,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 data_dir.display(),
                 data_dir.display()
             );
+            Ok(())
+        }
+        Command::Certs {
+            command: CertsCommand::Init { out, nodes, hosts },
+        } => {
+            let hosts: Vec<String> = hosts.into_iter().filter(|h| !h.is_empty()).collect();
+            let w = certs::init(&out, &nodes, &hosts).map_err(|e| Failure::from(e.to_string()))?;
+            for f in &w.files {
+                outln!("{}", f.display());
+            }
             Ok(())
         }
         Command::Keygen => {

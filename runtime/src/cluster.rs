@@ -34,6 +34,9 @@ pub(crate) struct ClusterKeys {
     root_token: OnceLock<String>,
     /// Credential for node-to-node calls, minted when the key is installed.
     peer_token: OnceLock<String>,
+    /// Before the key arrives: the credential a peer's Raft stream carried,
+    /// reused for this node's own calls (see `adopt_peer_credential`).
+    adopted: Mutex<Option<String>>,
     public_hex: OnceLock<String>,
     data_dir: PathBuf,
     cache_capacity: usize,
@@ -45,6 +48,7 @@ impl ClusterKeys {
             guard: OnceLock::new(),
             root_token: OnceLock::new(),
             peer_token: OnceLock::new(),
+            adopted: Mutex::new(None),
             public_hex: OnceLock::new(),
             data_dir: data_dir.to_path_buf(),
             cache_capacity,
@@ -62,6 +66,28 @@ impl ClusterKeys {
     /// The `_peer` credential, once the root key is installed here.
     pub fn peer_token(&self) -> Option<&str> {
         self.peer_token.get().map(String::as_str)
+    }
+
+    /// A node without the root key (joining with neither a join token nor
+    /// the key file: added by an operator's `cluster add`) has no credential
+    /// of its own, so the leader would refuse its Raft responses and it
+    /// could never catch up to receive the key. It reuses the credential the
+    /// leader's stream carried. This trusts nothing it did not already: until
+    /// the key arrives it cannot verify anything, and the credential only
+    /// helps if it is genuine, since every keyed node verifies it.
+    pub fn adopt_peer_credential(&self, credential: &str) {
+        if self.guard.get().is_some() || credential.len() > crate::guard::MAX_TOKEN_BYTES {
+            return;
+        }
+        if let Ok(mut slot) = self.adopted.lock() {
+            if slot.as_deref() != Some(credential) {
+                *slot = Some(credential.to_string());
+            }
+        }
+    }
+
+    fn adopted_credential(&self) -> Option<String> {
+        self.adopted.lock().ok()?.clone()
     }
 
     /// Installs the key: guard, `<data-dir>/root.key` and `root.token`
@@ -199,6 +225,7 @@ pub(crate) fn credential_fn(keys: Arc<ClusterKeys>, join_token: Option<String>) 
         keys.peer_token()
             .map(String::from)
             .or_else(|| join_token.clone())
+            .or_else(|| keys.adopted_credential())
     })
 }
 
@@ -222,15 +249,19 @@ pub(crate) fn authorize_peer<T>(
             "peer RPCs need a client certificate signed by the cluster CA".into(),
         ));
     }
+    let credential =
+        match request.metadata().get(PEER_CREDENTIAL_HEADER) {
+            None => None,
+            Some(v) => Some(v.to_str().map_err(|_| {
+                RuntimeError::Unauthenticated("peer credential is not ASCII".into())
+            })?),
+        };
     let Some(guard) = keys.guard() else {
         tracing::debug!(rpc, "peer call admitted before the root key is installed");
+        if let Some(c) = credential.filter(|_| rpc == "raft") {
+            keys.adopt_peer_credential(c);
+        }
         return Ok(());
-    };
-    let credential = match request.metadata().get(PEER_CREDENTIAL_HEADER) {
-        None => None,
-        Some(v) => Some(v.to_str().map_err(|_| {
-            RuntimeError::Unauthenticated("peer credential is not ASCII".into())
-        })?),
     };
     let peer = crate::guard::Request {
         skill: PEER_SKILL,
