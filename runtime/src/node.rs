@@ -27,7 +27,7 @@ use crate::command::ApplyOutcome;
 use crate::command::Command;
 use crate::config::NodeConfig;
 use crate::error::RuntimeError;
-use crate::guard::{Grant, Operation, Request, RootKey};
+use crate::guard::{Fence, Grant, Operation, Request, RootKey};
 use crate::metrics::Metrics;
 use crate::skill::{erase, DynSkill, MethodKind, Skill};
 use crate::skills::{Counter, Kv};
@@ -87,7 +87,7 @@ pub struct Core {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) transport: Option<Arc<GrpcTransport>>,
     pub(crate) clock: Arc<ClockService>,
-    channels: PeerChannels,
+    pub(crate) channels: PeerChannels,
     audit_count: std::sync::atomic::AtomicU64,
     inflight_invokes: std::sync::atomic::AtomicUsize,
 }
@@ -216,7 +216,7 @@ impl Core {
         &self.hlc
     }
 
-    fn leader_address(&self, leader_id: u64) -> Option<String> {
+    pub(crate) fn leader_address(&self, leader_id: u64) -> Option<String> {
         if leader_id == self.config.node_id {
             return self.config.advertise_address();
         }
@@ -265,6 +265,20 @@ impl Core {
         method: &str,
         operation: Operation,
     ) -> Result<String, RuntimeError> {
+        self.authorize_fenced(token, skill, instance, method, operation)
+            .map(|(principal, _)| principal)
+    }
+
+    /// [`Core::authorize`], also returning what apply must re-check for a
+    /// write made under this decision (fencing).
+    pub(crate) fn authorize_fenced(
+        &self,
+        token: Option<&str>,
+        skill: &str,
+        instance: &str,
+        method: &str,
+        operation: Operation,
+    ) -> Result<(String, Arc<Fence>), RuntimeError> {
         let req = Request {
             skill,
             instance,
@@ -306,7 +320,7 @@ impl Core {
             }
         }
         match checked {
-            Ok(d) if d.allowed => Ok(principal),
+            Ok(d) if d.allowed => Ok((principal, d.fence)),
             Ok(d) => {
                 self.metrics.denied.fetch_add(1, Ordering::Relaxed);
                 Err(RuntimeError::PermissionDenied(d.reason))
@@ -319,7 +333,7 @@ impl Core {
         }
     }
 
-    fn not_leader(&self, status: &RaftStatus) -> RuntimeError {
+    pub(crate) fn not_leader(&self, status: &RaftStatus) -> RuntimeError {
         let leader = (status.leader_id != 0 && status.leader_id != self.config.node_id)
             .then_some(status.leader_id);
         RuntimeError::Unavailable {
@@ -366,6 +380,7 @@ impl Core {
         op: Op,
         request_id: String,
         expected_version: Option<u64>,
+        fence: Arc<Fence>,
     ) -> Result<InvokeResult, RuntimeError> {
         let mailbox = self.instances.get_or_activate(&id, skill, &self.env)?;
         if mailbox.queued.fetch_add(1, Ordering::AcqRel) >= self.config.mailbox_capacity {
@@ -380,6 +395,7 @@ impl Core {
             op,
             request_id,
             expected_version,
+            fence,
             reply: tx,
         });
         if let Err(e) = sent {
@@ -545,7 +561,8 @@ impl Core {
         } else {
             Operation::Write
         };
-        self.authorize(token, &req.skill, &req.instance, &req.method, operation)?;
+        let (_, fence) =
+            self.authorize_fenced(token, &req.skill, &req.instance, &req.method, operation)?;
         let skill = known
             .ok_or_else(|| RuntimeError::NotFound(format!("unknown skill `{}`", req.skill)))?;
         let kind = kind.ok_or_else(|| {
@@ -569,7 +586,7 @@ impl Core {
             MethodKind::Read => {
                 self.linearizable_barrier().await?;
                 self.metrics.reads.fetch_add(1, Ordering::Relaxed);
-                self.send_to_actor(id, &skill, op, req.request_id, req.expected_version)
+                self.send_to_actor(id, &skill, op, req.request_id, req.expected_version, fence)
                     .await
             }
             MethodKind::Write => {
@@ -593,7 +610,7 @@ impl Core {
                     });
                 }
                 self.ensure_write_leader().await?;
-                self.send_to_actor(id, &skill, op, request_id, req.expected_version)
+                self.send_to_actor(id, &skill, op, request_id, req.expected_version, fence)
                     .await
             }
         }
@@ -620,7 +637,7 @@ impl Core {
                 "to_version must be >= 1".into(),
             ));
         }
-        self.authorize(
+        let (_, fence) = self.authorize_fenced(
             token,
             skill,
             instance,
@@ -656,6 +673,7 @@ impl Core {
             Op::Rollback { to_version },
             request_id,
             None,
+            fence,
         )
         .await
     }
@@ -1300,6 +1318,10 @@ async fn open_core(
         &config.data_dir,
         config.token_cache_capacity,
     ));
+    // Revocations applied before a restart hold from the first request.
+    let revoked = store.revocations()?;
+    keys.revocations()
+        .replace(revoked.iter().map(|r| r.id.as_slice()));
     if let Some(hex) = store.cluster_meta(META_ROOT_KEY)? {
         keys.install(&String::from_utf8_lossy(&hex))?;
     }

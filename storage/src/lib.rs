@@ -28,7 +28,7 @@ mod raft_log;
 mod revocation;
 mod store;
 
-pub use audit::AuditRecord;
+pub use audit::{AuditFilter, AuditRecord, MAX_AUDIT_PRUNE_BATCH, MAX_AUDIT_SCAN};
 pub use checkpoint::{Checkpoint, Hash, Timestamp, ZERO_HASH};
 pub use error::StorageError;
 pub use raft_log::RaftLog;
