@@ -1344,6 +1344,109 @@ mod tests {
     }
 
     #[test]
+    fn revocation_denies_at_once_even_with_a_cached_allow_and_covers_children() {
+        let (root, guard, parent) = setup(&[grant("*", "*", &[], false)]);
+        let other = root
+            .mint("bob", &[grant("*", "*", &[], false)], None)
+            .expect("mint");
+        let child = attenuate(
+            &parent,
+            &Restriction {
+                skill: Some("kv".into()),
+                ..Default::default()
+            },
+        )
+        .expect("attenuate");
+        let r = req("kv", "a", "get", READ);
+        for t in [&parent, &child, &other] {
+            assert!(allowed(&guard, t, r));
+            assert!(allowed(&guard, t, r)); // now a cached allow
+        }
+        let hits = guard.cache_hits();
+        let ids = guard.revocation_ids_of(&parent).expect("ids");
+        assert_eq!(ids.len(), 1, "a minted token has one block");
+        let child_ids = guard.revocation_ids_of(&child).expect("ids");
+        assert_eq!(child_ids.len(), 2);
+        assert_eq!(child_ids[0], ids[0], "a child carries its parent's id");
+
+        guard
+            .revocations()
+            .insert_all(ids.iter().map(Vec::as_slice));
+        for t in [&parent, &child] {
+            let res = guard.check(Some(t), &r);
+            assert!(matches!(res, Err(GuardError::Revoked)), "{res:?}");
+        }
+        assert_eq!(guard.cache_hits(), hits + 2, "verified-token cache still used");
+        // Revoking one holder's token leaves another's alone.
+        assert!(allowed(&guard, &other, r));
+
+        // Revoking only the child's own block leaves the parent working.
+        let (_, guard2, parent2) = setup(&[grant("*", "*", &[], false)]);
+        let child2 = attenuate(&parent2, &Restriction::default()).expect("attenuate");
+        let child2_ids = guard2.revocation_ids_of(&child2).expect("ids");
+        guard2
+            .revocations()
+            .insert_all([child2_ids[1].as_slice()]);
+        assert!(allowed(&guard2, &parent2, r));
+        assert!(matches!(
+            guard2.check(Some(&child2), &r),
+            Err(GuardError::Revoked)
+        ));
+    }
+
+    #[test]
+    fn revocation_ids_of_requires_this_clusters_signature() {
+        let (_, guard, _) = setup(&[grant("*", "*", &[], false)]);
+        let foreign = RootKey::generate()
+            .mint("eve", &[grant("*", "*", &[], false)], None)
+            .expect("mint");
+        assert!(matches!(
+            guard.revocation_ids_of(&foreign),
+            Err(GuardError::BadSignature)
+        ));
+        assert!(guard.revocation_ids_of("garbage").is_err());
+        assert!(guard.revocation_ids_of("").is_err());
+    }
+
+    #[test]
+    fn fence_carries_the_earliest_expiry_over_all_blocks() {
+        let root = RootKey::generate();
+        let guard = Guard::new(&root.public_hex(), 8).expect("guard");
+        let far = UNIX_EPOCH + Duration::from_secs(4_000_000_000);
+        let near = UNIX_EPOCH + Duration::from_secs(3_000_000_000);
+        let t = root
+            .mint("alice", &[grant("*", "*", &[], false)], Some(far))
+            .expect("mint");
+        let r = req("kv", "a", "get", READ);
+        let d = guard.check(Some(&t), &r).expect("allowed");
+        assert_eq!(d.fence.expires_at_secs, Some(4_000_000_000));
+        assert_eq!(d.fence.revocation_ids.len(), 1);
+        let narrowed = attenuate(
+            &t,
+            &Restriction {
+                expires_at: Some(near),
+                ..Default::default()
+            },
+        )
+        .expect("attenuate");
+        let d = guard.check(Some(&narrowed), &r).expect("allowed");
+        assert_eq!(d.fence.expires_at_secs, Some(3_000_000_000));
+        assert_eq!(d.fence.revocation_ids.len(), 2);
+        // Cached decisions carry the same fence.
+        let again = guard.check(Some(&narrowed), &r).expect("allowed");
+        assert_eq!(again.fence, d.fence);
+        // Same rule as the guard: valid through the whole expiry second.
+        assert!(!d.fence.expired_at(3_000_000_000 * 1_000_000 + 999_999));
+        assert!(d.fence.expired_at(3_000_000_001 * 1_000_000));
+        let unlimited = root
+            .mint("alice", &[grant("*", "*", &[], false)], None)
+            .expect("mint");
+        let d = guard.check(Some(&unlimited), &r).expect("allowed");
+        assert_eq!(d.fence.expires_at_secs, None);
+        assert!(!d.fence.expired_at(u64::MAX));
+    }
+
+    #[test]
     fn expired_token_is_rejected() {
         let root = RootKey::generate();
         let guard = Guard::new(&root.public_hex(), 8).expect("guard");
