@@ -1081,7 +1081,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 let mut out = format!(
                     "{} record(s), chain {}",
                     r.entries.len(),
-                    if r.chain_verified { "verified" } else { "NOT verified" }
+                    if r.chain_verified {
+                        "verified"
+                    } else {
+                        "NOT verified"
+                    }
                 );
                 for e in &r.entries {
                     out.push_str(&format!(
@@ -1089,7 +1093,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         e.seq,
                         format_timestamp(&ts_of(&e.timestamp)),
                         if e.allowed { "allow" } else { "deny" },
-                        if e.principal.is_empty() { "-" } else { &e.principal },
+                        if e.principal.is_empty() {
+                            "-"
+                        } else {
+                            &e.principal
+                        },
                         e.skill,
                         e.instance,
                         e.method,

@@ -76,11 +76,17 @@ async fn fencing_rejects_a_write_stamped_after_the_token_expired() {
     let status = r.expect_err("a write stamped after expiry must be fenced");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(
-        status.message().contains("expired before the write was applied"),
+        status
+            .message()
+            .contains("expired before the write was applied"),
         "{}",
         status.message()
     );
-    assert_eq!(n.head("counter", "alpha").expect("head"), before, "state untouched");
+    assert_eq!(
+        n.head("counter", "alpha").expect("head"),
+        before,
+        "state untouched"
+    );
 
     // Control: a token without expiry still writes at that time.
     let mut root = n.root_client().await;
@@ -108,16 +114,32 @@ async fn revoke_denies_token_and_children_at_once_survives_restart_and_is_audite
     let mut admin = n.root_client().await;
 
     // Bad input: nothing is replicated, with the right status.
-    assert_code(revoke(&mut admin, "garbage").await, Code::InvalidArgument, "garbage");
+    assert_code(
+        revoke(&mut admin, "garbage").await,
+        Code::InvalidArgument,
+        "garbage",
+    );
     assert_code(revoke(&mut admin, "").await, Code::InvalidArgument, "empty");
     let foreign = RootKey::generate()
         .mint("eve", &[grant("*", "*", &[])], None)
         .expect("mint");
-    assert_code(revoke(&mut admin, &foreign).await, Code::InvalidArgument, "foreign");
-    let mut not_admin = n.client(Some(&bystander)).await;
-    assert_code(revoke(&mut not_admin, &parent).await, Code::PermissionDenied, "no right");
     assert_code(
-        n.client(None).await.capabilities.revoke(pb::RevokeRequest::default()).await,
+        revoke(&mut admin, &foreign).await,
+        Code::InvalidArgument,
+        "foreign",
+    );
+    let mut not_admin = n.client(Some(&bystander)).await;
+    assert_code(
+        revoke(&mut not_admin, &parent).await,
+        Code::PermissionDenied,
+        "no right",
+    );
+    assert_code(
+        n.client(None)
+            .await
+            .capabilities
+            .revoke(pb::RevokeRequest::default())
+            .await,
         Code::Unauthenticated,
         "no token",
     );
@@ -133,7 +155,11 @@ async fn revoke_denies_token_and_children_at_once_survives_restart_and_is_audite
             Code::PermissionDenied,
             what,
         );
-        assert_code(get_state(&mut c, "counter", "a1").await, Code::PermissionDenied, what);
+        assert_code(
+            get_state(&mut c, "counter", "a1").await,
+            Code::PermissionDenied,
+            what,
+        );
     }
     let mut c = n.client(Some(&bystander)).await;
     invoke(&mut c, "counter", "a1", "incr", json!({"by": 1}))
@@ -154,14 +180,27 @@ async fn revoke_denies_token_and_children_at_once_survives_restart_and_is_audite
     .expect("audit");
     assert!(denied.chain_verified);
     assert!(
-        denied.entries.iter().any(|e| !e.allowed
-            && e.reason.contains("revoked")
-            && e.skill == "counter"),
+        denied
+            .entries
+            .iter()
+            .any(|e| !e.allowed && e.reason.contains("revoked") && e.skill == "counter"),
         "{:?}",
         denied.entries
     );
     assert!(denied.entries.iter().all(|e| !e.allowed));
-    assert!(denied.entries.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+    // A valid-but-revoked token's denial names its principal.
+    assert!(
+        denied
+            .entries
+            .iter()
+            .any(|e| e.principal == "tester" && e.reason.contains("revoked")),
+        "{:?}",
+        denied.entries
+    );
+    assert!(
+        denied.entries.windows(2).all(|w| w[0].seq > w[1].seq),
+        "newest first"
+    );
     let tester = audit(
         &mut admin,
         pb::AuditRequest {
@@ -174,24 +213,47 @@ async fn revoke_denies_token_and_children_at_once_survives_restart_and_is_audite
     .await
     .expect("audit");
     assert!(!tester.entries.is_empty() && tester.entries.len() <= 5);
-    assert!(tester.entries.iter().all(|e| e.principal == "root" && e.allowed));
+    assert!(tester
+        .entries
+        .iter()
+        .all(|e| e.principal == "root" && e.allowed));
     assert_code(
-        audit(&mut admin, pb::AuditRequest { limit: 1_000_000, ..Default::default() }).await,
+        audit(
+            &mut admin,
+            pb::AuditRequest {
+                limit: 1_000_000,
+                ..Default::default()
+            },
+        )
+        .await,
         Code::InvalidArgument,
         "limit over the max",
     );
     assert_code(
-        audit(&mut admin, pb::AuditRequest { outcome: "maybe".into(), ..Default::default() })
-            .await,
+        audit(
+            &mut admin,
+            pb::AuditRequest {
+                outcome: "maybe".into(),
+                ..Default::default()
+            },
+        )
+        .await,
         Code::InvalidArgument,
         "bad outcome",
     );
-    assert_code(audit(&mut c, pb::AuditRequest::default()).await, Code::PermissionDenied, "no right");
+    assert_code(
+        audit(&mut c, pb::AuditRequest::default()).await,
+        Code::PermissionDenied,
+        "no right",
+    );
 
     // Restart: the revocation is in the store, loaded before serving.
     let dir_path = n.shutdown().await;
     let n = start(&dir_path).await;
-    for (what, t) in [("parent after restart", &parent), ("child after restart", &child)] {
+    for (what, t) in [
+        ("parent after restart", &parent),
+        ("child after restart", &child),
+    ] {
         let mut c = n.client(Some(t)).await;
         assert_code(
             invoke(&mut c, "counter", "a1", "incr", json!({"by": 1})).await,
@@ -382,17 +444,28 @@ async fn revocation_on_node_2_is_enforced_on_all_three_processes_and_after_resta
             let inst = format!("a{i}");
             eventually(&format!("write via {addr}"), || {
                 let (addr, t, inst) = (addr.clone(), t.clone(), inst.clone());
-                async move { write_via(&addr, &t, &inst).await.map_err(|s| format!("{s:?}")) }
+                async move {
+                    write_via(&addr, &t, &inst)
+                        .await
+                        .map_err(|s| format!("{s:?}"))
+                }
             })
             .await;
             eventually(&format!("read via {addr}"), || {
                 let (addr, t, inst) = (addr.clone(), t.clone(), inst.clone());
-                async move { read_via(&addr, &t, &inst).await.map_err(|s| format!("{s:?}")) }
+                async move {
+                    read_via(&addr, &t, &inst)
+                        .await
+                        .map_err(|s| format!("{s:?}"))
+                }
             })
             .await;
         }
     }
-    println!("[revocation] cluster up, tokens work everywhere after {:?}", t0.elapsed());
+    println!(
+        "[revocation] cluster up, tokens work everywhere after {:?}",
+        t0.elapsed()
+    );
 
     // Revoke the parent through node 2 (leader or follower).
     let revoked_at = Instant::now();
@@ -411,7 +484,9 @@ async fn revocation_on_node_2_is_enforced_on_all_three_processes_and_after_resta
     );
     // Node 2 answered only once applied locally: denied there at once.
     for t in [&parent, &child] {
-        let s = read_via(&addrs[1], t, "a0").await.expect_err("denied on node 2");
+        let s = read_via(&addrs[1], t, "a0")
+            .await
+            .expect_err("denied on node 2");
         assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
     }
     // Every node, once it has applied the entry: writes and reads denied.
@@ -436,7 +511,10 @@ async fn revocation_on_node_2_is_enforced_on_all_three_processes_and_after_resta
             .await;
         }
     }
-    println!("[revocation] denied on all 3 nodes {:?} after revoke", revoked_at.elapsed());
+    println!(
+        "[revocation] denied on all 3 nodes {:?} after revoke",
+        revoked_at.elapsed()
+    );
 
     // Restart node 3: the revocation still holds there.
     procs.0[2].kill();
@@ -446,7 +524,9 @@ async fn revocation_on_node_2_is_enforced_on_all_three_processes_and_after_resta
             let (addr, t, root) = (addrs[2].clone(), t.clone(), root.clone());
             async move {
                 // Served again (root reads work) ...
-                read_via(&addr, &root, "a0").await.map_err(|s| format!("{s:?}"))?;
+                read_via(&addr, &root, "a0")
+                    .await
+                    .map_err(|s| format!("{s:?}"))?;
                 // ... and the revoked token is denied.
                 match read_via(&addr, &t, "a0").await {
                     Err(s) if s.code() == Code::PermissionDenied => Ok(()),

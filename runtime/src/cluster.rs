@@ -77,7 +77,8 @@ impl ClusterKeys {
             write_private(&key_path, key.to_private_hex().as_bytes())?;
         }
         let token = ensure_root_token(&self.data_dir, &key, &public)?;
-        let guard = Guard::new(&public, self.cache_capacity)?.with_revocations(self.revoked.clone());
+        let guard =
+            Guard::new(&public, self.cache_capacity)?.with_revocations(self.revoked.clone());
         let _ = self.guard.set(guard);
         let _ = self.root_token.set(token);
         let _ = self.public_hex.set(public);

@@ -148,7 +148,8 @@ impl Command {
                     return Err(corrupt("truncated revoke"));
                 }
                 let (logical, rest) = rest.split_at(4);
-                let logical = u32::from_be_bytes(logical.try_into().map_err(|_| corrupt("revoke"))?);
+                let logical =
+                    u32::from_be_bytes(logical.try_into().map_err(|_| corrupt("revoke"))?);
                 let (node_id, rest) = take_u64(rest).ok_or_else(|| corrupt("truncated revoke"))?;
                 let (reason, rest) =
                     take_prefixed(rest).ok_or_else(|| corrupt("truncated revoke reason"))?;

@@ -62,10 +62,10 @@
 //! the authorizer (biscuit's default scope), so `grant` or `principal` facts
 //! in appended blocks are invisible to them: attenuation can only narrow.
 
+use std::collections::HashSet;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::Path;
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -716,6 +716,16 @@ impl Guard {
             }
         }
         result
+    }
+
+    /// Principal of a token whose signature verified earlier (from the
+    /// verified-token cache), for auditing denials of valid tokens (revoked,
+    /// expired, out of scope). `None` if not cached or never verified. Only
+    /// called on the deny path, so it costs the allow path nothing.
+    pub fn cached_principal(&self, token: Option<&str>) -> Option<String> {
+        let text = token.map(str::trim).filter(|t| !t.is_empty())?;
+        let hash: Hash32 = Sha256::digest(text.as_bytes()).into();
+        lock(&self.tokens).get(&hash).map(|t| t.principal.clone())
     }
 
     /// Number of verified tokens cached.
@@ -1376,7 +1386,11 @@ mod tests {
             let res = guard.check(Some(t), &r);
             assert!(matches!(res, Err(GuardError::Revoked)), "{res:?}");
         }
-        assert_eq!(guard.cache_hits(), hits + 2, "verified-token cache still used");
+        assert_eq!(
+            guard.cache_hits(),
+            hits + 2,
+            "verified-token cache still used"
+        );
         // Revoking one holder's token leaves another's alone.
         assert!(allowed(&guard, &other, r));
 
@@ -1384,9 +1398,7 @@ mod tests {
         let (_, guard2, parent2) = setup(&[grant("*", "*", &[], false)]);
         let child2 = attenuate(&parent2, &Restriction::default()).expect("attenuate");
         let child2_ids = guard2.revocation_ids_of(&child2).expect("ids");
-        guard2
-            .revocations()
-            .insert_all([child2_ids[1].as_slice()]);
+        guard2.revocations().insert_all([child2_ids[1].as_slice()]);
         assert!(allowed(&guard2, &parent2, r));
         assert!(matches!(
             guard2.check(Some(&child2), &r),

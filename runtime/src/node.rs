@@ -293,7 +293,11 @@ impl Core {
         let checked = guard.check(token, &req);
         let (allowed, principal, reason) = match &checked {
             Ok(d) => (d.allowed, d.principal.clone(), d.reason.clone()),
-            Err(e) => (false, String::new(), e.to_string()),
+            Err(e) => (
+                false,
+                guard.cached_principal(token).unwrap_or_default(),
+                e.to_string(),
+            ),
         };
         let record = AuditRecord {
             seq: 0,

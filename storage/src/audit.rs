@@ -213,7 +213,10 @@ impl Store {
             }
             newer = Some((rec.seq, rec.prev_hash));
             if filter.from_micros != 0
-                && rec.timestamp.physical_micros.saturating_add(ORDER_SLACK_MICROS)
+                && rec
+                    .timestamp
+                    .physical_micros
+                    .saturating_add(ORDER_SLACK_MICROS)
                     < filter.from_micros
             {
                 // Older than the range by more than stamps can be out of
@@ -397,7 +400,13 @@ mod tests {
             ..all.clone()
         });
         assert_eq!(range, vec![7, 6, 5]);
-        assert_eq!(q(AuditFilter { limit: 2, ..all.clone() }), vec![20, 19]);
+        assert_eq!(
+            q(AuditFilter {
+                limit: 2,
+                ..all.clone()
+            }),
+            vec![20, 19]
+        );
         // A record removed in the scanned range is reported even when the
         // filter would not have returned it.
         store.raw_tree("audit").unwrap().remove(u64_key(4)).unwrap();
