@@ -32,6 +32,8 @@ pub struct Client {
     pub skills: pb::skills_client::SkillsClient<Svc>,
     pub cluster: pb::cluster_client::ClusterClient<Svc>,
     pub clock: pb::clock_client::ClockClient<Svc>,
+    /// Revocation and the audit query.
+    pub capabilities: pb::capabilities_client::CapabilitiesClient<Svc>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +148,22 @@ impl Client {
                 channel.clone(),
                 i.clone(),
             ),
+            capabilities: pb::capabilities_client::CapabilitiesClient::with_interceptor(
+                channel.clone(),
+                i.clone(),
+            ),
             clock: pb::clock_client::ClockClient::with_interceptor(channel, i),
         })
+    }
+
+    /// Derives a narrower token offline (no key, no network): fewer skills,
+    /// an instance pattern, fewer methods, read-only, a shorter expiry. The
+    /// result can only do less than `token`; hand it to a less trusted
+    /// holder. Revoking `token` also revokes the result.
+    pub fn attenuate(
+        token: &str,
+        restriction: &synapse_runtime::guard::Restriction,
+    ) -> Result<String, synapse_runtime::guard::GuardError> {
+        synapse_runtime::guard::attenuate(token, restriction)
     }
 }

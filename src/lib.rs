@@ -25,7 +25,9 @@ pub mod history;
 pub use synapse_runtime::clock::{
     format_timestamp, ManualClock, PhysicalClock, SkewedClock, SystemClock,
 };
-pub use synapse_runtime::guard::{attenuate, inspect, Grant, Restriction, RootKey};
+pub use synapse_runtime::guard::{
+    attenuate, inspect, Fence, Grant, GuardError, Restriction, RootKey,
+};
 pub use synapse_runtime::node::restore_backup;
 pub use synapse_runtime::skill::field;
 pub use synapse_runtime::{

@@ -184,6 +184,32 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Query this node's audit log of capability decisions, newest first
+    /// (needs `_capabilities/cluster.audit`; the root token has it).
+    Audit {
+        /// Only records from this long ago on, e.g. 30s, 15m, 24h.
+        #[arg(long)]
+        since: Option<String>,
+        /// Inclusive HLC physical-time range in µs (overrides --since).
+        #[arg(long)]
+        from_micros: Option<u64>,
+        #[arg(long)]
+        to_micros: Option<u64>,
+        /// Only this principal.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only `allow` or `deny` decisions.
+        #[arg(long, value_parser = ["allow", "deny"])]
+        outcome: Option<String>,
+        /// At most this many records (server default 100, max 10000).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+        /// JSON output (same as `-w json`).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// TLS certificates for a cluster.
     Certs {
         #[command(subcommand)]
@@ -365,6 +391,17 @@ enum TokenCommand {
     Attenuate {
         #[command(flatten)]
         scope: ScopeOpts,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Revoke a token cluster-wide, and every token attenuated from it.
+    /// --token/--token-file is the caller's token (needs
+    /// `_capabilities/cluster.revoke`; the root token has it).
+    Revoke {
+        /// The token to revoke.
+        target: String,
+        #[arg(long, default_value = "")]
+        reason: String,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -1029,7 +1066,115 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             });
             Ok(())
         }
+        Command::Token {
+            command:
+                TokenCommand::Revoke {
+                    target,
+                    reason,
+                    client,
+                },
+        } => {
+            let mut c = connect(&client).await?;
+            let r = c
+                .capabilities
+                .revoke(pb::RevokeRequest {
+                    token: target.trim().to_string(),
+                    reason,
+                })
+                .await?
+                .into_inner();
+            let v = json!({ "revocation_ids": r.revocation_ids, "index": r.index });
+            print(client.output, &v, || {
+                format!(
+                    "revoked {} id(s) at index {}:\n  {}",
+                    r.revocation_ids.len(),
+                    r.index,
+                    r.revocation_ids.join("\n  ")
+                )
+            });
+            Ok(())
+        }
         Command::Token { command } => token_command(command),
+        Command::Audit {
+            since,
+            from_micros,
+            to_micros,
+            principal,
+            outcome,
+            limit,
+            json,
+            mut client,
+        } => {
+            if json {
+                client.output = Output::Json;
+            }
+            let from = match (from_micros, since.as_deref()) {
+                (Some(f), _) => f,
+                (None, Some(s)) => {
+                    let ago = parse_ttl(s)?;
+                    let now = SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    u64::try_from(now.saturating_sub(ago).as_micros()).unwrap_or(u64::MAX)
+                }
+                (None, None) => 0,
+            };
+            let mut c = connect(&client).await?;
+            let r = c
+                .capabilities
+                .audit(pb::AuditRequest {
+                    from_micros: from,
+                    to_micros: to_micros.unwrap_or(0),
+                    principal: principal.unwrap_or_default(),
+                    outcome: outcome.unwrap_or_default(),
+                    limit,
+                })
+                .await?
+                .into_inner();
+            let entries: Vec<Value> = r
+                .entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "seq": e.seq, "timestamp": ts_json(&e.timestamp), "principal": e.principal,
+                        "skill": e.skill, "instance": e.instance, "method": e.method,
+                        "outcome": if e.allowed { "allow" } else { "deny" }, "reason": e.reason,
+                        "hash": hex(&e.hash),
+                    })
+                })
+                .collect();
+            let v = json!({ "entries": entries, "chain_verified": r.chain_verified });
+            print(client.output, &v, || {
+                let mut out = format!(
+                    "{} record(s), chain {}",
+                    r.entries.len(),
+                    if r.chain_verified {
+                        "verified"
+                    } else {
+                        "NOT verified"
+                    }
+                );
+                for e in &r.entries {
+                    out.push_str(&format!(
+                        "\n{:>8}  {}  {:<5} {:<12} {}/{}.{}  {}",
+                        e.seq,
+                        format_timestamp(&ts_of(&e.timestamp)),
+                        if e.allowed { "allow" } else { "deny" },
+                        if e.principal.is_empty() {
+                            "-"
+                        } else {
+                            &e.principal
+                        },
+                        e.skill,
+                        e.instance,
+                        e.method,
+                        e.reason
+                    ));
+                }
+                out
+            });
+            Ok(())
+        }
         Command::Bench(opts) => loadgen::run(opts).await.map_err(Failure::from),
         Command::Health { service, client } => {
             let channel = synapse::client::channel(&client.endpoint, client_tls(&client)?.as_ref())
@@ -1171,6 +1316,9 @@ fn token_command(command: TokenCommand) -> Result<(), Failure> {
             outln!("{narrowed}");
             Ok(())
         }
+        TokenCommand::Revoke { .. } => Err(Failure::from(
+            "token revoke is handled by the async dispatcher".to_string(),
+        )),
         TokenCommand::Inspect { client, data_dir } => {
             let token = read_token(&client)?
                 .ok_or_else(|| Failure::from("no token to inspect".to_string()))?;

@@ -81,6 +81,8 @@ pub(crate) struct Execute {
     pub op: Op,
     pub request_id: String,
     pub expected_version: Option<u64>,
+    /// The caller's capability expiry and revocation ids, for apply.
+    pub fence: Arc<crate::guard::Fence>,
     pub reply: oneshot::Sender<Result<InvokeResult, RuntimeError>>,
 }
 
@@ -284,6 +286,7 @@ impl InstanceActor {
             op,
             request_id,
             expected_version,
+            fence,
             reply,
         } = msg;
         let span = tracing::debug_span!("execute", instance = %self.id, request_id = %request_id);
@@ -374,6 +377,7 @@ impl InstanceActor {
         let command = Command::Checkpoint {
             checkpoint,
             reply: reply_bytes,
+            fence: (*fence).clone(),
         }
         .encode();
 
@@ -405,6 +409,10 @@ impl InstanceActor {
                 Ok(ApplyOutcome::Rejected(reason)) => {
                     act.reload_after_failure(epoch);
                     Err(RuntimeError::Aborted(reason))
+                }
+                Ok(ApplyOutcome::Fenced(reason)) => {
+                    act.reload_after_failure(epoch);
+                    Err(RuntimeError::PermissionDenied(reason))
                 }
                 Ok(other) => {
                     act.reload_after_failure(epoch);

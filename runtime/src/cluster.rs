@@ -11,7 +11,7 @@ use synapse_proto::v1 as pb;
 use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::error::{RuntimeError, LEADER_ADDR_HEADER, LEADER_HINT_HEADER};
-use crate::guard::{Grant, Guard, RootKey};
+use crate::guard::{Grant, Guard, RevocationSet, RootKey};
 
 /// Cluster-metadata name of the replicated root key (hex private key).
 pub const META_ROOT_KEY: &str = "root_key";
@@ -40,6 +40,9 @@ pub(crate) struct ClusterKeys {
     public_hex: OnceLock<String>,
     data_dir: PathBuf,
     cache_capacity: usize,
+    /// Replicated revoked ids; exists before the key so the state machine
+    /// can fill it from the log or store whether or not a guard exists yet.
+    revoked: std::sync::Arc<RevocationSet>,
 }
 
 impl ClusterKeys {
@@ -52,7 +55,12 @@ impl ClusterKeys {
             public_hex: OnceLock::new(),
             data_dir: data_dir.to_path_buf(),
             cache_capacity,
+            revoked: Default::default(),
         }
+    }
+
+    pub fn revocations(&self) -> &std::sync::Arc<RevocationSet> {
+        &self.revoked
     }
 
     pub fn guard(&self) -> Option<&Guard> {
@@ -108,7 +116,8 @@ impl ClusterKeys {
             write_private(&key_path, key.to_private_hex().as_bytes())?;
         }
         let token = ensure_root_token(&self.data_dir, &key, &public)?;
-        let guard = Guard::new(&public, self.cache_capacity)?;
+        let guard =
+            Guard::new(&public, self.cache_capacity)?.with_revocations(self.revoked.clone());
         let peer = key.mint(
             "peer",
             &[Grant {

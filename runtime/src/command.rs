@@ -2,9 +2,21 @@
 
 use synapse_storage::{Checkpoint, Hash, RequestRecord, StorageError, Timestamp};
 
+use crate::guard::Fence;
+
 /// Format tag of a checkpoint command; a new command kind gets a new tag.
 const TAG_CHECKPOINT: u8 = 1;
 const TAG_SET_META: u8 = 2;
+const TAG_REVOKE: u8 = 3;
+/// A checkpoint with a non-empty [`Fence`]: the fence, then exactly the body
+/// of `TAG_CHECKPOINT`. Unfenced checkpoints keep tag 1, so logs written
+/// before fencing existed still decode.
+const TAG_CHECKPOINT_FENCED: u8 = 4;
+
+/// Most revocation ids one command carries: one per token block, and a
+/// token of at most `MAX_TOKEN_BYTES` (16 KiB) has far fewer blocks than
+/// this (each block is ≥ ~100 bytes). Bounds decode work for a hostile entry.
+pub const MAX_IDS_PER_COMMAND: usize = 256;
 
 /// A replicated command: the leader's actor already ran the handler; every
 /// node validates the checkpoint against its chain head and stores it.
@@ -13,6 +25,16 @@ pub enum Command {
     Checkpoint {
         checkpoint: Checkpoint,
         reply: Vec<u8>,
+        /// Re-checked at apply against `checkpoint.timestamp` and the
+        /// revocations applied before this entry.
+        fence: Fence,
+    },
+    /// Revokes capability ids (every block id of one token) for good.
+    Revoke {
+        ids: Vec<Vec<u8>>,
+        reason: String,
+        /// Proposer's HLC stamp, kept with the revocation for audit.
+        timestamp: Timestamp,
     },
     /// Replicated cluster metadata (the root key, member addresses).
     /// `only_if_absent` makes the first proposal win, as for the root key.
@@ -26,10 +48,21 @@ pub enum Command {
 impl Command {
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Command::Checkpoint { checkpoint, reply } => {
+            Command::Checkpoint {
+                checkpoint,
+                reply,
+                fence,
+            } => {
                 let cp = checkpoint.encode();
-                let mut out = Vec::with_capacity(1 + 8 + reply.len() + cp.len());
-                out.push(TAG_CHECKPOINT);
+                let mut out = Vec::with_capacity(1 + 8 + reply.len() + cp.len() + 80);
+                if *fence == Fence::default() {
+                    out.push(TAG_CHECKPOINT);
+                } else {
+                    out.push(TAG_CHECKPOINT_FENCED);
+                    out.push(u8::from(fence.expires_at_secs.is_some()));
+                    out.extend_from_slice(&fence.expires_at_secs.unwrap_or(0).to_be_bytes());
+                    put_ids(&mut out, &fence.revocation_ids);
+                }
                 out.extend_from_slice(&(reply.len() as u64).to_be_bytes());
                 out.extend_from_slice(reply);
                 out.extend_from_slice(&cp);
@@ -49,6 +82,21 @@ impl Command {
                 out.extend_from_slice(value);
                 out
             }
+            Command::Revoke {
+                ids,
+                reason,
+                timestamp,
+            } => {
+                let mut out = Vec::with_capacity(1 + 20 + 8 + reason.len() + 72 * ids.len());
+                out.push(TAG_REVOKE);
+                out.extend_from_slice(&timestamp.physical_micros.to_be_bytes());
+                out.extend_from_slice(&timestamp.logical.to_be_bytes());
+                out.extend_from_slice(&timestamp.node_id.to_be_bytes());
+                out.extend_from_slice(&(reason.len() as u64).to_be_bytes());
+                out.extend_from_slice(reason.as_bytes());
+                put_ids(&mut out, ids);
+                out
+            }
         }
     }
 
@@ -59,7 +107,24 @@ impl Command {
         };
         let (&tag, rest) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
         match tag {
-            TAG_CHECKPOINT => {
+            TAG_CHECKPOINT | TAG_CHECKPOINT_FENCED => {
+                let (fence, rest) = if tag == TAG_CHECKPOINT_FENCED {
+                    let (&flag, rest) = rest
+                        .split_first()
+                        .ok_or_else(|| corrupt("truncated fence"))?;
+                    let (exp, rest) = take_u64(rest).ok_or_else(|| corrupt("truncated fence"))?;
+                    let (ids, rest) = take_ids(rest).ok_or_else(|| corrupt("malformed fence"))?;
+                    if flag > 1 {
+                        return Err(corrupt("malformed fence"));
+                    }
+                    let fence = Fence {
+                        expires_at_secs: (flag == 1).then_some(exp),
+                        revocation_ids: ids,
+                    };
+                    (fence, rest)
+                } else {
+                    (Fence::default(), rest)
+                };
                 if rest.len() < 8 {
                     return Err(corrupt("truncated reply length"));
                 }
@@ -73,6 +138,35 @@ impl Command {
                 Ok(Command::Checkpoint {
                     checkpoint: Checkpoint::decode(cp)?,
                     reply: reply.to_vec(),
+                    fence,
+                })
+            }
+            TAG_REVOKE => {
+                let (physical_micros, rest) =
+                    take_u64(rest).ok_or_else(|| corrupt("truncated revoke"))?;
+                if rest.len() < 4 {
+                    return Err(corrupt("truncated revoke"));
+                }
+                let (logical, rest) = rest.split_at(4);
+                let logical =
+                    u32::from_be_bytes(logical.try_into().map_err(|_| corrupt("revoke"))?);
+                let (node_id, rest) = take_u64(rest).ok_or_else(|| corrupt("truncated revoke"))?;
+                let (reason, rest) =
+                    take_prefixed(rest).ok_or_else(|| corrupt("truncated revoke reason"))?;
+                let (ids, rest) = take_ids(rest).ok_or_else(|| corrupt("malformed revoke ids"))?;
+                if !rest.is_empty() || ids.is_empty() {
+                    return Err(corrupt("malformed revoke"));
+                }
+                let reason = String::from_utf8(reason.to_vec())
+                    .map_err(|_| corrupt("revoke reason is not UTF-8"))?;
+                Ok(Command::Revoke {
+                    ids,
+                    reason,
+                    timestamp: Timestamp {
+                        physical_micros,
+                        logical,
+                        node_id,
+                    },
                 })
             }
             TAG_SET_META => {
@@ -97,6 +191,42 @@ impl Command {
             other => Err(corrupt(&format!("unknown tag {other}"))),
         }
     }
+}
+
+fn take_u64(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    if bytes.len() < 8 {
+        return None;
+    }
+    let (v, rest) = bytes.split_at(8);
+    Some((u64::from_be_bytes(v.try_into().ok()?), rest))
+}
+
+fn put_ids(out: &mut Vec<u8>, ids: &[Vec<u8>]) {
+    out.extend_from_slice(&(ids.len() as u64).to_be_bytes());
+    for id in ids {
+        out.extend_from_slice(&(id.len() as u64).to_be_bytes());
+        out.extend_from_slice(id);
+    }
+}
+
+/// Count-prefixed list of length-prefixed ids; `None` if truncated or over
+/// the limits (count, id size), never a large allocation from a bad count.
+fn take_ids(bytes: &[u8]) -> Option<(Vec<Vec<u8>>, &[u8])> {
+    let (n, mut rest) = take_u64(bytes)?;
+    let n = usize::try_from(n).ok()?;
+    if n > MAX_IDS_PER_COMMAND {
+        return None;
+    }
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (id, r) = take_prefixed(rest)?;
+        if id.is_empty() || id.len() > synapse_storage::MAX_REVOCATION_ID_BYTES {
+            return None;
+        }
+        ids.push(id.to_vec());
+        rest = r;
+    }
+    Some((ids, rest))
 }
 
 fn take_prefixed(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -124,6 +254,13 @@ pub enum ApplyOutcome {
     Rejected(String),
     /// Cluster metadata: `changed` is false when `only_if_absent` found a value.
     MetaSet { changed: bool },
+    /// The entry's capability had expired at the entry's timestamp, or was
+    /// revoked by an earlier entry (fencing). Nothing changed.
+    Fenced(String),
+    /// A revocation: `added` ids were new (the rest were already revoked).
+    Revoked { added: usize },
+    /// The revoked set is full (`MAX_REVOCATIONS`). Nothing changed.
+    RevocationsFull,
     /// A no-op or membership entry.
     Noop,
 }
@@ -149,7 +286,53 @@ mod tests {
         Command::Checkpoint {
             checkpoint: cp,
             reply: b"{\"value\":1}".to_vec(),
+            fence: Fence::default(),
         }
+    }
+
+    fn fenced() -> Command {
+        let Command::Checkpoint {
+            checkpoint, reply, ..
+        } = sample()
+        else {
+            unreachable!("sample() builds a checkpoint command")
+        };
+        Command::Checkpoint {
+            checkpoint,
+            reply,
+            fence: Fence {
+                expires_at_secs: Some(1_900_000_000),
+                revocation_ids: vec![vec![1; 64], vec![2; 64]],
+            },
+        }
+    }
+
+    #[test]
+    fn fenced_checkpoint_and_revoke_round_trip_and_truncations_fail() {
+        let r = Command::Revoke {
+            ids: vec![vec![3; 64]],
+            reason: "leaked".into(),
+            timestamp: Timestamp {
+                physical_micros: 9,
+                logical: 2,
+                node_id: 3,
+            },
+        };
+        for c in [fenced(), r] {
+            let bytes = c.encode();
+            assert_eq!(Command::decode(&bytes).unwrap(), c);
+            for n in 0..bytes.len() {
+                assert!(Command::decode(&bytes[..n]).is_err(), "truncation to {n}");
+            }
+        }
+        // An unfenced checkpoint keeps the original tag (old logs decode).
+        assert_eq!(sample().encode()[0], TAG_CHECKPOINT);
+        // A hostile id count is refused, not allocated.
+        let mut evil = vec![TAG_REVOKE];
+        evil.extend_from_slice(&[0; 20]);
+        evil.extend_from_slice(&0u64.to_be_bytes());
+        evil.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert!(Command::decode(&evil).is_err());
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl From<GuardError> for RuntimeError {
             GuardError::Missing | GuardError::Malformed(_) | GuardError::BadSignature => {
                 RuntimeError::Unauthenticated(e.to_string())
             }
-            GuardError::Expired | GuardError::Denied(_) => {
+            GuardError::Expired | GuardError::Denied(_) | GuardError::Revoked => {
                 RuntimeError::PermissionDenied(e.to_string())
             }
             GuardError::Key(_) => RuntimeError::Internal(e.to_string()),

@@ -4,6 +4,26 @@
 //! human-readable inspection, and the per-request check
 //! (principal, skill, instance, method, read/write) with its bounded caches.
 //!
+//! # Revocation and fencing
+//!
+//! Every block of a biscuit has a revocation id, and an attenuated token
+//! carries all its parents' ids, so revoking a token's id also revokes every
+//! token derived from it. The replicated revoked set ([`RevocationSet`]) is
+//! shared with the state machine, which adds to it when a revocation entry
+//! applies. The guard consults it on every uncached check, and a cached allow
+//! is only served while the set's generation is the one it was decided
+//! under, so a committed revocation takes effect at the next check (one
+//! atomic load on the cached path). An allow returns a [`Fence`] (the token's
+//! expiry and revocation ids) that writes carry into the Raft entry, so that
+//! apply re-checks both deterministically (see `state_machine.rs`).
+//!
+//! # Delegation between skills
+//!
+//! Skills cannot call other skills: a handler gets its state and payload,
+//! never the caller's token or any capability. So a skill never receives a
+//! capability it could pass on, and cannot widen one. Delegation happens
+//! only between holders, offline, with [`attenuate`], which can only narrow.
+//!
 //! Must never: panic on any token text, let a block appended by a holder widen
 //! what the authority block grants, cache a deny as an allow, hold a cached
 //! allow longer than [`DECISION_TTL`], grow a cache past its capacity, or log
@@ -42,14 +62,15 @@
 //! the authorizer (biscuit's default scope), so `grant` or `principal` facts
 //! in appended blocks are invisible to them: attenuation can only narrow.
 
+use std::collections::HashSet;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use biscuit_auth::builder::{fact, string, Algorithm, Term};
+use biscuit_auth::builder::{fact, string, Algorithm, Binary, Op, Term};
 use biscuit_auth::error::{FailedCheck, Format, Logic, RunLimit, Token as TokenError};
 use biscuit_auth::{
     AuthorizerBuilder, AuthorizerLimits, Biscuit, BlockBuilder, KeyPair, PrivateKey, PublicKey,
@@ -170,6 +191,111 @@ pub struct Decision {
     pub principal: String,
     /// Human text for the audit log.
     pub reason: String,
+    /// What apply must re-check for a write made with this token.
+    pub fence: Arc<Fence>,
+}
+
+/// What the apply path re-checks for a write (fencing): the decision cache
+/// may be up to [`DECISION_TTL`] stale, and a client may pause between the
+/// check and the commit, so expiry and revocation are checked again against
+/// the entry's own HLC timestamp and the revocations applied before it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fence {
+    /// Earliest expiry over all blocks, in Unix seconds (biscuit dates have
+    /// one-second granularity). The token is valid while
+    /// `floor(now) <= expires_at_secs`, exactly as the guard's datalog.
+    pub expires_at_secs: Option<u64>,
+    /// The token's revocation ids, authority block first.
+    pub revocation_ids: Vec<Vec<u8>>,
+}
+
+impl Fence {
+    /// Whether the token had expired at `physical_micros` (Unix µs).
+    pub fn expired_at(&self, physical_micros: u64) -> bool {
+        self.expires_at_secs
+            .is_some_and(|exp| physical_micros / 1_000_000 > exp)
+    }
+}
+
+/// Most distinct revoked ids a cluster keeps. Revocations are permanent and
+/// every node holds the whole set in memory and in every snapshot; 100 000
+/// ids × ~100 bytes ≈ 10 MB per node is the budget. Mint short-lived tokens
+/// rather than revoking at scale; a full set answers RESOURCE_EXHAUSTED.
+pub const MAX_REVOCATIONS: usize = 100_000;
+
+/// The replicated set of revoked ids, in memory on every node. Written only
+/// by the state machine (apply, snapshot install, start-up load); read by
+/// the guard on every uncached check and by apply for fencing.
+#[derive(Default)]
+pub struct RevocationSet {
+    ids: RwLock<HashSet<Vec<u8>>>,
+    /// Bumped after every change, so cached allows decided under an older
+    /// set are not served.
+    generation: AtomicU64,
+}
+
+impl fmt::Debug for RevocationSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RevocationSet")
+            .field("len", &self.len())
+            .field("generation", &self.generation())
+            .finish()
+    }
+}
+
+impl RevocationSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds ids (insert first, then bump the generation: a concurrent check
+    /// that read the old generation cannot cache an allow past the bump).
+    pub fn insert_all<'a>(&self, ids: impl IntoIterator<Item = &'a [u8]>) {
+        {
+            let mut set = self.ids.write().unwrap_or_else(|e| e.into_inner());
+            for id in ids {
+                set.insert(id.to_vec());
+            }
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Replaces the whole set (start-up, snapshot install).
+    pub fn replace<'a>(&self, ids: impl IntoIterator<Item = &'a [u8]>) {
+        {
+            let mut set = self.ids.write().unwrap_or_else(|e| e.into_inner());
+            set.clear();
+            for id in ids {
+                set.insert(id.to_vec());
+            }
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn contains(&self, id: &[u8]) -> bool {
+        self.ids
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+
+    /// Whether any of `ids` is revoked (one lock for all of them).
+    pub fn any_revoked(&self, ids: &[Vec<u8>]) -> bool {
+        let set = self.ids.read().unwrap_or_else(|e| e.into_inner());
+        ids.iter().any(|id| set.contains(id.as_slice()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +315,9 @@ pub enum GuardError {
     /// → PERMISSION_DENIED
     #[error("capability does not allow {0}")]
     Denied(String),
+    /// → PERMISSION_DENIED
+    #[error("capability revoked")]
+    Revoked,
     #[error("key error: {0}")]
     Key(String),
 }
@@ -421,6 +550,7 @@ type Hash32 = [u8; 32];
 struct VerifiedToken {
     biscuit: Biscuit,
     principal: String,
+    fence: Arc<Fence>,
 }
 
 /// Why a token text can never verify. Deterministic for a given text and
@@ -444,6 +574,10 @@ impl Rejection {
 struct CachedAllow {
     principal: String,
     decided_at: SystemTime,
+    /// `RevocationSet::generation` when decided; a different one means a
+    /// revocation applied since, so the entry is not served.
+    revocation_generation: u64,
+    fence: Arc<Fence>,
 }
 
 /// Verifies tokens against the cluster's public root key, with bounded
@@ -458,6 +592,7 @@ pub struct Guard {
     decisions: Mutex<ClockCache<Hash32, CachedAllow>>,
     hits: AtomicU64,
     now: TimeSource,
+    revoked: Arc<RevocationSet>,
 }
 
 impl fmt::Debug for Guard {
@@ -490,7 +625,28 @@ impl Guard {
             )),
             hits: AtomicU64::new(0),
             now: Arc::new(SystemTime::now),
+            revoked: Arc::new(RevocationSet::new()),
         })
+    }
+
+    /// Shares the node's replicated revoked set with this guard.
+    pub fn with_revocations(mut self, revoked: Arc<RevocationSet>) -> Guard {
+        self.revoked = revoked;
+        self
+    }
+
+    pub fn revocations(&self) -> &Arc<RevocationSet> {
+        &self.revoked
+    }
+
+    /// Revocation ids of `token`, after verifying that this cluster's root
+    /// key signed it (so nobody can fill the revoked set with garbage).
+    /// Does not authorize anything and ignores expiry: an expired token may
+    /// still be revoked.
+    pub fn revocation_ids_of(&self, token: &str) -> Result<Vec<Vec<u8>>, GuardError> {
+        let text = bounded_text(token.trim())?;
+        let biscuit = Biscuit::from_base64(text, self.root).map_err(parse_err)?;
+        Ok(biscuit.revocation_identifiers())
     }
 
     /// Replaces the source of "now" used for the `time` fact and for the
@@ -515,6 +671,9 @@ impl Guard {
         let token_hash: Hash32 = Sha256::digest(text.as_bytes()).into();
         let now = (self.now)();
 
+        // Read before the revoked set: an allow decided under this
+        // generation is cached with it and dropped once it changes.
+        let generation = self.revoked.generation();
         let key = decision_key(&token_hash, req);
         if let Some(hit) = lock(&self.decisions).get(&key).cloned() {
             // `duration_since` fails if the clock went backwards: treat as
@@ -522,17 +681,22 @@ impl Guard {
             let fresh = now
                 .duration_since(hit.decided_at)
                 .is_ok_and(|age| age < DECISION_TTL);
-            if fresh {
+            if fresh && hit.revocation_generation == generation {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Decision {
                     allowed: true,
                     principal: hit.principal,
                     reason: "allowed (cached decision)".into(),
+                    fence: hit.fence,
                 });
             }
         }
 
         let verified = self.verified(text, &token_hash)?;
+        if self.revoked.any_revoked(&verified.fence.revocation_ids) {
+            tracing::debug!(principal = %verified.principal, request = %req, "capability revoked");
+            return Err(GuardError::Revoked);
+        }
         let result = self.authorize(&verified, req, now);
         match &result {
             Ok(_) => {
@@ -541,6 +705,8 @@ impl Guard {
                     CachedAllow {
                         principal: verified.principal.clone(),
                         decided_at: now,
+                        revocation_generation: generation,
+                        fence: verified.fence.clone(),
                     },
                 );
                 tracing::debug!(principal = %verified.principal, request = %req, "capability allowed");
@@ -550,6 +716,16 @@ impl Guard {
             }
         }
         result
+    }
+
+    /// Principal of a token whose signature verified earlier (from the
+    /// verified-token cache), for auditing denials of valid tokens (revoked,
+    /// expired, out of scope). `None` if not cached or never verified. Only
+    /// called on the deny path, so it costs the allow path nothing.
+    pub fn cached_principal(&self, token: Option<&str>) -> Option<String> {
+        let text = token.map(str::trim).filter(|t| !t.is_empty())?;
+        let hash: Hash32 = Sha256::digest(text.as_bytes()).into();
+        lock(&self.tokens).get(&hash).map(|t| t.principal.clone())
     }
 
     /// Number of verified tokens cached.
@@ -611,6 +787,7 @@ impl Guard {
                 allowed: true,
                 principal: token.principal.clone(),
                 reason: "allowed by grant".into(),
+                fence: token.fence.clone(),
             }),
             Err(e) => Err(deny_reason(req, e)),
         }
@@ -683,7 +860,7 @@ fn verify(text: &str, root: PublicKey) -> Result<VerifiedToken, VerifyError> {
         .set_limits(eval_limits())
         .build(&biscuit)
         .map_err(|e| VerifyError::Permanent(Rejection::Malformed(e.to_string())))?;
-    check_shape(&authorizer).map_err(VerifyError::Permanent)?;
+    let expires_at_secs = check_shape(&authorizer).map_err(VerifyError::Permanent)?;
     let principals: Vec<(String,)> =
         authorizer
             .query("p($p) <- principal($p)")
@@ -697,6 +874,10 @@ fn verify(text: &str, root: PublicKey) -> Result<VerifiedToken, VerifyError> {
             })?;
     match principals.as_slice() {
         [(p,)] => Ok(VerifiedToken {
+            fence: Arc::new(Fence {
+                expires_at_secs,
+                revocation_ids: biscuit.revocation_identifiers(),
+            }),
             biscuit,
             principal: p.clone(),
         }),
@@ -715,7 +896,11 @@ fn verify(text: &str, root: PublicKey) -> Result<VerifiedToken, VerifyError> {
 /// check can explode within a single step. Tokens we mint and attenuate
 /// contain no rules and single-predicate checks, so we require exactly that
 /// shape; this runs before any datalog is evaluated.
-fn check_shape(authorizer: &biscuit_auth::Authorizer) -> Result<(), Rejection> {
+///
+/// Also returns the token's earliest expiry: the smallest date `D` of any
+/// check `time($t), $t <= D` (or `< D`, counted as `D - 1`) in any block.
+/// Other time conditions are still enforced by the guard, but not fenced.
+fn check_shape(authorizer: &biscuit_auth::Authorizer) -> Result<Option<u64>, Rejection> {
     // `dump` converts the already-deserialized blocks back to builder terms;
     // it unwraps internally on symbol lookups that verification has already
     // validated. Contain it anyway so no token text can panic the caller.
@@ -738,7 +923,22 @@ fn check_shape(authorizer: &biscuit_auth::Authorizer) -> Result<(), Rejection> {
             "a check joins {widest} predicates, limit is {MAX_CHECK_PREDICATES}"
         )));
     }
-    Ok(())
+    let expiry = checks
+        .iter()
+        .flat_map(|c| c.queries.iter())
+        .filter(|q| q.body.iter().any(|p| p.name == "time"))
+        .flat_map(|q| q.expressions.iter())
+        .filter_map(|e| match e.ops.as_slice() {
+            [Op::Value(Term::Variable(_)), Op::Value(Term::Date(d)), Op::Binary(Binary::LessOrEqual)] => {
+                Some(*d)
+            }
+            [Op::Value(Term::Variable(_)), Op::Value(Term::Date(d)), Op::Binary(Binary::LessThan)] => {
+                Some(d.saturating_sub(1))
+            }
+            _ => None,
+        })
+        .min();
+    Ok(expiry)
 }
 
 fn eval_limits() -> AuthorizerLimits {
@@ -1151,6 +1351,111 @@ mod tests {
         let res = guard.check(Some(&foreign), &req("kv", "a", "get", READ));
         assert!(matches!(res, Err(GuardError::BadSignature)));
         assert_eq!(guard.cache_hits(), hits + 1);
+    }
+
+    #[test]
+    fn revocation_denies_at_once_even_with_a_cached_allow_and_covers_children() {
+        let (root, guard, parent) = setup(&[grant("*", "*", &[], false)]);
+        let other = root
+            .mint("bob", &[grant("*", "*", &[], false)], None)
+            .expect("mint");
+        let child = attenuate(
+            &parent,
+            &Restriction {
+                skill: Some("kv".into()),
+                ..Default::default()
+            },
+        )
+        .expect("attenuate");
+        let r = req("kv", "a", "get", READ);
+        for t in [&parent, &child, &other] {
+            assert!(allowed(&guard, t, r));
+            assert!(allowed(&guard, t, r)); // now a cached allow
+        }
+        let hits = guard.cache_hits();
+        let ids = guard.revocation_ids_of(&parent).expect("ids");
+        assert_eq!(ids.len(), 1, "a minted token has one block");
+        let child_ids = guard.revocation_ids_of(&child).expect("ids");
+        assert_eq!(child_ids.len(), 2);
+        assert_eq!(child_ids[0], ids[0], "a child carries its parent's id");
+
+        guard
+            .revocations()
+            .insert_all(ids.iter().map(Vec::as_slice));
+        for t in [&parent, &child] {
+            let res = guard.check(Some(t), &r);
+            assert!(matches!(res, Err(GuardError::Revoked)), "{res:?}");
+        }
+        assert_eq!(
+            guard.cache_hits(),
+            hits + 2,
+            "verified-token cache still used"
+        );
+        // Revoking one holder's token leaves another's alone.
+        assert!(allowed(&guard, &other, r));
+
+        // Revoking only the child's own block leaves the parent working.
+        let (_, guard2, parent2) = setup(&[grant("*", "*", &[], false)]);
+        let child2 = attenuate(&parent2, &Restriction::default()).expect("attenuate");
+        let child2_ids = guard2.revocation_ids_of(&child2).expect("ids");
+        guard2.revocations().insert_all([child2_ids[1].as_slice()]);
+        assert!(allowed(&guard2, &parent2, r));
+        assert!(matches!(
+            guard2.check(Some(&child2), &r),
+            Err(GuardError::Revoked)
+        ));
+    }
+
+    #[test]
+    fn revocation_ids_of_requires_this_clusters_signature() {
+        let (_, guard, _) = setup(&[grant("*", "*", &[], false)]);
+        let foreign = RootKey::generate()
+            .mint("eve", &[grant("*", "*", &[], false)], None)
+            .expect("mint");
+        assert!(matches!(
+            guard.revocation_ids_of(&foreign),
+            Err(GuardError::BadSignature)
+        ));
+        assert!(guard.revocation_ids_of("garbage").is_err());
+        assert!(guard.revocation_ids_of("").is_err());
+    }
+
+    #[test]
+    fn fence_carries_the_earliest_expiry_over_all_blocks() {
+        let root = RootKey::generate();
+        let guard = Guard::new(&root.public_hex(), 8).expect("guard");
+        let far = UNIX_EPOCH + Duration::from_secs(4_000_000_000);
+        let near = UNIX_EPOCH + Duration::from_secs(3_000_000_000);
+        let t = root
+            .mint("alice", &[grant("*", "*", &[], false)], Some(far))
+            .expect("mint");
+        let r = req("kv", "a", "get", READ);
+        let d = guard.check(Some(&t), &r).expect("allowed");
+        assert_eq!(d.fence.expires_at_secs, Some(4_000_000_000));
+        assert_eq!(d.fence.revocation_ids.len(), 1);
+        let narrowed = attenuate(
+            &t,
+            &Restriction {
+                expires_at: Some(near),
+                ..Default::default()
+            },
+        )
+        .expect("attenuate");
+        let d = guard.check(Some(&narrowed), &r).expect("allowed");
+        assert_eq!(d.fence.expires_at_secs, Some(3_000_000_000));
+        assert_eq!(d.fence.revocation_ids.len(), 2);
+        // Cached decisions carry the same fence.
+        let again = guard.check(Some(&narrowed), &r).expect("allowed");
+        assert_eq!(again.fence, d.fence);
+        // Same rule as the guard: valid through the whole expiry second.
+        assert!(!d.fence.expired_at(3_000_000_000 * 1_000_000 + 999_999));
+        assert!(d.fence.expired_at(3_000_000_001 * 1_000_000));
+        let unlimited = root
+            .mint("alice", &[grant("*", "*", &[], false)], None)
+            .expect("mint");
+        let d = guard.check(Some(&unlimited), &r).expect("allowed");
+        assert_eq!(d.fence.expires_at_secs, None);
+        assert!(!d.fence.expired_at(u64::MAX));
     }
 
     #[test]

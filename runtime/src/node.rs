@@ -27,7 +27,7 @@ use crate::command::ApplyOutcome;
 use crate::command::Command;
 use crate::config::NodeConfig;
 use crate::error::RuntimeError;
-use crate::guard::{Grant, Operation, Request, RootKey};
+use crate::guard::{Fence, Grant, Operation, Request, RootKey};
 use crate::metrics::Metrics;
 use crate::skill::{erase, DynSkill, MethodKind, Skill};
 use crate::skills::{Counter, Kv};
@@ -87,7 +87,7 @@ pub struct Core {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) transport: Option<Arc<GrpcTransport>>,
     pub(crate) clock: Arc<ClockService>,
-    channels: PeerChannels,
+    pub(crate) channels: PeerChannels,
     /// Certificate, key and CA when TLS is on (`None`: plaintext, dev only).
     pub(crate) tls: Option<crate::tls::TlsMaterial>,
     audit_count: std::sync::atomic::AtomicU64,
@@ -242,7 +242,7 @@ impl Core {
         &self.hlc
     }
 
-    fn leader_address(&self, leader_id: u64) -> Option<String> {
+    pub(crate) fn leader_address(&self, leader_id: u64) -> Option<String> {
         if leader_id == self.config.node_id {
             return self.config.advertise_address();
         }
@@ -291,6 +291,20 @@ impl Core {
         method: &str,
         operation: Operation,
     ) -> Result<String, RuntimeError> {
+        self.authorize_fenced(token, skill, instance, method, operation)
+            .map(|(principal, _)| principal)
+    }
+
+    /// [`Core::authorize`], also returning what apply must re-check for a
+    /// write made under this decision (fencing).
+    pub(crate) fn authorize_fenced(
+        &self,
+        token: Option<&str>,
+        skill: &str,
+        instance: &str,
+        method: &str,
+        operation: Operation,
+    ) -> Result<(String, Arc<Fence>), RuntimeError> {
         let req = Request {
             skill,
             instance,
@@ -305,7 +319,11 @@ impl Core {
         let checked = guard.check(token, &req);
         let (allowed, principal, reason) = match &checked {
             Ok(d) => (d.allowed, d.principal.clone(), d.reason.clone()),
-            Err(e) => (false, String::new(), e.to_string()),
+            Err(e) => (
+                false,
+                guard.cached_principal(token).unwrap_or_default(),
+                e.to_string(),
+            ),
         };
         let record = AuditRecord {
             seq: 0,
@@ -332,7 +350,7 @@ impl Core {
             }
         }
         match checked {
-            Ok(d) if d.allowed => Ok(principal),
+            Ok(d) if d.allowed => Ok((principal, d.fence)),
             Ok(d) => {
                 self.metrics.denied.fetch_add(1, Ordering::Relaxed);
                 Err(RuntimeError::PermissionDenied(d.reason))
@@ -345,7 +363,7 @@ impl Core {
         }
     }
 
-    fn not_leader(&self, status: &RaftStatus) -> RuntimeError {
+    pub(crate) fn not_leader(&self, status: &RaftStatus) -> RuntimeError {
         let leader = (status.leader_id != 0 && status.leader_id != self.config.node_id)
             .then_some(status.leader_id);
         RuntimeError::Unavailable {
@@ -392,6 +410,7 @@ impl Core {
         op: Op,
         request_id: String,
         expected_version: Option<u64>,
+        fence: Arc<Fence>,
     ) -> Result<InvokeResult, RuntimeError> {
         let mailbox = self.instances.get_or_activate(&id, skill, &self.env)?;
         if mailbox.queued.fetch_add(1, Ordering::AcqRel) >= self.config.mailbox_capacity {
@@ -406,6 +425,7 @@ impl Core {
             op,
             request_id,
             expected_version,
+            fence,
             reply: tx,
         });
         if let Err(e) = sent {
@@ -567,7 +587,8 @@ impl Core {
         } else {
             Operation::Write
         };
-        self.authorize(token, &req.skill, &req.instance, &req.method, operation)?;
+        let (_, fence) =
+            self.authorize_fenced(token, &req.skill, &req.instance, &req.method, operation)?;
         let skill = known
             .ok_or_else(|| RuntimeError::NotFound(format!("unknown skill `{}`", req.skill)))?;
         let kind = kind.ok_or_else(|| {
@@ -591,7 +612,7 @@ impl Core {
             MethodKind::Read => {
                 self.linearizable_barrier().await?;
                 self.metrics.reads.fetch_add(1, Ordering::Relaxed);
-                self.send_to_actor(id, &skill, op, req.request_id, req.expected_version)
+                self.send_to_actor(id, &skill, op, req.request_id, req.expected_version, fence)
                     .await
             }
             MethodKind::Write => {
@@ -615,7 +636,7 @@ impl Core {
                     });
                 }
                 self.ensure_write_leader().await?;
-                self.send_to_actor(id, &skill, op, request_id, req.expected_version)
+                self.send_to_actor(id, &skill, op, request_id, req.expected_version, fence)
                     .await
             }
         }
@@ -638,7 +659,7 @@ impl Core {
                 "to_version must be >= 1".into(),
             ));
         }
-        self.authorize(
+        let (_, fence) = self.authorize_fenced(
             token,
             skill,
             instance,
@@ -674,6 +695,7 @@ impl Core {
             Op::Rollback { to_version },
             request_id,
             None,
+            fence,
         )
         .await
     }
@@ -1309,6 +1331,10 @@ async fn open_core(
         &config.data_dir,
         config.token_cache_capacity,
     ));
+    // Revocations applied before a restart hold from the first request.
+    let revoked = store.revocations()?;
+    keys.revocations()
+        .replace(revoked.iter().map(|r| r.id.as_slice()));
     if let Some(hex) = store.cluster_meta(META_ROOT_KEY)? {
         keys.install(&String::from_utf8_lossy(&hex))?;
     }

@@ -1,8 +1,14 @@
 //! Applies committed Raft entries: validates each checkpoint against its
 //! chain head, stores it, advances the clock, and records the request id.
 //! Runs identically on every node; its decisions depend only on the log.
+//!
+//! Fencing: a checkpoint entry carries its capability's expiry and
+//! revocation ids. It is rejected (`Fenced`, nothing changes) if the token
+//! had expired at the entry's own HLC timestamp, or if any id was revoked by
+//! an entry applied before it. Both inputs come from the log, never from the
+//! local wall clock, so every node decides the same.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -18,6 +24,7 @@ use crate::actor::InstanceTable;
 use crate::clock::Hlc;
 use crate::cluster::{member_meta_name, ClusterKeys, META_MEMBER_PREFIX, META_ROOT_KEY};
 use crate::command::{ApplyOutcome, Command};
+use crate::guard::MAX_REVOCATIONS;
 use crate::metrics::Metrics;
 
 pub(crate) struct NodeStateMachine {
@@ -82,6 +89,10 @@ impl StateMachine for NodeStateMachine {
         let mut own_term_applied = false;
         let mut effects = Vec::new();
         let mut meta: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+        // Revoked in this batch, not yet in the shared set (which changes
+        // only after the batch is durable in sled).
+        let mut revoked_now: HashSet<Vec<u8>> = HashSet::new();
+        let revoked = self.keys.revocations().clone();
 
         for entry in entries {
             if ctx.is_leader && entry.term == ctx.term {
@@ -113,7 +124,61 @@ impl StateMachine for NodeStateMachine {
                 continue;
             }
             let (cp, reply) = match Command::decode(entry.data) {
-                Ok(Command::Checkpoint { checkpoint, reply }) => (checkpoint, reply),
+                Ok(Command::Checkpoint {
+                    checkpoint,
+                    reply,
+                    fence,
+                }) => {
+                    let why = if fence.expired_at(checkpoint.timestamp.physical_micros) {
+                        Some("capability expired before the write was applied")
+                    } else if fence
+                        .revocation_ids
+                        .iter()
+                        .any(|id| revoked_now.contains(id))
+                        || revoked.any_revoked(&fence.revocation_ids)
+                    {
+                        Some("capability revoked before the write was applied")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        tracing::info!(index = entry.index, skill = %checkpoint.skill,
+                            instance = %checkpoint.instance, "{why}");
+                        outcomes.push(ApplyOutcome::Fenced(why.into()));
+                        continue;
+                    }
+                    (checkpoint, reply)
+                }
+                Ok(Command::Revoke {
+                    ids,
+                    reason,
+                    timestamp,
+                }) => {
+                    if reason.len() > synapse_storage::MAX_REVOCATION_REASON_BYTES {
+                        // Storage would refuse it and fail the whole batch.
+                        outcomes.push(ApplyOutcome::Rejected("revocation reason too long".into()));
+                        continue;
+                    }
+                    let fresh: Vec<Vec<u8>> = ids
+                        .into_iter()
+                        .filter(|id| !revoked_now.contains(id) && !revoked.contains(id))
+                        .collect::<HashSet<_>>()
+                        .into_iter()
+                        .collect();
+                    if revoked.len() + revoked_now.len() + fresh.len() > MAX_REVOCATIONS {
+                        outcomes.push(ApplyOutcome::RevocationsFull);
+                        continue;
+                    }
+                    for id in &fresh {
+                        batch.revoke(id, timestamp, &reason);
+                    }
+                    batch.observe_timestamp(timestamp);
+                    self.hlc.observe(timestamp);
+                    let added = fresh.len();
+                    revoked_now.extend(fresh);
+                    outcomes.push(ApplyOutcome::Revoked { added });
+                    continue;
+                }
                 Ok(Command::SetMeta {
                     name,
                     value,
@@ -222,6 +287,10 @@ impl StateMachine for NodeStateMachine {
             batch.set_applied(last.index);
         }
         self.store.commit_apply(batch)?;
+        if !revoked_now.is_empty() {
+            // Durable in sled's batch order; from here on the guard denies.
+            revoked.insert_all(revoked_now.iter().map(Vec::as_slice));
+        }
         for effect in effects {
             match effect {
                 SideEffect::InstallRootKey(hex) => {
@@ -257,6 +326,10 @@ impl StateMachine for NodeStateMachine {
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), ConsensusError> {
         self.store.restore_state(snapshot.get_data())?;
         self.hlc.observe(self.store.clock_high_water()?);
+        let revocations = self.store.revocations()?;
+        self.keys
+            .revocations()
+            .replace(revocations.iter().map(|r| r.id.as_slice()));
         if let Some(hex) = self.store.cluster_meta(META_ROOT_KEY)? {
             if let Err(e) = self.keys.install(&String::from_utf8_lossy(&hex)) {
                 tracing::error!(error = %e, "cannot install the root key from the snapshot");

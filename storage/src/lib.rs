@@ -6,6 +6,7 @@
 //!   bounded retention, time-travel lookup and chain verification;
 //! * the **raft-rs `Storage`** implementation (`RaftLog`): log entries, hard
 //!   state, conf state, snapshots and compaction, every record checksummed;
+//! * **revoked capability ids**, replicated and part of snapshots;
 //! * the **audit tree**: append-only, hash-chained capability decisions;
 //! * the **request-id table**: what each applied request produced, so
 //!   retries are answered instead of applied twice;
@@ -26,12 +27,14 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod raft_log;
+mod revocation;
 mod store;
 
-pub use audit::AuditRecord;
+pub use audit::{AuditFilter, AuditRecord, MAX_AUDIT_PRUNE_BATCH, MAX_AUDIT_SCAN};
 pub use checkpoint::{Checkpoint, Hash, Timestamp, ZERO_HASH};
 pub use error::StorageError;
 pub use raft_log::RaftLog;
+pub use revocation::{Revocation, MAX_REVOCATION_ID_BYTES, MAX_REVOCATION_REASON_BYTES};
 pub use store::{
     ApplyBatch, ChainReport, HeadInfo, RequestRecord, Store, StoreOptions,
     DEFAULT_RETENTION_VERSIONS,

@@ -15,6 +15,8 @@
 //! | `r` skill `\0` instance `\0` request_id | checksum ++ `RequestRecord` |
 //! | `m/applied` | checksum ++ u64 |
 //! | `m/clock` | checksum ++ timestamp |
+//! | `x` name | checksum ++ cluster metadata value |
+//! | `v` revocation id | checksum ++ revocation (see `revocation.rs`) |
 //!
 //! Names never contain NUL (validated), so keys are unambiguous, and the
 //! big-endian version makes sled's byte order the version order.
@@ -33,6 +35,9 @@ use crate::checkpoint::validate_names;
 use crate::codec::{key_u64, open_value, seal_value, sha256, Reader, Writer};
 use crate::error::corrupt;
 use crate::raft_log::{load_bounds, LogBounds};
+use crate::revocation::{
+    decode_revocation, encode_revocation, revocation_key, validate_revocation, TAG_REVOKED,
+};
 use crate::{Checkpoint, Hash, RaftLog, StorageError, Timestamp, ZERO_HASH};
 
 const TAG_HEAD: u8 = b'h';
@@ -148,6 +153,8 @@ pub struct ApplyBatch {
     high_water: Option<Timestamp>,
     /// name → Some(value) to set, None to delete.
     cluster_meta: Vec<(String, Option<Vec<u8>>)>,
+    /// Revoked capability ids: (id, HLC stamp, reason).
+    revocations: Vec<(Vec<u8>, Timestamp, String)>,
 }
 
 impl ApplyBatch {
@@ -184,11 +191,19 @@ impl ApplyBatch {
         self.cluster_meta.push((name.to_owned(), None));
     }
 
+    /// Records a revoked capability id (see `revocation.rs`). Revocations are
+    /// permanent: there is no un-revoke.
+    pub fn revoke(&mut self, id: &[u8], timestamp: Timestamp, reason: &str) {
+        self.revocations
+            .push((id.to_vec(), timestamp, reason.to_owned()));
+    }
+
     pub fn is_empty(&self) -> bool {
         self.puts.is_empty()
             && self.applied.is_none()
             && self.high_water.is_none()
             && self.cluster_meta.is_empty()
+            && self.revocations.is_empty()
     }
 }
 
@@ -616,6 +631,10 @@ impl Store {
                 Some(v) => pending.put(cluster_key(name), seal_value(v)),
                 None => pending.remove(cluster_key(name)),
             }
+        }
+        for (id, ts, reason) in &batch.revocations {
+            validate_revocation(id, reason)?;
+            pending.put(revocation_key(id), encode_revocation(ts, reason));
         }
         if let Some(index) = batch.applied {
             pending.put(KEY_APPLIED.to_vec(), seal_value(&index.to_be_bytes()));
@@ -1116,6 +1135,9 @@ fn parse_and_validate_snapshot(data: &[u8]) -> Result<KvList, StorageError> {
             Some(&TAG_CLUSTER) => {
                 open_value(v, "state snapshot: cluster meta")?;
             }
+            Some(&TAG_REVOKED) => {
+                decode_revocation(k, v)?;
+            }
             Some(&TAG_REQUEST) => {
                 split_instance_key(k)
                     .ok_or_else(|| corrupt("state snapshot: malformed request key"))?;
@@ -1141,7 +1163,7 @@ fn parse_and_validate_snapshot(data: &[u8]) -> Result<KvList, StorageError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::checkpoint::tests::ts;
 
