@@ -1459,22 +1459,11 @@ async fn run_matrix(opts: Opts) {
     }
 }
 
-/// Everything that works on this branch today: all client RPCs except the
-/// Capabilities service, all base cases, every Peer RPC.
+/// The full matrix: every client RPC including the Capabilities service,
+/// revoked and derived-from-revoked tokens, an audit deny record per
+/// denial, and every Peer RPC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn denial_matrix_without_revocation_and_audit() {
-    run_matrix(Opts {
-        revocation: false,
-        audit: false,
-    })
-    .await;
-}
-
-/// The full matrix: adds the Capabilities rows, revoked and
-/// derived-from-revoked tokens, and an audit deny record per denial.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Capabilities.Revoke and Capabilities.Audit (branch h/caps)"]
-async fn denial_matrix_full() {
+async fn denial_matrix() {
     run_matrix(Opts {
         revocation: true,
         audit: true,

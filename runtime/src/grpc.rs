@@ -39,10 +39,12 @@ pub(crate) fn token<T>(req: &Request<T>) -> Result<Option<String>, Status> {
     match req.metadata().get(AUTHORIZATION) {
         None => Ok(None),
         Some(v) => {
-            let s = v
-                .to_str()
-                .map_err(|_| Status::unauthenticated("authorization header is not ASCII"))?;
-            let t = s.strip_prefix("Bearer ").unwrap_or(s).trim();
+            // A non-ASCII header still goes to the guard (lossily decoded),
+            // which rejects it as malformed (UNAUTHENTICATED) and audits the
+            // denial like any other bad token; refusing it here would leave
+            // no audit record.
+            let s = String::from_utf8_lossy(v.as_bytes());
+            let t = s.strip_prefix("Bearer ").unwrap_or(&s).trim();
             Ok((!t.is_empty()).then(|| t.to_string()))
         }
     }
