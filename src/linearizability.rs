@@ -278,24 +278,16 @@ fn step(model: Model, e: &Entry, state: State, out: &mut Vec<State>) {
         _ => None, // Unknown (Fail entries are filtered out)
     };
     match (model, e.op.call) {
-        (Model::Register, Call::Read) => {
-            if known == Some(state) {
-                out.push(state);
-            }
-        }
+        (Model::Register, Call::Read) if known == Some(state) => out.push(state),
         (Model::Register, Call::Write { value }) => out.push(Some(value)),
-        (Model::Register, Call::Cas { expected, new }) => {
-            // An Ok CAS succeeded, so the expectation held; an unknown CAS
-            // that takes effect did so only if it held (if it did not, the
-            // CAS is a no-op, equivalent to omitting it).
-            if state == expected {
-                out.push(Some(new));
-            }
-        }
-        (Model::Counter, Call::Read) => {
-            if known.map(|v| v.unwrap_or(0)) == Some(state.unwrap_or(0)) {
-                out.push(state);
-            }
+        // An Ok CAS succeeded, so the expectation held; an unknown CAS that
+        // takes effect did so only if it held (if it did not, the CAS is a
+        // no-op, equivalent to omitting it).
+        (Model::Register, Call::Cas { expected, new }) if state == expected => out.push(Some(new)),
+        (Model::Counter, Call::Read)
+            if known.map(|v| v.unwrap_or(0)) == Some(state.unwrap_or(0)) =>
+        {
+            out.push(state)
         }
         (Model::Counter, Call::Increment { by }) => {
             let next = state.unwrap_or(0).checked_add(by);
@@ -309,8 +301,9 @@ fn step(model: Model, e: &Entry, state: State, out: &mut Vec<State>) {
                 }
             }
         }
-        // A write/CAS on a counter key or an increment on a register key
-        // cannot happen: `check_key` picked the model from the calls.
+        // A rejected read or CAS; or a write/CAS on a counter key or an
+        // increment on a register key, which cannot happen: `check_key`
+        // picked the model from the calls.
         _ => {}
     }
 }
