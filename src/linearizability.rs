@@ -180,7 +180,13 @@ fn check_key(key: &str, ops: &[&Operation], budget: u64) -> Result<KeyReport, Hi
     if has_incr && has_reg {
         return Err(HistoryError::MixedModel { key: key.into() });
     }
-    let model = if has_incr {
+    // A key with only reads is ambiguous: an untouched counter reads 0, an
+    // untouched register reads "absent". A read of 0 with no write at all
+    // is only explicable as a counter, so such a key is checked as one.
+    let read_zero = ops
+        .iter()
+        .any(|o| o.call == Call::Read && o.outcome == (Outcome::Ok { value: Some(0) }));
+    let model = if has_incr || (!has_reg && read_zero) {
         Model::Counter
     } else {
         Model::Register
@@ -647,6 +653,17 @@ mod tests {
             op(1, Call::Increment { by: 1 }, 2, 3, ok(Some(1))),
         ];
         assert!(matches!(check(&h), Err(HistoryError::MixedModel { .. })));
+    }
+
+    #[test]
+    fn read_only_keys() {
+        // An untouched counter reads 0; an untouched register reads absent.
+        let h = [op(1, Call::Read, 0, 1, ok(Some(0)))];
+        assert!(lin(&h));
+        let h = [op(1, Call::Read, 0, 1, ok(None))];
+        assert!(lin(&h));
+        let h = [op(1, Call::Read, 0, 1, ok(Some(3)))];
+        assert!(!lin(&h));
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use synapse::history::{Call, Operation, Outcome};
+use synapse::linearizability;
 use synapse_consensus::eraftpb::{Message, MessageType};
 use synapse_consensus::{RaftConfig, Role, SimDriver, SimReply, Transport};
 use synapse_storage::{Checkpoint, Hash, Store, StoreOptions, Timestamp, ZERO_HASH};
@@ -45,6 +47,25 @@ pub struct SimOptions {
     pub unsafe_ack_on_propose: bool,
     /// Print every action and the cluster state after it.
     pub verbose: bool,
+    /// Planted bug: reads served from a random node's local state, without
+    /// the read-index barrier (a follower may lag, an old leader may not
+    /// know it was deposed).
+    pub unsafe_stale_reads: bool,
+    /// Check acknowledged writes directly (invariant 4). Off in the tests
+    /// that show the linearizability checker alone catches a lost write.
+    pub check_acks: bool,
+}
+
+impl SimOptions {
+    pub fn new(steps: usize) -> Self {
+        SimOptions {
+            steps,
+            unsafe_ack_on_propose: false,
+            verbose: false,
+            unsafe_stale_reads: false,
+            check_acks: true,
+        }
+    }
 }
 
 /// A broken invariant.
@@ -86,6 +107,12 @@ pub struct Report {
     pub duplicated: u64,
     pub final_applied: u64,
     pub compaction: bool,
+    /// Client operations recorded (including the final reads), of which
+    /// with an unknown outcome; keys checked; WGL configurations explored.
+    pub history_ops: u64,
+    pub history_unknown: u64,
+    pub history_keys: u64,
+    pub lin_states: u64,
     /// Digest over every action, every leader and every applied index.
     pub trace_digest: u64,
 }
@@ -98,7 +125,7 @@ struct Node {
     _dir: TempDir,
     /// The proposer's speculative chain heads (like an actor's in-memory
     /// state), valid for `spec_term` only.
-    spec: HashMap<String, (u64, Hash)>,
+    spec: HashMap<String, Head>,
     spec_term: u64,
     max_applied: u64,
     /// (applied index, restores) the state was last hashed at; `None`
@@ -110,10 +137,53 @@ struct Node {
     verified_restores: u64,
 }
 
-struct Pending {
-    node: u64,
+/// An instance's head as a proposer sees it: version, hash, and the value
+/// its state encodes (`None`: no checkpoint yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Head {
+    version: u64,
+    hash: Hash,
+    value: Option<i64>,
+}
+
+/// What a client is waiting for.
+enum Wait {
+    /// A proposal on `node`; `after` is the value its checkpoint holds.
+    Write {
+        node: u64,
+        reply: SimReply<SimOutcome>,
+        after: i64,
+    },
+    /// A read-index barrier on `node`; the value is read from its state
+    /// when the barrier resolves (the runtime's linearizable read).
+    Read { node: u64, reply: SimReply<u64> },
+}
+
+struct Outstanding {
     instance: String,
-    reply: SimReply<SimOutcome>,
+    call: Call,
+    invoke: u64,
+    since_step: usize,
+    wait: Wait,
+}
+
+/// Clients of the simulated cluster (each key sees at most all of them).
+const CLIENTS: usize = 6;
+/// Steps a client waits for an answer before giving up (outcome unknown).
+const CLIENT_TIMEOUT_STEPS: usize = 150;
+/// The instance checked against the counter model; the others are
+/// registers.
+const COUNTER_INSTANCE: &str = "i2";
+
+fn encode_value(v: i64) -> Vec<u8> {
+    v.to_be_bytes().to_vec()
+}
+
+fn decode_value(state: &[u8]) -> Result<i64, String> {
+    let b: [u8; 8] = state
+        .try_into()
+        .map_err(|_| format!("state of {} bytes is not a value", state.len()))?;
+    Ok(i64::from_be_bytes(b))
 }
 
 #[derive(Debug, Clone)]
@@ -160,7 +230,11 @@ struct Cluster {
     ledger: Arc<Mutex<Ledger>>,
     term_leader: BTreeMap<u64, u64>,
     state_hashes: HashMap<u64, Hash>,
-    pending: Vec<Pending>,
+    clients: Vec<Option<Outstanding>>,
+    history: Vec<Operation>,
+    /// The history's time axis: one tick per invocation or completion.
+    time: u64,
+    next_value: i64,
     acked: Vec<Acked>,
     clock: u64,
     step: usize,
@@ -227,7 +301,10 @@ impl Cluster {
             ledger,
             term_leader: BTreeMap::new(),
             state_hashes: HashMap::new(),
-            pending: Vec::new(),
+            clients: (0..CLIENTS).map(|_| None).collect(),
+            history: Vec::new(),
+            time: 0,
+            next_value: 0,
             acked: Vec::new(),
             clock: 0,
             step: 0,
@@ -446,17 +523,117 @@ impl Cluster {
             .collect()
     }
 
-    fn head(&self, id: u64, instance: &str) -> Result<(u64, Hash), String> {
-        Ok(self.nodes[Self::idx(id)]
+    fn head(&self, id: u64, instance: &str) -> Result<Head, String> {
+        let cp = self.nodes[Self::idx(id)]
             .store
             .latest(SKILL, instance)
-            .map_err(|e| format!("node {id}: latest({instance}): {e}"))?
-            .map_or((0, ZERO_HASH), |c| (c.version, c.hash)))
+            .map_err(|e| format!("node {id}: latest({instance}): {e}"))?;
+        Ok(match cp {
+            None => Head {
+                version: 0,
+                hash: ZERO_HASH,
+                value: None,
+            },
+            Some(c) => Head {
+                version: c.version,
+                hash: c.hash,
+                value: Some(decode_value(&c.state).map_err(|e| format!("node {id}: {e}"))?),
+            },
+        })
     }
 
-    fn propose(&mut self) -> Check {
-        // Like the runtime, a leader serves writes once it has applied an
-        // entry of its own term.
+    fn tick_time(&mut self) -> u64 {
+        self.time += 1;
+        self.time
+    }
+
+    fn record(&mut self, client: usize, instance: &str, call: Call, invoke: u64, outcome: Outcome) {
+        let complete = self.tick_time();
+        (client, instance, invoke, complete, format!("{outcome:?}")).hash(&mut self.trace);
+        if self.opts.verbose {
+            eprintln!("      client {client} {instance} {call:?} -> {outcome:?}");
+        }
+        self.history.push(Operation {
+            client: client as u64,
+            key: format!("{SKILL}/{instance}"),
+            call,
+            invoke_ns: invoke,
+            complete_ns: complete,
+            outcome,
+        });
+    }
+
+    /// Idle clients issue operations: writes, CAS and increments go to a
+    /// caught-up leader (like the runtime, a leader serves writes once it has
+    /// applied an entry of its own term), reads to any live node.
+    fn clients_act(&mut self) -> Check {
+        let count = self.rng.gen_range(1..=3);
+        let mut touched = BTreeSet::new();
+        for _ in 0..count {
+            let idle: Vec<usize> = (0..CLIENTS)
+                .filter(|&c| self.clients[c].is_none())
+                .collect();
+            let Some(&client) = idle.choose(&mut self.rng) else {
+                self.note("clients: all busy");
+                break;
+            };
+            let instance = format!("i{}", self.rng.gen_range(0..INSTANCES));
+            let counter = instance == COUNTER_INSTANCE;
+            if self.rng.gen_bool(0.35) {
+                self.issue_read(client, instance)?;
+                continue;
+            }
+            if let Some(id) = self.issue_write(client, instance, counter)? {
+                touched.insert(id);
+            }
+        }
+        for id in touched {
+            self.process(id)?;
+        }
+        Ok(())
+    }
+
+    fn issue_read(&mut self, client: usize, instance: String) -> Check {
+        let live = self.live();
+        let Some(&id) = live.choose(&mut self.rng) else {
+            return Ok(());
+        };
+        let invoke = self.tick_time();
+        if self.opts.unsafe_stale_reads {
+            // The planted bug: local state, no barrier.
+            let value = self.head(id, &instance)?.value;
+            self.note(&format!("client {client} stale read {instance} on {id}"));
+            let value = if instance == COUNTER_INSTANCE {
+                Some(value.unwrap_or(0))
+            } else {
+                value
+            };
+            self.record(client, &instance, Call::Read, invoke, Outcome::Ok { value });
+            return Ok(());
+        }
+        self.note(&format!("client {client} read {instance} on {id}"));
+        let reply = self.nodes[Self::idx(id)]
+            .driver
+            .as_mut()
+            .expect("live")
+            .read_index();
+        self.clients[client] = Some(Outstanding {
+            instance,
+            call: Call::Read,
+            invoke,
+            since_step: self.step,
+            wait: Wait::Read { node: id, reply },
+        });
+        self.process(id)
+    }
+
+    /// Returns the leader proposed to, if any.
+    fn issue_write(
+        &mut self,
+        client: usize,
+        instance: String,
+        counter: bool,
+    ) -> Result<Option<u64>, String> {
         let leaders: Vec<(u64, u64)> = {
             let l = lock(&self.ledger);
             self.leaders()
@@ -466,93 +643,215 @@ impl Cluster {
         };
         let Some(&(id, term)) = leaders.choose(&mut self.rng) else {
             self.note("propose: no leader");
-            return Ok(());
+            return Ok(None);
         };
-        let count = self.rng.gen_range(1..=3);
-        for _ in 0..count {
-            let instance = format!("i{}", self.rng.gen_range(0..INSTANCES));
-            let from_applied = self.rng.gen_bool(0.05);
-            let node = &mut self.nodes[Self::idx(id)];
-            if node.spec_term != term {
-                node.spec.clear();
-                node.spec_term = term;
-            }
-            let base = match node.spec.get(&instance) {
-                Some(&h) if !from_applied => h,
-                _ => self.head(id, &instance)?,
-            };
-            self.clock += 1;
-            let state = self.rng.gen::<u64>().to_be_bytes().to_vec();
-            let cp = Checkpoint::seal(
-                SKILL.into(),
-                instance.clone(),
-                base.0 + 1,
-                base.1,
-                state,
-                Timestamp {
-                    physical_micros: self.clock,
-                    logical: 0,
-                    node_id: id,
-                },
-                String::new(),
-            );
-            self.note(&format!(
-                "propose on {id} (term {term}): {instance} v{}",
-                cp.version
-            ));
-            let node = &mut self.nodes[Self::idx(id)];
-            node.spec.insert(instance.clone(), (cp.version, cp.hash));
-            let reply = node
-                .driver
-                .as_mut()
-                .expect("leaders are live")
-                .propose(cp.encode());
-            self.report.proposals += 1;
-            self.pending.push(Pending {
-                node: id,
-                instance,
-                reply,
-            });
+        let from_applied = self.rng.gen_bool(0.05);
+        let node = &mut self.nodes[Self::idx(id)];
+        if node.spec_term != term {
+            node.spec.clear();
+            node.spec_term = term;
         }
-        self.process(id)
+        let base = match node.spec.get(&instance) {
+            Some(&h) if !from_applied => h,
+            _ => self.head(id, &instance)?,
+        };
+        let invoke = self.tick_time();
+        let (call, after) = if counter {
+            let by = self.rng.gen_range(1..=3);
+            (Call::Increment { by }, base.value.unwrap_or(0) + by)
+        } else {
+            self.next_value += 1;
+            let new = self.next_value;
+            if self.rng.gen_bool(0.3) {
+                // The actor evaluates the CAS against its in-memory state;
+                // a mismatch answers at once and proposes nothing.
+                let expected = if self.rng.gen_bool(0.8) {
+                    base.value
+                } else {
+                    Some(self.rng.gen_range(1..=self.next_value))
+                };
+                let call = Call::Cas { expected, new };
+                if expected != base.value {
+                    self.record(client, &instance, call, invoke, Outcome::Fail);
+                    return Ok(None);
+                }
+                (call, new)
+            } else {
+                (Call::Write { value: new }, new)
+            }
+        };
+        self.clock += 1;
+        let cp = Checkpoint::seal(
+            SKILL.into(),
+            instance.clone(),
+            base.version + 1,
+            base.hash,
+            encode_value(after),
+            Timestamp {
+                physical_micros: self.clock,
+                logical: 0,
+                node_id: id,
+            },
+            String::new(),
+        );
+        self.note(&format!(
+            "client {client} on {id} (term {term}): {instance} v{} {call:?}",
+            cp.version
+        ));
+        let node = &mut self.nodes[Self::idx(id)];
+        node.spec.insert(
+            instance.clone(),
+            Head {
+                version: cp.version,
+                hash: cp.hash,
+                value: Some(after),
+            },
+        );
+        let reply = node
+            .driver
+            .as_mut()
+            .expect("leaders are live")
+            .propose(cp.encode());
+        self.report.proposals += 1;
+        self.clients[client] = Some(Outstanding {
+            instance,
+            call,
+            invoke,
+            since_step: self.step,
+            wait: Wait::Write {
+                node: id,
+                reply,
+                after,
+            },
+        });
+        Ok(Some(id))
     }
 
-    fn poll_replies(&mut self) {
+    /// Collects answers; a client that waited too long gives up (unknown).
+    fn poll_replies(&mut self) -> Check {
         let step = self.step;
-        let mut acked = Vec::new();
-        let mut stale = Vec::new();
-        self.pending.retain_mut(|p| match p.reply.try_recv() {
-            Ok(Ok(SimOutcome::Applied {
-                index,
-                version,
-                hash,
-            })) => {
-                acked.push(Acked {
-                    instance: p.instance.clone(),
-                    version,
-                    hash,
-                    index,
-                    step,
-                    node: p.node,
-                });
-                false
+        for client in 0..CLIENTS {
+            let Some(mut o) = self.clients[client].take() else {
+                continue;
+            };
+            let timed_out = step.saturating_sub(o.since_step) > CLIENT_TIMEOUT_STEPS;
+            let outcome = match &mut o.wait {
+                Wait::Write { node, reply, after } => match reply.try_recv() {
+                    Ok(Ok(SimOutcome::Applied {
+                        index,
+                        version,
+                        hash,
+                    })) => {
+                        let a = Acked {
+                            instance: o.instance.clone(),
+                            version,
+                            hash,
+                            index,
+                            step,
+                            node: *node,
+                        };
+                        (a.instance.as_str(), a.version, a.index).hash(&mut self.trace);
+                        self.report.acked += 1;
+                        self.acked.push(a);
+                        let value = matches!(o.call, Call::Increment { .. }).then_some(*after);
+                        Some(Outcome::Ok { value })
+                    }
+                    Ok(Ok(SimOutcome::Rejected(_))) => {
+                        // Like an actor reset to its last committed checkpoint.
+                        self.nodes[Self::idx(*node)].spec.remove(&o.instance);
+                        Some(Outcome::Fail)
+                    }
+                    Ok(Err(_)) => {
+                        self.nodes[Self::idx(*node)].spec.remove(&o.instance);
+                        Some(Outcome::Unknown)
+                    }
+                    Ok(Ok(SimOutcome::Noop)) | Err(TryRecvError::Closed) => Some(Outcome::Unknown),
+                    Err(TryRecvError::Empty) => timed_out.then_some(Outcome::Unknown),
+                },
+                Wait::Read { node, reply } => match reply.try_recv() {
+                    Ok(Ok(_index)) => {
+                        let id = *node;
+                        if self.nodes[Self::idx(id)].driver.is_some() {
+                            let value = self.head(id, &o.instance)?.value;
+                            let value = if o.instance == COUNTER_INSTANCE {
+                                Some(value.unwrap_or(0))
+                            } else {
+                                value
+                            };
+                            Some(Outcome::Ok { value })
+                        } else {
+                            Some(Outcome::Unknown)
+                        }
+                    }
+                    Ok(Err(_)) | Err(TryRecvError::Closed) => Some(Outcome::Unknown),
+                    Err(TryRecvError::Empty) => timed_out.then_some(Outcome::Unknown),
+                },
+            };
+            match outcome {
+                Some(outcome) => self.record(client, &o.instance, o.call, o.invoke, outcome),
+                None => self.clients[client] = Some(o),
             }
-            Ok(Ok(SimOutcome::Rejected(_))) | Ok(Err(_)) => {
-                stale.push((p.node, p.instance.clone()));
-                false
+        }
+        Ok(())
+    }
+
+    /// After convergence: every client still waiting gives up, every node
+    /// is read (all applied the whole log, so these reads are current), and
+    /// the history is checked.
+    fn check_history(&mut self) -> Check {
+        for client in 0..CLIENTS {
+            if let Some(o) = self.clients[client].take() {
+                self.record(client, &o.instance, o.call, o.invoke, Outcome::Unknown);
             }
-            Ok(Ok(SimOutcome::Noop)) | Err(TryRecvError::Closed) => false,
-            Err(TryRecvError::Empty) => true,
-        });
-        for (id, inst) in stale {
-            // Like an actor reset to its last committed checkpoint.
-            self.nodes[Self::idx(id)].spec.remove(&inst);
         }
-        self.report.acked += acked.len() as u64;
-        for a in &acked {
-            (a.instance.as_str(), a.version, a.index).hash(&mut self.trace);
+        for i in 0..INSTANCES {
+            let instance = format!("i{i}");
+            for id in 1..=self.nodes.len() as u64 {
+                let invoke = self.tick_time();
+                let value = self.head(id, &instance)?.value;
+                let value = if instance == COUNTER_INSTANCE {
+                    Some(value.unwrap_or(0))
+                } else {
+                    value
+                };
+                self.record(
+                    CLIENTS + id as usize,
+                    &instance,
+                    Call::Read,
+                    invoke,
+                    Outcome::Ok { value },
+                );
+            }
         }
-        self.acked.extend(acked);
+        let report = linearizability::check(&self.history).map_err(|e| format!("history: {e}"))?;
+        self.report.history_ops = self.history.len() as u64;
+        self.report.history_unknown = self
+            .history
+            .iter()
+            .filter(|o| o.outcome == Outcome::Unknown)
+            .count() as u64;
+        self.report.history_keys = report.keys.len() as u64;
+        self.report.lin_states = report.states_explored();
+        if let Some(k) = report.violations().next() {
+            return Err(format!(
+                "history not linearizable on key {}: {:?}\n  history of that key:\n{}",
+                k.key,
+                k.verdict,
+                self.history
+                    .iter()
+                    .filter(|o| o.key == k.key)
+                    .map(|o| format!("    {o:?}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+        }
+        if let Some(k) = report.too_large().next() {
+            return Err(format!(
+                "history of key {} too large to check ({} ops, {} states)",
+                k.key, k.ops, k.states_explored
+            ));
+        }
+        Ok(())
     }
 
     fn partition(&mut self, isolate: bool) {
@@ -625,7 +924,7 @@ impl Cluster {
                 self.note(&format!("tick {id}"));
                 self.tick(&[id])
             }
-            66..=83 => self.propose(),
+            66..=83 => self.clients_act(),
             84..=86 => {
                 if self.groups.is_none() {
                     self.partition(false);
@@ -663,7 +962,7 @@ impl Cluster {
 
     /// Invariants that hold after every step.
     fn check(&mut self) -> Check {
-        self.poll_replies();
+        self.poll_replies()?;
         {
             let mut l = lock(&self.ledger);
             if let Some(v) = l.violations.first() {
@@ -783,7 +1082,7 @@ impl Cluster {
                 self.in_flight.len()
             );
         }
-        if self.step.checked_rem(ACK_CHECK_EVERY) == Some(0) {
+        if self.opts.check_acks && self.step.checked_rem(ACK_CHECK_EVERY) == Some(0) {
             self.check_acked(false)?;
         }
         Ok(())
@@ -881,7 +1180,10 @@ impl Cluster {
                     if hashes.len() != 1 {
                         return Err("converged nodes have different state hashes".into());
                     }
-                    return self.check_acked(true);
+                    if self.opts.check_acks {
+                        self.check_acked(true)?;
+                    }
+                    return self.check_history();
                 }
             }
         }
