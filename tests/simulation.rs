@@ -68,7 +68,8 @@ fn summarize(label: &str, reports: &[Report], elapsed: std::time::Duration) {
          snapshots installed {} (in {} seeds), final applied index total {}\n  \
          messages delivered {}, dropped {}, duplicated {}\n  \
          histories checked {} ({} keys), client operations {} ({} unknown), \
-         linearizability states explored {}, violations 0",
+         linearizability states explored {}, violations 0\n  \
+         crash points: after a Ready {}, mid-Ready before sync {}, mid-Ready after sync {}",
         reports.len(),
         seeds_with(|r| r.nodes == 5),
         seeds_with(|r| r.compaction),
@@ -93,6 +94,9 @@ fn summarize(label: &str, reports: &[Report], elapsed: std::time::Duration) {
         sum(|r| r.history_ops),
         sum(|r| r.history_unknown),
         sum(|r| r.lin_states),
+        sum(|r| r.crash_after_ready),
+        sum(|r| r.crash_before_sync),
+        sum(|r| r.crash_after_sync),
     );
 }
 
@@ -227,5 +231,33 @@ fn broken_ack_before_persist_is_caught_by_the_checker() {
         "acknowledge-before-persist (unsafe_ack_on_propose)",
         &opts,
         "not linearizable",
+    );
+}
+
+/// Planted bug: a disk whose fsync persists nothing. Without the durable
+/// image a crash kept everything and this went unnoticed; now a node comes
+/// back without the log entries and votes it acknowledged.
+#[test]
+fn broken_skip_sync_is_caught() {
+    let opts = SimOptions {
+        unsafe_skip_sync: true,
+        verbose: false,
+        ..options(false)
+    };
+    let seeds: Vec<u64> = (0..BROKEN_SEED_BUDGET).collect();
+    for chunk in seeds.chunks(8) {
+        for r in run_many(chunk, &opts) {
+            if let Err(v) = r {
+                let head: String = v.to_string().lines().take(6).collect::<Vec<_>>().join("\n");
+                eprintln!(
+                    "skip-sync disk caught by seed {} at step {}:\n{head}",
+                    v.seed, v.step
+                );
+                return;
+            }
+        }
+    }
+    panic!(
+        "the simulation did not catch a disk that never syncs within {BROKEN_SEED_BUDGET} seeds"
     );
 }

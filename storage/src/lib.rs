@@ -24,6 +24,7 @@ mod checkpoint;
 mod codec;
 mod error;
 mod raft_log;
+mod sim_disk;
 mod store;
 
 pub use audit::AuditRecord;

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use synapse::history::{Call, Operation, Outcome};
 use synapse::linearizability;
 use synapse_consensus::eraftpb::{Message, MessageType};
-use synapse_consensus::{RaftConfig, Role, SimDriver, SimReply, Transport};
+use synapse_consensus::{CrashPoint, RaftConfig, Role, SimDriver, SimReply, Transport};
 use synapse_storage::{Checkpoint, Hash, Store, StoreOptions, Timestamp, ZERO_HASH};
 use tempfile::TempDir;
 use tokio::sync::oneshot::error::TryRecvError;
@@ -54,6 +54,12 @@ pub struct SimOptions {
     /// Check acknowledged writes directly (invariant 4). Off in the tests
     /// that show the linearizability checker alone catches a lost write.
     pub check_acks: bool,
+    /// Crash consistency: stores keep a durable image at every sync, and a
+    /// crash restarts the node from it (losing unsynced writes), at varied
+    /// crash points (after a Ready, mid-Ready before or after the sync).
+    pub crash_consistency: bool,
+    /// Planted bug (with `crash_consistency`): `sync()` persists nothing.
+    pub unsafe_skip_sync: bool,
 }
 
 impl SimOptions {
@@ -64,6 +70,8 @@ impl SimOptions {
             verbose: false,
             unsafe_stale_reads: false,
             check_acks: true,
+            crash_consistency: true,
+            unsafe_skip_sync: false,
         }
     }
 }
@@ -113,6 +121,11 @@ pub struct Report {
     pub history_unknown: u64,
     pub history_keys: u64,
     pub lin_states: u64,
+    /// Crashes by crash point: after a whole Ready loop, mid-Ready before
+    /// the sync, mid-Ready right after it.
+    pub crash_after_ready: u64,
+    pub crash_before_sync: u64,
+    pub crash_after_sync: u64,
     /// Digest over every action, every leader and every applied index.
     pub trace_digest: u64,
 }
@@ -274,6 +287,14 @@ impl Cluster {
                 },
             )
             .map_err(|e| format!("open store {id}: {e}"))?;
+            if opts.crash_consistency {
+                store
+                    .sim_track_durability()
+                    .map_err(|e| format!("store {id}: {e}"))?;
+                store
+                    .sim_set_skip_sync(opts.unsafe_skip_sync)
+                    .map_err(|e| format!("store {id}: {e}"))?;
+            }
             nodes.push(Node {
                 id,
                 driver: None,
@@ -875,21 +896,87 @@ impl Cluster {
         self.report.partitions += 1;
     }
 
-    fn crash(&mut self) {
+    fn crash(&mut self) -> Check {
         let live = self.live();
         let max_down = (self.nodes.len() - 1) / 2;
         if self.nodes.len() - live.len() >= max_down {
             self.note("crash: skipped (a majority must stay up)");
-            return;
+            return Ok(());
         }
         let id = *live.choose(&mut self.rng).expect("some node is live");
-        self.note(&format!("crash {id}"));
+        if self.opts.crash_consistency && self.rng.gen_bool(0.6) {
+            // Crash inside a Ready: give the node work (its in-flight
+            // messages, or a tick), then stop it at the chosen point.
+            let point = CrashPoint {
+                ready: usize::from(self.rng.gen_bool(0.25)),
+                after_sync: self.rng.gen_bool(0.5),
+            };
+            self.note(&format!("crash {id} at {point:?}"));
+            if self.rng.gen_bool(0.5) {
+                let packets = std::mem::take(&mut self.in_flight);
+                let (mine, rest): (Vec<Packet>, Vec<Packet>) = packets
+                    .into_iter()
+                    .partition(|p| p.msg.to == id && self.connected(p.msg.from, id));
+                self.in_flight = rest;
+                let d = self.nodes[Self::idx(id)].driver.as_mut().expect("live");
+                for p in mine {
+                    d.step(p.msg);
+                }
+            } else {
+                self.nodes[Self::idx(id)]
+                    .driver
+                    .as_mut()
+                    .expect("live")
+                    .tick();
+            }
+            let hit = self.nodes[Self::idx(id)]
+                .driver
+                .as_mut()
+                .expect("live")
+                .process_crashing(point)
+                .map_err(|e| format!("node {id}: process() failed: {e}"))?;
+            // What it sent before the crash point is on the wire.
+            let out = std::mem::take(
+                &mut *self
+                    .outbox
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            self.in_flight.extend(out.into_iter().map(|msg| Packet {
+                reliable: false,
+                msg,
+            }));
+            match (hit, point.after_sync) {
+                (false, _) => self.report.crash_after_ready += 1,
+                (true, false) => self.report.crash_before_sync += 1,
+                (true, true) => self.report.crash_after_sync += 1,
+            }
+        } else {
+            self.note(&format!("crash {id}"));
+            self.report.crash_after_ready += 1;
+        }
+        // Replies the client already holds stay; waiters still in the
+        // driver are dropped with it (their clients see "unknown").
+        self.poll_replies()?;
         let node = &mut self.nodes[Self::idx(id)];
-        // The disk (Store) survives; raft's memory, unsent messages and
-        // waiters do not.
+        // Raft's memory, unsent messages and waiters are gone.
         node.driver = None;
         node.spec.clear();
+        if self.opts.crash_consistency {
+            // The disk keeps only what was synced.
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let store = node
+                .store
+                .sim_crash(dir.path())
+                .map_err(|e| format!("node {id}: crash: {e}"))?;
+            node.store = store;
+            node._dir = dir;
+            node.max_applied = 0;
+            node.verified.clear();
+            node.hashed = None;
+        }
         self.report.crashes += 1;
+        Ok(())
     }
 
     fn restart(&mut self, id: u64) -> Check {
@@ -943,10 +1030,7 @@ impl Cluster {
                 self.groups = None;
                 Ok(())
             }
-            93..=95 => {
-                self.crash();
-                Ok(())
-            }
+            93..=95 => self.crash(),
             _ => {
                 let crashed = self.crashed();
                 match crashed.choose(&mut self.rng) {
