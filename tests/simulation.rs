@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use sim::{run_seed, Report, SimOptions, Violation};
 
-const DEFAULT_SEEDS: u64 = 600;
+const DEFAULT_SEEDS: u64 = 250;
 const DEFAULT_STEPS: usize = 300;
 /// Seeds the broken variant may take before the harness must have caught it.
 const BROKEN_SEED_BUDGET: u64 = 200;
@@ -69,7 +69,8 @@ fn summarize(label: &str, reports: &[Report], elapsed: std::time::Duration) {
          messages delivered {}, dropped {}, duplicated {}\n  \
          histories checked {} ({} keys), client operations {} ({} unknown), \
          linearizability states explored {}, violations 0\n  \
-         crash points: after a Ready {}, mid-Ready before sync {}, mid-Ready after sync {}",
+         crash points: after a Ready {}, mid-Ready before sync {}, mid-Ready after sync {}\n  \
+         leader kills {}, pauses > election timeout {}, rolling restarts {}, lossy links {}",
         reports.len(),
         seeds_with(|r| r.nodes == 5),
         seeds_with(|r| r.compaction),
@@ -97,6 +98,10 @@ fn summarize(label: &str, reports: &[Report], elapsed: std::time::Duration) {
         sum(|r| r.crash_after_ready),
         sum(|r| r.crash_before_sync),
         sum(|r| r.crash_after_sync),
+        sum(|r| r.leader_kills),
+        sum(|r| r.pauses),
+        sum(|r| r.rolling_restarts),
+        sum(|r| r.lossy_links),
     );
 }
 

@@ -126,6 +126,11 @@ pub struct Report {
     pub crash_after_ready: u64,
     pub crash_before_sync: u64,
     pub crash_after_sync: u64,
+    /// Fault classes beyond the basic ones.
+    pub leader_kills: u64,
+    pub pauses: u64,
+    pub rolling_restarts: u64,
+    pub lossy_links: u64,
     /// Digest over every action, every leader and every applied index.
     pub trace_digest: u64,
 }
@@ -227,6 +232,8 @@ const ELECTION_TICK: usize = 8;
 const MAX_IN_FLIGHT: usize = 4096;
 const CONVERGE_ROUNDS: usize = 3000;
 const ACK_CHECK_EVERY: usize = 4;
+/// Fault-free rounds around each node's restart in a rolling restart.
+const ROLLING_ROUNDS: usize = 30;
 
 struct Cluster {
     seed: u64,
@@ -240,6 +247,10 @@ struct Cluster {
     /// Partition group per node (index = id - 1); `None` when healed.
     groups: Option<Vec<u8>>,
     faults: Faults,
+    /// Extra drop probability per directed link, index (from-1)*n + (to-1).
+    link_loss: Vec<f64>,
+    /// Paused nodes (not ticking, not receiving) and the step they resume.
+    paused: BTreeMap<u64, usize>,
     ledger: Arc<Mutex<Ledger>>,
     term_leader: BTreeMap<u64, u64>,
     state_hashes: HashMap<u64, Hash>,
@@ -273,6 +284,15 @@ impl Cluster {
             duplicate: rng.gen_range(0.0..0.05),
             shuffle: rng.gen_range(0.0..0.5),
         };
+        let link_loss: Vec<f64> = (0..n * n)
+            .map(|_| {
+                if rng.gen_bool(0.2) {
+                    rng.gen_range(0.1..0.5)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         let voters: Vec<u64> = (1..=n).collect();
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let mut nodes = Vec::new();
@@ -319,6 +339,8 @@ impl Cluster {
             in_flight: Vec::new(),
             groups: None,
             faults,
+            link_loss,
+            paused: BTreeMap::new(),
             ledger,
             term_leader: BTreeMap::new(),
             state_hashes: HashMap::new(),
@@ -337,6 +359,7 @@ impl Cluster {
                 ..Default::default()
             },
         };
+        c.report.lossy_links = c.link_loss.iter().filter(|&&l| l > 0.0).count() as u64;
         for id in 1..=n {
             c.start(id)?;
         }
@@ -459,6 +482,11 @@ impl Cluster {
                 keep.push(p);
                 continue;
             }
+            if self.paused.contains_key(&to) {
+                // A stalled process: its socket buffers the messages.
+                keep.push(p);
+                continue;
+            }
             let reachable =
                 self.connected(p.msg.from, to) && self.nodes[Self::idx(to)].driver.is_some();
             if !reachable {
@@ -473,7 +501,9 @@ impl Cluster {
             if faulty {
                 let r: f64 = self.rng.gen();
                 let f = &self.faults;
-                if r < f.drop && !p.reliable {
+                let n = self.nodes.len();
+                let link = self.link_loss[Self::idx(p.msg.from) * n + Self::idx(to)];
+                if !p.reliable && (r < f.drop || (link > 0.0 && self.rng.gen_bool(link))) {
                     self.report.dropped += 1;
                     continue;
                 } else if r < f.drop + f.delay {
@@ -523,12 +553,17 @@ impl Cluster {
     }
 
     fn tick(&mut self, ids: &[u64]) -> Check {
-        for &id in ids {
+        let ids: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.paused.contains_key(id))
+            .collect();
+        for &id in &ids {
             if let Some(d) = self.nodes[Self::idx(id)].driver.as_mut() {
                 d.tick();
             }
         }
-        for &id in ids {
+        for &id in &ids {
             self.process(id)?;
         }
         Ok(())
@@ -903,7 +938,19 @@ impl Cluster {
             self.note("crash: skipped (a majority must stay up)");
             return Ok(());
         }
-        let id = *live.choose(&mut self.rng).expect("some node is live");
+        let leaders: Vec<u64> = self.leaders().into_iter().map(|(id, _)| id).collect();
+        let id = match leaders.first() {
+            Some(&l) if self.rng.gen_bool(0.5) => {
+                self.report.leader_kills += 1;
+                l
+            }
+            _ => *live.choose(&mut self.rng).expect("some node is live"),
+        };
+        self.crash_node(id)
+    }
+
+    fn crash_node(&mut self, id: u64) -> Check {
+        self.paused.remove(&id);
         if self.opts.crash_consistency && self.rng.gen_bool(0.6) {
             // Crash inside a Ready: give the node work (its in-flight
             // messages, or a tick), then stop it at the chosen point.
@@ -1025,10 +1072,20 @@ impl Cluster {
                 self.partition(true);
                 Ok(())
             }
-            89..=92 => {
+            89..=90 => {
                 self.note("heal");
                 self.groups = None;
                 Ok(())
+            }
+            91 => self.pause(),
+            92 => {
+                if self.rng.gen_bool(0.1) {
+                    self.rolling_restart()
+                } else {
+                    self.note("heal");
+                    self.groups = None;
+                    Ok(())
+                }
             }
             93..=95 => self.crash(),
             _ => {
@@ -1042,6 +1099,85 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// A node stops (no ticks, no receiving: a GC pause, a stopped VM)
+    /// for longer than an election timeout, then resumes with stale state.
+    fn pause(&mut self) -> Check {
+        let live: Vec<u64> = self
+            .live()
+            .into_iter()
+            .filter(|id| !self.paused.contains_key(id))
+            .collect();
+        let leaders: Vec<u64> = self.leaders().into_iter().map(|(id, _)| id).collect();
+        let id = match leaders.first() {
+            Some(&l) if self.rng.gen_bool(0.5) => l,
+            _ => match live.choose(&mut self.rng) {
+                Some(&id) => id,
+                None => return Ok(()),
+            },
+        };
+        // Election timeout is ELECTION_TICK ticks; a tick-all happens about
+        // every fourth step, so this is 1.5 to 4 election timeouts.
+        let steps = self.rng.gen_range(ELECTION_TICK * 6..ELECTION_TICK * 16);
+        self.note(&format!("pause {id} for {steps} steps"));
+        self.paused.insert(id, self.step + steps);
+        self.report.pauses += 1;
+        Ok(())
+    }
+
+    fn resume_paused(&mut self) {
+        let step = self.step;
+        let due: Vec<u64> = self
+            .paused
+            .iter()
+            .filter(|(_, &until)| until <= step)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            self.note(&format!("resume {id}"));
+            self.paused.remove(&id);
+        }
+    }
+
+    /// Every node crashed and restarted, one after another, with a little
+    /// fault-free traffic between (clients keep going).
+    fn rolling_restart(&mut self) -> Check {
+        self.note("rolling restart");
+        self.report.rolling_restarts += 1;
+        for id in 1..=self.nodes.len() as u64 {
+            if self.nodes[Self::idx(id)].driver.is_none() {
+                self.restart(id)?;
+            }
+            if !self.crashed().is_empty() {
+                continue;
+            }
+            self.crash_node(id)?;
+            self.check()?;
+            for _ in 0..ROLLING_ROUNDS {
+                self.settle_round()?;
+            }
+            self.restart(id)?;
+            self.check()?;
+            for _ in 0..ROLLING_ROUNDS {
+                self.settle_round()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn settle_round(&mut self) -> Check {
+        let ids: Vec<u64> = self
+            .live()
+            .into_iter()
+            .filter(|_| self.rng.gen_bool(0.5))
+            .collect();
+        self.tick(&ids)?;
+        self.deliver(None, false)?;
+        if self.rng.gen_bool(0.3) {
+            self.clients_act()?;
+        }
+        self.check()
     }
 
     /// Invariants that hold after every step.
@@ -1223,6 +1359,7 @@ impl Cluster {
     fn converge(&mut self, progress: &AtomicUsize) -> Check {
         self.note("final: heal, restart all, reliable network");
         self.groups = None;
+        self.paused.clear();
         for id in self.crashed() {
             self.restart(id)?;
         }
@@ -1298,6 +1435,7 @@ impl Cluster {
         for s in 1..=self.opts.steps {
             self.step = s;
             progress.store(s, Ordering::Relaxed);
+            self.resume_paused();
             self.act()?;
             self.check()?;
         }
