@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use sim::{run_seed, Report, SimOptions, Violation};
 
-const DEFAULT_SEEDS: u64 = 600;
+const DEFAULT_SEEDS: u64 = 250;
 const DEFAULT_STEPS: usize = 300;
 /// Seeds the broken variant may take before the harness must have caught it.
 const BROKEN_SEED_BUDGET: u64 = 200;
@@ -32,9 +32,9 @@ fn env_u64(name: &str) -> Option<u64> {
 
 fn options(unsafe_ack_on_propose: bool) -> SimOptions {
     SimOptions {
-        steps: env_u64("SIM_STEPS").map_or(DEFAULT_STEPS, |s| s as usize),
         unsafe_ack_on_propose,
         verbose: std::env::var_os("SIM_VERBOSE").is_some(),
+        ..SimOptions::new(env_u64("SIM_STEPS").map_or(DEFAULT_STEPS, |s| s as usize))
     }
 }
 
@@ -66,7 +66,11 @@ fn summarize(label: &str, reports: &[Report], elapsed: std::time::Duration) {
          steps {} (+{} fault-free converge rounds), leader changes {}, max term {}, \
          crashes {}, partitions {}\n  proposals {}, acked writes {}, rejected (stale parent) {}, \
          snapshots installed {} (in {} seeds), final applied index total {}\n  \
-         messages delivered {}, dropped {}, duplicated {}",
+         messages delivered {}, dropped {}, duplicated {}\n  \
+         histories checked {} ({} keys), client operations {} ({} unknown), \
+         linearizability states explored {}, violations 0\n  \
+         crash points: after a Ready {}, mid-Ready before sync {}, mid-Ready after sync {}\n  \
+         leader kills {}, pauses > election timeout {}, rolling restarts {}, lossy links {}",
         reports.len(),
         seeds_with(|r| r.nodes == 5),
         seeds_with(|r| r.compaction),
@@ -86,6 +90,18 @@ fn summarize(label: &str, reports: &[Report], elapsed: std::time::Duration) {
         sum(|r| r.delivered),
         sum(|r| r.dropped),
         sum(|r| r.duplicated),
+        reports.len(),
+        sum(|r| r.history_keys),
+        sum(|r| r.history_ops),
+        sum(|r| r.history_unknown),
+        sum(|r| r.lin_states),
+        sum(|r| r.crash_after_ready),
+        sum(|r| r.crash_before_sync),
+        sum(|r| r.crash_after_sync),
+        sum(|r| r.leader_kills),
+        sum(|r| r.pauses),
+        sum(|r| r.rolling_restarts),
+        sum(|r| r.lossy_links),
     );
 }
 
@@ -159,5 +175,94 @@ fn broken_ack_before_persist_is_caught() {
     }
     panic!(
         "the simulation did not catch acknowledge-before-persist within {BROKEN_SEED_BUDGET} seeds"
+    );
+}
+
+/// Runs seeds of a broken variant until one fails with a message containing
+/// `needle`; panics if none does within the budget or one fails otherwise.
+fn expect_caught(label: &str, opts: &SimOptions, needle: &str) {
+    let seeds: Vec<u64> = (0..BROKEN_SEED_BUDGET).collect();
+    for chunk in seeds.chunks(8) {
+        for r in run_many(chunk, opts) {
+            match r {
+                Err(v) if v.message.contains(needle) => {
+                    let head: String = v
+                        .to_string()
+                        .lines()
+                        .take(12)
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    eprintln!(
+                        "{label} caught by seed {} at step {}:\n{head}",
+                        v.seed, v.step
+                    );
+                    return;
+                }
+                Err(v) => panic!("{label} failed in an unexpected way: {v}"),
+                Ok(_) => {}
+            }
+        }
+    }
+    panic!("the simulation did not catch {label} within {BROKEN_SEED_BUDGET} seeds");
+}
+
+/// Planted bug (a): reads from a node's local state without the read-index
+/// barrier. Only the linearizability checker can see this.
+#[test]
+fn broken_stale_reads_are_caught_by_the_checker() {
+    let opts = SimOptions {
+        unsafe_stale_reads: true,
+        verbose: false,
+        ..options(false)
+    };
+    expect_caught(
+        "stale reads (unsafe_stale_reads)",
+        &opts,
+        "not linearizable",
+    );
+}
+
+/// Planted bug (b): acknowledge before persist/commit, with the direct
+/// acknowledged-write invariant switched off, so that the history checker
+/// alone has to notice the lost writes.
+#[test]
+fn broken_ack_before_persist_is_caught_by_the_checker() {
+    let opts = SimOptions {
+        check_acks: false,
+        verbose: false,
+        ..options(true)
+    };
+    expect_caught(
+        "acknowledge-before-persist (unsafe_ack_on_propose)",
+        &opts,
+        "not linearizable",
+    );
+}
+
+/// Planted bug: a disk whose fsync persists nothing. Without the durable
+/// image a crash kept everything and this went unnoticed; now a node comes
+/// back without the log entries and votes it acknowledged.
+#[test]
+fn broken_skip_sync_is_caught() {
+    let opts = SimOptions {
+        unsafe_skip_sync: true,
+        verbose: false,
+        ..options(false)
+    };
+    let seeds: Vec<u64> = (0..BROKEN_SEED_BUDGET).collect();
+    for chunk in seeds.chunks(8) {
+        for r in run_many(chunk, &opts) {
+            if let Err(v) = r {
+                let head: String = v.to_string().lines().take(6).collect::<Vec<_>>().join("\n");
+                eprintln!(
+                    "skip-sync disk caught by seed {} at step {}:\n{head}",
+                    v.seed, v.step
+                );
+                return;
+            }
+        }
+    }
+    panic!(
+        "the simulation did not catch a disk that never syncs within {BROKEN_SEED_BUDGET} seeds"
     );
 }

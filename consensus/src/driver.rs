@@ -462,6 +462,17 @@ pub struct SimDriver<S: StateMachine, T: Transport> {
     _events: mpsc::Sender<Event<S::Output>>,
 }
 
+/// Where [`SimDriver::process_crashing`] crashes: in the `ready`-th Ready
+/// of the call, after applying committed entries and sending messages and
+/// replies, either before the durable write (`after_sync: false`: between
+/// apply and sync) or right after it (between persist and the persisted
+/// messages / acks of the light Ready).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashPoint {
+    pub ready: usize,
+    pub after_sync: bool,
+}
+
 /// A reply the simulation polls without an executor.
 pub type SimReply<T> = oneshot::Receiver<Result<T, ConsensusError>>;
 
@@ -530,6 +541,32 @@ impl<S: StateMachine, T: Transport> SimDriver<S, T> {
         let r = self.driver.process_ready_sync();
         self.driver.publish_status();
         r
+    }
+
+    /// Like [`process`](Self::process), but a simulated crash interrupts
+    /// the `point.ready`-th Ready (0-based) before or after its durable
+    /// write. Returns whether the crash point was reached; if so, the
+    /// driver is left mid-Ready and the caller must drop it (the node
+    /// crashed): acks and messages sent before the point have escaped,
+    /// nothing after it happens.
+    pub fn process_crashing(&mut self, point: CrashPoint) -> Result<bool, ConsensusError> {
+        let mut n = 0;
+        while let Some((ready, job)) = self.driver.ready_begin()? {
+            if n == point.ready && !point.after_sync {
+                return Ok(true);
+            }
+            if !job.is_empty() {
+                job.run(&self.driver.log, &self.driver.store)?;
+            }
+            if n == point.ready {
+                return Ok(true);
+            }
+            self.driver.ready_finish(ready)?;
+            n += 1;
+        }
+        self.driver.release_reads();
+        self.driver.publish_status();
+        Ok(false)
     }
 
     pub fn status(&self) -> RaftStatus {

@@ -28,6 +28,7 @@ mod error;
 pub mod fuzzing;
 mod raft_log;
 mod revocation;
+mod sim_disk;
 mod store;
 
 pub use audit::{AuditFilter, AuditRecord, MAX_AUDIT_PRUNE_BATCH, MAX_AUDIT_SCAN};

@@ -228,6 +228,8 @@ pub(crate) struct Inner {
     pub(crate) audit_head: Mutex<Option<(u64, Hash)>>,
     /// Cached Raft log bounds; the mutex also serializes Raft log writers.
     pub(crate) raft_bounds: Mutex<LogBounds>,
+    /// Simulated disk (durable image), simulation stores only.
+    sim_disk: Mutex<crate::sim_disk::SimDisk>,
 }
 
 /// Poisoning only means another thread panicked while holding the lock; all
@@ -451,6 +453,10 @@ impl Store {
             ));
         }
         let db = open_sled(dir, &opts)?;
+        Self::with_db(dir, db, opts)
+    }
+
+    fn with_db(dir: &Path, db: sled::Db, opts: StoreOptions) -> Result<Store, StorageError> {
         let state = db.open_tree(TREE_STATE)?;
         let raft_log = db.open_tree(TREE_RAFT_LOG)?;
         let raft_meta = db.open_tree(TREE_RAFT_META)?;
@@ -475,8 +481,69 @@ impl Store {
                 apply_lock: RwLock::new(()),
                 audit_head: Mutex::new(None),
                 raft_bounds: Mutex::new(bounds),
+                sim_disk: Mutex::new(Default::default()),
             }),
         })
+    }
+
+    fn sim_only(&self) -> Result<(), StorageError> {
+        if self.inner.simulation {
+            Ok(())
+        } else {
+            Err(StorageError::Invalid(
+                "simulated disk operations need a simulation store".into(),
+            ))
+        }
+    }
+
+    /// Simulation only: from now on every `sync()` captures the durable
+    /// image ([`crate::sim_disk`]); captures it once now.
+    pub fn sim_track_durability(&self) -> Result<(), StorageError> {
+        self.sim_only()?;
+        let image = crate::sim_disk::capture(&self.inner.db)?;
+        lock(&self.inner.sim_disk).image = Some(image);
+        Ok(())
+    }
+
+    /// Simulation only, planted bug: `sync()` stops making anything durable.
+    pub fn sim_set_skip_sync(&self, skip: bool) -> Result<(), StorageError> {
+        self.sim_only()?;
+        lock(&self.inner.sim_disk).skip_sync = skip;
+        Ok(())
+    }
+
+    /// Simulation only: the syncs that captured an image so far.
+    pub fn sim_syncs(&self) -> u64 {
+        lock(&self.inner.sim_disk).syncs
+    }
+
+    /// Simulation only: a crash. Returns a new store in `dir` (a fresh
+    /// temporary sled) holding exactly the last durable image; everything
+    /// written after the last `sync()` is gone. Durability tracking and the
+    /// skip-sync setting carry over. This store must be dropped by the caller.
+    pub fn sim_crash(&self, dir: &Path) -> Result<Store, StorageError> {
+        self.sim_only()?;
+        let (image, skip_sync, syncs) = {
+            let d = lock(&self.inner.sim_disk);
+            let image = d.image.clone().ok_or_else(|| {
+                StorageError::Invalid("durability tracking is off for this store".into())
+            })?;
+            (image, d.skip_sync, d.syncs)
+        };
+        let opts = StoreOptions {
+            simulation: true,
+            retention_versions: self.inner.retention,
+            ..Default::default()
+        };
+        let db = open_sled(dir, &opts)?;
+        crate::sim_disk::restore(&db, &image)?;
+        let store = Self::with_db(dir, db, opts)?;
+        *lock(&store.inner.sim_disk) = crate::sim_disk::SimDisk {
+            image: Some(image),
+            skip_sync,
+            syncs,
+        };
+        Ok(store)
     }
 
     /// Durability barrier. Only after this returns may anything written
@@ -494,6 +561,11 @@ impl Store {
     /// Raft Ready (group commit), not per write.
     pub fn sync(&self) -> Result<(), StorageError> {
         if self.inner.simulation {
+            let mut d = lock(&self.inner.sim_disk);
+            if d.image.is_some() && !d.skip_sync {
+                d.image = Some(crate::sim_disk::capture(&self.inner.db)?);
+                d.syncs += 1;
+            }
             return Ok(());
         }
         self.inner.db.flush()?;

@@ -15,8 +15,10 @@ use std::sync::{Arc, Mutex};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use synapse::history::{Call, Operation, Outcome};
+use synapse::linearizability;
 use synapse_consensus::eraftpb::{Message, MessageType};
-use synapse_consensus::{RaftConfig, Role, SimDriver, SimReply, Transport};
+use synapse_consensus::{CrashPoint, RaftConfig, Role, SimDriver, SimReply, Transport};
 use synapse_storage::{Checkpoint, Hash, Store, StoreOptions, Timestamp, ZERO_HASH};
 use tempfile::TempDir;
 use tokio::sync::oneshot::error::TryRecvError;
@@ -45,6 +47,33 @@ pub struct SimOptions {
     pub unsafe_ack_on_propose: bool,
     /// Print every action and the cluster state after it.
     pub verbose: bool,
+    /// Planted bug: reads served from a random node's local state, without
+    /// the read-index barrier (a follower may lag, an old leader may not
+    /// know it was deposed).
+    pub unsafe_stale_reads: bool,
+    /// Check acknowledged writes directly (invariant 4). Off in the tests
+    /// that show the linearizability checker alone catches a lost write.
+    pub check_acks: bool,
+    /// Crash consistency: stores keep a durable image at every sync, and a
+    /// crash restarts the node from it (losing unsynced writes), at varied
+    /// crash points (after a Ready, mid-Ready before or after the sync).
+    pub crash_consistency: bool,
+    /// Planted bug (with `crash_consistency`): `sync()` persists nothing.
+    pub unsafe_skip_sync: bool,
+}
+
+impl SimOptions {
+    pub fn new(steps: usize) -> Self {
+        SimOptions {
+            steps,
+            unsafe_ack_on_propose: false,
+            verbose: false,
+            unsafe_stale_reads: false,
+            check_acks: true,
+            crash_consistency: true,
+            unsafe_skip_sync: false,
+        }
+    }
 }
 
 /// A broken invariant.
@@ -86,6 +115,22 @@ pub struct Report {
     pub duplicated: u64,
     pub final_applied: u64,
     pub compaction: bool,
+    /// Client operations recorded (including the final reads), of which
+    /// with an unknown outcome; keys checked; WGL configurations explored.
+    pub history_ops: u64,
+    pub history_unknown: u64,
+    pub history_keys: u64,
+    pub lin_states: u64,
+    /// Crashes by crash point: after a whole Ready loop, mid-Ready before
+    /// the sync, mid-Ready right after it.
+    pub crash_after_ready: u64,
+    pub crash_before_sync: u64,
+    pub crash_after_sync: u64,
+    /// Fault classes beyond the basic ones.
+    pub leader_kills: u64,
+    pub pauses: u64,
+    pub rolling_restarts: u64,
+    pub lossy_links: u64,
     /// Digest over every action, every leader and every applied index.
     pub trace_digest: u64,
 }
@@ -98,7 +143,7 @@ struct Node {
     _dir: TempDir,
     /// The proposer's speculative chain heads (like an actor's in-memory
     /// state), valid for `spec_term` only.
-    spec: HashMap<String, (u64, Hash)>,
+    spec: HashMap<String, Head>,
     spec_term: u64,
     max_applied: u64,
     /// (applied index, restores) the state was last hashed at; `None`
@@ -110,10 +155,53 @@ struct Node {
     verified_restores: u64,
 }
 
-struct Pending {
-    node: u64,
+/// An instance's head as a proposer sees it: version, hash, and the value
+/// its state encodes (`None`: no checkpoint yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Head {
+    version: u64,
+    hash: Hash,
+    value: Option<i64>,
+}
+
+/// What a client is waiting for.
+enum Wait {
+    /// A proposal on `node`; `after` is the value its checkpoint holds.
+    Write {
+        node: u64,
+        reply: SimReply<SimOutcome>,
+        after: i64,
+    },
+    /// A read-index barrier on `node`; the value is read from its state
+    /// when the barrier resolves (the runtime's linearizable read).
+    Read { node: u64, reply: SimReply<u64> },
+}
+
+struct Outstanding {
     instance: String,
-    reply: SimReply<SimOutcome>,
+    call: Call,
+    invoke: u64,
+    since_step: usize,
+    wait: Wait,
+}
+
+/// Clients of the simulated cluster (each key sees at most all of them).
+const CLIENTS: usize = 6;
+/// Steps a client waits for an answer before giving up (outcome unknown).
+const CLIENT_TIMEOUT_STEPS: usize = 150;
+/// The instance checked against the counter model; the others are
+/// registers.
+const COUNTER_INSTANCE: &str = "i2";
+
+fn encode_value(v: i64) -> Vec<u8> {
+    v.to_be_bytes().to_vec()
+}
+
+fn decode_value(state: &[u8]) -> Result<i64, String> {
+    let b: [u8; 8] = state
+        .try_into()
+        .map_err(|_| format!("state of {} bytes is not a value", state.len()))?;
+    Ok(i64::from_be_bytes(b))
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +232,8 @@ const ELECTION_TICK: usize = 8;
 const MAX_IN_FLIGHT: usize = 4096;
 const CONVERGE_ROUNDS: usize = 3000;
 const ACK_CHECK_EVERY: usize = 4;
+/// Fault-free rounds around each node's restart in a rolling restart.
+const ROLLING_ROUNDS: usize = 30;
 
 struct Cluster {
     seed: u64,
@@ -157,10 +247,18 @@ struct Cluster {
     /// Partition group per node (index = id - 1); `None` when healed.
     groups: Option<Vec<u8>>,
     faults: Faults,
+    /// Extra drop probability per directed link, index (from-1)*n + (to-1).
+    link_loss: Vec<f64>,
+    /// Paused nodes (not ticking, not receiving) and the step they resume.
+    paused: BTreeMap<u64, usize>,
     ledger: Arc<Mutex<Ledger>>,
     term_leader: BTreeMap<u64, u64>,
     state_hashes: HashMap<u64, Hash>,
-    pending: Vec<Pending>,
+    clients: Vec<Option<Outstanding>>,
+    history: Vec<Operation>,
+    /// The history's time axis: one tick per invocation or completion.
+    time: u64,
+    next_value: i64,
     acked: Vec<Acked>,
     clock: u64,
     step: usize,
@@ -186,6 +284,15 @@ impl Cluster {
             duplicate: rng.gen_range(0.0..0.05),
             shuffle: rng.gen_range(0.0..0.5),
         };
+        let link_loss: Vec<f64> = (0..n * n)
+            .map(|_| {
+                if rng.gen_bool(0.2) {
+                    rng.gen_range(0.1..0.5)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         let voters: Vec<u64> = (1..=n).collect();
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let mut nodes = Vec::new();
@@ -200,6 +307,14 @@ impl Cluster {
                 },
             )
             .map_err(|e| format!("open store {id}: {e}"))?;
+            if opts.crash_consistency {
+                store
+                    .sim_track_durability()
+                    .map_err(|e| format!("store {id}: {e}"))?;
+                store
+                    .sim_set_skip_sync(opts.unsafe_skip_sync)
+                    .map_err(|e| format!("store {id}: {e}"))?;
+            }
             nodes.push(Node {
                 id,
                 driver: None,
@@ -224,10 +339,15 @@ impl Cluster {
             in_flight: Vec::new(),
             groups: None,
             faults,
+            link_loss,
+            paused: BTreeMap::new(),
             ledger,
             term_leader: BTreeMap::new(),
             state_hashes: HashMap::new(),
-            pending: Vec::new(),
+            clients: (0..CLIENTS).map(|_| None).collect(),
+            history: Vec::new(),
+            time: 0,
+            next_value: 0,
             acked: Vec::new(),
             clock: 0,
             step: 0,
@@ -239,6 +359,7 @@ impl Cluster {
                 ..Default::default()
             },
         };
+        c.report.lossy_links = c.link_loss.iter().filter(|&&l| l > 0.0).count() as u64;
         for id in 1..=n {
             c.start(id)?;
         }
@@ -361,6 +482,11 @@ impl Cluster {
                 keep.push(p);
                 continue;
             }
+            if self.paused.contains_key(&to) {
+                // A stalled process: its socket buffers the messages.
+                keep.push(p);
+                continue;
+            }
             let reachable =
                 self.connected(p.msg.from, to) && self.nodes[Self::idx(to)].driver.is_some();
             if !reachable {
@@ -375,7 +501,9 @@ impl Cluster {
             if faulty {
                 let r: f64 = self.rng.gen();
                 let f = &self.faults;
-                if r < f.drop && !p.reliable {
+                let n = self.nodes.len();
+                let link = self.link_loss[Self::idx(p.msg.from) * n + Self::idx(to)];
+                if !p.reliable && (r < f.drop || (link > 0.0 && self.rng.gen_bool(link))) {
                     self.report.dropped += 1;
                     continue;
                 } else if r < f.drop + f.delay {
@@ -425,12 +553,17 @@ impl Cluster {
     }
 
     fn tick(&mut self, ids: &[u64]) -> Check {
-        for &id in ids {
+        let ids: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.paused.contains_key(id))
+            .collect();
+        for &id in &ids {
             if let Some(d) = self.nodes[Self::idx(id)].driver.as_mut() {
                 d.tick();
             }
         }
-        for &id in ids {
+        for &id in &ids {
             self.process(id)?;
         }
         Ok(())
@@ -446,17 +579,117 @@ impl Cluster {
             .collect()
     }
 
-    fn head(&self, id: u64, instance: &str) -> Result<(u64, Hash), String> {
-        Ok(self.nodes[Self::idx(id)]
+    fn head(&self, id: u64, instance: &str) -> Result<Head, String> {
+        let cp = self.nodes[Self::idx(id)]
             .store
             .latest(SKILL, instance)
-            .map_err(|e| format!("node {id}: latest({instance}): {e}"))?
-            .map_or((0, ZERO_HASH), |c| (c.version, c.hash)))
+            .map_err(|e| format!("node {id}: latest({instance}): {e}"))?;
+        Ok(match cp {
+            None => Head {
+                version: 0,
+                hash: ZERO_HASH,
+                value: None,
+            },
+            Some(c) => Head {
+                version: c.version,
+                hash: c.hash,
+                value: Some(decode_value(&c.state).map_err(|e| format!("node {id}: {e}"))?),
+            },
+        })
     }
 
-    fn propose(&mut self) -> Check {
-        // Like the runtime, a leader serves writes once it has applied an
-        // entry of its own term.
+    fn tick_time(&mut self) -> u64 {
+        self.time += 1;
+        self.time
+    }
+
+    fn record(&mut self, client: usize, instance: &str, call: Call, invoke: u64, outcome: Outcome) {
+        let complete = self.tick_time();
+        (client, instance, invoke, complete, format!("{outcome:?}")).hash(&mut self.trace);
+        if self.opts.verbose {
+            eprintln!("      client {client} {instance} {call:?} -> {outcome:?}");
+        }
+        self.history.push(Operation {
+            client: client as u64,
+            key: format!("{SKILL}/{instance}"),
+            call,
+            invoke_ns: invoke,
+            complete_ns: complete,
+            outcome,
+        });
+    }
+
+    /// Idle clients issue operations: writes, CAS and increments go to a
+    /// caught-up leader (like the runtime, a leader serves writes once it has
+    /// applied an entry of its own term), reads to any live node.
+    fn clients_act(&mut self) -> Check {
+        let count = self.rng.gen_range(1..=3);
+        let mut touched = BTreeSet::new();
+        for _ in 0..count {
+            let idle: Vec<usize> = (0..CLIENTS)
+                .filter(|&c| self.clients[c].is_none())
+                .collect();
+            let Some(&client) = idle.choose(&mut self.rng) else {
+                self.note("clients: all busy");
+                break;
+            };
+            let instance = format!("i{}", self.rng.gen_range(0..INSTANCES));
+            let counter = instance == COUNTER_INSTANCE;
+            if self.rng.gen_bool(0.35) {
+                self.issue_read(client, instance)?;
+                continue;
+            }
+            if let Some(id) = self.issue_write(client, instance, counter)? {
+                touched.insert(id);
+            }
+        }
+        for id in touched {
+            self.process(id)?;
+        }
+        Ok(())
+    }
+
+    fn issue_read(&mut self, client: usize, instance: String) -> Check {
+        let live = self.live();
+        let Some(&id) = live.choose(&mut self.rng) else {
+            return Ok(());
+        };
+        let invoke = self.tick_time();
+        if self.opts.unsafe_stale_reads {
+            // The planted bug: local state, no barrier.
+            let value = self.head(id, &instance)?.value;
+            self.note(&format!("client {client} stale read {instance} on {id}"));
+            let value = if instance == COUNTER_INSTANCE {
+                Some(value.unwrap_or(0))
+            } else {
+                value
+            };
+            self.record(client, &instance, Call::Read, invoke, Outcome::Ok { value });
+            return Ok(());
+        }
+        self.note(&format!("client {client} read {instance} on {id}"));
+        let reply = self.nodes[Self::idx(id)]
+            .driver
+            .as_mut()
+            .expect("live")
+            .read_index();
+        self.clients[client] = Some(Outstanding {
+            instance,
+            call: Call::Read,
+            invoke,
+            since_step: self.step,
+            wait: Wait::Read { node: id, reply },
+        });
+        self.process(id)
+    }
+
+    /// Returns the leader proposed to, if any.
+    fn issue_write(
+        &mut self,
+        client: usize,
+        instance: String,
+        counter: bool,
+    ) -> Result<Option<u64>, String> {
         let leaders: Vec<(u64, u64)> = {
             let l = lock(&self.ledger);
             self.leaders()
@@ -466,93 +699,215 @@ impl Cluster {
         };
         let Some(&(id, term)) = leaders.choose(&mut self.rng) else {
             self.note("propose: no leader");
-            return Ok(());
+            return Ok(None);
         };
-        let count = self.rng.gen_range(1..=3);
-        for _ in 0..count {
-            let instance = format!("i{}", self.rng.gen_range(0..INSTANCES));
-            let from_applied = self.rng.gen_bool(0.05);
-            let node = &mut self.nodes[Self::idx(id)];
-            if node.spec_term != term {
-                node.spec.clear();
-                node.spec_term = term;
-            }
-            let base = match node.spec.get(&instance) {
-                Some(&h) if !from_applied => h,
-                _ => self.head(id, &instance)?,
-            };
-            self.clock += 1;
-            let state = self.rng.gen::<u64>().to_be_bytes().to_vec();
-            let cp = Checkpoint::seal(
-                SKILL.into(),
-                instance.clone(),
-                base.0 + 1,
-                base.1,
-                state,
-                Timestamp {
-                    physical_micros: self.clock,
-                    logical: 0,
-                    node_id: id,
-                },
-                String::new(),
-            );
-            self.note(&format!(
-                "propose on {id} (term {term}): {instance} v{}",
-                cp.version
-            ));
-            let node = &mut self.nodes[Self::idx(id)];
-            node.spec.insert(instance.clone(), (cp.version, cp.hash));
-            let reply = node
-                .driver
-                .as_mut()
-                .expect("leaders are live")
-                .propose(cp.encode());
-            self.report.proposals += 1;
-            self.pending.push(Pending {
-                node: id,
-                instance,
-                reply,
-            });
+        let from_applied = self.rng.gen_bool(0.05);
+        let node = &mut self.nodes[Self::idx(id)];
+        if node.spec_term != term {
+            node.spec.clear();
+            node.spec_term = term;
         }
-        self.process(id)
+        let base = match node.spec.get(&instance) {
+            Some(&h) if !from_applied => h,
+            _ => self.head(id, &instance)?,
+        };
+        let invoke = self.tick_time();
+        let (call, after) = if counter {
+            let by = self.rng.gen_range(1..=3);
+            (Call::Increment { by }, base.value.unwrap_or(0) + by)
+        } else {
+            self.next_value += 1;
+            let new = self.next_value;
+            if self.rng.gen_bool(0.3) {
+                // The actor evaluates the CAS against its in-memory state;
+                // a mismatch answers at once and proposes nothing.
+                let expected = if self.rng.gen_bool(0.8) {
+                    base.value
+                } else {
+                    Some(self.rng.gen_range(1..=self.next_value))
+                };
+                let call = Call::Cas { expected, new };
+                if expected != base.value {
+                    self.record(client, &instance, call, invoke, Outcome::Fail);
+                    return Ok(None);
+                }
+                (call, new)
+            } else {
+                (Call::Write { value: new }, new)
+            }
+        };
+        self.clock += 1;
+        let cp = Checkpoint::seal(
+            SKILL.into(),
+            instance.clone(),
+            base.version + 1,
+            base.hash,
+            encode_value(after),
+            Timestamp {
+                physical_micros: self.clock,
+                logical: 0,
+                node_id: id,
+            },
+            String::new(),
+        );
+        self.note(&format!(
+            "client {client} on {id} (term {term}): {instance} v{} {call:?}",
+            cp.version
+        ));
+        let node = &mut self.nodes[Self::idx(id)];
+        node.spec.insert(
+            instance.clone(),
+            Head {
+                version: cp.version,
+                hash: cp.hash,
+                value: Some(after),
+            },
+        );
+        let reply = node
+            .driver
+            .as_mut()
+            .expect("leaders are live")
+            .propose(cp.encode());
+        self.report.proposals += 1;
+        self.clients[client] = Some(Outstanding {
+            instance,
+            call,
+            invoke,
+            since_step: self.step,
+            wait: Wait::Write {
+                node: id,
+                reply,
+                after,
+            },
+        });
+        Ok(Some(id))
     }
 
-    fn poll_replies(&mut self) {
+    /// Collects answers; a client that waited too long gives up (unknown).
+    fn poll_replies(&mut self) -> Check {
         let step = self.step;
-        let mut acked = Vec::new();
-        let mut stale = Vec::new();
-        self.pending.retain_mut(|p| match p.reply.try_recv() {
-            Ok(Ok(SimOutcome::Applied {
-                index,
-                version,
-                hash,
-            })) => {
-                acked.push(Acked {
-                    instance: p.instance.clone(),
-                    version,
-                    hash,
-                    index,
-                    step,
-                    node: p.node,
-                });
-                false
+        for client in 0..CLIENTS {
+            let Some(mut o) = self.clients[client].take() else {
+                continue;
+            };
+            let timed_out = step.saturating_sub(o.since_step) > CLIENT_TIMEOUT_STEPS;
+            let outcome = match &mut o.wait {
+                Wait::Write { node, reply, after } => match reply.try_recv() {
+                    Ok(Ok(SimOutcome::Applied {
+                        index,
+                        version,
+                        hash,
+                    })) => {
+                        let a = Acked {
+                            instance: o.instance.clone(),
+                            version,
+                            hash,
+                            index,
+                            step,
+                            node: *node,
+                        };
+                        (a.instance.as_str(), a.version, a.index).hash(&mut self.trace);
+                        self.report.acked += 1;
+                        self.acked.push(a);
+                        let value = matches!(o.call, Call::Increment { .. }).then_some(*after);
+                        Some(Outcome::Ok { value })
+                    }
+                    Ok(Ok(SimOutcome::Rejected(_))) => {
+                        // Like an actor reset to its last committed checkpoint.
+                        self.nodes[Self::idx(*node)].spec.remove(&o.instance);
+                        Some(Outcome::Fail)
+                    }
+                    Ok(Err(_)) => {
+                        self.nodes[Self::idx(*node)].spec.remove(&o.instance);
+                        Some(Outcome::Unknown)
+                    }
+                    Ok(Ok(SimOutcome::Noop)) | Err(TryRecvError::Closed) => Some(Outcome::Unknown),
+                    Err(TryRecvError::Empty) => timed_out.then_some(Outcome::Unknown),
+                },
+                Wait::Read { node, reply } => match reply.try_recv() {
+                    Ok(Ok(_index)) => {
+                        let id = *node;
+                        if self.nodes[Self::idx(id)].driver.is_some() {
+                            let value = self.head(id, &o.instance)?.value;
+                            let value = if o.instance == COUNTER_INSTANCE {
+                                Some(value.unwrap_or(0))
+                            } else {
+                                value
+                            };
+                            Some(Outcome::Ok { value })
+                        } else {
+                            Some(Outcome::Unknown)
+                        }
+                    }
+                    Ok(Err(_)) | Err(TryRecvError::Closed) => Some(Outcome::Unknown),
+                    Err(TryRecvError::Empty) => timed_out.then_some(Outcome::Unknown),
+                },
+            };
+            match outcome {
+                Some(outcome) => self.record(client, &o.instance, o.call, o.invoke, outcome),
+                None => self.clients[client] = Some(o),
             }
-            Ok(Ok(SimOutcome::Rejected(_))) | Ok(Err(_)) => {
-                stale.push((p.node, p.instance.clone()));
-                false
+        }
+        Ok(())
+    }
+
+    /// After convergence: every client still waiting gives up, every node
+    /// is read (all applied the whole log, so these reads are current), and
+    /// the history is checked.
+    fn check_history(&mut self) -> Check {
+        for client in 0..CLIENTS {
+            if let Some(o) = self.clients[client].take() {
+                self.record(client, &o.instance, o.call, o.invoke, Outcome::Unknown);
             }
-            Ok(Ok(SimOutcome::Noop)) | Err(TryRecvError::Closed) => false,
-            Err(TryRecvError::Empty) => true,
-        });
-        for (id, inst) in stale {
-            // Like an actor reset to its last committed checkpoint.
-            self.nodes[Self::idx(id)].spec.remove(&inst);
         }
-        self.report.acked += acked.len() as u64;
-        for a in &acked {
-            (a.instance.as_str(), a.version, a.index).hash(&mut self.trace);
+        for i in 0..INSTANCES {
+            let instance = format!("i{i}");
+            for id in 1..=self.nodes.len() as u64 {
+                let invoke = self.tick_time();
+                let value = self.head(id, &instance)?.value;
+                let value = if instance == COUNTER_INSTANCE {
+                    Some(value.unwrap_or(0))
+                } else {
+                    value
+                };
+                self.record(
+                    CLIENTS + id as usize,
+                    &instance,
+                    Call::Read,
+                    invoke,
+                    Outcome::Ok { value },
+                );
+            }
         }
-        self.acked.extend(acked);
+        let report = linearizability::check(&self.history).map_err(|e| format!("history: {e}"))?;
+        self.report.history_ops = self.history.len() as u64;
+        self.report.history_unknown = self
+            .history
+            .iter()
+            .filter(|o| o.outcome == Outcome::Unknown)
+            .count() as u64;
+        self.report.history_keys = report.keys.len() as u64;
+        self.report.lin_states = report.states_explored();
+        if let Some(k) = report.violations().next() {
+            return Err(format!(
+                "history not linearizable on key {}: {:?}\n  history of that key:\n{}",
+                k.key,
+                k.verdict,
+                self.history
+                    .iter()
+                    .filter(|o| o.key == k.key)
+                    .map(|o| format!("    {o:?}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+        }
+        if let Some(k) = report.too_large().next() {
+            return Err(format!(
+                "history of key {} too large to check ({} ops, {} states)",
+                k.key, k.ops, k.states_explored
+            ));
+        }
+        Ok(())
     }
 
     fn partition(&mut self, isolate: bool) {
@@ -576,21 +931,99 @@ impl Cluster {
         self.report.partitions += 1;
     }
 
-    fn crash(&mut self) {
+    fn crash(&mut self) -> Check {
         let live = self.live();
         let max_down = (self.nodes.len() - 1) / 2;
         if self.nodes.len() - live.len() >= max_down {
             self.note("crash: skipped (a majority must stay up)");
-            return;
+            return Ok(());
         }
-        let id = *live.choose(&mut self.rng).expect("some node is live");
-        self.note(&format!("crash {id}"));
+        let leaders: Vec<u64> = self.leaders().into_iter().map(|(id, _)| id).collect();
+        let id = match leaders.first() {
+            Some(&l) if self.rng.gen_bool(0.5) => {
+                self.report.leader_kills += 1;
+                l
+            }
+            _ => *live.choose(&mut self.rng).expect("some node is live"),
+        };
+        self.crash_node(id)
+    }
+
+    fn crash_node(&mut self, id: u64) -> Check {
+        self.paused.remove(&id);
+        if self.opts.crash_consistency && self.rng.gen_bool(0.6) {
+            // Crash inside a Ready: give the node work (its in-flight
+            // messages, or a tick), then stop it at the chosen point.
+            let point = CrashPoint {
+                ready: usize::from(self.rng.gen_bool(0.25)),
+                after_sync: self.rng.gen_bool(0.5),
+            };
+            self.note(&format!("crash {id} at {point:?}"));
+            if self.rng.gen_bool(0.5) {
+                let packets = std::mem::take(&mut self.in_flight);
+                let (mine, rest): (Vec<Packet>, Vec<Packet>) = packets
+                    .into_iter()
+                    .partition(|p| p.msg.to == id && self.connected(p.msg.from, id));
+                self.in_flight = rest;
+                let d = self.nodes[Self::idx(id)].driver.as_mut().expect("live");
+                for p in mine {
+                    d.step(p.msg);
+                }
+            } else {
+                self.nodes[Self::idx(id)]
+                    .driver
+                    .as_mut()
+                    .expect("live")
+                    .tick();
+            }
+            let hit = self.nodes[Self::idx(id)]
+                .driver
+                .as_mut()
+                .expect("live")
+                .process_crashing(point)
+                .map_err(|e| format!("node {id}: process() failed: {e}"))?;
+            // What it sent before the crash point is on the wire.
+            let out = std::mem::take(
+                &mut *self
+                    .outbox
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            self.in_flight.extend(out.into_iter().map(|msg| Packet {
+                reliable: false,
+                msg,
+            }));
+            match (hit, point.after_sync) {
+                (false, _) => self.report.crash_after_ready += 1,
+                (true, false) => self.report.crash_before_sync += 1,
+                (true, true) => self.report.crash_after_sync += 1,
+            }
+        } else {
+            self.note(&format!("crash {id}"));
+            self.report.crash_after_ready += 1;
+        }
+        // Replies the client already holds stay; waiters still in the
+        // driver are dropped with it (their clients see "unknown").
+        self.poll_replies()?;
         let node = &mut self.nodes[Self::idx(id)];
-        // The disk (Store) survives; raft's memory, unsent messages and
-        // waiters do not.
+        // Raft's memory, unsent messages and waiters are gone.
         node.driver = None;
         node.spec.clear();
+        if self.opts.crash_consistency {
+            // The disk keeps only what was synced.
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let store = node
+                .store
+                .sim_crash(dir.path())
+                .map_err(|e| format!("node {id}: crash: {e}"))?;
+            node.store = store;
+            node._dir = dir;
+            node.max_applied = 0;
+            node.verified.clear();
+            node.hashed = None;
+        }
         self.report.crashes += 1;
+        Ok(())
     }
 
     fn restart(&mut self, id: u64) -> Check {
@@ -625,7 +1058,7 @@ impl Cluster {
                 self.note(&format!("tick {id}"));
                 self.tick(&[id])
             }
-            66..=83 => self.propose(),
+            66..=83 => self.clients_act(),
             84..=86 => {
                 if self.groups.is_none() {
                     self.partition(false);
@@ -639,15 +1072,22 @@ impl Cluster {
                 self.partition(true);
                 Ok(())
             }
-            89..=92 => {
+            89..=90 => {
                 self.note("heal");
                 self.groups = None;
                 Ok(())
             }
-            93..=95 => {
-                self.crash();
-                Ok(())
+            91 => self.pause(),
+            92 => {
+                if self.rng.gen_bool(0.1) {
+                    self.rolling_restart()
+                } else {
+                    self.note("heal");
+                    self.groups = None;
+                    Ok(())
+                }
             }
+            93..=95 => self.crash(),
             _ => {
                 let crashed = self.crashed();
                 match crashed.choose(&mut self.rng) {
@@ -661,9 +1101,88 @@ impl Cluster {
         }
     }
 
+    /// A node stops (no ticks, no receiving: a GC pause, a stopped VM)
+    /// for longer than an election timeout, then resumes with stale state.
+    fn pause(&mut self) -> Check {
+        let live: Vec<u64> = self
+            .live()
+            .into_iter()
+            .filter(|id| !self.paused.contains_key(id))
+            .collect();
+        let leaders: Vec<u64> = self.leaders().into_iter().map(|(id, _)| id).collect();
+        let id = match leaders.first() {
+            Some(&l) if self.rng.gen_bool(0.5) => l,
+            _ => match live.choose(&mut self.rng) {
+                Some(&id) => id,
+                None => return Ok(()),
+            },
+        };
+        // Election timeout is ELECTION_TICK ticks; a tick-all happens about
+        // every fourth step, so this is 1.5 to 4 election timeouts.
+        let steps = self.rng.gen_range(ELECTION_TICK * 6..ELECTION_TICK * 16);
+        self.note(&format!("pause {id} for {steps} steps"));
+        self.paused.insert(id, self.step + steps);
+        self.report.pauses += 1;
+        Ok(())
+    }
+
+    fn resume_paused(&mut self) {
+        let step = self.step;
+        let due: Vec<u64> = self
+            .paused
+            .iter()
+            .filter(|(_, &until)| until <= step)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            self.note(&format!("resume {id}"));
+            self.paused.remove(&id);
+        }
+    }
+
+    /// Every node crashed and restarted, one after another, with a little
+    /// fault-free traffic between (clients keep going).
+    fn rolling_restart(&mut self) -> Check {
+        self.note("rolling restart");
+        self.report.rolling_restarts += 1;
+        for id in 1..=self.nodes.len() as u64 {
+            if self.nodes[Self::idx(id)].driver.is_none() {
+                self.restart(id)?;
+            }
+            if !self.crashed().is_empty() {
+                continue;
+            }
+            self.crash_node(id)?;
+            self.check()?;
+            for _ in 0..ROLLING_ROUNDS {
+                self.settle_round()?;
+            }
+            self.restart(id)?;
+            self.check()?;
+            for _ in 0..ROLLING_ROUNDS {
+                self.settle_round()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn settle_round(&mut self) -> Check {
+        let ids: Vec<u64> = self
+            .live()
+            .into_iter()
+            .filter(|_| self.rng.gen_bool(0.5))
+            .collect();
+        self.tick(&ids)?;
+        self.deliver(None, false)?;
+        if self.rng.gen_bool(0.3) {
+            self.clients_act()?;
+        }
+        self.check()
+    }
+
     /// Invariants that hold after every step.
     fn check(&mut self) -> Check {
-        self.poll_replies();
+        self.poll_replies()?;
         {
             let mut l = lock(&self.ledger);
             if let Some(v) = l.violations.first() {
@@ -783,7 +1302,7 @@ impl Cluster {
                 self.in_flight.len()
             );
         }
-        if self.step.checked_rem(ACK_CHECK_EVERY) == Some(0) {
+        if self.opts.check_acks && self.step.checked_rem(ACK_CHECK_EVERY) == Some(0) {
             self.check_acked(false)?;
         }
         Ok(())
@@ -840,6 +1359,7 @@ impl Cluster {
     fn converge(&mut self, progress: &AtomicUsize) -> Check {
         self.note("final: heal, restart all, reliable network");
         self.groups = None;
+        self.paused.clear();
         for id in self.crashed() {
             self.restart(id)?;
         }
@@ -881,7 +1401,10 @@ impl Cluster {
                     if hashes.len() != 1 {
                         return Err("converged nodes have different state hashes".into());
                     }
-                    return self.check_acked(true);
+                    if self.opts.check_acks {
+                        self.check_acked(true)?;
+                    }
+                    return self.check_history();
                 }
             }
         }
@@ -912,6 +1435,7 @@ impl Cluster {
         for s in 1..=self.opts.steps {
             self.step = s;
             progress.store(s, Ordering::Relaxed);
+            self.resume_paused();
             self.act()?;
             self.check()?;
         }

@@ -1,0 +1,54 @@
+//! A simulated disk for crash-consistency testing (simulation stores only).
+//!
+//! A simulation store is a temporary sled whose `sync()` does no I/O, so a
+//! simulated crash that keeps the `Store` never loses anything, and a
+//! missing fsync would go unnoticed. With durability tracking on, every
+//! `Store::sync` (the fsync point) captures the store's whole contents as
+//! the "durable image"; a simulated crash then restarts the node from that
+//! image in a fresh temporary sled, losing every write made since.
+//!
+//! Owns: the image and the rebuild. Must never: be reachable from a
+//! non-simulation store (`Store::sim_*` refuse with `StorageError::Invalid`).
+
+use std::sync::Arc;
+
+/// The contents of every tree at the last sync: (tree name, key/values).
+pub(crate) type Image = Arc<Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>>;
+
+/// Durability tracking state of one simulation store.
+#[derive(Default)]
+pub(crate) struct SimDisk {
+    /// `None` until tracking is switched on.
+    pub(crate) image: Option<Image>,
+    /// Planted bug for the crash tests: `sync()` does not make anything
+    /// durable (the image stays as it was).
+    pub(crate) skip_sync: bool,
+    /// Images captured (syncs seen while tracking).
+    pub(crate) syncs: u64,
+}
+
+pub(crate) fn capture(db: &sled::Db) -> Result<Image, sled::Error> {
+    let mut trees = Vec::new();
+    for name in db.tree_names() {
+        let tree = db.open_tree(&name)?;
+        let mut kvs = Vec::with_capacity(tree.len());
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            kvs.push((k.to_vec(), v.to_vec()));
+        }
+        trees.push((name.to_vec(), kvs));
+    }
+    Ok(Arc::new(trees))
+}
+
+pub(crate) fn restore(db: &sled::Db, image: &Image) -> Result<(), sled::Error> {
+    for (name, kvs) in image.iter() {
+        let tree = db.open_tree(name)?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in kvs {
+            batch.insert(k.as_slice(), v.as_slice());
+        }
+        tree.apply_batch(batch)?;
+    }
+    Ok(())
+}
