@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use synapse::client::{v1 as pb, Client};
 use synapse::{format_timestamp, Grant, NodeConfig, Restriction, RootKey, Timestamp};
 
+mod check_history;
 mod loadgen;
 
 #[derive(Parser)]
@@ -173,6 +174,9 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Check a recorded history (`bench --record-history`) for
+    /// linearizability, per key; exits non-zero on a violation.
+    CheckHistory(check_history::CheckOpts),
 }
 
 #[derive(Subcommand)]
@@ -394,6 +398,11 @@ struct ServeOpts {
     /// file (re-read every 200 ms), to exercise the clock service.
     #[arg(long, hide = true, env = "SYNAPSE_DEBUG_CLOCK_SKEW_FILE")]
     debug_clock_skew_file: Option<PathBuf>,
+    /// VERIFICATION ONLY: serve reads from this node's own possibly stale
+    /// state (a planted bug for the linearizability checker). Refused
+    /// unless SYNAPSE_DEBUG_UNSAFE=1 is set too.
+    #[arg(long, hide = true, env = "SYNAPSE_DEBUG_UNSAFE_STALE_READS")]
+    debug_unsafe_stale_reads: bool,
     /// Cluster root key (hex), e.g. a mounted Kubernetes Secret.
     #[arg(long, env = "SYNAPSE_ROOT_KEY_FILE")]
     root_key_file: Option<PathBuf>,
@@ -625,12 +634,19 @@ fn invoke_json(r: &pb::InvokeResponse) -> Value {
 }
 
 async fn serve(opts: ServeOpts) -> Result<(), Failure> {
+    let stale_reads = opts.debug_unsafe_stale_reads;
+    if stale_reads && std::env::var("SYNAPSE_DEBUG_UNSAFE").as_deref() != Ok("1") {
+        return Err("--debug-unsafe-stale-reads breaks linearizability on purpose; it needs SYNAPSE_DEBUG_UNSAFE=1 as well".to_string().into());
+    }
     let (config, log, skew_file) = opts.into_config()?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| format!("bad --log: {e}"))?,
         )
         .init();
+    if stale_reads {
+        synapse_runtime::node::enable_debug_unsafe_stale_reads();
+    }
     let mut builder = synapse::Node::builder(config);
     if let Some(path) = skew_file {
         builder = builder.clock(skew_from_file(path));
@@ -964,6 +980,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Token { command } => token_command(command),
         Command::Bench(opts) => loadgen::run(opts).await.map_err(Failure::from),
+        Command::CheckHistory(opts) => check_history::run(opts).map_err(Failure::from),
         Command::Health { service, client } => {
             let channel = tonic::transport::Endpoint::from_shared(client.endpoint.clone())
                 .map_err(|e| Failure::from(format!("bad endpoint: {e}")))?
