@@ -127,6 +127,10 @@ pub struct BenchOpts {
     /// Skip the final read of every key after a recording.
     #[arg(long)]
     pub no_final_read: bool,
+    /// Recording: stop issuing operations once this file exists (the
+    /// duration still bounds the run).
+    #[arg(long, requires = "record_history")]
+    pub stop_file: Option<PathBuf>,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -584,6 +588,7 @@ async fn record_history(
         prefix: opts.prefix.clone(),
         file: file.clone(),
         final_read: !opts.no_final_read,
+        stop_file: opts.stop_file.clone(),
         quiet: opts.quiet,
     })
     .await?;

@@ -78,6 +78,7 @@ pub struct RecordOpts {
     pub prefix: String,
     pub file: PathBuf,
     pub final_read: bool,
+    pub stop_file: Option<PathBuf>,
     pub quiet: bool,
 }
 
@@ -314,18 +315,34 @@ pub async fn run(o: RecordOpts) -> Result<Summary, String> {
     let issued = Arc::new(AtomicU64::new(0));
     let next_client = Arc::new(AtomicU64::new(o.clients as u64));
     let end = start + o.duration;
+    // `--stop-file`: the fault scripts end the run early once healed; the
+    // duration stays the bound.
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = o.stop_file.clone().map(|path| {
+        let stopped = stopped.clone();
+        tokio::spawn(async move {
+            while !path.exists() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            stopped.store(true, Ordering::Relaxed);
+        })
+    });
 
     let mut handles = Vec::new();
     for i in 0..o.clients {
         let mut conn = conns[i % conns.len()].clone();
         let t = target(o.workload, &o.prefix, i / o.clients_per_key);
         let (sink, issued, next_client) = (sink.clone(), issued.clone(), next_client.clone());
+        let stopped = stopped.clone();
         let (workload, timeout) = (o.workload, o.timeout);
         handles.push(tokio::spawn(async move {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((i as u64 + 1) * 0x1000_0000_01B3));
             let mut client = i as u64;
             let mut last_read: Option<Option<i64>> = None;
-            while Instant::now() < end && issued.fetch_add(1, Ordering::Relaxed) < max_ops {
+            while Instant::now() < end
+                && !stopped.load(Ordering::Relaxed)
+                && issued.fetch_add(1, Ordering::Relaxed) < max_ops
+            {
                 let call = pick_call(workload, &mut rng, last_read);
                 let invoke_ns = ns();
                 let outcome = one_call(&mut conn, workload, &t, call, timeout).await;
@@ -393,6 +410,9 @@ pub async fn run(o: RecordOpts) -> Result<Summary, String> {
     }
     if let Some(p) = progress {
         p.abort();
+    }
+    if let Some(w) = watcher {
+        w.abort();
     }
 
     if o.final_read {
