@@ -21,6 +21,7 @@
 
 pub mod client;
 pub mod history;
+pub mod linearizability;
 
 pub use synapse_runtime::clock::{
     format_timestamp, ManualClock, PhysicalClock, SkewedClock, SystemClock,
