@@ -79,7 +79,7 @@ for c in $classes; do [[ " $all_classes " == *" $c "* ]] || fail "unknown class 
 if [[ "$long" == 1 ]]; then
     reps=${FAULTS_REPS:-3}; pre_s=5; hold_s=15; post_s=10; clients=16; workloads="register counter"
 else
-    reps=1; pre_s=4; hold_s=4; post_s=3; clients=12; workloads=""
+    reps=1; pre_s=4; hold_s=4; post_s=2; clients=16; workloads=""
 fi
 op_timeout=1s      # per operation; an answer later than this is "unknown"
 out=${FAULTS_OUT:-$work/out}
@@ -160,6 +160,17 @@ docker cp "$(ctr synapse-0):/var/lib/synapse/root.token" "$work/root.token" >/de
     || fail "cannot copy the root token out of synapse-0"
 export SYNAPSE_TOKEN_FILE=$work/root.token
 endpoints="http://127.0.0.1:${grpc_port[0]},http://127.0.0.1:${grpc_port[1]},http://127.0.0.1:${grpc_port[2]}"
+# From here on, status goes through the published ports with the host's
+# binary: a `docker exec` costs about a second on a loaded 2-core machine.
+status_json() { timeout 10 "$bin" cluster status -w json --endpoint "http://127.0.0.1:${grpc_port[${1#synapse-}]}" 2>/dev/null; }
+leader_svc() {
+    local svc id
+    for svc in synapse-0 synapse-1 synapse-2; do
+        id=$(status_json "$svc" | jq_py 'd["leader_id"]') || continue
+        if [[ "$id" =~ ^[1-3]$ ]]; then echo "synapse-$((id - 1))"; return 0; fi
+    done
+    return 1
+}
 
 converged() {   # same applied index and state hash on all three
     local a b c
@@ -312,7 +323,7 @@ run_class() {
     read -r ops ok unknown rate gap < <(analyze "$hist" "$t_fault" "$t_heal")
     "$bin" check-history "$hist" --model "$wl" --json >"$out/$tag.check" 2>&1 || chk_rc=$?
     sed -n '1,/^verdict/p' "$out/$tag.check" | sed 's/^/    /'
-    lost=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]).get("acked_lost","-"))' "$out/$tag.check" 2>/dev/null || echo "?")
+    lost=$(grep -m1 '^{' "$out/$tag.check" | jq_py 'd["acked_lost"]' 2>/dev/null || echo "?")
     [[ $wl == counter ]] || lost=-
     a=$(grep -m1 '^verdict:' "$out/$tag.check" | awk '{print $2}'); a=${a:-ERROR}
     if [[ -n "$planted" ]]; then

@@ -107,12 +107,49 @@ enum KeyVerdict {
     Undecided(String),
 }
 
+struct KeyResult {
+    key: String,
+    ops: usize,
+    unknown: usize,
+    states: u64,
+    verdict: KeyVerdict,
+}
+
 /// The one place that calls the checker (kept narrow so that the checker's
 /// API can change without touching the rest of this command).
-fn check_key(model: Model, ops: &[Operation]) -> KeyVerdict {
-    // TEMPORARY until h/sim's synapse::linearizability is merged: no verdict.
-    let _ = (model, ops);
-    KeyVerdict::Undecided("linearizability checker not merged yet (branch h/sim)".into())
+fn check_keys(ops: &[Operation]) -> Result<Vec<KeyResult>, String> {
+    use synapse::linearizability::{check, Verdict};
+    let report = check(ops).map_err(|e| format!("malformed history: {e}"))?;
+    Ok(report
+        .keys
+        .into_iter()
+        .map(|k| KeyResult {
+            verdict: match k.verdict {
+                Verdict::Linearizable => KeyVerdict::Linearizable,
+                Verdict::NotLinearizable {
+                    deepest,
+                    stuck,
+                    state,
+                } => KeyVerdict::Violation(format!(
+                    "no linearization: after {deepest} operations in state {state}, none of these can come next: {}",
+                    stuck
+                        .iter()
+                        .take(4)
+                        .map(|o| serde_json::to_string(o).unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )),
+                Verdict::TooLarge => KeyVerdict::Undecided(format!(
+                    "search budget ({} states) exhausted",
+                    synapse::linearizability::MAX_STATES_PER_KEY
+                )),
+            },
+            key: k.key,
+            ops: k.ops,
+            unknown: k.unknown,
+            states: k.states_explored,
+        })
+        .collect())
 }
 
 pub fn run(o: CheckOpts) -> Result<(), String> {
@@ -140,13 +177,28 @@ pub fn run(o: CheckOpts) -> Result<(), String> {
     let mut undecided = Vec::new();
     let mut lost_total = 0i64;
     let started = std::time::Instant::now();
-    for (key, key_ops) in &by_key {
-        match check_key(model, key_ops) {
-            KeyVerdict::Linearizable => {}
-            KeyVerdict::Violation(why) => violations.push(format!("{key}: {why}")),
-            KeyVerdict::Undecided(why) => undecided.push(format!("{key}: {why}")),
-        }
-        if model == Model::Counter {
+    let results = check_keys(&ops)?;
+    let mut states = 0u64;
+    for r in &results {
+        states += r.states;
+        let v = match &r.verdict {
+            KeyVerdict::Linearizable => "linearizable".to_string(),
+            KeyVerdict::Violation(why) => {
+                violations.push(format!("{}: {why}", r.key));
+                "NOT LINEARIZABLE".to_string()
+            }
+            KeyVerdict::Undecided(why) => {
+                undecided.push(format!("{}: {why}", r.key));
+                "undecided".to_string()
+            }
+        };
+        println!(
+            "  key {}: {} ops ({} unknown), {} states explored: {v}",
+            r.key, r.ops, r.unknown, r.states
+        );
+    }
+    if model == Model::Counter {
+        for (key, key_ops) in &by_key {
             let refs: Vec<&Operation> = key_ops.iter().collect();
             let a = account_counter(&refs);
             lost_total += a.lost;
@@ -166,7 +218,7 @@ pub fn run(o: CheckOpts) -> Result<(), String> {
         "LINEARIZABLE"
     };
     println!(
-        "history {}: model {:?}, {} ops ({} ok, {} fail, {} unknown), {} keys, checked in {:.2}s",
+        "history {}: model {:?}, {} ops ({} ok, {} fail, {} unknown), {} keys, {states} states explored, checked in {:.2}s",
         o.file.display(),
         model,
         ops.len(),
@@ -194,6 +246,7 @@ pub fn run(o: CheckOpts) -> Result<(), String> {
                 "ops": ops.len(), "ok": ok, "fail": fail, "unknown": unknown,
                 "keys": by_key.len(), "violations": violations.len(),
                 "undecided": undecided.len(), "acked_lost": lost_total, "verdict": verdict,
+                "states_explored": states,
             })
         );
     }

@@ -45,6 +45,10 @@ const FLUSH_EVERY: usize = 256;
 /// Upper bound on recorded operations, whatever --ops says: a history is
 /// held and checked in memory.
 pub const MAX_RECORDED_OPS: u64 = 5_000_000;
+/// Pause after an unknown outcome, doubled per consecutive one up to the
+/// maximum: a down node answers instantly and would flood the history.
+const UNKNOWN_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const UNKNOWN_BACKOFF_MAX: Duration = Duration::from_millis(800);
 /// Per key, the final read after the run is retried this long at most.
 const FINAL_READ_BOUND: Duration = Duration::from_secs(60);
 
@@ -330,7 +334,10 @@ pub async fn run(o: RecordOpts) -> Result<Summary, String> {
 
     let mut handles = Vec::new();
     for i in 0..o.clients {
-        let mut conn = conns[i % conns.len()].clone();
+        // Each client starts on one endpoint and moves to the next after
+        // an unknown outcome, as a real client fails over.
+        let conns = conns.clone();
+        let mut at = i % conns.len();
         let t = target(o.workload, &o.prefix, i / o.clients_per_key);
         let (sink, issued, next_client) = (sink.clone(), issued.clone(), next_client.clone());
         let stopped = stopped.clone();
@@ -339,13 +346,14 @@ pub async fn run(o: RecordOpts) -> Result<Summary, String> {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((i as u64 + 1) * 0x1000_0000_01B3));
             let mut client = i as u64;
             let mut last_read: Option<Option<i64>> = None;
+            let mut backoff = UNKNOWN_BACKOFF_MIN;
             while Instant::now() < end
                 && !stopped.load(Ordering::Relaxed)
                 && issued.fetch_add(1, Ordering::Relaxed) < max_ops
             {
                 let call = pick_call(workload, &mut rng, last_read);
                 let invoke_ns = ns();
-                let outcome = one_call(&mut conn, workload, &t, call, timeout).await;
+                let outcome = one_call(&mut conns[at].clone(), workload, &t, call, timeout).await;
                 let complete_ns = ns();
                 if let (Call::Read, Outcome::Ok { value }) = (call, outcome) {
                     last_read = Some(value);
@@ -364,8 +372,13 @@ pub async fn run(o: RecordOpts) -> Result<Summary, String> {
                     // The unknown operation stays open forever: continue
                     // as a new client so each client has one op open.
                     client = next_client.fetch_add(1, Ordering::Relaxed);
-                    // Do not hammer a node that is down.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    at = (at + 1) % conns.len();
+                    // Do not hammer a cluster that is down: every unknown
+                    // operation also multiplies the checker's work.
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(UNKNOWN_BACKOFF_MAX);
+                } else {
+                    backoff = UNKNOWN_BACKOFF_MIN;
                 }
             }
         }));
