@@ -90,10 +90,7 @@ pub fn account_counter(ops: &[&Operation]) -> CounterAccount {
 }
 
 fn guess_model(ops: &[Operation]) -> Model {
-    if ops
-        .iter()
-        .any(|o| matches!(o.call, Call::Increment { .. }))
-    {
+    if ops.iter().any(|o| matches!(o.call, Call::Increment { .. })) {
         Model::Counter
     } else {
         Model::Register
