@@ -84,7 +84,7 @@ conv_hash=""
 log "starting compose project $project (${compose_bin[*]})"
 t_up=$SECONDS
 compose up -d
-for svc in synapse-0 synapse-1 synapse-2; do ctr "$svc" >/dev/null || fail "$svc has no container"; done
+cache_ctrs synapse-0 synapse-1 synapse-2
 wait_until 90 "all 3 nodes healthy with voters [1,2,3]" all_ok
 startup_s=$(( SECONDS - t_up ))
 for svc in synapse-0 synapse-1 synapse-2; do

@@ -15,12 +15,14 @@
 # Classes: none (baseline), leader-kill, node-kill, pause (docker pause of
 # the leader, longer than the 1 s election timeout), leader-isolation
 # (docker network disconnect), partition-2-1 (the leader cut from both peers
-# with netem, still reachable by clients), lossy (netem loss on every node),
-# delay (netem delay on every node), clock-skew (the leader's clock moved
+# with iptables, still reachable by clients), lossy (netem loss 20% on every
+# node), delay (netem delay 100 ms ± 30 on every node), clock-skew (the leader's clock moved
 # past max_clock_offset through --debug-clock-skew-file), membership (remove
 # a follower, wipe it, re-add it), rolling-restart (docker restart each node
-# in turn). netem runs inside each container's network namespace from the
-# host (nsenter -t <pid> -n tc ...), so the image needs nothing.
+# in turn). tc and iptables run inside each container's network namespace
+# from the host (nsenter -t <pid> -n tc ...), so the image needs nothing. On
+# kernels without sch_netem, lossy uses iptables' statistic match and delay a
+# tbf rate limit (queueing delay up to 100 ms); the script says so.
 #
 # Env:
 #   SYNAPSE_BIN      prebuilt binary for the image and the host-side recorder
@@ -52,6 +54,7 @@ dc_require_docker "docker fault matrix"
 need_pkgs=()
 command -v tc >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || need_pkgs+=(util-linux)
+command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 if (( ${#need_pkgs[@]} )); then
     sudo=(); [[ $(id -u) == 0 ]] || sudo=(sudo -n)
@@ -139,6 +142,7 @@ print_table() {
 
 nspid() { docker inspect -f '{{.State.Pid}}' "$(ctr "$1")"; }
 ntc() { local p; p=$(nspid "$1"); shift; timeout 10 "${nsenter_cmd[@]}" -t "$p" -n tc "$@"; }
+nipt() { local p; p=$(nspid "$1"); shift; timeout 10 "${nsenter_cmd[@]}" -t "$p" -n iptables "$@"; }
 clear_netem() { local s; for s in synapse-0 synapse-1 synapse-2; do ntc "$s" qdisc del dev eth0 root >/dev/null 2>&1 || true; done; }
 dc_cleanup_hook() {
     clear_netem
@@ -153,6 +157,7 @@ others() { local s; for s in synapse-0 synapse-1 synapse-2; do [[ $s == "$1" ]] 
 # ------------------------------------------------------------------ up
 log "starting compose project $project (${compose_bin[*]})"
 compose up -d
+cache_ctrs synapse-0 synapse-1 synapse-2
 wait_until 120 "all 3 nodes healthy with voters [1,2,3]" all_ok
 network=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "$(ctr synapse-0)" | awk '{print $1}')
 [[ -n "$network" ]] || fail "cannot find the compose network"
@@ -171,6 +176,14 @@ leader_svc() {
     done
     return 1
 }
+
+# Does this kernel have sch_netem? (Probed in a node's namespace.)
+have_netem=0
+if ntc synapse-0 qdisc add dev eth0 root netem delay 1ms >/dev/null 2>&1; then
+    have_netem=1; ntc synapse-0 qdisc del dev eth0 root >/dev/null 2>&1 || true
+else
+    echo "NOTE: this kernel has no sch_netem: lossy uses iptables' statistic match, delay a tbf rate limit"
+fi
 
 converged() {   # same applied index and state hash on all three
     local a b c
@@ -193,22 +206,34 @@ inject_pause() { victim=$(leader_svc) || fail "no leader"; docker pause "$(ctr "
 heal_pause() { docker unpause "$(ctr "$victim")" >/dev/null; }
 inject_leader-isolation() { victim=$(leader_svc) || fail "no leader"; docker network disconnect "$network" "$(ctr "$victim")"; }
 heal_leader-isolation() { docker network connect --alias "$victim" "$network" "$(ctr "$victim")"; }
-inject_partition-2-1() {
-    # The leader's packets to both peers are dropped (so no TCP exchange
-    # with them completes either way); its clients still reach it.
-    victim=$(leader_svc) || fail "no leader"
-    ntc "$victim" qdisc add dev eth0 root handle 1: prio
-    ntc "$victim" qdisc add dev eth0 parent 1:3 handle 30: netem loss 100%
-    local o
+# iptables rules in the leader's namespace drop everything to and from both
+# peers; its clients (through the published port) still reach it.
+part_rules() {
+    local op=$1 o ip
     for o in $(others "$victim"); do
-        ntc "$victim" filter add dev eth0 parent 1:0 protocol ip prio 1 u32 match ip dst "$(ip_of "$o")/32" flowid 1:3
+        ip=$(ip_of "$o")
+        nipt "$victim" "$op" INPUT -s "$ip" -j DROP
+        nipt "$victim" "$op" OUTPUT -d "$ip" -j DROP
     done
 }
-heal_partition-2-1() { ntc "$victim" qdisc del dev eth0 root; }
+inject_partition-2-1() { victim=$(leader_svc) || fail "no leader"; part_rules -I; }
+heal_partition-2-1() { part_rules -D; }
 netem_all() { local s; for s in synapse-0 synapse-1 synapse-2; do ntc "$s" qdisc add dev eth0 root netem "$@"; done; }
-inject_lossy() { victim=all; netem_all loss 20%; }
-heal_lossy() { clear_netem; }
-inject_delay() { victim=all; netem_all delay 100ms 30ms; }
+# Kernels without sch_netem (e.g. some microVMs): loss through iptables'
+# statistic match; delay as a rate-limited link (tbf), whose queue delays
+# packets by up to its latency bound under load. Said so in the log.
+loss_rule() { local s; for s in synapse-0 synapse-1 synapse-2; do nipt "$s" "$1" OUTPUT -m statistic --mode random --probability 0.2 -j DROP; done; }
+inject_lossy() {
+    victim=all
+    if (( have_netem )); then netem_all loss 20%; else log "  (no netem: iptables statistic drop 20%)"; loss_rule -I; fi
+}
+heal_lossy() { if (( have_netem )); then clear_netem; else loss_rule -D; fi; }
+inject_delay() {
+    victim=all
+    if (( have_netem )); then netem_all delay 100ms 30ms; return; fi
+    log "  (no netem: tbf rate 2mbit, up to 100 ms queueing delay)"
+    local s; for s in synapse-0 synapse-1 synapse-2; do ntc "$s" qdisc add dev eth0 root tbf rate 2mbit burst 16kb latency 100ms; done
+}
 heal_delay() { clear_netem; }
 inject_clock-skew() {
     # Beyond max_clock_offset_ms (500): the node must report itself
@@ -237,7 +262,7 @@ heal_membership() {
     # Re-added: a fresh node joins through the seed as a learner and is
     # promoted to voter once caught up.
     compose up -d --no-deps "$victim" >/dev/null 2>&1
-    forget_ctr "$victim"
+    cache_ctrs "$victim"
 }
 inject_rolling-restart() {
     victim=all

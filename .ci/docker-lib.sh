@@ -105,7 +105,17 @@ ctr() {                                                 # container id of a serv
     [[ -n "${ids[$1]}" ]] || { echo "no container for $1" >&2; return 1; }
     echo "${ids[$1]}"
 }
-forget_ctr() { unset "ids[$1]"; }                       # after the container is recreated
+# `ctr` runs in $(...) subshells, where a cache miss cannot be kept, and a
+# `compose ps` costs seconds on a loaded machine: fill the cache here, in
+# the main shell, after `compose up` and whenever a container is recreated.
+cache_ctrs() {
+    local svc
+    for svc in "$@"; do
+        ids[$svc]=$(compose ps -q "$svc")
+        [[ -n "${ids[$svc]}" ]] || fail "$svc has no container"
+    done
+}
+forget_ctr() { unset "ids[$1]"; }                       # after the container is removed
 sx() { local c; c=$(ctr "$1"); shift; timeout 20 docker exec "$c" /usr/local/bin/synapse "$@"; }
 status_json() { sx "$1" cluster status -w json 2>/dev/null; }
 jq_py() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
