@@ -142,8 +142,14 @@ print_table() {
 
 nspid() { docker inspect -f '{{.State.Pid}}' "$(ctr "$1")"; }
 ntc() { local p; p=$(nspid "$1"); shift; timeout 10 "${nsenter_cmd[@]}" -t "$p" -n tc "$@"; }
+# The node's interface on the compose network: eth0 at first, another name
+# after a `docker network disconnect` + `connect`.
+nif() {
+    local p; p=$(nspid "$1")
+    timeout 10 "${nsenter_cmd[@]}" -t "$p" -n ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -v '^lo$' | head -1
+}
 nipt() { local p; p=$(nspid "$1"); shift; timeout 10 "${nsenter_cmd[@]}" -t "$p" -n iptables "$@"; }
-clear_netem() { local s; for s in synapse-0 synapse-1 synapse-2; do ntc "$s" qdisc del dev eth0 root >/dev/null 2>&1 || true; done; }
+clear_netem() { local s; for s in synapse-0 synapse-1 synapse-2; do ntc "$s" qdisc del dev "$(nif "$s")" root >/dev/null 2>&1 || true; done; }
 dc_cleanup_hook() {
     clear_netem
     print_table
@@ -179,8 +185,8 @@ leader_svc() {
 
 # Does this kernel have sch_netem? (Probed in a node's namespace.)
 have_netem=0
-if ntc synapse-0 qdisc add dev eth0 root netem delay 1ms >/dev/null 2>&1; then
-    have_netem=1; ntc synapse-0 qdisc del dev eth0 root >/dev/null 2>&1 || true
+if ntc synapse-0 qdisc add dev "$(nif synapse-0)" root netem delay 1ms >/dev/null 2>&1; then
+    have_netem=1; ntc synapse-0 qdisc del dev "$(nif synapse-0)" root >/dev/null 2>&1 || true
 else
     echo "NOTE: this kernel has no sch_netem: lossy uses iptables' statistic match, delay a tbf rate limit"
 fi
@@ -218,7 +224,7 @@ part_rules() {
 }
 inject_partition-2-1() { victim=$(leader_svc) || fail "no leader"; part_rules -I; }
 heal_partition-2-1() { part_rules -D; }
-netem_all() { local s; for s in synapse-0 synapse-1 synapse-2; do ntc "$s" qdisc add dev eth0 root netem "$@"; done; }
+netem_all() { local s; for s in synapse-0 synapse-1 synapse-2; do ntc "$s" qdisc add dev "$(nif "$s")" root netem "$@"; done; }
 # Kernels without sch_netem (e.g. some microVMs): loss through iptables'
 # statistic match; delay as a rate-limited link (tbf), whose queue delays
 # packets by up to its latency bound under load. Said so in the log.
@@ -232,7 +238,7 @@ inject_delay() {
     victim=all
     if (( have_netem )); then netem_all delay 100ms 30ms; return; fi
     log "  (no netem: tbf rate 2mbit, up to 100 ms queueing delay)"
-    local s; for s in synapse-0 synapse-1 synapse-2; do ntc "$s" qdisc add dev eth0 root tbf rate 2mbit burst 16kb latency 100ms; done
+    local s; for s in synapse-0 synapse-1 synapse-2; do ntc "$s" qdisc add dev "$(nif "$s")" root tbf rate 2mbit burst 16kb latency 100ms; done
 }
 heal_delay() { clear_netem; }
 inject_clock-skew() {
