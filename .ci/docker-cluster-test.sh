@@ -28,101 +28,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 t0=$(date +%s)
-log() { echo "[docker-test +$(( $(date +%s) - t0 ))s] $*"; }
-fail() { echo "[docker-test +$(( $(date +%s) - t0 ))s] FAIL: $*" >&2; exit 1; }
+log_tag=docker-test
+# Shared setup: image, key, ports, compose project, cleanup trap, helpers.
+source "$repo/.ci/docker-lib.sh"
 
-if ! docker info >/dev/null 2>&1; then
-    echo "################################################################"
-    echo "SKIPPED: docker cluster test (no Docker engine)"
-    echo "################################################################"
-    exit 0
-fi
-
-if command -v docker-compose >/dev/null 2>&1; then
-    compose_bin=(docker-compose)
-elif docker compose version >/dev/null 2>&1; then
-    compose_bin=(docker compose)
-else
-    fail "neither docker-compose nor 'docker compose' is available"
-fi
-
-export SYNAPSE_IMAGE=${SYNAPSE_IMAGE:-synapse:ci}
+dc_require_docker "docker cluster test"
+dc_setup synapse-ci
 writes=${CLUSTER_TEST_WRITES:-20}
-project=synapse-ci-$$
-compose_file=$repo/deploy/compose/docker-compose.yml
-work=$(mktemp -d "${TMPDIR:-/tmp}/synapse-ci.XXXXXX")
-compose() { "${compose_bin[@]}" -p "$project" -f "$compose_file" "$@"; }
-
-cleanup() {
-    rc=$?
-    set +e
-    if [[ $rc != 0 ]]; then
-        echo "---- cluster state at failure ----" >&2
-        compose ps >&2
-        compose logs --no-color --tail=60 >&2
-    fi
-    compose down -v --remove-orphans -t 10 >/dev/null 2>&1
-    rm -rf "$work"
-    left=$(docker ps -aq --filter "label=com.docker.compose.project=$project")
-    [[ -z "$left" ]] || { echo "WARNING: containers left behind: $left" >&2; docker rm -f $left >/dev/null 2>&1; }
-    exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------ image
-log "building image $SYNAPSE_IMAGE offline"
-deploy/build-offline-image.sh "$SYNAPSE_IMAGE"
+dc_build_image
 
 # ------------------------------------------------------------------ config
-docker run --rm --network none "$SYNAPSE_IMAGE" keygen >"$work/root.key"
-grep -Eq '^[0-9a-f]{32,}$' "$work/root.key" || fail "keygen printed no key"
-chmod 0644 "$work/root.key"
-export SYNAPSE_ROOT_KEY=$work/root.key
+dc_keygen
 # Free host ports for the published ports (the test itself uses docker exec).
-read -r -a ports < <(python3 -c '
-import socket
-ss=[socket.socket() for _ in range(6)]
-[s.bind(("127.0.0.1",0)) for s in ss]
-print(" ".join(str(s.getsockname()[1]) for s in ss))')
-export SYNAPSE_BIND=127.0.0.1
-export SYNAPSE_0_GRPC_PORT=${ports[0]} SYNAPSE_0_HTTP_PORT=${ports[1]}
-export SYNAPSE_1_GRPC_PORT=${ports[2]} SYNAPSE_1_HTTP_PORT=${ports[3]}
-export SYNAPSE_2_GRPC_PORT=${ports[4]} SYNAPSE_2_HTTP_PORT=${ports[5]}
+dc_ports
 
 # ------------------------------------------------------------------ helpers
-declare -A ids=()
-ctr() {                                                 # container id of a service (cached)
-    [[ -n "${ids[$1]:-}" ]] || ids[$1]=$(compose ps -q "$1")
-    [[ -n "${ids[$1]}" ]] || { echo "no container for $1" >&2; return 1; }
-    echo "${ids[$1]}"
-}
-sx() { local c; c=$(ctr "$1"); shift; timeout 20 docker exec "$c" /usr/local/bin/synapse "$@"; }
-status_json() { sx "$1" cluster status -w json 2>/dev/null; }
-jq_py() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-
-# wait_until <seconds> <description> <command...>: bounded poll, 1 s apart.
-wait_until() {
-    local limit=$1 what=$2; shift 2
-    local start=$SECONDS n=0
-    while (( SECONDS - start < limit && n < limit * 2 )); do
-        if "$@" >/dev/null 2>&1; then
-            log "$what after $(( SECONDS - start ))s"; return 0
-        fi
-        n=$((n + 1)); sleep 1
-    done
-    fail "$what: not within ${limit}s"
-}
-
-node_ok() {   # healthy, voters [1,2,3], a leader known
-    local svc=$1 h s
-    h=$(docker inspect -f '{{.State.Health.Status}}' "$(ctr "$svc")") || return 1
-    [[ $h == healthy ]] || return 1
-    s=$(status_json "$svc") || return 1
-    [[ $(jq_py 'sorted(d["voters"])==[1,2,3] and not d["learners"] and d["leader_id"]!=0' <<<"$s") == True ]]
-}
-all_ok() { node_ok synapse-0 && node_ok synapse-1 && node_ok synapse-2; }
-
 acked=0
 acked_file=$work/acked-ids        # every acknowledged request id, one a line
 : >"$acked_file"
@@ -162,7 +84,7 @@ conv_hash=""
 log "starting compose project $project (${compose_bin[*]})"
 t_up=$SECONDS
 compose up -d
-for svc in synapse-0 synapse-1 synapse-2; do ctr "$svc" >/dev/null || fail "$svc has no container"; done
+cache_ctrs synapse-0 synapse-1 synapse-2
 wait_until 90 "all 3 nodes healthy with voters [1,2,3]" all_ok
 startup_s=$(( SECONDS - t_up ))
 for svc in synapse-0 synapse-1 synapse-2; do
@@ -228,8 +150,6 @@ pending=()            # ids whose time bound hit before an acknowledgement
 first_ack_at=""
 summary=()            # rows: fault|recovery|acked|converge
 
-now() { date +%s.%N; }
-since() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 
 # try_write <id>: one attempt on the next node in rotation.
 try_write() {
@@ -269,16 +189,6 @@ settle_pending() {
         record_ack "$id"
     done
     pending=()
-}
-
-leader_svc() {   # service name of the current leader, as a live node sees it
-    local svc s id
-    for svc in "${svcs[@]}"; do
-        s=$(timeout 5 docker exec "$(ctr "$svc")" /usr/local/bin/synapse cluster status -w json 2>/dev/null) || continue
-        id=$(jq_py 'd["leader_id"]' <<<"$s")
-        if [[ "$id" =~ ^[1-3]$ ]]; then echo "synapse-$((id - 1))"; return 0; fi
-    done
-    return 1
 }
 
 # after_fault <name> <fault start>: heal already done; wait for the cluster,

@@ -11,6 +11,7 @@
 //! flight) and optionally by count (`--ops`).
 
 mod etcd;
+mod record;
 mod svg;
 
 use std::collections::BTreeMap;
@@ -113,6 +114,26 @@ pub struct BenchOpts {
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Record a history for linearizability checking instead of measuring
+    /// latency: register = kv put/get/cas of small integers, counter =
+    /// counter incr/get. Needs --record-history; uses --clients, --duration,
+    /// --ops, --timeout, --prefix and --endpoints.
+    #[arg(long, value_enum, requires = "record_history")]
+    pub workload: Option<record::Workload>,
+    /// Where the recorded history goes (JSON lines, `synapse::history`); a
+    /// `FILE.meta.json` sidecar holds the wall-clock start of its timeline.
+    #[arg(long, requires = "workload")]
+    pub record_history: Option<PathBuf>,
+    /// Clients sharing one key when recording (1 to 8).
+    #[arg(long, default_value_t = 4)]
+    pub clients_per_key: usize,
+    /// Skip the final read of every key after a recording.
+    #[arg(long)]
+    pub no_final_read: bool,
+    /// Recording: stop issuing operations once this file exists (the
+    /// duration still bounds the run).
+    #[arg(long, requires = "record_history")]
+    pub stop_file: Option<PathBuf>,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -420,6 +441,9 @@ pub async fn run(opts: BenchOpts) -> Result<(), String> {
 }
 
 async fn run_all(opts: BenchOpts) -> Result<(), String> {
+    if let (Some(workload), Some(file)) = (opts.workload, opts.record_history.clone()) {
+        return record_history(opts, workload, file).await;
+    }
     let counts = opts.sweep.clone().unwrap_or_else(|| vec![opts.clients]);
     if counts.is_empty() {
         return Err("--sweep needs at least one client count".into());
@@ -525,6 +549,63 @@ async fn run_all(opts: BenchOpts) -> Result<(), String> {
         return Err(format!(
             "every operation failed ({failed} errors); last: {last}"
         ));
+    }
+    Ok(())
+}
+
+/// `--workload ... --record-history FILE`: see [`record`].
+async fn record_history(
+    opts: BenchOpts,
+    workload: record::Workload,
+    file: PathBuf,
+) -> Result<(), String> {
+    if opts.target != Target::Synapse {
+        return Err("--record-history works against Synapse only".into());
+    }
+    let token = load_token(&opts)?;
+    let endpoints = opts
+        .endpoints
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            if e.contains("://") {
+                e.to_string()
+            } else {
+                format!("http://{e}")
+            }
+        })
+        .collect::<Vec<_>>();
+    if endpoints.is_empty() {
+        return Err("no --endpoints".into());
+    }
+    let s = record::run(record::RecordOpts {
+        workload,
+        endpoints,
+        token,
+        clients: opts.clients,
+        clients_per_key: opts.clients_per_key,
+        duration: opts.duration,
+        ops: opts.ops,
+        timeout: opts.timeout,
+        prefix: opts.prefix.clone(),
+        file: file.clone(),
+        final_read: !opts.no_final_read,
+        stop_file: opts.stop_file.clone(),
+        quiet: opts.quiet,
+    })
+    .await?;
+    println!(
+        "recorded {} ops on {} keys ({} ok, {} fail, {} unknown) into {}",
+        s.ops,
+        s.keys,
+        s.ok,
+        s.fail,
+        s.unknown,
+        file.display()
+    );
+    if s.ok == 0 {
+        return Err("no operation succeeded: the history proves nothing".into());
     }
     Ok(())
 }

@@ -26,6 +26,7 @@ use synapse::client::{v1 as pb, Client, ClientTls};
 use synapse::{format_timestamp, Grant, NodeConfig, Restriction, RootKey, Timestamp};
 
 mod certs;
+mod check_history;
 mod loadgen;
 
 #[derive(Parser)]
@@ -215,6 +216,9 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Check a recorded history (`bench --record-history`) for
+    /// linearizability, per key; exits non-zero on a violation.
+    CheckHistory(check_history::CheckOpts),
 }
 
 #[derive(Subcommand)]
@@ -466,6 +470,11 @@ struct ServeOpts {
     /// file (re-read every 200 ms), to exercise the clock service.
     #[arg(long, hide = true, env = "SYNAPSE_DEBUG_CLOCK_SKEW_FILE")]
     debug_clock_skew_file: Option<PathBuf>,
+    /// VERIFICATION ONLY: serve reads from this node's own possibly stale
+    /// state (a planted bug for the linearizability checker). Refused
+    /// unless SYNAPSE_DEBUG_UNSAFE=1 is set too.
+    #[arg(long, hide = true, env = "SYNAPSE_DEBUG_UNSAFE_STALE_READS")]
+    debug_unsafe_stale_reads: bool,
     /// Cluster root key (hex), e.g. a mounted Kubernetes Secret.
     #[arg(long, env = "SYNAPSE_ROOT_KEY_FILE")]
     root_key_file: Option<PathBuf>,
@@ -729,12 +738,19 @@ fn invoke_json(r: &pb::InvokeResponse) -> Value {
 }
 
 async fn serve(opts: ServeOpts) -> Result<(), Failure> {
+    let stale_reads = opts.debug_unsafe_stale_reads;
+    if stale_reads && std::env::var("SYNAPSE_DEBUG_UNSAFE").as_deref() != Ok("1") {
+        return Err("--debug-unsafe-stale-reads breaks linearizability on purpose; it needs SYNAPSE_DEBUG_UNSAFE=1 as well".to_string().into());
+    }
     let (config, log, skew_file) = opts.into_config()?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| format!("bad --log: {e}"))?,
         )
         .init();
+    if stale_reads {
+        synapse_runtime::node::enable_debug_unsafe_stale_reads();
+    }
     let mut builder = synapse::Node::builder(config);
     if let Some(path) = skew_file {
         builder = builder.clock(skew_from_file(path));
@@ -1176,6 +1192,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Bench(opts) => loadgen::run(opts).await.map_err(Failure::from),
+        Command::CheckHistory(opts) => check_history::run(opts).map_err(Failure::from),
         Command::Health { service, client } => {
             let channel = synapse::client::channel(&client.endpoint, client_tls(&client)?.as_ref())
                 .await

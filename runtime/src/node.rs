@@ -480,10 +480,22 @@ impl Core {
         req: InvokeRequest,
     ) -> Result<InvokeResult, RuntimeError> {
         let status = self.raft.status();
-        if status.role != Role::Leader && self.transport.is_some() {
+        if status.role != Role::Leader && self.transport.is_some() && !self.serves_stale_read(&req)
+        {
             return self.forward_invoke(token, req, &status).await;
         }
         self.invoke_local(token, req).await
+    }
+
+    /// Planted bug (see [`enable_debug_unsafe_stale_reads`]): a read served
+    /// here, from this node's own view, without forwarding or a barrier.
+    fn serves_stale_read(&self, req: &InvokeRequest) -> bool {
+        debug_unsafe_stale_reads()
+            && self
+                .skills
+                .get(&req.skill)
+                .and_then(|s| s.method_kind(&req.method))
+                == Some(MethodKind::Read)
     }
 
     fn admit(&self) -> Result<InflightSlot<'_>, RuntimeError> {
@@ -610,7 +622,9 @@ impl Core {
         };
         match kind {
             MethodKind::Read => {
-                self.linearizable_barrier().await?;
+                if !debug_unsafe_stale_reads() {
+                    self.linearizable_barrier().await?;
+                }
                 self.metrics.reads.fetch_add(1, Ordering::Relaxed);
                 self.send_to_actor(id, &skill, op, req.request_id, req.expected_version, fence)
                     .await
@@ -1846,4 +1860,24 @@ async fn run_node(
         tracing::error!(error = %e, "final sync failed");
     }
     tracing::info!(node = config.node_id, "node stopped");
+}
+
+/// Set once per process by `synapse serve --debug-unsafe-stale-reads`.
+static DEBUG_UNSAFE_STALE_READS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// VERIFICATION ONLY, never in production: from now on every node in this
+/// process serves skill reads from its own possibly stale view (followers
+/// stop forwarding reads, nobody waits for a ReadIndex barrier). It exists
+/// so that the container fault matrix can show that its linearizability
+/// checker catches stale reads; the binary allows it only with
+/// `SYNAPSE_DEBUG_UNSAFE=1` set as well. Process-wide rather than a config
+/// field so that no configuration file can switch it on.
+pub fn enable_debug_unsafe_stale_reads() {
+    DEBUG_UNSAFE_STALE_READS.store(true, Ordering::Relaxed);
+    tracing::warn!("DEBUG UNSAFE: stale reads enabled; reads are NOT linearizable");
+}
+
+fn debug_unsafe_stale_reads() -> bool {
+    DEBUG_UNSAFE_STALE_READS.load(Ordering::Relaxed)
 }
