@@ -31,6 +31,6 @@ pub use checkpoint::{Checkpoint, Hash, Timestamp, ZERO_HASH};
 pub use error::StorageError;
 pub use raft_log::RaftLog;
 pub use store::{
-    ApplyBatch, ChainReport, HeadInfo, RequestRecord, Store, StoreOptions,
+    ApplyBatch, ChainReport, HeadInfo, RepairOutcome, RequestRecord, Store, StoreOptions,
     DEFAULT_RETENTION_VERSIONS,
 };

@@ -1140,6 +1140,9 @@ fn parse_and_validate_snapshot(data: &[u8]) -> Result<KvList, StorageError> {
     Ok(entries)
 }
 
+mod repair;
+pub use repair::RepairOutcome;
+
 #[cfg(test)]
 mod tests {
     use super::*;
