@@ -477,14 +477,31 @@ impl pb::peer_server::Peer for Api {
         }))
     }
 
-    // Placeholder until live corruption repair lands (issue #8).
+    /// A committed checkpoint, verified here before it is sent; the caller
+    /// verifies it again against its own anchor (`crate::repair`).
     async fn fetch_checkpoint(
         &self,
-        _request: Request<pb::FetchCheckpointRequest>,
+        request: Request<pb::FetchCheckpointRequest>,
     ) -> Result<Response<pb::FetchCheckpointResponse>, Status> {
-        Err(Status::unimplemented(
-            "Peer.FetchCheckpoint is not implemented yet",
-        ))
+        let req = request.into_inner();
+        let found = self
+            .core
+            .store()
+            .encoded_checkpoint(&req.skill, &req.instance, req.version)
+            .inspect_err(|e| {
+                if e.is_corrupt() {
+                    // Our copy is damaged too: repair it as well.
+                    self.core.report_corrupt(&req.skill, &req.instance);
+                }
+            })
+            .map_err(crate::RuntimeError::from)?;
+        let checkpoint = found.ok_or_else(|| {
+            crate::RuntimeError::NotFound(format!(
+                "{}/{} v{} is not retained here",
+                req.skill, req.instance, req.version
+            ))
+        })?;
+        Ok(Response::new(pb::FetchCheckpointResponse { checkpoint }))
     }
 
     async fn forward_invoke(
