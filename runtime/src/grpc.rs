@@ -456,6 +456,9 @@ impl pb::peer_server::Peer for Api {
                     );
                     continue;
                 }
+                if !snapshot_verifies(&msg) {
+                    continue;
+                }
                 // A full queue drops the message; raft retransmits.
                 let _ = self.core.raft.step(msg);
             }
@@ -667,4 +670,22 @@ pub(crate) async fn serve(
         }
     });
     Ok((bound, task))
+}
+
+/// A snapshot damaged in transit (or at rest on the sender) is refused
+/// before raft-rs sees it: installing it would fail in the state machine and
+/// stop consensus on this node. Dropping it is a lost message to Raft: the
+/// leader's probe is rejected and it sends a fresh snapshot later.
+fn snapshot_verifies(msg: &raft::eraftpb::Message) -> bool {
+    if msg.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot {
+        return true;
+    }
+    match synapse_storage::Store::verify_snapshot_data(msg.get_snapshot().get_data()) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(from = msg.from, index = msg.get_snapshot().get_metadata().get_index(),
+                error = %e, "refusing a snapshot that fails verification; the leader will send another");
+            false
+        }
+    }
 }
