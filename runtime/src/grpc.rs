@@ -689,3 +689,37 @@ fn snapshot_verifies(msg: &raft::eraftpb::Message) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::snapshot_verifies;
+    use raft::eraftpb::{Message, MessageType};
+
+    fn snapshot_msg(data: Vec<u8>) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.mut_snapshot().set_data(data.into());
+        m
+    }
+
+    #[test]
+    fn damaged_snapshots_are_refused_intact_ones_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            synapse_storage::Store::open(dir.path(), synapse_storage::StoreOptions::default())
+                .unwrap();
+        let good = store.snapshot_state().unwrap();
+        assert!(snapshot_verifies(&snapshot_msg(good.clone())));
+        for pos in [0, good.len() / 2, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[pos] ^= 0x01;
+            assert!(!snapshot_verifies(&snapshot_msg(bad)), "flip at {pos}");
+        }
+        assert!(!snapshot_verifies(&snapshot_msg(good[..good.len() - 1].to_vec())));
+        assert!(!snapshot_verifies(&snapshot_msg(Vec::new())));
+        // Other messages are not inspected.
+        let mut append = Message::default();
+        append.set_msg_type(MessageType::MsgAppend);
+        assert!(snapshot_verifies(&append));
+    }
+}
