@@ -220,8 +220,7 @@ fn debug_corrupt(
     let store = synapse_storage::Store::open(data_dir, Default::default()).map_err(err)?;
     let what = match what {
         CorruptTarget::Checkpoint => {
-            let target =
-                target.ok_or_else(|| Failure::from("--target is required".to_string()))?;
+            let target = target.ok_or_else(|| Failure::from("--target is required".to_string()))?;
             let (skill, instance) = split_target(target)?;
             store
                 .debug_corrupt_checkpoint(&skill, &instance, version)

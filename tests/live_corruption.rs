@@ -153,9 +153,17 @@ async fn follower_with_corrupt_checkpoints_refuses_them_and_repairs_from_peers()
         corrupt(&fdir, "counter/w2", None),
     ];
     println!("damaged on node {follower}: {damaged:?}");
-    let before = w.acked.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>();
+    let before = w
+        .acked
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .sum::<u64>();
     wait_for("writes while the follower is down", || async {
-        let now = w.acked.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>();
+        let now = w
+            .acked
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .sum::<u64>();
         if now >= before + 10 {
             Ok(())
         } else {

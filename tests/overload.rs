@@ -162,7 +162,8 @@ async fn overload_is_refused_quickly_memory_stays_bounded_and_service_recovers()
     wait_leader(std::slice::from_ref(&addr), &token).await;
     let rss_start = rss_kib(pid).unwrap_or(0);
 
-    let (cap, cap_time, _) = run_phase(&addr, &token, CAPACITY_CLIENTS, 64, CAPACITY_RUN, pid).await;
+    let (cap, cap_time, _) =
+        run_phase(&addr, &token, CAPACITY_CLIENTS, 64, CAPACITY_RUN, pid).await;
     assert!(
         cap.other.is_empty(),
         "errors at normal load: {:?}",
@@ -189,8 +190,7 @@ async fn overload_is_refused_quickly_memory_stays_bounded_and_service_recovers()
     let mut n = 0;
     while stopped.elapsed() < HANG_GUARD {
         n += 1;
-        if c
-            .skills
+        if c.skills
             .invoke(incr_request("after", &format!("after-{n}")))
             .await
             .is_ok()

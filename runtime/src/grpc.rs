@@ -715,7 +715,9 @@ mod snapshot_tests {
             bad[pos] ^= 0x01;
             assert!(!snapshot_verifies(&snapshot_msg(bad)), "flip at {pos}");
         }
-        assert!(!snapshot_verifies(&snapshot_msg(good[..good.len() - 1].to_vec())));
+        assert!(!snapshot_verifies(&snapshot_msg(
+            good[..good.len() - 1].to_vec()
+        )));
         assert!(!snapshot_verifies(&snapshot_msg(Vec::new())));
         // Other messages are not inspected.
         let mut append = Message::default();

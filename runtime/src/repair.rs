@@ -100,7 +100,11 @@ pub(crate) async fn repair_task(core: Arc<Core>, mut stop: tokio::sync::watch::R
     match tokio::task::spawn_blocking(move || store.damaged_instances(SCRUB_MAX)).await {
         Ok(Ok(list)) => {
             for (skill, instance) in list {
-                tracing::error!(skill, instance, "scrub: damaged checkpoint record; queued for repair");
+                tracing::error!(
+                    skill,
+                    instance,
+                    "scrub: damaged checkpoint record; queued for repair"
+                );
                 core.metrics.data_loss.fetch_add(1, Ordering::Relaxed);
                 core.env.repair.report(&skill, &instance);
             }
@@ -151,10 +155,9 @@ pub(crate) async fn repair_task(core: Arc<Core>, mut stop: tokio::sync::watch::R
 async fn repair_instance(core: &Arc<Core>, id: &InstanceId) -> Result<bool, crate::RuntimeError> {
     let store = core.store.clone();
     let (skill, instance) = (id.skill.clone(), id.instance.clone());
-    let damaged =
-        tokio::task::spawn_blocking(move || store.damaged_versions(&skill, &instance))
-            .await
-            .map_err(|e| crate::RuntimeError::Internal(format!("repair scan: {e}")))??;
+    let damaged = tokio::task::spawn_blocking(move || store.damaged_versions(&skill, &instance))
+        .await
+        .map_err(|e| crate::RuntimeError::Internal(format!("repair scan: {e}")))??;
     if damaged.is_empty() {
         return Ok(true);
     }

@@ -314,7 +314,10 @@ mod tests {
     fn a_copy_that_does_not_match_the_anchor_is_refused() {
         let (_d1, node, _d2, _peer) = pair();
         flip(&node, 5);
-        let before = node.raw_tree("state").unwrap().get(checkpoint_key("counter", "a", 5));
+        let before = node
+            .raw_tree("state")
+            .unwrap()
+            .get(checkpoint_key("counter", "a", 5));
         // A validly sealed v5 that is not the committed one (a diverged or
         // lying peer): its own hash verifies, the anchor does not.
         let other = chain("counter", "a", 5);
@@ -332,8 +335,15 @@ mod tests {
                 .unwrap_err()
                 .is_corrupt());
         }
-        let after = node.raw_tree("state").unwrap().get(checkpoint_key("counter", "a", 5));
-        assert_eq!(before.unwrap(), after.unwrap(), "a refused copy was written");
+        let after = node
+            .raw_tree("state")
+            .unwrap()
+            .get(checkpoint_key("counter", "a", 5));
+        assert_eq!(
+            before.unwrap(),
+            after.unwrap(),
+            "a refused copy was written"
+        );
         assert!(node.latest("counter", "a").unwrap_err().is_corrupt());
     }
 
