@@ -219,6 +219,81 @@ enum Command {
     /// Check a recorded history (`bench --record-history`) for
     /// linearizability, per key; exits non-zero on a violation.
     CheckHistory(check_history::CheckOpts),
+    /// Fault injection for the corruption tests (offline, on a stopped
+    /// node's data directory). Not for production use.
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        command: DebugCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DebugCommand {
+    /// Damage one stored record so that detection and repair can be tested.
+    Corrupt {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, value_enum)]
+        what: CorruptTarget,
+        /// `<skill>/<instance>` (for `checkpoint`).
+        #[arg(long)]
+        target: Option<String>,
+        /// Checkpoint version (default: the head version).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Raft log index (for `raft-entry`; default: the applied index).
+        #[arg(long)]
+        index: Option<u64>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CorruptTarget {
+    Checkpoint,
+    RaftEntry,
+}
+
+/// `synapse debug corrupt`: flips one byte of a stored record in place.
+fn debug_corrupt(
+    data_dir: &std::path::Path,
+    what: CorruptTarget,
+    target: Option<&str>,
+    version: Option<u64>,
+    index: Option<u64>,
+) -> Result<(), Failure> {
+    let err = |e: synapse_storage::StorageError| Failure::from(e.to_string());
+    let store = synapse_storage::Store::open(data_dir, Default::default()).map_err(err)?;
+    let what = match what {
+        CorruptTarget::Checkpoint => {
+            let target = target.ok_or_else(|| Failure::from("--target is required".to_string()))?;
+            let (skill, instance) = split_target(target)?;
+            store
+                .debug_corrupt_checkpoint(&skill, &instance, version)
+                .map_err(err)?
+        }
+        CorruptTarget::RaftEntry => {
+            let index = match index {
+                Some(i) => i,
+                None => store.applied_index().map_err(err)?,
+            };
+            let tree = store.raw_tree("raft_log").map_err(err)?;
+            let key = index.to_be_bytes();
+            let mut raw = tree
+                .get(key)
+                .map_err(|e| Failure::from(e.to_string()))?
+                .ok_or_else(|| Failure::from(format!("no raft log record at index {index}")))?
+                .to_vec();
+            let pos = raw.len() / 2;
+            raw[pos] ^= 0x5a;
+            tree.insert(key, raw)
+                .map_err(|e| Failure::from(e.to_string()))?;
+            format!("raft log index {index}: byte {pos} flipped")
+        }
+    };
+    store.sync().map_err(err)?;
+    outln!("corrupted {what}");
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -1191,6 +1266,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             });
             Ok(())
         }
+        Command::Debug {
+            command:
+                DebugCommand::Corrupt {
+                    data_dir,
+                    what,
+                    target,
+                    version,
+                    index,
+                },
+        } => debug_corrupt(&data_dir, what, target.as_deref(), version, index),
         Command::Bench(opts) => loadgen::run(opts).await.map_err(Failure::from),
         Command::CheckHistory(opts) => check_history::run(opts).map_err(Failure::from),
         Command::Health { service, client } => {

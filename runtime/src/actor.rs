@@ -59,6 +59,8 @@ pub(crate) struct ActorEnv {
     pub hlc: Arc<Hlc>,
     pub config: NodeConfig,
     pub metrics: Arc<Metrics>,
+    /// Where damaged checkpoints are reported for repair from peers.
+    pub repair: crate::repair::RepairQueue,
 }
 
 pub(crate) enum Op {
@@ -149,7 +151,16 @@ impl Actor for InstanceActor {
 impl InstanceActor {
     fn load(&mut self) -> Result<&mut Head, RuntimeError> {
         if self.head.is_none() {
-            let loaded = match self.env.store.latest(&self.id.skill, &self.id.instance)? {
+            let latest = self
+                .env
+                .store
+                .latest(&self.id.skill, &self.id.instance)
+                .inspect_err(|e| {
+                    if e.is_corrupt() {
+                        self.env.repair.report(&self.id.skill, &self.id.instance);
+                    }
+                });
+            let loaded = match latest? {
                 Some(cp) => Head {
                     version: cp.version,
                     hash: cp.hash,
@@ -270,6 +281,9 @@ impl InstanceActor {
             Err(e) => {
                 self.head = None;
                 self.env.metrics.data_loss.fetch_add(1, Ordering::Relaxed);
+                if e.is_corrupt() {
+                    self.env.repair.report(&self.id.skill, &self.id.instance);
+                }
                 tracing::error!(instance = %self.id, error = %e, "stored head fails verification; not serving");
                 Err(e.into())
             }

@@ -474,6 +474,9 @@ impl pb::peer_server::Peer for Api {
                     );
                     continue;
                 }
+                if !snapshot_verifies(&msg) {
+                    continue;
+                }
                 // A full queue drops the message; raft retransmits.
                 let _ = self.core.raft.step(msg);
             }
@@ -496,15 +499,32 @@ impl pb::peer_server::Peer for Api {
         }))
     }
 
-    // Placeholder until live corruption repair lands (issue #8).
+    /// A committed checkpoint, verified here before it is sent; the caller
+    /// verifies it again against its own anchor (`crate::repair`).
     async fn fetch_checkpoint(
         &self,
         request: Request<pb::FetchCheckpointRequest>,
     ) -> Result<Response<pb::FetchCheckpointResponse>, Status> {
         self.authorize_peer(&request, "fetch_checkpoint")?;
-        Err(Status::unimplemented(
-            "Peer.FetchCheckpoint is not implemented yet",
-        ))
+        let req = request.into_inner();
+        let found = self
+            .core
+            .store()
+            .encoded_checkpoint(&req.skill, &req.instance, req.version)
+            .inspect_err(|e| {
+                if e.is_corrupt() {
+                    // Our copy is damaged too: repair it as well.
+                    self.core.report_corrupt(&req.skill, &req.instance);
+                }
+            })
+            .map_err(crate::RuntimeError::from)?;
+        let checkpoint = found.ok_or_else(|| {
+            crate::RuntimeError::NotFound(format!(
+                "{}/{} v{} is not retained here",
+                req.skill, req.instance, req.version
+            ))
+        })?;
+        Ok(Response::new(pb::FetchCheckpointResponse { checkpoint }))
     }
 
     async fn forward_invoke(
@@ -706,4 +726,58 @@ pub(crate) async fn serve(
         }
     });
     Ok((bound, task))
+}
+
+/// A snapshot damaged in transit (or at rest on the sender) is refused
+/// before raft-rs sees it: installing it would fail in the state machine and
+/// stop consensus on this node. Dropping it is a lost message to Raft: the
+/// leader's probe is rejected and it sends a fresh snapshot later.
+fn snapshot_verifies(msg: &raft::eraftpb::Message) -> bool {
+    if msg.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot {
+        return true;
+    }
+    match synapse_storage::Store::verify_snapshot_data(msg.get_snapshot().get_data()) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(from = msg.from, index = msg.get_snapshot().get_metadata().get_index(),
+                error = %e, "refusing a snapshot that fails verification; the leader will send another");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::snapshot_verifies;
+    use raft::eraftpb::{Message, MessageType};
+
+    fn snapshot_msg(data: Vec<u8>) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.mut_snapshot().set_data(data.into());
+        m
+    }
+
+    #[test]
+    fn damaged_snapshots_are_refused_intact_ones_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            synapse_storage::Store::open(dir.path(), synapse_storage::StoreOptions::default())
+                .unwrap();
+        let good = store.snapshot_state().unwrap();
+        assert!(snapshot_verifies(&snapshot_msg(good.clone())));
+        for pos in [0, good.len() / 2, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[pos] ^= 0x01;
+            assert!(!snapshot_verifies(&snapshot_msg(bad)), "flip at {pos}");
+        }
+        assert!(!snapshot_verifies(&snapshot_msg(
+            good[..good.len() - 1].to_vec()
+        )));
+        assert!(!snapshot_verifies(&snapshot_msg(Vec::new())));
+        // Other messages are not inspected.
+        let mut append = Message::default();
+        append.set_msg_type(MessageType::MsgAppend);
+        assert!(snapshot_verifies(&append));
+    }
 }

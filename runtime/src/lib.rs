@@ -27,6 +27,7 @@ pub mod guard;
 mod http;
 pub mod metrics;
 pub mod node;
+pub mod repair;
 pub mod skill;
 pub mod skills;
 mod state_machine;

@@ -19,6 +19,11 @@ pub struct Metrics {
     pub handler_panics: AtomicU64,
     pub handler_deadline_overruns: AtomicU64,
     pub data_loss: AtomicU64,
+    /// Damaged checkpoint records rewritten from a verified peer copy.
+    pub checkpoint_repairs: AtomicU64,
+    /// Repairs given up (no peer had a verified copy, or the anchor itself
+    /// is damaged).
+    pub repair_failures: AtomicU64,
     pub leader_changes: AtomicU64,
     pub active_instances: AtomicU64,
     pub watchers: AtomicU64,
@@ -91,6 +96,16 @@ impl Metrics {
             "data_loss_total",
             "Reads that found a corrupt record.",
             g(&self.data_loss),
+        );
+        counter(
+            "checkpoint_repairs_total",
+            "Damaged checkpoint records rewritten from a verified peer copy.",
+            g(&self.checkpoint_repairs),
+        );
+        counter(
+            "repair_failures_total",
+            "Checkpoint repairs given up (no verified copy, or the anchor is damaged).",
+            g(&self.repair_failures),
         );
         counter(
             "leader_changes_total",

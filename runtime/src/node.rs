@@ -259,6 +259,27 @@ impl Core {
             .unwrap_or_default()
     }
 
+    /// Queues `skill/instance` for repair from peers (`crate::repair`); the
+    /// caller still answers DATA_LOSS.
+    pub(crate) fn report_corrupt(&self, skill: &str, instance: &str) {
+        self.env.repair.report(skill, instance);
+    }
+
+    /// The cached channel to a peer (for `crate::repair`).
+    pub(crate) fn peer_channel(
+        &self,
+        address: &str,
+    ) -> Result<tonic::transport::Channel, RuntimeError> {
+        self.channels.get(address)
+    }
+
+    fn report_if_corrupt(&self, e: &synapse_storage::StorageError, skill: &str, instance: &str) {
+        if e.is_corrupt() {
+            self.metrics.data_loss.fetch_add(1, Ordering::Relaxed);
+            self.report_corrupt(skill, instance);
+        }
+    }
+
     fn skill(&self, name: &str) -> Result<&Arc<dyn DynSkill>, RuntimeError> {
         self.skills
             .get(name)
@@ -738,6 +759,7 @@ impl Core {
         let found = found.inspect_err(|e| {
             if matches!(e, synapse_storage::StorageError::Corrupt { .. }) {
                 self.metrics.data_loss.fetch_add(1, Ordering::Relaxed);
+                self.report_corrupt(skill, instance);
             }
         })?;
         found.ok_or_else(|| match version {
@@ -763,7 +785,8 @@ impl Core {
         )?;
         self.linearizable_barrier().await?;
         self.store
-            .at_or_before(skill, instance, at)?
+            .at_or_before(skill, instance, at)
+            .inspect_err(|e| self.report_if_corrupt(e, skill, instance))?
             .ok_or_else(|| {
                 RuntimeError::NotFound(format!(
                     "{skill}/{instance} has no retained checkpoint at or before that time"
@@ -792,7 +815,10 @@ impl Core {
             0 => 100,
             n => n.min(MAX_HISTORY),
         };
-        let list = self.store.history(skill, instance, before_version, limit)?;
+        let list = self
+            .store
+            .history(skill, instance, before_version, limit)
+            .inspect_err(|e| self.report_if_corrupt(e, skill, instance))?;
         if list.is_empty() && self.store.latest(skill, instance)?.is_none() {
             return Err(RuntimeError::NotFound(format!(
                 "{skill}/{instance} has no checkpoint"
@@ -823,6 +849,7 @@ impl Core {
         }
         if !report.ok {
             self.metrics.data_loss.fetch_add(1, Ordering::Relaxed);
+            self.report_corrupt(skill, instance);
             tracing::error!(skill, instance, problem = ?report.problem, "hash chain does not verify");
         }
         Ok(report)
@@ -1435,6 +1462,7 @@ async fn open_core(
         hlc: hlc.clone(),
         config: config.clone(),
         metrics: metrics.clone(),
+        repair: Default::default(),
     });
     let clock = Arc::new(ClockService::new(Duration::from_millis(
         config.max_clock_offset_ms,
@@ -1783,6 +1811,10 @@ async fn run_node(
     tokio::spawn(bootstrap_task(core.clone(), servers_stop_rx.clone()));
     if core.transport.is_some() {
         tokio::spawn(clock_task(core.clone(), servers_stop_rx.clone()));
+        tokio::spawn(crate::repair::repair_task(
+            core.clone(),
+            servers_stop_rx.clone(),
+        ));
     }
     if config.join_address().is_some() {
         tokio::spawn(join_task(core.clone(), servers_stop_rx.clone()));

@@ -1234,6 +1234,9 @@ fn parse_and_validate_snapshot(data: &[u8]) -> Result<KvList, StorageError> {
     Ok(entries)
 }
 
+mod repair;
+pub use repair::RepairOutcome;
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

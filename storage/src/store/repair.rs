@@ -1,0 +1,384 @@
+//! Read-path repair helpers: find checkpoint records that fail verification
+//! and write back a copy fetched from a peer, but only after it verifies
+//! against a reference this node already trusts.
+//!
+//! Why a peer's copy can be trusted at all: committed checkpoints are
+//! byte-identical on every node (they come from the same Raft entries), and
+//! every retained version has a local *anchor* that commits to its hash:
+//! the head version is anchored by the checksummed head record, every older
+//! version by the `parent_hash` of the next version. A fetched body is
+//! written only if its SHA-256 equals the anchor, so a lying or equally
+//! damaged peer can at worst leave the record unrepaired, never change it.
+//! Repairing newest-first makes each repaired version the anchor for the one
+//! below it.
+//!
+//! What cannot be repaired here: a damaged head record (nothing local commits
+//! to it; the operator procedure is to re-seed the node) and request-id
+//! records (they are checksummed and reported as DATA_LOSS if damaged).
+
+use super::*;
+
+/// What `Store::repair_checkpoint` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepairOutcome {
+    /// The damaged (or missing) record was replaced by the verified copy.
+    Repaired,
+    /// The stored record verifies now (already repaired, or never damaged):
+    /// nothing was written.
+    AlreadyIntact,
+    /// The version is no longer retained here (pruned since the damage was
+    /// found): nothing to repair.
+    Superseded,
+}
+
+impl Store {
+    /// Versions of one instance whose stored record fails verification or is
+    /// missing inside the retained range, newest first. `Corrupt` if the
+    /// head record itself is damaged (it is the anchor; see module docs).
+    pub fn damaged_versions(&self, skill: &str, instance: &str) -> Result<Vec<u64>, StorageError> {
+        validate_names(skill, instance)?;
+        let _guard = read(&self.inner.apply_lock);
+        let Some(raw) = self.inner.state.get(head_key(skill, instance))? else {
+            return Ok(Vec::new());
+        };
+        let head = decode_head(&raw)?;
+        let prefix = instance_prefix(TAG_CHECKPOINT, skill, instance);
+        let mut damaged = Vec::new();
+        let mut expected: Option<u64> = None;
+        for item in self.inner.state.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let Some(version) = key_u64(&k[prefix.len()..]) else {
+                continue;
+            };
+            if version > head.version {
+                // Cannot be committed here: not ours to judge or repair.
+                break;
+            }
+            if let Some(next) = expected {
+                // A hole in the retained range is a lost record.
+                damaged.extend(next..version);
+            }
+            if decode_checkpoint_at(&v, skill, instance, version).is_err() {
+                damaged.push(version);
+            }
+            expected = Some(version + 1);
+        }
+        match expected {
+            Some(next) if next <= head.version => damaged.extend(next..=head.version),
+            None if head.version > 0 => damaged.push(head.version),
+            _ => {}
+        }
+        damaged.sort_unstable_by(|a, b| b.cmp(a));
+        damaged.dedup();
+        Ok(damaged)
+    }
+
+    /// Instances with at least one checkpoint record that fails verification
+    /// (or a head pointing at a missing record), at most `max`: the
+    /// background scrub after a restart. Reads the whole state tree, so the
+    /// caller runs it off the serving thread.
+    pub fn damaged_instances(&self, max: usize) -> Result<Vec<(String, String)>, StorageError> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for item in self.inner.state.scan_prefix([TAG_CHECKPOINT]) {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = item?;
+            let Some((skill, instance, rest)) = split_instance_key(&k) else {
+                continue;
+            };
+            let Some(version) = key_u64(rest) else {
+                continue;
+            };
+            if decode_checkpoint_at(&v, skill, instance, version).is_err()
+                && !out.iter().any(|(s, i)| s == skill && i == instance)
+            {
+                out.push((skill.to_owned(), instance.to_owned()));
+            }
+        }
+        for item in self.inner.state.scan_prefix([TAG_HEAD]) {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = item?;
+            let Some((skill, instance, _)) = split_instance_key(&k) else {
+                continue;
+            };
+            let Ok(head) = decode_head(&v) else {
+                // Reported by every read of the instance; not repairable here.
+                continue;
+            };
+            if self
+                .inner
+                .state
+                .get(checkpoint_key(skill, instance, head.version))?
+                .is_none()
+                && !out.iter().any(|(s, i)| s == skill && i == instance)
+            {
+                out.push((skill.to_owned(), instance.to_owned()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored encoding of one version, verified first, for a peer that
+    /// repairs its copy. `Corrupt` if this node's copy is damaged too.
+    pub fn encoded_checkpoint(
+        &self,
+        skill: &str,
+        instance: &str,
+        version: u64,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.get(skill, instance, version)?.map(|cp| cp.encode()))
+    }
+
+    /// Writes back a copy of `skill/instance` v`version` fetched from a peer,
+    /// if and only if it verifies against the local anchor (module docs).
+    /// Runs under the apply lock, so an apply or prune of the same instance
+    /// cannot interleave. A copy that does not verify is `Corrupt` and
+    /// nothing is written.
+    pub fn repair_checkpoint(
+        &self,
+        skill: &str,
+        instance: &str,
+        version: u64,
+        encoded: &[u8],
+    ) -> Result<RepairOutcome, StorageError> {
+        validate_names(skill, instance)?;
+        let fetched = decode_checkpoint_at(encoded, skill, instance, version)
+            .map_err(|e| corrupt(format!("fetched copy: {e}")))?;
+        let _guard = write(&self.inner.apply_lock);
+        let state = &self.inner.state;
+        let Some(raw) = state.get(head_key(skill, instance))? else {
+            return Ok(RepairOutcome::Superseded);
+        };
+        let head = decode_head(&raw)?;
+        if version > head.version {
+            return Err(StorageError::Invalid(format!(
+                "{skill}/{instance} v{version} is above the local head v{}",
+                head.version
+            )));
+        }
+        if version + self.inner.retention <= head.version {
+            return Ok(RepairOutcome::Superseded);
+        }
+        let key = checkpoint_key(skill, instance, version);
+        let existing = state.get(&key)?;
+        if let Some(raw) = &existing {
+            if decode_checkpoint_at(raw, skill, instance, version).is_ok() {
+                return Ok(RepairOutcome::AlreadyIntact);
+            }
+        }
+        let anchor = if version == head.version {
+            head.hash
+        } else {
+            let child = state
+                .get(checkpoint_key(skill, instance, version + 1))?
+                .ok_or_else(|| {
+                    corrupt(format!(
+                        "{skill}/{instance} v{}: missing, so v{version} has no anchor",
+                        version + 1
+                    ))
+                })?;
+            decode_checkpoint_at(&child, skill, instance, version + 1)
+                .map_err(|e| corrupt(format!("anchor of v{version}: {e}")))?
+                .parent_hash
+        };
+        if fetched.hash != anchor {
+            return Err(corrupt(format!(
+                "{skill}/{instance} v{version}: fetched copy hash {} differs from the local anchor {}",
+                hex::encode(fetched.hash),
+                hex::encode(anchor)
+            )));
+        }
+        if existing.is_none() && version != head.version {
+            // A hole below the head: only refill it if the version below is
+            // retained too (otherwise it was pruned, not lost).
+            let below = version
+                .checked_sub(1)
+                .map(|v| state.get(checkpoint_key(skill, instance, v)))
+                .transpose()?
+                .flatten();
+            if below.is_none() {
+                return Ok(RepairOutcome::Superseded);
+            }
+        }
+        state.insert(key, fetched.encode())?;
+        Ok(RepairOutcome::Repaired)
+    }
+
+    /// Test and debug tool (`synapse debug corrupt`): damages one stored
+    /// record in place so detection and repair can be exercised on a real
+    /// node: flips one byte in the middle of version `version` (default:
+    /// the head version). Returns a description of what was damaged.
+    #[doc(hidden)]
+    pub fn debug_corrupt_checkpoint(
+        &self,
+        skill: &str,
+        instance: &str,
+        version: Option<u64>,
+    ) -> Result<String, StorageError> {
+        validate_names(skill, instance)?;
+        let _guard = write(&self.inner.apply_lock);
+        let version = match version {
+            Some(v) => v,
+            None => {
+                let raw = self
+                    .inner
+                    .state
+                    .get(head_key(skill, instance))?
+                    .ok_or(StorageError::NotFound)?;
+                decode_head(&raw)?.version
+            }
+        };
+        let key = checkpoint_key(skill, instance, version);
+        let mut raw = self
+            .inner
+            .state
+            .get(&key)?
+            .ok_or(StorageError::NotFound)?
+            .to_vec();
+        let pos = raw.len().saturating_sub(1) / 2;
+        if let Some(b) = raw.get_mut(pos) {
+            *b ^= 0x5a;
+        }
+        self.inner.state.insert(key, raw)?;
+        Ok(format!("{skill}/{instance} v{version}: byte {pos} flipped"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::{chain, open_tmp};
+
+    fn apply(store: &Store, cps: &[Checkpoint]) {
+        for (i, cp) in cps.iter().enumerate() {
+            let mut b = ApplyBatch::default();
+            b.put_checkpoint(cp, b"reply");
+            b.set_applied(i as u64 + 1);
+            store.commit_apply(b).unwrap();
+        }
+    }
+
+    fn flip(store: &Store, version: u64) {
+        store
+            .debug_corrupt_checkpoint("counter", "a", Some(version))
+            .unwrap();
+    }
+
+    /// A node and a peer holding the same committed chain v1..=5.
+    fn pair() -> (tempfile::TempDir, Store, tempfile::TempDir, Store) {
+        let cps = chain("counter", "a", 5);
+        let (d1, node) = open_tmp(100);
+        let (d2, peer) = open_tmp(100);
+        apply(&node, &cps);
+        apply(&peer, &cps);
+        (d1, node, d2, peer)
+    }
+
+    #[test]
+    fn damaged_versions_are_found_and_repaired_newest_first() {
+        let (_d1, node, _d2, peer) = pair();
+        flip(&node, 5);
+        flip(&node, 3);
+        assert!(node.latest("counter", "a").unwrap_err().is_corrupt());
+        assert_eq!(node.damaged_versions("counter", "a").unwrap(), vec![5, 3]);
+        assert_eq!(
+            node.damaged_instances(10).unwrap(),
+            vec![("counter".to_string(), "a".to_string())]
+        );
+        for v in node.damaged_versions("counter", "a").unwrap() {
+            let copy = peer.encoded_checkpoint("counter", "a", v).unwrap().unwrap();
+            assert_eq!(
+                node.repair_checkpoint("counter", "a", v, &copy).unwrap(),
+                RepairOutcome::Repaired
+            );
+        }
+        assert!(node.damaged_versions("counter", "a").unwrap().is_empty());
+        assert!(node.verify_chain("counter", "a").unwrap().ok);
+        assert_eq!(node.state_hash().unwrap(), peer.state_hash().unwrap());
+        assert_eq!(
+            node.latest("counter", "a").unwrap().unwrap(),
+            peer.latest("counter", "a").unwrap().unwrap()
+        );
+        // Repairing an intact record writes nothing.
+        let copy = peer.encoded_checkpoint("counter", "a", 5).unwrap().unwrap();
+        assert_eq!(
+            node.repair_checkpoint("counter", "a", 5, &copy).unwrap(),
+            RepairOutcome::AlreadyIntact
+        );
+    }
+
+    #[test]
+    fn a_copy_that_does_not_match_the_anchor_is_refused() {
+        let (_d1, node, _d2, _peer) = pair();
+        flip(&node, 5);
+        let before = node
+            .raw_tree("state")
+            .unwrap()
+            .get(checkpoint_key("counter", "a", 5));
+        // A validly sealed v5 that is not the committed one (a diverged or
+        // lying peer): its own hash verifies, the anchor does not.
+        let other = chain("counter", "a", 5);
+        let mut forged = other[4].clone();
+        forged.state = b"forged".to_vec();
+        forged.hash = forged.compute_hash();
+        let err = node
+            .repair_checkpoint("counter", "a", 5, &forged.encode())
+            .unwrap_err();
+        assert!(err.is_corrupt(), "{err}");
+        // Garbage and a copy of another version are refused as well.
+        for bad in [b"garbage".to_vec(), other[3].encode()] {
+            assert!(node
+                .repair_checkpoint("counter", "a", 5, &bad)
+                .unwrap_err()
+                .is_corrupt());
+        }
+        let after = node
+            .raw_tree("state")
+            .unwrap()
+            .get(checkpoint_key("counter", "a", 5));
+        assert_eq!(
+            before.unwrap(),
+            after.unwrap(),
+            "a refused copy was written"
+        );
+        assert!(node.latest("counter", "a").unwrap_err().is_corrupt());
+    }
+
+    #[test]
+    fn an_older_version_needs_its_anchor_repaired_first() {
+        let (_d1, node, _d2, peer) = pair();
+        flip(&node, 5);
+        flip(&node, 4);
+        let v4 = peer.encoded_checkpoint("counter", "a", 4).unwrap().unwrap();
+        assert!(node
+            .repair_checkpoint("counter", "a", 4, &v4)
+            .unwrap_err()
+            .is_corrupt());
+        let v5 = peer.encoded_checkpoint("counter", "a", 5).unwrap().unwrap();
+        node.repair_checkpoint("counter", "a", 5, &v5).unwrap();
+        assert_eq!(
+            node.repair_checkpoint("counter", "a", 4, &v4).unwrap(),
+            RepairOutcome::Repaired
+        );
+        assert!(node.verify_chain("counter", "a").unwrap().ok);
+    }
+
+    #[test]
+    fn a_lost_record_inside_the_retained_range_is_refilled() {
+        let (_d1, node, _d2, peer) = pair();
+        node.raw_tree("state")
+            .unwrap()
+            .remove(checkpoint_key("counter", "a", 3))
+            .unwrap();
+        assert_eq!(node.damaged_versions("counter", "a").unwrap(), vec![3]);
+        let v3 = peer.encoded_checkpoint("counter", "a", 3).unwrap().unwrap();
+        assert_eq!(
+            node.repair_checkpoint("counter", "a", 3, &v3).unwrap(),
+            RepairOutcome::Repaired
+        );
+        assert!(node.verify_chain("counter", "a").unwrap().ok);
+    }
+}

@@ -1,0 +1,313 @@
+//! Offline corruption campaign (issue #8 item 4): seeded, replayable random
+//! damage to stored checkpoints, Raft log records and state snapshots.
+//!
+//! Each injection is one of: a single bit flip, a truncation, or a zeroed
+//! block (1–64 bytes), at a random position of a random record. After each
+//! one the record must be reported as `StorageError::Corrupt` by every read
+//! path that touches it (never returned as data, never a panic); damaged
+//! checkpoints are then repaired from a peer's copy (verified against the
+//! local anchor) and the chain verifies again; a damaged snapshot is refused
+//! by `verify_snapshot_data` and by `restore_state`, which leaves the target
+//! store untouched.
+//!
+//! `CORRUPTION_SEED` (default 1) and `CORRUPTION_INJECTIONS` (default 600)
+//! replay or widen a run; the figures are printed (`--nocapture`).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use raft::eraftpb::Entry;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use synapse_storage::{
+    ApplyBatch, Checkpoint, RepairOutcome, StorageError, Store, StoreOptions, Timestamp, ZERO_HASH,
+};
+
+const INSTANCES: usize = 6;
+const VERSIONS: u64 = 5;
+const LOG_ENTRIES: u64 = 40;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(
+        dir,
+        StoreOptions {
+            flush_every_ms: None,
+            ..Default::default()
+        },
+    )
+    .expect("open store")
+}
+
+/// Same committed data on every store: INSTANCES chains of VERSIONS and a
+/// Raft log 1..=LOG_ENTRIES whose entries carry the checkpoints.
+fn populate(store: &Store) {
+    let mut log = Vec::new();
+    let mut index = 0;
+    for i in 0..INSTANCES {
+        let mut parent = ZERO_HASH;
+        for v in 1..=VERSIONS {
+            let cp = Checkpoint::seal(
+                "counter".into(),
+                format!("i{i}"),
+                v,
+                parent,
+                format!("{{\"value\":{}}}", v * 7 + i as u64).into_bytes(),
+                Timestamp {
+                    physical_micros: 1_000 * v + i as u64,
+                    logical: 0,
+                    node_id: 1,
+                },
+                format!("r{i}-{v}"),
+            );
+            parent = cp.hash;
+            index += 1;
+            let mut b = ApplyBatch::default();
+            b.put_checkpoint(&cp, b"{}");
+            b.set_applied(index);
+            store.commit_apply(b).expect("apply");
+            log.push(Entry {
+                index,
+                term: 1,
+                data: cp.encode().into(),
+                ..Default::default()
+            });
+        }
+    }
+    while index < LOG_ENTRIES {
+        index += 1;
+        log.push(Entry {
+            index,
+            term: 2,
+            data: format!("entry-{index}").into_bytes().into(),
+            ..Default::default()
+        });
+    }
+    store.raft_log().append(&log).expect("append log");
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Mutation {
+    BitFlip,
+    Truncate,
+    ZeroBlock,
+}
+
+/// Damages `bytes`; `None` if the mutation happens to change nothing (a
+/// zeroed block over zeros), which is then not counted as an injection.
+fn mutate(rng: &mut StdRng, bytes: &[u8], m: Mutation) -> Option<Vec<u8>> {
+    let mut out = bytes.to_vec();
+    match m {
+        Mutation::BitFlip => {
+            let pos = rng.gen_range(0..out.len());
+            out[pos] ^= 1 << rng.gen_range(0..8);
+        }
+        Mutation::Truncate => out.truncate(rng.gen_range(0..out.len())),
+        Mutation::ZeroBlock => {
+            let start = rng.gen_range(0..out.len());
+            let len = rng.gen_range(1..=64).min(out.len() - start);
+            out[start..start + len].fill(0);
+        }
+    }
+    (out != bytes).then_some(out)
+}
+
+fn checkpoint_key(instance: &str, version: u64) -> Vec<u8> {
+    let mut k = b"ccounter\0".to_vec();
+    k.extend_from_slice(instance.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+fn is_corrupt<T: std::fmt::Debug>(r: &Result<T, StorageError>) -> bool {
+    matches!(r, Err(StorageError::Corrupt { .. }))
+}
+
+/// Every read path that touches the damaged checkpoint reports it. Returns
+/// the paths that did not (empty = detected everywhere).
+fn checkpoint_misses(store: &Store, instance: &str, version: u64) -> Vec<&'static str> {
+    let mut missed = Vec::new();
+    if !is_corrupt(&store.get("counter", instance, version)) {
+        missed.push("get");
+    }
+    if version == VERSIONS && !is_corrupt(&store.latest("counter", instance)) {
+        missed.push("latest");
+    }
+    if !is_corrupt(&store.history("counter", instance, 0, 100)) {
+        missed.push("history");
+    }
+    match store.verify_chain("counter", instance) {
+        Ok(r) if !r.ok => {}
+        _ => missed.push("verify_chain"),
+    }
+    match store.damaged_versions("counter", instance) {
+        Ok(v) if v.contains(&version) => {}
+        _ => missed.push("damaged_versions"),
+    }
+    missed
+}
+
+fn log_misses(store: &Store, index: u64) -> Vec<&'static str> {
+    let log = store.raft_log();
+    let mut missed = Vec::new();
+    if !is_corrupt(&log.read_entries(index, index + 1, None)) {
+        missed.push("read_entries");
+    }
+    if !is_corrupt(&log.read_entries(1, LOG_ENTRIES + 1, None)) {
+        missed.push("read_entries range");
+    }
+    if !is_corrupt(&log.entry_term(index)) {
+        missed.push("entry_term");
+    }
+    missed
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    injected: u64,
+    detected: u64,
+    repaired: u64,
+    by_target: [u64; 3],
+    by_mutation: [u64; 3],
+}
+
+#[test]
+fn random_corruption_is_always_detected_never_served_and_repairable() {
+    let seed = env_u64("CORRUPTION_SEED", 1);
+    let injections = env_u64("CORRUPTION_INJECTIONS", 600);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let node = open(dirs[0].path());
+    let peer = open(dirs[1].path());
+    let restore_target = open(dirs[2].path());
+    populate(&node);
+    populate(&peer);
+    populate(&restore_target);
+    let golden_hash = node.state_hash().unwrap();
+    assert_eq!(golden_hash, peer.state_hash().unwrap());
+    let snapshot = node.snapshot_state().unwrap();
+    Store::verify_snapshot_data(&snapshot).expect("intact snapshot verifies");
+    let state = node.raw_tree("state").unwrap();
+    let log_tree = node.raw_tree("raft_log").unwrap();
+
+    // The checker can fail: an intact record is reported as missed.
+    assert!(!checkpoint_misses(&node, "i0", VERSIONS).is_empty());
+    assert!(!log_misses(&node, 3).is_empty());
+
+    let mut t = Tally::default();
+    let mut failures = Vec::new();
+    let mut attempts = 0;
+    while t.injected < injections && attempts < injections * 4 {
+        attempts += 1;
+        let target = rng.gen_range(0..3usize);
+        let m = [Mutation::BitFlip, Mutation::Truncate, Mutation::ZeroBlock][rng.gen_range(0..3)];
+        let what;
+        let outcome = match target {
+            0 => {
+                let instance = format!("i{}", rng.gen_range(0..INSTANCES));
+                let version = rng.gen_range(1..=VERSIONS);
+                let key = checkpoint_key(&instance, version);
+                let original = state.get(&key).unwrap().expect("record").to_vec();
+                let Some(bad) = mutate(&mut rng, &original, m) else {
+                    continue;
+                };
+                what = format!("checkpoint {instance} v{version} {m:?}");
+                state.insert(&key, bad).unwrap();
+                catch_unwind(AssertUnwindSafe(|| {
+                    let missed = checkpoint_misses(&node, &instance, version);
+                    // Repair from the peer, verified against the anchor.
+                    let copy = peer
+                        .encoded_checkpoint("counter", &instance, version)
+                        .unwrap()
+                        .unwrap();
+                    let repaired = node
+                        .repair_checkpoint("counter", &instance, version, &copy)
+                        .map(|o| o == RepairOutcome::Repaired)
+                        .unwrap_or(false)
+                        && node.verify_chain("counter", &instance).unwrap().ok;
+                    (missed, repaired)
+                }))
+            }
+            1 => {
+                let index = rng.gen_range(1..=LOG_ENTRIES);
+                let key = index.to_be_bytes();
+                let original = log_tree.get(key).unwrap().expect("entry").to_vec();
+                let Some(bad) = mutate(&mut rng, &original, m) else {
+                    continue;
+                };
+                what = format!("raft entry {index} {m:?}");
+                log_tree.insert(key, bad).unwrap();
+                let r = catch_unwind(AssertUnwindSafe(|| (log_misses(&node, index), true)));
+                // The log has no peer repair offline; put the record back.
+                log_tree.insert(key, original).unwrap();
+                r
+            }
+            _ => {
+                let Some(bad) = mutate(&mut rng, &snapshot, m) else {
+                    continue;
+                };
+                what = format!("snapshot {m:?} ({} bytes)", bad.len());
+                catch_unwind(AssertUnwindSafe(|| {
+                    let mut missed = Vec::new();
+                    if !is_corrupt(&Store::verify_snapshot_data(&bad)) {
+                        missed.push("verify_snapshot_data");
+                    }
+                    if !is_corrupt(&restore_target.restore_state(&bad)) {
+                        missed.push("restore_state");
+                    }
+                    let untouched = restore_target.state_hash().unwrap() == golden_hash;
+                    if !untouched {
+                        missed.push("restore_state changed the store");
+                    }
+                    (missed, untouched)
+                }))
+            }
+        };
+        t.injected += 1;
+        t.by_target[target] += 1;
+        t.by_mutation[m as usize] += 1;
+        match outcome {
+            Ok((missed, repaired)) if missed.is_empty() => {
+                t.detected += 1;
+                if target == 0 && repaired {
+                    t.repaired += 1;
+                } else if target == 0 {
+                    failures.push(format!("{what}: detected but not repaired"));
+                }
+            }
+            Ok((missed, _)) => failures.push(format!("{what}: not detected by {missed:?}")),
+            Err(_) => failures.push(format!("{what}: PANIC")),
+        }
+    }
+    assert_eq!(node.state_hash().unwrap(), golden_hash, "state changed");
+    println!(
+        "corruption campaign seed {seed}: injected {} (checkpoints {}, raft entries {}, \
+         snapshots {}; bit flips {}, truncations {}, zeroed blocks {}), detected {}/{}, \
+         checkpoints repaired from the peer {}/{}",
+        t.injected,
+        t.by_target[0],
+        t.by_target[1],
+        t.by_target[2],
+        t.by_mutation[0],
+        t.by_mutation[1],
+        t.by_mutation[2],
+        t.detected,
+        t.injected,
+        t.repaired,
+        t.by_target[0]
+    );
+    assert!(
+        failures.is_empty(),
+        "seed {seed}: {} of {} injections failed, first: {:?}",
+        failures.len(),
+        t.injected,
+        &failures[..failures.len().min(10)]
+    );
+    assert_eq!(t.injected, injections);
+}
