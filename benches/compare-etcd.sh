@@ -73,7 +73,9 @@ if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-server etcd-client >/dev/null \
         || die "could not install etcd-server/etcd-client"
 fi
-ETCD_VERSION=$(etcd --version 2>/dev/null | head -1)
+# `head` may close the pipe before etcd finishes writing: SIGPIPE must not
+# end the script under `set -o pipefail`.
+ETCD_VERSION=$(etcd --version 2>/dev/null | head -1 || true)
 
 # ---------------------------------------------------------------- synapse
 if [ -z "${SYNAPSE_BIN:-}" ]; then

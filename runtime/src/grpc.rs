@@ -691,7 +691,11 @@ pub(crate) async fn serve(
         }
     });
 
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // `serve_with_incoming*` ignores the builder's `tcp_nodelay`, so set it
+    // on the accepted sockets here: with Nagle on, a small frame written
+    // while an earlier one is unacknowledged waits for the peer's delayed
+    // ACK. Clients and peer links already set it on their side.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     // Bounds the requests one connection can have in flight; the node-wide
     // bound is `max_inflight_invokes`.
     let mut builder = tonic::transport::Server::builder();
