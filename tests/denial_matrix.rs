@@ -692,6 +692,9 @@ fn term_raising_heartbeat(to: u64, from: u64, term_bump: u64) -> Vec<u8> {
 // State snapshot: what a denied call must leave untouched
 // ---------------------------------------------------------------------------
 
+/// (version, hash, state) of an instance's latest checkpoint.
+type Head = (u64, Vec<u8>, Vec<u8>);
+
 #[derive(Debug, PartialEq, Eq)]
 struct Snapshot {
     state_hash: Vec<u8>,
@@ -699,7 +702,7 @@ struct Snapshot {
     voters: Vec<u64>,
     learners: Vec<u64>,
     term: u64,
-    heads: BTreeMap<String, Option<(u64, Vec<u8>, Vec<u8>)>>,
+    heads: BTreeMap<String, Option<Head>>,
 }
 
 async fn snapshot(ch: &Channel, root: &Auth, targets: &[Target]) -> Snapshot {

@@ -68,11 +68,19 @@ fn main() {
     .expect("attenuate");
     let fields = b"\xffcounter\xfealice\xfeget";
     for (i, t) in [&admin, scoped_token(), &narrowed].iter().enumerate() {
-        write("token", &format!("text-{i}"), &with_prefix(&[0x3c], &with_prefix(t.as_bytes(), fields)));
+        write(
+            "token",
+            &format!("text-{i}"),
+            &with_prefix(&[0x3c], &with_prefix(t.as_bytes(), fields)),
+        );
         let raw = base64::engine::general_purpose::URL_SAFE
             .decode(t.as_bytes())
             .expect("token base64");
-        write("token", &format!("bytes-{i}"), &with_prefix(&[0x3d], &with_prefix(&raw, fields)));
+        write(
+            "token",
+            &format!("bytes-{i}"),
+            &with_prefix(&[0x3d], &with_prefix(&raw, fields)),
+        );
     }
 
     // requests: one valid message per kind.
@@ -236,20 +244,35 @@ fn main() {
     ] {
         f.encode_length_delimited(&mut frames).expect("frame");
     }
-    write("requests", "raft-frames", &with_prefix(&[kind::RAFT_FRAMES], &frames));
+    write(
+        "requests",
+        "raft-frames",
+        &with_prefix(&[kind::RAFT_FRAMES], &frames),
+    );
 
     // checkpoint: raw record, and body-only (mode 1).
-    for (i, state) in [&b"{\"value\":3}"[..], &b""[..], &[0u8; 300][..]].iter().enumerate() {
+    for (i, state) in [&b"{\"value\":3}"[..], &b""[..], &[0u8; 300][..]]
+        .iter()
+        .enumerate()
+    {
         let enc = checkpoint(i as u64 + 1, state).encode();
         write("checkpoint", &format!("raw-{i}"), &with_prefix(&[0], &enc));
-        write("checkpoint", &format!("body-{i}"), &with_prefix(&[1], &enc[..enc.len() - 32]));
+        write(
+            "checkpoint",
+            &format!("body-{i}"),
+            &with_prefix(&[1], &enc[..enc.len() - 32]),
+        );
         // command: the same checkpoint as a replicated command.
         let reply = br#"{"value":3}"#;
         let mut cmd = vec![1u8];
         cmd.extend_from_slice(&(reply.len() as u64).to_be_bytes());
         cmd.extend_from_slice(reply);
         cmd.extend_from_slice(&enc);
-        write("command", &format!("checkpoint-{i}"), &with_prefix(&[0], &cmd));
+        write(
+            "command",
+            &format!("checkpoint-{i}"),
+            &with_prefix(&[0], &cmd),
+        );
         let mut steer = reply.to_vec();
         steer.push(0xff);
         steer.extend_from_slice(&enc[..enc.len() - 32]);
@@ -263,11 +286,22 @@ fn main() {
     write("command", "set-meta", &with_prefix(&[0], &meta));
 
     // raft_log: sealed and payload-only (mode 1) entries.
-    for (i, e) in [entry.clone(), raft::eraftpb::Entry::default()].iter().enumerate() {
+    for (i, e) in [entry.clone(), raft::eraftpb::Entry::default()]
+        .iter()
+        .enumerate()
+    {
         let payload = e.write_to_bytes().expect("entry");
         let idx = e.index.to_be_bytes();
-        write("raft_log", &format!("sealed-{i}"), &[&idx[..], &[0], &seal_raft_log_value(&payload)].concat());
-        write("raft_log", &format!("payload-{i}"), &[&idx[..], &[1], &payload].concat());
+        write(
+            "raft_log",
+            &format!("sealed-{i}"),
+            &[&idx[..], &[0], &seal_raft_log_value(&payload)].concat(),
+        );
+        write(
+            "raft_log",
+            &format!("payload-{i}"),
+            &[&idx[..], &[1], &payload].concat(),
+        );
     }
 
     // audit: full records and bodies (mode 1), with their keys.
@@ -291,8 +325,16 @@ fn main() {
         rec.hash = rec.compute_hash();
         let enc = encode_audit_record(&rec);
         let key = rec.seq.to_be_bytes();
-        write("audit", &format!("raw-{i}"), &[&key[..], &[0], &enc].concat());
-        write("audit", &format!("body-{i}"), &[&key[..], &[1], &enc[..enc.len() - 32]].concat());
+        write(
+            "audit",
+            &format!("raw-{i}"),
+            &[&key[..], &[0], &enc].concat(),
+        );
+        write(
+            "audit",
+            &format!("body-{i}"),
+            &[&key[..], &[1], &enc[..enc.len() - 32]].concat(),
+        );
     }
     println!("seeds written under fuzz/corpus/");
 }

@@ -20,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
         record.to_vec()
     };
     if let Ok(rec) = decode_audit_record(&bytes) {
-        assert_eq!(encode_audit_record(&rec), bytes, "audit decode/encode is not the identity");
+        assert_eq!(
+            encode_audit_record(&rec),
+            bytes,
+            "audit decode/encode is not the identity"
+        );
     }
     let _ = decode_audit_at(key, &bytes);
 });

@@ -18,7 +18,11 @@ fuzz_target!(|data: &[u8]| {
         rest.to_vec()
     };
     if let Ok(cp) = Checkpoint::decode(&bytes) {
-        assert_eq!(cp.encode(), bytes, "checkpoint decode/encode is not the identity");
+        assert_eq!(
+            cp.encode(),
+            bytes,
+            "checkpoint decode/encode is not the identity"
+        );
         assert!(cp.verify().is_ok(), "a decoded checkpoint must verify");
     }
 });

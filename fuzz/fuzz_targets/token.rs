@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use libfuzzer_sys::fuzz_target;
 use synapse_fuzz::{guard, root_key, scoped_token, split_ff};
-use synapse_runtime::guard::{attenuate, inspect, Operation, Request, Restriction};
+use synapse_runtime::guard::{attenuate, inspect, GuardError, Operation, Request, Restriction};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -57,11 +57,17 @@ fuzz_target!(|data: &[u8]| {
     // Narrowing: attenuate the scoped token with the fuzzed restriction and
     // ask for the fuzzed request.
     if let Ok(narrow) = attenuate(scoped_token(), &restriction) {
-        let narrowed = guard().check(Some(&narrow), &req).is_ok();
-        let original = guard().check(Some(scoped_token()), &req).is_ok();
-        assert!(
-            !narrowed || original,
-            "attenuation widened the token: {req:?} with {restriction:?}"
-        );
+        let narrowed = guard().check(Some(&narrow), &req);
+        let original = guard().check(Some(scoped_token()), &req);
+        // A datalog evaluation that hit the guard's time backstop (a
+        // descheduled thread on a loaded machine) is a transient deny, not
+        // a verdict: only definite outcomes are compared.
+        let transient = |r: &Result<_, GuardError>| matches!(r, Err(GuardError::Denied(m)) if m.contains("evaluation"));
+        if !transient(&narrowed) && !transient(&original) {
+            assert!(
+                narrowed.is_err() || original.is_ok(),
+                "attenuation widened the token: {req:?} with {restriction:?}"
+            );
+        }
     }
 });
