@@ -52,3 +52,48 @@ pub(crate) fn restore(db: &sled::Db, image: &Image) -> Result<(), sled::Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{ApplyBatch, Store, StoreOptions};
+
+    fn applied(store: &Store, index: u64) {
+        let mut b = ApplyBatch::default();
+        b.set_applied(index);
+        store.commit_apply(b).unwrap();
+    }
+
+    #[test]
+    fn crash_keeps_exactly_what_was_synced() {
+        let (d1, d2, d3) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let opts = StoreOptions {
+            simulation: true,
+            ..Default::default()
+        };
+        let store = Store::open(d1.path(), opts).unwrap();
+        store.sim_track_durability().unwrap();
+        applied(&store, 5);
+        store.sync().unwrap();
+        applied(&store, 9);
+        let after = store.sim_crash(d2.path()).unwrap();
+        assert_eq!(after.applied_index().unwrap(), 5, "unsynced write survived");
+        // The planted bug: sync persists nothing.
+        after.sim_set_skip_sync(true).unwrap();
+        applied(&after, 12);
+        after.sync().unwrap();
+        let again = after.sim_crash(d3.path()).unwrap();
+        assert_eq!(again.applied_index().unwrap(), 5);
+    }
+
+    #[test]
+    fn refused_on_a_real_store() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path(), StoreOptions::default()).unwrap();
+        assert!(store.sim_track_durability().is_err());
+        assert!(store.sim_crash(d.path()).is_err());
+    }
+}
