@@ -232,6 +232,7 @@ pub fn cli(args: &[String]) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("cli {args:?} did not finish within {HANG_GUARD:?}");
 }
 
