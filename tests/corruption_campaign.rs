@@ -153,7 +153,11 @@ fn checkpoint_misses(store: &Store, instance: &str, version: u64) -> Vec<&'stati
     missed
 }
 
-fn log_misses(store: &Store, index: u64) -> Vec<&'static str> {
+/// `true_term` is the entry's term read before the damage: storage answers
+/// the term of an entry it wrote in this process from memory (the term
+/// cache of issue #7), which is the true term and never a value decoded
+/// from the damaged record, so that answer is not a miss.
+fn log_misses(store: &Store, index: u64, true_term: u64) -> Vec<&'static str> {
     let log = store.raft_log();
     let mut missed = Vec::new();
     if !is_corrupt(&log.read_entries(index, index + 1, None)) {
@@ -162,8 +166,10 @@ fn log_misses(store: &Store, index: u64) -> Vec<&'static str> {
     if !is_corrupt(&log.read_entries(1, LOG_ENTRIES + 1, None)) {
         missed.push("read_entries range");
     }
-    if !is_corrupt(&log.entry_term(index)) {
-        missed.push("entry_term");
+    match log.entry_term(index) {
+        Err(StorageError::Corrupt { .. }) => {}
+        Ok(t) if t == true_term => {}
+        _ => missed.push("entry_term"),
     }
     missed
 }
@@ -198,7 +204,8 @@ fn random_corruption_is_always_detected_never_served_and_repairable() {
 
     // The checker can fail: an intact record is reported as missed.
     assert!(!checkpoint_misses(&node, "i0", VERSIONS).is_empty());
-    assert!(!log_misses(&node, 3).is_empty());
+    let term_3 = node.raft_log().entry_term(3).expect("intact term");
+    assert!(!log_misses(&node, 3, term_3).is_empty());
 
     let mut t = Tally::default();
     let mut failures = Vec::new();
@@ -238,12 +245,13 @@ fn random_corruption_is_always_detected_never_served_and_repairable() {
                 let index = rng.gen_range(1..=LOG_ENTRIES);
                 let key = index.to_be_bytes();
                 let original = log_tree.get(key).unwrap().expect("entry").to_vec();
+                let true_term = node.raft_log().entry_term(index).expect("intact term");
                 let Some(bad) = mutate(&mut rng, &original, m) else {
                     continue;
                 };
                 what = format!("raft entry {index} {m:?}");
                 log_tree.insert(key, bad).unwrap();
-                let r = catch_unwind(AssertUnwindSafe(|| (log_misses(&node, index), true)));
+                let r = catch_unwind(AssertUnwindSafe(|| (log_misses(&node, index, true_term), true)));
                 // The log has no peer repair offline; put the record back.
                 log_tree.insert(key, original).unwrap();
                 r

@@ -209,11 +209,13 @@ async fn fetch_and_repair(
 ) -> Result<RepairOutcome, crate::RuntimeError> {
     let channel = core.peer_channel(address)?;
     let mut client = pb::peer_client::PeerClient::new(channel);
-    let request = pb::FetchCheckpointRequest {
+    // Peer RPCs carry this node's peer credential (and, with TLS, its
+    // client certificate through the channel).
+    let request = core.channels.peer_request(pb::FetchCheckpointRequest {
         skill: id.skill.clone(),
         instance: id.instance.clone(),
         version,
-    };
+    });
     let response = tokio::time::timeout(FETCH_TIMEOUT, client.fetch_checkpoint(request))
         .await
         .map_err(|_| crate::RuntimeError::unavailable("FetchCheckpoint timed out"))?
