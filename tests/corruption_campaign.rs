@@ -251,7 +251,9 @@ fn random_corruption_is_always_detected_never_served_and_repairable() {
                 };
                 what = format!("raft entry {index} {m:?}");
                 log_tree.insert(key, bad).unwrap();
-                let r = catch_unwind(AssertUnwindSafe(|| (log_misses(&node, index, true_term), true)));
+                let r = catch_unwind(AssertUnwindSafe(|| {
+                    (log_misses(&node, index, true_term), true)
+                }));
                 // The log has no peer repair offline; put the record back.
                 log_tree.insert(key, original).unwrap();
                 r
