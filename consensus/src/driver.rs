@@ -772,6 +772,14 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                     }));
                     return;
                 }
+                // raft-rs accepts a second change while one is unapplied
+                // and then replaces it with an empty normal entry: the
+                // waiter would never hear back (seen when two nodes joined
+                // at the same moment). Refuse it here instead.
+                if self.raw.raft.pending_conf_index > self.raw.raft.raft_log.applied {
+                    let _ = reply.send(Err(ConsensusError::MembershipChangePending));
+                    return;
+                }
                 let (seq, ctx) = self.next_context();
                 match self.raw.propose_conf_change(ctx, change) {
                     Ok(()) => {
@@ -1191,5 +1199,104 @@ impl<O: Send + 'static> crate::PeerReporter for RaftHandle<O> {
 
     fn snapshot_sent(&self, peer: u64, delivered: bool) {
         self.report_snapshot(peer, delivered);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::{ConfChangeSingle, ConfChangeType};
+    use synapse_storage::{ApplyBatch, StoreOptions};
+
+    /// Records only the applied index, as the trait requires.
+    struct AppliedOnly(Store);
+
+    impl StateMachine for AppliedOnly {
+        type Output = ();
+
+        fn apply(
+            &mut self,
+            _ctx: ApplyContext,
+            entries: &[Committed<'_>],
+        ) -> Result<Vec<()>, ConsensusError> {
+            let mut batch = ApplyBatch::default();
+            if let Some(last) = entries.last() {
+                batch.set_applied(last.index);
+            }
+            self.0.commit_apply(batch)?;
+            Ok(vec![(); entries.len()])
+        }
+
+        fn restore(&mut self, _snapshot: &Snapshot) -> Result<(), ConsensusError> {
+            Ok(())
+        }
+    }
+
+    struct NoNetwork;
+
+    impl Transport for NoNetwork {
+        fn send(&self, _messages: Vec<Message>) {}
+    }
+
+    fn add_learner(id: u64) -> ConfChangeV2 {
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(ConfChangeType::AddLearnerNode);
+        single.node_id = id;
+        let mut change = ConfChangeV2::default();
+        change.set_changes(vec![single].into());
+        change
+    }
+
+    #[test]
+    fn a_second_membership_change_while_one_is_unapplied_is_refused_not_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(
+            dir.path(),
+            StoreOptions {
+                simulation: true,
+                ..Default::default()
+            },
+        )
+        .expect("store");
+        let mut d = SimDriver::new(
+            RaftConfig::cluster_member(1, vec![1]),
+            store.clone(),
+            AppliedOnly(store),
+            Arc::new(NoNetwork),
+        )
+        .expect("driver");
+        for _ in 0..100 {
+            d.tick();
+            d.process().expect("process");
+            if d.status().role == Role::Leader && d.status().applied_index >= 2 {
+                break;
+            }
+        }
+        assert_eq!(d.status().role, Role::Leader, "single node elects itself");
+
+        let mut first = d.change_membership(add_learner(2));
+        let mut second = d.change_membership(add_learner(3));
+        match second.try_recv() {
+            Ok(Err(ConsensusError::MembershipChangePending)) => {}
+            other => panic!("second change while the first is unapplied: {other:?}"),
+        }
+        for _ in 0..10 {
+            d.process().expect("process");
+        }
+        let conf = first
+            .try_recv()
+            .expect("first change answered")
+            .expect("first change applied");
+        assert_eq!(conf.learners, vec![2]);
+        // Once applied, the next change goes through.
+        let mut third = d.change_membership(add_learner(3));
+        for _ in 0..10 {
+            d.process().expect("process");
+        }
+        let conf = third
+            .try_recv()
+            .expect("third change answered")
+            .expect("third change applied");
+        assert_eq!(conf.learners, vec![2, 3]);
     }
 }

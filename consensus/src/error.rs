@@ -12,6 +12,11 @@ pub enum ConsensusError {
     /// The driver stopped (shutdown or a fatal storage error).
     #[error("consensus driver stopped")]
     Stopped,
+    /// A membership change is proposed but not yet applied; raft-rs allows
+    /// one at a time and would silently turn a second one into an empty
+    /// entry, so it is refused up front and the caller retries.
+    #[error("another membership change is still being applied; retry")]
+    MembershipChangePending,
     /// raft-rs dropped the proposal (for example during a leader transfer).
     #[error("proposal dropped by raft")]
     ProposalDropped,

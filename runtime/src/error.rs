@@ -92,6 +92,9 @@ impl From<ConsensusError> for RuntimeError {
             ConsensusError::Overloaded(what) => RuntimeError::ResourceExhausted(what.into()),
             ConsensusError::Stopped => RuntimeError::unavailable("consensus stopped on this node"),
             ConsensusError::ProposalDropped => RuntimeError::unavailable("proposal dropped; retry"),
+            ConsensusError::MembershipChangePending => {
+                RuntimeError::unavailable("another membership change is still being applied; retry")
+            }
             ConsensusError::Storage(s) => s.into(),
             ConsensusError::Raft(msg) => RuntimeError::Internal(format!("raft: {msg}")),
         }
