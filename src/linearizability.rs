@@ -200,7 +200,7 @@ fn check_key(key: &str, ops: &[&Operation], budget: u64) -> Result<KeyReport, Hi
     let failed = ops.iter().filter(|o| o.outcome == Outcome::Fail).count();
 
     // Values some completed operation could have observed. An unknown
-    // register write of a value nobody observed never helps: the state it
+    // register write (or CAS) of a value nobody observed never helps: the state it
     // creates can only be left by another write, so omitting it is always
     // at least as good. Dropping such writes keeps unobserved timeouts from
     // multiplying the search.
@@ -222,6 +222,10 @@ fn check_key(key: &str, ops: &[&Operation], budget: u64) -> Result<KeyReport, Hi
             (_, Outcome::Fail) => false,
             (Call::Read, Outcome::Unknown) => false, // no effect, nothing observed
             (Call::Write { value }, Outcome::Unknown) => observed.contains(&Some(value)),
+            // Same argument for an unknown CAS: no read returned its new
+            // value and no CAS expected it, so a linearization with it can
+            // drop it (failed CAS are not in the history).
+            (Call::Cas { new, .. }, Outcome::Unknown) => observed.contains(&Some(new)),
             _ => true,
         })
         .map(|o| {
