@@ -33,7 +33,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 failed=()
 for t in $targets; do
-  mkdir -p "$work/$t"
+  mkdir -p "$work/$t" "corpus/$t"
   echo "=== fuzz $t for ${seconds}s"
   # -rss_limit_mb / -timeout: a decode that allocates without bound or
   # loops counts as a crash. -artifact_prefix keeps crash files in fuzz/artifacts/.
