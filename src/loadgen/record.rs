@@ -31,6 +31,8 @@ use serde_json::{json, Value};
 use synapse::client::{v1 as pb, Client};
 use synapse::history::{Call, Operation, Outcome};
 use tokio::time::Instant;
+
+use super::Rng;
 use tonic::Code;
 
 /// A checker's cost grows quickly with the number of operations that
@@ -110,20 +112,6 @@ fn classify(code: Code) -> Outcome {
         | Code::FailedPrecondition
         | Code::ResourceExhausted => Outcome::Fail,
         _ => Outcome::Unknown,
-    }
-}
-
-/// xorshift64*: per client, deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 }
 
