@@ -901,6 +901,24 @@ fn token_for(tk: &Tokens, case: Case, scope: &Scope) -> Option<Auth> {
     })
 }
 
+/// `synapse.v1.Peer/FetchCheckpoint` → `fetch_checkpoint`: the name the
+/// node authorizes and audits a peer call under.
+fn peer_rpc_name(full: &str) -> String {
+    let method = full.rsplit('/').next().unwrap_or(full);
+    let mut out = String::new();
+    for (i, c) in method.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Highest audit seq so far (0 if none).
 async fn audit_head(ch: &Channel, root: &Auth) -> u64 {
     let mut c = pb::capabilities_client::CapabilitiesClient::new(ch.clone());
@@ -1375,8 +1393,13 @@ async fn run_matrix(opts: Opts) {
             victim: String::new(),
             client_token: root_token.clone(),
         };
+        // The node audits a refused peer call as skill `_peer`, method =
+        // the RPC's snake_case name, instance = the caller's address.
+        let rpc_name = peer_rpc_name(full);
+        let peer_scope = Scope::new(PEER_SKILL, "*", &rpc_name, true);
         for (label, auth, want) in &peer_cases {
             let what = format!("{full} with {label}");
+            let audit_before = audit_head(&ch, &root).await;
             let before = snapshot(&ch, &root, &targets).await;
             match call(&ch, full, &fwd_target, auth, &ctx).await {
                 Ok(reply) => panic!("{what}: expected {want:?}, got OK: {reply:?}"),
@@ -1390,6 +1413,7 @@ async fn run_matrix(opts: Opts) {
             }
             let after = snapshot(&ch, &root, &targets).await;
             assert_eq!(before, after, "{what}: a refused peer call changed state");
+            assert_audited(&ch, &root, audit_before, &peer_scope, &what).await;
             denied += 1;
         }
         // Positive control with the peer credential (Raft last: it is the

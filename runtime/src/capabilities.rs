@@ -172,7 +172,7 @@ impl Core {
     /// This node's audit records matching `filter`, newest first; `limit` 0
     /// means [`DEFAULT_AUDIT_LIMIT`], above [`MAX_AUDIT_LIMIT`] is refused.
     /// A broken hash chain is DATA_LOSS.
-    pub fn audit(
+    pub async fn audit(
         &self,
         token: Option<&str>,
         mut filter: AuditFilter,
@@ -197,6 +197,9 @@ impl Core {
                 "from_micros is after to_micros".into(),
             ));
         }
+        // Records are written in the background: wait for everything
+        // decided before this query (including its own authorization).
+        self.audit.flush().await?;
         Ok(self.store.audit_query(&filter)?)
     }
 

@@ -110,6 +110,7 @@ impl From<GuardError> for RuntimeError {
             GuardError::Expired | GuardError::Denied(_) | GuardError::Revoked => {
                 RuntimeError::PermissionDenied(e.to_string())
             }
+            GuardError::Busy(_) => RuntimeError::unavailable(e.to_string()),
             GuardError::Key(_) => RuntimeError::Internal(e.to_string()),
         }
     }

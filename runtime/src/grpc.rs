@@ -121,7 +121,13 @@ impl Api {
             request,
             rpc,
         )
-        .map_err(Status::from)
+        .map_err(|e| {
+            let remote = request
+                .remote_addr()
+                .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+            self.core.audit_peer_denial(rpc, &remote, &e);
+            Status::from(e)
+        })
     }
 }
 
@@ -590,7 +596,7 @@ impl pb::capabilities_server::Capabilities for Api {
             allowed: crate::capabilities::parse_outcome(&r.outcome)?,
             limit: r.limit as usize,
         };
-        let records = self.core.audit(token.as_deref(), filter)?;
+        let records = self.core.audit(token.as_deref(), filter).await?;
         Ok(Response::new(pb::AuditResponse {
             entries: records
                 .into_iter()

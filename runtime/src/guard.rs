@@ -321,6 +321,11 @@ pub enum GuardError {
     /// → PERMISSION_DENIED
     #[error("capability revoked")]
     Revoked,
+    /// → UNAVAILABLE: evaluation ran out of its time budget (a loaded
+    /// machine, not a property of the token), so the caller should retry.
+    /// Never cached.
+    #[error("capability check timed out under load: {0}; retry")]
+    Busy(String),
     #[error("key error: {0}")]
     Key(String),
 }
@@ -803,6 +808,7 @@ fn deny_reason(req: &Request<'_>, e: TokenError) -> GuardError {
     let checks = match &e {
         TokenError::FailedLogic(Logic::Unauthorized { checks, .. })
         | TokenError::FailedLogic(Logic::NoMatchingPolicy { checks }) => checks.as_slice(),
+        TokenError::RunLimit(RunLimit::Timeout) => return GuardError::Busy(format!("{req}")),
         TokenError::RunLimit(_) => {
             return GuardError::Denied(format!("{req} (token exceeds evaluation limits)"))
         }
@@ -868,9 +874,9 @@ fn verify(text: &str, root: PublicKey) -> Result<VerifiedToken, VerifyError> {
         authorizer
             .query("p($p) <- principal($p)")
             .map_err(|e| match e {
-                TokenError::RunLimit(RunLimit::Timeout) => VerifyError::Transient(
-                    GuardError::Denied("token evaluation timed out; retry".into()),
-                ),
+                TokenError::RunLimit(RunLimit::Timeout) => {
+                    VerifyError::Transient(GuardError::Busy("reading the principal".into()))
+                }
                 e => {
                     VerifyError::Permanent(Rejection::Malformed(format!("reading principal: {e}")))
                 }

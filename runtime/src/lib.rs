@@ -13,6 +13,7 @@
 //! `synapse-storage`.
 
 pub mod actor;
+pub mod audit_log;
 pub mod capabilities;
 pub mod clock;
 pub mod clock_service;

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub active_instances: AtomicU64,
     pub watchers: AtomicU64,
     pub audit_write_failures: AtomicU64,
+    /// Audit records refused because the writer's queue was full (the
+    /// request they belonged to was refused too) or the writer had stopped.
+    pub audit_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -116,6 +119,11 @@ impl Metrics {
             "audit_write_failures_total",
             "Audit records that could not be written.",
             g(&self.audit_write_failures),
+        );
+        counter(
+            "audit_records_dropped_total",
+            "Audit records refused: the writer's queue was full (the request was refused too).",
+            g(&self.audit_dropped),
         );
         counter(
             "guard_cache_hits_total",

@@ -41,8 +41,6 @@ pub const MAX_INSTANCE_NAME: usize = 256;
 pub const MAX_REQUEST_ID: usize = 128;
 /// Most checkpoints one History call returns.
 pub const MAX_HISTORY: usize = 1000;
-/// Audit records between two pruning passes: pruning scans, so amortize it.
-const AUDIT_PRUNE_EVERY: u64 = 10_000;
 
 /// File names inside the data directory.
 pub const ROOT_KEY_FILE: &str = "root.key";
@@ -90,7 +88,9 @@ pub struct Core {
     pub(crate) channels: PeerChannels,
     /// Certificate, key and CA when TLS is on (`None`: plaintext, dev only).
     pub(crate) tls: Option<crate::tls::TlsMaterial>,
-    audit_count: std::sync::atomic::AtomicU64,
+    /// Where every capability decision is recorded (batched, off the
+    /// request path).
+    pub(crate) audit: crate::audit_log::AuditLog,
     inflight_invokes: std::sync::atomic::AtomicUsize,
 }
 
@@ -302,8 +302,9 @@ impl Core {
         Ok(self.skill(skill)?.clone())
     }
 
-    /// The capability check. Every decision is audited; the record is written
-    /// without an fsync and becomes durable with the next Raft Ready's sync.
+    /// The capability check. Every decision is audited: the record is queued
+    /// for the batched audit writer (`audit_log`) and becomes durable with
+    /// the next Raft Ready's sync; a full audit queue refuses the request.
     pub fn authorize(
         &self,
         token: Option<&str>,
@@ -358,16 +359,14 @@ impl Core {
             prev_hash: [0; 32],
             hash: [0; 32],
         };
-        if let Err(e) = self.store.audit_append(record) {
-            self.metrics
-                .audit_write_failures
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "audit record not written");
-        }
-        let n = self.audit_count.fetch_add(1, Ordering::Relaxed) + 1;
-        if n.is_multiple_of(AUDIT_PRUNE_EVERY) {
-            if let Err(e) = self.store.audit_prune(self.config.audit_max_records) {
-                tracing::warn!(error = %e, "audit prune failed");
+        // Fail closed: a decision that cannot be recorded is not served.
+        // (For a denial the error returned is the denial itself; the lost
+        // record is counted in `audit_records_dropped_total`.)
+        let recorded = self.audit.record(record);
+        if let (Ok(d), Err(e)) = (&checked, recorded) {
+            if d.allowed {
+                self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
             }
         }
         match checked {
@@ -382,6 +381,27 @@ impl Core {
                 Err(e.into())
             }
         }
+    }
+
+    /// Records a refused Peer RPC. Admitted peer calls are not recorded:
+    /// they are this cluster's own members (one Raft stream per peer, clock
+    /// samples every few hundred ms) and would bury client decisions.
+    pub(crate) fn audit_peer_denial(&self, rpc: &str, remote: &str, error: &RuntimeError) {
+        self.metrics.denied.fetch_add(1, Ordering::Relaxed);
+        let record = AuditRecord {
+            seq: 0,
+            timestamp: self.hlc.now(),
+            principal: String::new(),
+            skill: crate::cluster::PEER_SKILL.into(),
+            instance: remote.into(),
+            method: rpc.into(),
+            allowed: false,
+            reason: error.to_string(),
+            prev_hash: [0; 32],
+            hash: [0; 32],
+        };
+        // A full queue already counted the loss; the call is refused anyway.
+        let _ = self.audit.record(record);
     }
 
     pub(crate) fn not_leader(&self, status: &RaftStatus) -> RuntimeError {
@@ -1421,6 +1441,11 @@ async fn open_core(
     };
 
     let metrics = Arc::new(Metrics::default());
+    let audit = crate::audit_log::AuditLog::start(
+        store.clone(),
+        config.audit_max_records,
+        metrics.clone(),
+    )?;
     let instances = Arc::new(InstanceTable::new(
         config.max_active_instances,
         actix_rt::Arbiter::current(),
@@ -1482,7 +1507,7 @@ async fn open_core(
         channels: PeerChannels::new(tls.as_ref().map(|t| t.client_config()), credential),
         tls,
         clock,
-        audit_count: Default::default(),
+        audit,
         inflight_invokes: Default::default(),
     }))
 }
@@ -1888,6 +1913,9 @@ async fn run_node(
     }
     core.instances.clear();
     core.raft.stop().await;
+    if let Err(e) = core.audit.flush().await {
+        tracing::warn!(error = %e, "audit records still queued at shutdown");
+    }
     if let Err(e) = core.store.sync() {
         tracing::error!(error = %e, "final sync failed");
     }
