@@ -203,6 +203,12 @@ impl Core {
         Ok(self.store.audit_query(&filter)?)
     }
 
+    /// Waits until every capability decision made so far on this node is
+    /// in the audit log (records are written in the background, batched).
+    pub async fn flush_audit(&self) -> Result<(), RuntimeError> {
+        self.audit.flush().await
+    }
+
     /// The shared revoked set (tests, metrics).
     pub fn revocation_count(&self) -> usize {
         self.keys.revocations().len()
