@@ -10,6 +10,7 @@
 #   FUZZ_SECONDS   per-target run time (default 15)
 #   FUZZ_TARGETS   space-separated subset (default: all, from `cargo fuzz list`)
 #   FUZZ_TARGET_DIR  cargo target dir (default: $CARGO_TARGET_DIR/fuzz or fuzz/target)
+#   FUZZ_PROFILE   --dev (default) or -O (release: more executions per second)
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 export RUSTC_BOOTSTRAP=1
@@ -23,7 +24,12 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 
-flags=(-O -a -s none --target-dir "$target_dir")
+# --dev: a development build (no optimisation; overflow checks and debug
+# assertions on) takes well under half the release build's time on 2
+# cores, and for a bounded smoke run from the seed corpus what matters is
+# reaching the decode paths, not the executions per second. FUZZ_PROFILE=-O
+# for long campaigns.
+flags=(${FUZZ_PROFILE:---dev} -a -s none --target-dir "$target_dir")
 echo "=== build (cargo fuzz build ${flags[*]})"
 cargo fuzz build "${flags[@]}"
 echo "=== built in $(( $(date +%s) - started ))s"
