@@ -281,7 +281,11 @@ fn bench_capabilities(c: &mut Criterion) {
         hash: ZERO_HASH,
     };
     g.bench_function("audit_append_unbatched", |b| {
-        b.iter(|| store.audit_append(black_box(record.clone())).expect("append"))
+        b.iter(|| {
+            store
+                .audit_append(black_box(record.clone()))
+                .expect("append")
+        })
     });
     g.finish();
     node.shutdown();
