@@ -932,21 +932,46 @@ fn check_shape(authorizer: &biscuit_auth::Authorizer) -> Result<Option<u64>, Rej
             "a check joins {widest} predicates, limit is {MAX_CHECK_PREDICATES}"
         )));
     }
-    let expiry = checks
+    // Apply-time fencing re-checks expiry from the extracted date alone, so
+    // every check that reads `time` must be one whose meaning is exactly
+    // "now <= date" (or "<"); anything else (a reversed comparison, a
+    // not-before bound, arithmetic) would be enforced by the guard but not
+    // by apply, and is refused outright.
+    let mut expiry: Option<u64> = None;
+    for query in checks
         .iter()
         .flat_map(|c| c.queries.iter())
         .filter(|q| q.body.iter().any(|p| p.name == "time"))
-        .flat_map(|q| q.expressions.iter())
-        .filter_map(|e| match e.ops.as_slice() {
-            [Op::Value(Term::Variable(_)), Op::Value(Term::Date(d)), Op::Binary(Binary::LessOrEqual)] => {
-                Some(*d)
+    {
+        let time_only = query.body.len() == 1;
+        let mut bound = None;
+        for e in &query.expressions {
+            bound = match e.ops.as_slice() {
+                [Op::Value(Term::Variable(_)), Op::Value(Term::Date(d)), Op::Binary(Binary::LessOrEqual)] => {
+                    Some(*d)
+                }
+                [Op::Value(Term::Variable(_)), Op::Value(Term::Date(d)), Op::Binary(Binary::LessThan)] => {
+                    Some(d.saturating_sub(1))
+                }
+                _ => None,
+            };
+            if bound.is_none() {
+                break;
             }
-            [Op::Value(Term::Variable(_)), Op::Value(Term::Date(d)), Op::Binary(Binary::LessThan)] => {
-                Some(d.saturating_sub(1))
+        }
+        match bound {
+            Some(d) if time_only && query.expressions.len() == 1 => {
+                expiry = Some(expiry.map_or(d, |e| e.min(d)));
             }
-            _ => None,
-        })
-        .min();
+            _ => {
+                return Err(Rejection::Malformed(
+                    "a check on time must be an expiry: `check if time($t), $t <= <date>` \
+                     (use `synapse token attenuate --expires`)"
+                        .into(),
+                ))
+            }
+        }
+    }
     Ok(expiry)
 }
 
@@ -1685,6 +1710,41 @@ mod tests {
             matches!(&res, Err(GuardError::Malformed(m)) if m.contains("joins 3")),
             "{res:?}"
         );
+    }
+
+    #[test]
+    fn time_checks_other_than_an_expiry_are_refused() {
+        let (_root, guard, t) = setup(&[grant("*", "*", &[], false)]);
+        let r = req("kv", "a", "get", READ);
+        // The guard would enforce these, but apply-time fencing only knows
+        // "now <= date": each is refused rather than half-enforced.
+        for code in [
+            "check if time($t), 2100-01-01T00:00:00Z >= $t;",
+            "check if time($t), $t >= 2000-01-01T00:00:00Z;",
+            "check if time($t), $t <= 2100-01-01T00:00:00Z, $t >= 2000-01-01T00:00:00Z;",
+            "check if time($t), operation($o), $t <= 2100-01-01T00:00:00Z;",
+        ] {
+            let block = BlockBuilder::new().code(code).expect("datalog");
+            let token = UnverifiedBiscuit::from_base64(&t)
+                .and_then(|u| u.append(block))
+                .and_then(|u| u.to_base64())
+                .expect("append");
+            let res = guard.check(Some(&token), &r);
+            assert!(
+                matches!(&res, Err(GuardError::Malformed(m)) if m.contains("expiry")),
+                "{code}: {res:?}"
+            );
+        }
+        // The supported form still works, and its date is the fence's.
+        let block = BlockBuilder::new()
+            .code("check if time($t), $t <= 2100-01-01T00:00:00Z;")
+            .expect("datalog");
+        let token = UnverifiedBiscuit::from_base64(&t)
+            .and_then(|u| u.append(block))
+            .and_then(|u| u.to_base64())
+            .expect("append");
+        let d = guard.check(Some(&token), &r).expect("allowed");
+        assert_eq!(d.fence.expires_at_secs, Some(4_102_444_800));
     }
 
     #[test]
