@@ -534,8 +534,13 @@ impl<S: StateMachine, T: Transport> SimDriver<S, T> {
         self.driver.handle(Event::Step(Box::new(msg)));
     }
 
+    /// One Raft tick, with the tick-time duties of the real loop that are
+    /// deterministic: a leader removed from the voters hands leadership
+    /// away (without it a self-removed leader leads on, and refuses every
+    /// proposal). Read expiry is wall-clock based and is left out.
     pub fn tick(&mut self) {
         self.driver.raw.tick();
+        self.driver.hand_off_if_removed();
     }
 
     pub fn report_snapshot(&mut self, peer: u64, delivered: bool) {
