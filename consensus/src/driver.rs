@@ -534,13 +534,23 @@ impl<S: StateMachine, T: Transport> SimDriver<S, T> {
         self.driver.handle(Event::Step(Box::new(msg)));
     }
 
+    /// One Raft tick, with the tick-time duties of the real loop that are
+    /// deterministic: a leader removed from the voters hands leadership
+    /// away (without it a self-removed leader leads on, and refuses every
+    /// proposal). Read expiry is wall-clock based and is left out.
     pub fn tick(&mut self) {
         self.driver.raw.tick();
+        self.driver.hand_off_if_removed();
     }
 
     pub fn report_snapshot(&mut self, peer: u64, delivered: bool) {
         self.driver
             .handle(Event::SnapshotReport { peer, delivered });
+    }
+
+    /// Asks this node, if it leads, to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.driver.raw.transfer_leader(to);
     }
 
     pub fn report_unreachable(&mut self, peer: u64) {
@@ -857,6 +867,27 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         }
     }
 
+    /// A leader removed outright (not demoted to learner) steps down.
+    /// raft-rs 0.7 would keep it leading until the transfer above
+    /// completes, and the next append response then makes it advance the
+    /// commit index through its own, now deleted, progress entry: a panic
+    /// (found by the simulation's membership runs). Called only between
+    /// Readies: raft-rs forbids a role change inside one. The TimeoutNow
+    /// the transfer sent (if the target was caught up) still makes the
+    /// target campaign at once; otherwise the voters elect one.
+    fn step_down_if_removed(&mut self) {
+        if self.raw.raft.state == StateRole::Leader
+            && self.raw.raft.prs().get(self.config.id).is_none()
+        {
+            tracing::info!(
+                node = self.config.id,
+                "removed from the cluster; stepping down"
+            );
+            let term = self.raw.raft.term;
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
+        }
+    }
+
     fn expire_reads(&mut self) {
         let timeout = self.config.read_timeout;
         let hint = self.leader_hint();
@@ -993,6 +1024,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             self.ready_finish(ready)?;
         }
         self.release_reads();
+        self.step_down_if_removed();
         Ok(())
     }
 
@@ -1006,6 +1038,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             self.ready_finish(ready)?;
         }
         self.release_reads();
+        self.step_down_if_removed();
         Ok(())
     }
 

@@ -17,7 +17,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use synapse::history::{Call, Operation, Outcome};
 use synapse::linearizability;
-use synapse_consensus::eraftpb::{Message, MessageType};
+use synapse_consensus::eraftpb::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Message, MessageType,
+};
 use synapse_consensus::{CrashPoint, RaftConfig, Role, SimDriver, SimReply, Transport};
 use synapse_storage::{Checkpoint, Hash, Store, StoreOptions, Timestamp, ZERO_HASH};
 use tempfile::TempDir;
@@ -60,6 +62,16 @@ pub struct SimOptions {
     pub crash_consistency: bool,
     /// Planted bug (with `crash_consistency`): `sync()` persists nothing.
     pub unsafe_skip_sync: bool,
+    /// Membership changes under load: in about half the seeds, a voter
+    /// (sometimes the leader) is removed, re-added as a learner and promoted
+    /// while the clients and the other faults run (see [`MemberCycle`]).
+    pub membership: bool,
+    /// UNSAFE, for the test that shows the hazard: the removed node's disk
+    /// is wiped and it rejoins under the same id. It forgets its term and
+    /// vote, and the old incarnation's delayed messages are taken for the
+    /// new one's, so it can vote twice in a term or be counted for entries
+    /// it does not hold. Safe rejoining needs a fresh id.
+    pub unsafe_rejoin_wiped_same_id: bool,
 }
 
 impl SimOptions {
@@ -72,6 +84,8 @@ impl SimOptions {
             check_acks: true,
             crash_consistency: true,
             unsafe_skip_sync: false,
+            membership: true,
+            unsafe_rejoin_wiped_same_id: false,
         }
     }
 }
@@ -131,6 +145,10 @@ pub struct Report {
     pub pauses: u64,
     pub rolling_restarts: u64,
     pub lossy_links: u64,
+    /// Membership changes committed (remove, add learner, promote).
+    pub membership_changes: u64,
+    /// Whole remove → wipe → re-add → promote cycles completed.
+    pub membership_cycles: u64,
     /// Digest over every action, every leader and every applied index.
     pub trace_digest: u64,
 }
@@ -153,7 +171,37 @@ struct Node {
     /// here; forgotten when a snapshot replaces the state.
     verified: Vec<bool>,
     verified_restores: u64,
+    /// Joined an existing cluster with an empty disk (after a wipe): starts
+    /// with no initial voters and learns the configuration from the leader.
+    joiner: bool,
 }
+
+/// One membership cycle's phase. Each phase has a goal checked against the
+/// leader's configuration, so a change whose reply was lost (leader crash,
+/// partition) is recognised as done or simply proposed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemberCycle {
+    Idle,
+    /// Goal: the node is neither voter nor learner.
+    Remove(u64),
+    /// Removed. With `unsafe_rejoin_wiped_same_id` its disk is wiped and it
+    /// restarts empty, as a joiner; otherwise it keeps its disk (and so its
+    /// term, vote and log), which is what makes re-adding it safe.
+    Wipe(u64),
+    /// Goal: the node is a learner (or already a voter).
+    AddLearner(u64),
+    /// Goal: the node is a voter again (proposed once it has caught up).
+    Promote(u64),
+}
+
+/// Steps between two proposals of the same membership change while its
+/// goal is not reached (a reply may be lost with a crashed leader).
+const MEMBER_RETRY_STEPS: usize = 25;
+/// A learner is promoted only this close to the leader's commit index,
+/// like the runtime's `MAX_PROMOTE_LAG`.
+const MEMBER_PROMOTE_LAG: u64 = 20;
+/// Chance per step to start a cycle while idle (≈ 2 cycles per 300 steps).
+const MEMBER_CYCLE_CHANCE: f64 = 0.008;
 
 /// An instance's head as a proposer sees it: version, hash, and the value
 /// its state encodes (`None`: no checkpoint yet).
@@ -264,6 +312,11 @@ struct Cluster {
     step: usize,
     trace: DefaultHasher,
     report: Report,
+    /// Membership changes run in this seed.
+    membership: bool,
+    member: MemberCycle,
+    member_reply: Option<(u64, SimReply<ConfState>)>,
+    member_last_proposal: usize,
 }
 
 type Check = Result<(), String>;
@@ -297,24 +350,7 @@ impl Cluster {
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let mut nodes = Vec::new();
         for id in 1..=n {
-            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-            let store = Store::open(
-                dir.path(),
-                StoreOptions {
-                    simulation: true,
-                    retention_versions: 1 << 40,
-                    ..Default::default()
-                },
-            )
-            .map_err(|e| format!("open store {id}: {e}"))?;
-            if opts.crash_consistency {
-                store
-                    .sim_track_durability()
-                    .map_err(|e| format!("store {id}: {e}"))?;
-                store
-                    .sim_set_skip_sync(opts.unsafe_skip_sync)
-                    .map_err(|e| format!("store {id}: {e}"))?;
-            }
+            let (dir, store) = open_sim_store(&opts, id)?;
             nodes.push(Node {
                 id,
                 driver: None,
@@ -326,8 +362,10 @@ impl Cluster {
                 hashed: None,
                 verified: Vec::new(),
                 verified_restores: 0,
+                joiner: false,
             });
         }
+        let membership = opts.membership && rng.gen_bool(0.5);
         let mut c = Cluster {
             seed,
             opts,
@@ -358,6 +396,10 @@ impl Cluster {
                 compaction,
                 ..Default::default()
             },
+            membership,
+            member: MemberCycle::Idle,
+            member_reply: None,
+            member_last_proposal: 0,
         };
         c.report.lossy_links = c.link_loss.iter().filter(|&&l| l > 0.0).count() as u64;
         for id in 1..=n {
@@ -367,7 +409,12 @@ impl Cluster {
     }
 
     fn config(&self, id: u64) -> RaftConfig {
-        let mut cfg = RaftConfig::cluster_member(id, self.voters.clone());
+        let initial = if self.nodes[Self::idx(id)].joiner {
+            Vec::new()
+        } else {
+            self.voters.clone()
+        };
+        let mut cfg = RaftConfig::cluster_member(id, initial);
         cfg.election_tick = ELECTION_TICK;
         cfg.heartbeat_tick = 2;
         // [min, max) of width 1: raft-rs's thread-RNG draw is then fixed.
@@ -1356,6 +1403,166 @@ impl Cluster {
     /// Heal everything, restart crashed nodes, run with a reliable network
     /// until every node applied the leader's whole log, then check every
     /// acknowledged write everywhere.
+    /// The leader of the highest term, if any, with its status.
+    fn current_leader(&self) -> Option<(u64, synapse_consensus::RaftStatus)> {
+        let (id, _) = self.leaders().into_iter().max_by_key(|&(_, term)| term)?;
+        let status = self.nodes[Self::idx(id)].driver.as_ref()?.status();
+        Some((id, status))
+    }
+
+    /// Advances the membership cycle by at most one proposal. Outside
+    /// `converging`, a new cycle starts at random while idle; while
+    /// converging, only a running cycle is finished.
+    fn member_step(&mut self, converging: bool) -> Check {
+        if !self.membership {
+            return Ok(());
+        }
+        if let Some((_, rx)) = &mut self.member_reply {
+            match rx.try_recv() {
+                Ok(Ok(_)) => {
+                    self.report.membership_changes += 1;
+                    self.member_reply = None;
+                }
+                Ok(Err(e)) => {
+                    self.note(&format!("membership change refused: {e}"));
+                    self.member_reply = None;
+                }
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Closed) => self.member_reply = None,
+            }
+        }
+        let phase = self.member;
+        match phase {
+            MemberCycle::Idle => {
+                if converging || !self.rng.gen_bool(MEMBER_CYCLE_CHANCE) {
+                    return Ok(());
+                }
+                let Some((_, status)) = self.current_leader() else {
+                    return Ok(());
+                };
+                if status.voters.len() < self.nodes.len() {
+                    return Ok(());
+                }
+                let Some(&victim) = status.voters.choose(&mut self.rng) else {
+                    return Ok(());
+                };
+                self.note(&format!("membership: cycle for node {victim} starts"));
+                self.member = MemberCycle::Remove(victim);
+                return Ok(());
+            }
+            MemberCycle::Wipe(id) => {
+                if self.opts.unsafe_rejoin_wiped_same_id {
+                    self.wipe(id)?;
+                }
+                self.member = MemberCycle::AddLearner(id);
+                return Ok(());
+            }
+            _ => {}
+        }
+        let Some((leader, status)) = self.current_leader() else {
+            return Ok(());
+        };
+        // A leader's configuration is the one it has applied; judge a goal
+        // only when nothing is left unapplied in its log (a committed but
+        // unapplied change would otherwise be missed).
+        if status.applied_index < status.last_index {
+            return Ok(());
+        }
+        let (goal_met, change, next) = match phase {
+            MemberCycle::Remove(id) => (
+                !status.voters.contains(&id) && !status.learners.contains(&id),
+                conf_change(ConfChangeType::RemoveNode, id),
+                MemberCycle::Wipe(id),
+            ),
+            MemberCycle::AddLearner(id) => (
+                status.learners.contains(&id) || status.voters.contains(&id),
+                conf_change(ConfChangeType::AddLearnerNode, id),
+                MemberCycle::Promote(id),
+            ),
+            MemberCycle::Promote(id) => (
+                status.voters.contains(&id),
+                conf_change(ConfChangeType::AddNode, id),
+                MemberCycle::Idle,
+            ),
+            MemberCycle::Idle | MemberCycle::Wipe(_) => return Ok(()),
+        };
+        if goal_met {
+            self.note(&format!("membership: {phase:?} done (leader {leader})"));
+            if next == MemberCycle::Idle {
+                self.report.membership_cycles += 1;
+            }
+            self.member = next;
+            return Ok(());
+        }
+        if self.member_last_proposal > 0
+            && self.step < self.member_last_proposal + MEMBER_RETRY_STEPS
+        {
+            return Ok(());
+        }
+        if let MemberCycle::Promote(id) = phase {
+            let caught_up = self.nodes[Self::idx(id)].driver.as_ref().is_some_and(|d| {
+                d.status().applied_index + MEMBER_PROMOTE_LAG >= status.commit_index
+            });
+            if !caught_up {
+                return Ok(());
+            }
+        }
+        self.note(&format!("membership: propose {phase:?} on leader {leader}"));
+        let reply = self.nodes[Self::idx(leader)]
+            .driver
+            .as_mut()
+            .expect("a leader is live")
+            .change_membership(change);
+        self.member_reply = Some((leader, reply));
+        self.member_last_proposal = self.step;
+        self.process(leader)
+    }
+
+    /// The removed node's machine is replaced: empty disk, same id, started
+    /// as a joiner (no initial voters), like `synapse serve --join`.
+    fn wipe(&mut self, id: u64) -> Check {
+        self.note(&format!("membership: wipe node {id}, restart it empty"));
+        self.paused.remove(&id);
+        self.poll_replies()?;
+        let (dir, store) = open_sim_store(&self.opts, id)?;
+        let node = &mut self.nodes[Self::idx(id)];
+        // Driver first: it holds the old store.
+        node.driver = None;
+        *node = Node {
+            id,
+            driver: None,
+            store,
+            _dir: dir,
+            spec: HashMap::new(),
+            spec_term: 0,
+            max_applied: 0,
+            hashed: None,
+            verified: Vec::new(),
+            verified_restores: lock(&self.ledger).restores.get(&id).copied().unwrap_or(0),
+            joiner: true,
+        };
+        self.start(id)
+    }
+
+    /// After convergence with no cycle running: every node is a voter
+    /// again and nobody is left a learner.
+    fn check_final_membership(&self, leader: &synapse_consensus::RaftStatus) -> Check {
+        if !self.membership {
+            return Ok(());
+        }
+        let mut voters = leader.voters.clone();
+        voters.sort_unstable();
+        let all: Vec<u64> = (1..=self.nodes.len() as u64).collect();
+        if voters != all || !leader.learners.is_empty() {
+            return Err(format!(
+                "final configuration voters {voters:?} learners {:?}, expected voters {all:?} \
+                 after {} completed membership cycles",
+                leader.learners, self.report.membership_cycles
+            ));
+        }
+        Ok(())
+    }
+
     fn converge(&mut self, progress: &AtomicUsize) -> Check {
         self.note("final: heal, restart all, reliable network");
         self.groups = None;
@@ -1376,8 +1583,12 @@ impl Cluster {
                 .collect();
             self.tick(&ids)?;
             self.deliver(None, false)?;
+            self.member_step(true)?;
             self.check()?;
             let leaders = self.leaders();
+            if self.member != MemberCycle::Idle {
+                continue;
+            }
             if let [(leader, _)] = leaders[..] {
                 let ls = self.nodes[Self::idx(leader)]
                     .driver
@@ -1391,6 +1602,7 @@ impl Cluster {
                             .is_some_and(|d| d.status().applied_index == ls.last_index)
                     });
                 if done {
+                    self.check_final_membership(&ls)?;
                     self.report.final_applied = ls.last_index;
                     let hashes: BTreeSet<Hash> = self
                         .nodes
@@ -1437,6 +1649,7 @@ impl Cluster {
             progress.store(s, Ordering::Relaxed);
             self.resume_paused();
             self.act()?;
+            self.member_step(false)?;
             self.check()?;
         }
         self.converge(progress)
@@ -1451,6 +1664,39 @@ impl Cluster {
         self.report.trace_digest = self.trace.finish();
         self.report.clone()
     }
+}
+
+/// A node's empty disk: a sled store in a fresh temp dir, tracking what is
+/// durable when the run tests crash consistency.
+fn open_sim_store(opts: &SimOptions, id: u64) -> Result<(TempDir, Store), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let store = Store::open(
+        dir.path(),
+        StoreOptions {
+            simulation: true,
+            retention_versions: 1 << 40,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| format!("open store {id}: {e}"))?;
+    if opts.crash_consistency {
+        store
+            .sim_track_durability()
+            .map_err(|e| format!("store {id}: {e}"))?;
+        store
+            .sim_set_skip_sync(opts.unsafe_skip_sync)
+            .map_err(|e| format!("store {id}: {e}"))?;
+    }
+    Ok((dir, store))
+}
+
+fn conf_change(kind: ConfChangeType, id: u64) -> ConfChangeV2 {
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(kind);
+    single.node_id = id;
+    let mut change = ConfChangeV2::default();
+    change.set_changes(vec![single].into());
+    change
 }
 
 fn describe(m: &Message, copies: u64) -> String {
