@@ -26,6 +26,7 @@ pub mod fuzzing;
 pub mod grpc;
 pub mod guard;
 mod http;
+mod log_repair;
 pub mod metrics;
 pub mod node;
 pub mod repair;
