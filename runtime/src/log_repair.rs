@@ -109,9 +109,13 @@ pub(crate) async fn repair_at_start(
     if damaged.len() >= MAX_DAMAGED {
         return Err(unrepairable(damaged[0], "too many damaged records"));
     }
+    if peers.is_empty() {
+        metrics.repair_failures.fetch_add(1, Ordering::Relaxed);
+        return Err(unrepairable(damaged[0], "no peer is known"));
+    }
     let mut left: BTreeSet<u64> = damaged.into_iter().collect();
     let mut repaired = 0u64;
-    let mut last_reason = String::from("no peer is known");
+    let mut last_reason = String::from("no peer had a verified committed copy");
     let mut backoff = FIRST_BACKOFF;
     for round in 1..=MAX_ROUNDS {
         for (peer, address) in peers {
@@ -233,4 +237,48 @@ async fn repair_from(
         }
     }
     Ok(repaired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use synapse_storage::StoreOptions;
+
+    #[tokio::test]
+    async fn a_damaged_record_nobody_can_repair_stops_the_start_with_index_and_remedy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let log = store.raft_log();
+        let entries: Vec<raft::eraftpb::Entry> = (1..=5)
+            .map(|index| raft::eraftpb::Entry {
+                index,
+                term: 1,
+                ..Default::default()
+            })
+            .collect();
+        log.append(&entries).unwrap();
+        let metrics = Metrics::default();
+        let channels = PeerChannels::default();
+        // Intact: nothing to do.
+        assert_eq!(
+            repair_at_start(&store, &[], &channels, &metrics)
+                .await
+                .unwrap(),
+            0
+        );
+        let raw = store.raw_tree("raft_log").unwrap();
+        let key = 3u64.to_be_bytes();
+        let mut bytes = raw.get(key).unwrap().unwrap().to_vec();
+        bytes[0] ^= 0xff;
+        raw.insert(key, bytes).unwrap();
+        match repair_at_start(&store, &[], &channels, &metrics).await {
+            Err(RuntimeError::DataLoss(msg)) => {
+                assert!(msg.contains("raft log entry 3"), "{msg}");
+                assert!(msg.contains("Remedy"), "{msg}");
+            }
+            other => panic!("expected DATA_LOSS, got {other:?}"),
+        }
+        assert_eq!(metrics.repair_failures.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.data_loss.load(Ordering::Relaxed), 1);
+    }
 }
