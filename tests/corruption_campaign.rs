@@ -6,7 +6,10 @@
 //! one the record must be reported as `StorageError::Corrupt` by every read
 //! path that touches it (never returned as data, never a panic); damaged
 //! checkpoints are then repaired from a peer's copy (verified against the
-//! local anchor) and the chain verifies again; a damaged snapshot is refused
+//! local anchor) and the chain verifies again; damaged Raft log records are
+//! found by the start-up scan (`damaged_entries`), a peer's copy of a
+//! neighbouring record is refused, and the peer's committed copy repairs
+//! them (`repair_entry`, as `Peer.FetchLogEntries` serves it); a damaged snapshot is refused
 //! by `verify_snapshot_data` and by `restore_state`, which leaves the target
 //! store untouched.
 //!
@@ -89,6 +92,11 @@ fn populate(store: &Store) {
         });
     }
     store.raft_log().append(&log).expect("append log");
+    // The whole log is committed (as on a node that saw it committed), so
+    // a damaged record may be repaired from a peer's committed copy.
+    let mut hs = store.raft_log().hard_state().expect("hard state");
+    hs.commit = LOG_ENTRIES;
+    store.raft_log().set_hard_state(&hs).expect("commit");
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -179,6 +187,7 @@ struct Tally {
     injected: u64,
     detected: u64,
     repaired: u64,
+    log_repaired: u64,
     by_target: [u64; 3],
     by_mutation: [u64; 3],
 }
@@ -252,9 +261,36 @@ fn random_corruption_is_always_detected_never_served_and_repairable() {
                 what = format!("raft entry {index} {m:?}");
                 log_tree.insert(key, bad).unwrap();
                 let r = catch_unwind(AssertUnwindSafe(|| {
-                    (log_misses(&node, index, true_term), true)
+                    let mut missed = log_misses(&node, index, true_term);
+                    let log = node.raft_log();
+                    if log.damaged_entries(16).ok() != Some(vec![index]) {
+                        missed.push("damaged_entries");
+                    }
+                    // Repair from the peer's committed copy (as
+                    // Peer.FetchLogEntries serves it); a copy of a
+                    // neighbouring record is refused first.
+                    let (commit, records) = peer
+                        .raft_log()
+                        .committed_records(index.saturating_sub(1).max(1), index, 1 << 20)
+                        .unwrap();
+                    let wrong = &records[0];
+                    let refused = index == 1
+                        || matches!(
+                            log.repair_entry(index, wrong, commit),
+                            Err(StorageError::RepairRefused { .. })
+                        );
+                    let right = records.last().unwrap();
+                    let repaired = refused
+                        && log.repair_entry(index, right, commit).unwrap_or(false)
+                        && log
+                            .damaged_entries(16)
+                            .map(|d| d.is_empty())
+                            .unwrap_or(false)
+                        && log.read_entries(1, LOG_ENTRIES + 1, None).ok()
+                            == peer.raft_log().read_entries(1, LOG_ENTRIES + 1, None).ok();
+                    (missed, repaired)
                 }));
-                // The log has no peer repair offline; put the record back.
+                // Whatever happened, the next injection starts intact.
                 log_tree.insert(key, original).unwrap();
                 r
             }
@@ -287,7 +323,9 @@ fn random_corruption_is_always_detected_never_served_and_repairable() {
                 t.detected += 1;
                 if target == 0 && repaired {
                     t.repaired += 1;
-                } else if target == 0 {
+                } else if target == 1 && repaired {
+                    t.log_repaired += 1;
+                } else if target != 2 {
                     failures.push(format!("{what}: detected but not repaired"));
                 }
             }
@@ -299,7 +337,7 @@ fn random_corruption_is_always_detected_never_served_and_repairable() {
     println!(
         "corruption campaign seed {seed}: injected {} (checkpoints {}, raft entries {}, \
          snapshots {}; bit flips {}, truncations {}, zeroed blocks {}), detected {}/{}, \
-         checkpoints repaired from the peer {}/{}",
+         checkpoints repaired from the peer {}/{}, raft entries repaired from the peer {}/{}",
         t.injected,
         t.by_target[0],
         t.by_target[1],
@@ -310,7 +348,9 @@ fn random_corruption_is_always_detected_never_served_and_repairable() {
         t.detected,
         t.injected,
         t.repaired,
-        t.by_target[0]
+        t.by_target[0],
+        t.log_repaired,
+        t.by_target[1]
     );
     assert!(
         failures.is_empty(),

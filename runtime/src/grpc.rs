@@ -533,6 +533,18 @@ impl pb::peer_server::Peer for Api {
         Ok(Response::new(pb::FetchCheckpointResponse { checkpoint }))
     }
 
+    /// Committed Raft log records, verified here before they are sent; the
+    /// caller verifies them again (`crate::log_repair`).
+    async fn fetch_log_entries(
+        &self,
+        request: Request<pb::FetchLogEntriesRequest>,
+    ) -> Result<Response<pb::FetchLogEntriesResponse>, Status> {
+        self.authorize_peer(&request, "fetch_log_entries")?;
+        let req = request.into_inner();
+        let response = crate::log_repair::serve(self.core.store(), req.from, req.to).await?;
+        Ok(Response::new(response))
+    }
+
     async fn forward_invoke(
         &self,
         request: Request<pb::ForwardInvokeRequest>,

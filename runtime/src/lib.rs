@@ -5,6 +5,8 @@
 //! Owns: the path of one message from the guard to the reply: authorize →
 //! activate the instance actor → run the handler → seal a checkpoint →
 //! propose through `synapse-consensus` → reply after commit and apply.
+//! Also the repair of damaged checkpoints (`repair`) and, before consensus
+//! starts, of damaged Raft log records (`log_repair`) from peers.
 //!
 //! Must never: let a message reach a skill without a capability check;
 //! reply before the entry is committed and durable; let a handler's panic
@@ -26,6 +28,7 @@ pub mod fuzzing;
 pub mod grpc;
 pub mod guard;
 mod http;
+mod log_repair;
 pub mod metrics;
 pub mod node;
 pub mod repair;

@@ -21,6 +21,9 @@ pub struct Metrics {
     pub data_loss: AtomicU64,
     /// Damaged checkpoint records rewritten from a verified peer copy.
     pub checkpoint_repairs: AtomicU64,
+    /// Damaged Raft log records rewritten at start from a verified,
+    /// committed peer copy (`crate::log_repair`).
+    pub log_repairs: AtomicU64,
     /// Repairs given up (no peer had a verified copy, or the anchor itself
     /// is damaged).
     pub repair_failures: AtomicU64,
@@ -104,6 +107,11 @@ impl Metrics {
             "checkpoint_repairs_total",
             "Damaged checkpoint records rewritten from a verified peer copy.",
             g(&self.checkpoint_repairs),
+        );
+        counter(
+            "raft_log_repairs_total",
+            "Damaged Raft log records rewritten at start from a verified committed peer copy.",
+            g(&self.log_repairs),
         );
         counter(
             "repair_failures_total",

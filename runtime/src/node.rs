@@ -1473,6 +1473,19 @@ async fn open_core(
     raft_config.heartbeat_tick = config.raft_heartbeat_tick;
     raft_config.compact_threshold = config.raft_compact_threshold;
     raft_config.compact_keep = (config.raft_compact_threshold / 4).max(1);
+    // Never start raft-rs over a damaged log: repair damaged records from
+    // peers first, or refuse to start (`crate::log_repair`).
+    if let Some(t) = &transport {
+        let channels =
+            PeerChannels::new(tls.as_ref().map(|t| t.client_config()), credential.clone());
+        let mut others = t.peers();
+        others.retain(|(p, _)| *p != config.node_id);
+        let repaired =
+            crate::log_repair::repair_at_start(&store, &others, &channels, &metrics).await?;
+        if repaired > 0 {
+            tracing::warn!(repaired, "raft log repaired from peers; starting consensus");
+        }
+    }
     let (raft, _join) = match &transport {
         Some(t) => {
             let (raft, join) = spawn_driver(raft_config, store.clone(), sm, t.clone())?;

@@ -34,6 +34,10 @@ pub enum StorageError {
     /// The state machine has not yet applied up to the requested index.
     #[error("snapshot temporarily unavailable: applied {applied} < requested {requested}")]
     SnapshotTemporarilyUnavailable { applied: u64, requested: u64 },
+    /// A peer's copy of a Raft log entry was not accepted as a repair of the
+    /// local record (see `RaftLog::repair_entry`): nothing was written.
+    #[error("raft log entry {index}: peer copy refused: {reason}")]
+    RepairRefused { index: u64, reason: String },
 }
 
 impl StorageError {

@@ -6,6 +6,8 @@
 //!   bounded retention, time-travel lookup and chain verification;
 //! * the **raft-rs `Storage`** implementation (`RaftLog`): log entries, hard
 //!   state, conf state, snapshots and compaction, every record checksummed;
+//!   the start-up scan for damaged log records and the checks a peer's copy
+//!   must pass to repair one (`RaftLog::repair_entry`);
 //! * **revoked capability ids**, replicated and part of snapshots;
 //! * the **audit tree**: append-only, hash-chained capability decisions;
 //! * the **request-id table**: what each applied request produced, so

@@ -544,6 +544,217 @@ impl RaftLog {
     }
 }
 
+/// Repair of damaged Raft log records from peers.
+///
+/// Why replacing a damaged record with a peer's copy is safe, and when:
+///
+/// * An entry at index `i` that is committed is the same (same term, same
+///   data) on every node that holds it, forever: Log Matching says two logs
+///   with an entry of equal index and term agree on it and on everything
+///   before it, and Leader Completeness says every later leader holds every
+///   committed entry, so no committed entry is ever overwritten.
+/// * This node's own commit index (`max(hard state commit, applied)`) only
+///   ever covers entries its local log shared with a leader's log. So for
+///   `i <= local commit` the record that got damaged *was* the committed
+///   entry, and a peer's copy of committed entry `i` restores exactly what
+///   was there: entries around it stay consistent with it.
+/// * The peer must report `i` as committed on its side (`i <= its commit`)
+///   too; an uncommitted peer entry could be one that is later overwritten.
+/// * The copy is checked like a local read (record checksum, index under
+///   its key) and for continuity with the intact local neighbours: terms in
+///   a Raft log never decrease, so `term(i-1) <= term <= term(i+1)`; and if
+///   this process still remembers the term it wrote at `i`, it must match.
+///
+/// Not repaired here (the node keeps refusing to start, with the index and
+/// the remedy in the error): a damaged entry above the local commit index (we
+/// cannot know that the local record was the committed one, and entries
+/// after it might belong to a branch that the peer's entry does not
+/// continue; dropping it instead could lose an entry this node acknowledged
+/// towards a commit), and an entry no peer still has committed and retained
+/// (compacted everywhere: the remedy is a snapshot, i.e. re-seeding the node).
+impl RaftLog {
+    /// Indices of retained log records (`first_index..=last_index`) that are
+    /// missing or fail their checksum/decoding, ascending, at most `max`.
+    /// Reads every retained record once; the retained log is bounded by
+    /// compaction, so this is cheap enough to run at every start.
+    pub fn damaged_entries(&self, max: usize) -> Result<Vec<u64>, StorageError> {
+        let (first, last) = {
+            let b = self.bounds();
+            (b.truncated_index + 1, b.last_index)
+        };
+        let mut out = Vec::new();
+        let mut expected = first;
+        for item in self.inner().raft_log.range(u64_key(first)..) {
+            if out.len() >= max || expected > last {
+                break;
+            }
+            let (k, v) = item?;
+            let Some(index) = key_u64(&k) else {
+                continue;
+            };
+            if index > last {
+                break;
+            }
+            // Keys skipped over are missing records: damaged too.
+            while expected < index && out.len() < max {
+                out.push(expected);
+                expected += 1;
+            }
+            if out.len() >= max {
+                break;
+            }
+            match decode_entry(index, &v) {
+                Ok(_) => {}
+                Err(e) if e.is_corrupt() => out.push(index),
+                Err(e) => return Err(e),
+            }
+            expected = index + 1;
+        }
+        while expected <= last && out.len() < max {
+            out.push(expected);
+            expected += 1;
+        }
+        Ok(out)
+    }
+
+    /// The highest index this node knows to be committed: the stored hard
+    /// state's commit, or the applied index if that is higher (the commit is
+    /// stored without a sync, so after a crash it may trail the applied
+    /// index; every applied entry was committed).
+    pub fn local_commit_index(&self) -> Result<u64, StorageError> {
+        Ok(self.hard_state()?.commit.max(self.store.applied_index()?))
+    }
+
+    /// Verified stored records (checksum ++ entry, as kept on disk) of the
+    /// committed entries `[from, to]`, capped at `commit` and at `max_bytes`
+    /// in total (at least one record if any is in range), for a peer that
+    /// repairs its own copy. `Compacted` if `from` is no longer retained; a
+    /// damaged local record is `Corrupt` (never sent).
+    pub fn committed_records(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> Result<(u64, Vec<Vec<u8>>), StorageError> {
+        let commit = self.local_commit_index()?;
+        let (first, last) = {
+            let b = self.bounds();
+            (b.truncated_index + 1, b.last_index)
+        };
+        if from < first {
+            return Err(StorageError::Compacted { index: from });
+        }
+        let to = to.min(commit).min(last);
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let mut size = 0usize;
+        let mut index = from;
+        while index <= to {
+            let raw = self
+                .inner()
+                .raft_log
+                .get(u64_key(index))?
+                .ok_or_else(|| corrupt(format!("raft log entry {index} missing")))?;
+            decode_entry(index, &raw)?;
+            size += raw.len();
+            if !out.is_empty() && size > max_bytes {
+                break;
+            }
+            out.push(raw.to_vec());
+            index += 1;
+        }
+        Ok((commit, out))
+    }
+
+    /// Replaces the local record at `index` with `record` (a peer's stored
+    /// record, see `committed_records`), which the peer reported committed
+    /// up to `peer_commit`. Checks everything described on this `impl` and
+    /// writes nothing unless all pass: `RepairRefused` otherwise. `Ok(false)`
+    /// if the local record is intact and equal (nothing to do). No fsync:
+    /// the caller syncs after a batch of repairs.
+    pub fn repair_entry(
+        &self,
+        index: u64,
+        record: &[u8],
+        peer_commit: u64,
+    ) -> Result<bool, StorageError> {
+        let refuse = |reason: String| StorageError::RepairRefused { index, reason };
+        let entry = decode_entry(index, record)
+            .map_err(|e| refuse(format!("peer copy does not verify: {e}")))?;
+        if index > peer_commit {
+            return Err(refuse(format!(
+                "not committed on the peer (its commit index is {peer_commit})"
+            )));
+        }
+        let local_commit = self.local_commit_index()?;
+        if index > local_commit {
+            return Err(refuse(format!(
+                "above this node's commit index {local_commit}: the local record may not be \
+                 the committed entry"
+            )));
+        }
+        let b = self.bounds();
+        if index <= b.truncated_index || index > b.last_index {
+            return Err(refuse(format!(
+                "outside the retained log {}..={}",
+                b.truncated_index + 1,
+                b.last_index
+            )));
+        }
+        match self.read_entry(index) {
+            Ok(local) if local == entry => return Ok(false),
+            Ok(local) => {
+                return Err(refuse(format!(
+                    "the local record is intact and differs (local term {}, peer term {})",
+                    local.term, entry.term
+                )))
+            }
+            Err(e) if e.is_corrupt() => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(term) = b.terms.term(index) {
+            if term != entry.term {
+                return Err(refuse(format!(
+                    "term {} differs from the term {term} this process wrote",
+                    entry.term
+                )));
+            }
+        }
+        // Terms never decrease along a log: the copy must fit between its
+        // intact neighbours (damaged neighbours are repaired on their own).
+        let prev = if index - 1 == b.truncated_index {
+            Some(b.truncated_term)
+        } else {
+            self.read_entry(index - 1).ok().map(|e| e.term)
+        };
+        if let Some(prev) = prev {
+            if entry.term < prev {
+                return Err(refuse(format!(
+                    "term {} is below the term {prev} of entry {}",
+                    entry.term,
+                    index - 1
+                )));
+            }
+        }
+        if index < b.last_index {
+            if let Ok(next) = self.read_entry(index + 1) {
+                if entry.term > next.term {
+                    return Err(refuse(format!(
+                        "term {} is above the term {} of entry {}",
+                        entry.term,
+                        next.term,
+                        index + 1
+                    )));
+                }
+            }
+        }
+        // The bounds lock is held until here, so no append can interleave;
+        // the in-memory term runs, where they cover `index`, already agree.
+        self.inner().raft_log.insert(u64_key(index), record)?;
+        drop(b);
+        Ok(true)
+    }
+}
+
 impl Storage for RaftLog {
     fn initial_state(&self) -> raft::Result<RaftState> {
         Ok(RaftState::new(
@@ -870,6 +1081,145 @@ mod tests {
         meta.insert(META_HARD_STATE, bytes).unwrap();
         assert!(log.hard_state().unwrap_err().is_corrupt());
         assert!(log.initial_state().is_err());
+    }
+
+    /// Damages the stored record at `index` in place (flips one byte).
+    fn damage(store: &Store, index: u64) {
+        let raw = store.raw_tree("raft_log").unwrap();
+        let mut bytes = raw.get(u64_key(index)).unwrap().unwrap().to_vec();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x10;
+        raw.insert(u64_key(index), bytes).unwrap();
+    }
+
+    fn with_commit(log: &RaftLog, commit: u64) {
+        let mut hs = log.hard_state().unwrap();
+        hs.commit = commit;
+        log.set_hard_state(&hs).unwrap();
+    }
+
+    fn refused(r: Result<bool, StorageError>) -> bool {
+        matches!(r, Err(StorageError::RepairRefused { .. }))
+    }
+
+    #[test]
+    fn damaged_entry_is_found_and_repaired_from_a_committed_peer_copy() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (mine, peer) = (open(d1.path()), open(d2.path()));
+        let all = [ents(1..=4, 1), ents(5..=8, 2)].concat();
+        for s in [&mine, &peer] {
+            s.raft_log().append(&all).unwrap();
+            with_commit(&s.raft_log(), 8);
+        }
+        let log = mine.raft_log();
+        assert!(log.damaged_entries(16).unwrap().is_empty());
+        damage(&mine, 5);
+        damage(&mine, 6);
+        mine.raw_tree("raft_log")
+            .unwrap()
+            .remove(u64_key(2))
+            .unwrap();
+        assert_eq!(log.damaged_entries(16).unwrap(), vec![2, 5, 6]);
+        assert_eq!(log.damaged_entries(2).unwrap(), vec![2, 5]);
+
+        let (peer_commit, records) = peer.raft_log().committed_records(2, 6, 1 << 20).unwrap();
+        assert_eq!((peer_commit, records.len()), (8, 5));
+        // Intact and equal: nothing to do.
+        assert!(!log.repair_entry(3, &records[1], peer_commit).unwrap());
+        for (i, r) in (2..=6).zip(&records) {
+            if [2, 5, 6].contains(&i) {
+                assert!(log.repair_entry(i, r, peer_commit).unwrap());
+            }
+        }
+        assert!(log.damaged_entries(16).unwrap().is_empty());
+        assert_eq!(log.read_entries(1, 9, None).unwrap(), all);
+        // The byte budget bounds an answer (but one record always fits).
+        assert_eq!(
+            peer.raft_log().committed_records(2, 8, 1).unwrap().1.len(),
+            1
+        );
+        // Never past the peer's commit index.
+        with_commit(&peer.raft_log(), 6);
+        assert_eq!(
+            peer.raft_log()
+                .committed_records(2, 8, 1 << 20)
+                .unwrap()
+                .1
+                .len(),
+            5
+        );
+        // A damaged record is never sent.
+        damage(&peer, 4);
+        assert!(peer
+            .raft_log()
+            .committed_records(2, 8, 1 << 20)
+            .unwrap_err()
+            .is_corrupt());
+    }
+
+    #[test]
+    fn repair_refuses_copies_that_do_not_fit() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let _ = d2;
+        let mine = open(d1.path());
+        let log = mine.raft_log();
+        log.append(&[ents(1..=4, 1), ents(5..=8, 3)].concat())
+            .unwrap();
+        with_commit(&log, 6);
+        damage(&mine, 5);
+        damage(&mine, 7);
+        let record = |e: Entry| encode_msg(&e).unwrap();
+        // A peer copy with a higher term than the next intact entry (a
+        // diverged log): refused.
+        assert!(refused(log.repair_entry(
+            5,
+            &record(ents(5..=5, 4)[0].clone()),
+            8
+        )));
+        // A lower term than the previous intact entry: refused.
+        assert!(refused(log.repair_entry(
+            5,
+            &record(ents(5..=5, 0)[0].clone()),
+            8
+        )));
+        // An entry for another index (continuity): refused.
+        assert!(refused(log.repair_entry(
+            5,
+            &record(ents(6..=6, 3)[0].clone()),
+            8
+        )));
+        // A damaged copy (checksum): refused.
+        let mut bad = record(ents(5..=5, 3)[0].clone());
+        let mid = bad.len() / 2;
+        bad[mid] ^= 1;
+        assert!(refused(log.repair_entry(5, &bad, 8)));
+        // Not committed on the peer: refused.
+        let good = record(ents(5..=5, 3)[0].clone());
+        assert!(refused(log.repair_entry(5, &good, 4)));
+        // Above this node's own commit index (6): refused even if the peer
+        // has it committed.
+        assert!(refused(log.repair_entry(
+            7,
+            &record(ents(7..=7, 3)[0].clone()),
+            8
+        )));
+        // An intact local record that differs: refused, not overwritten.
+        assert!(refused(log.repair_entry(
+            4,
+            &record(ents(4..=4, 2)[0].clone()),
+            8
+        )));
+        // Nothing was written by any refusal.
+        assert_eq!(log.damaged_entries(16).unwrap(), vec![5, 7]);
+        // The right copy is accepted.
+        assert!(log.repair_entry(5, &good, 8).unwrap());
+        assert_eq!(log.damaged_entries(16).unwrap(), vec![7]);
+        // Outside the retained log: refused.
+        assert!(refused(log.repair_entry(
+            9,
+            &record(ents(9..=9, 3)[0].clone()),
+            9
+        )));
     }
 
     #[test]
