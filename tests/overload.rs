@@ -59,7 +59,21 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 struct Results {
     ok: Vec<Duration>,
     rejected: Vec<Duration>,
+    /// RESOURCE_EXHAUSTED by which bound refused it (from the message).
+    rejected_by: BTreeMap<&'static str, u64>,
     other: BTreeMap<String, u64>,
+}
+
+/// Which bound produced a RESOURCE_EXHAUSTED: the node-wide in-flight
+/// bound (checked first, at the front door) or a later one.
+fn refusal_kind(message: &str) -> &'static str {
+    if message.contains("invocations already in progress") {
+        "inflight"
+    } else if message.contains("mailbox") {
+        "mailbox"
+    } else {
+        "other"
+    }
 }
 
 async fn caller(
@@ -81,6 +95,10 @@ async fn caller(
             Ok(Ok(_)) => local.ok.push(t.elapsed()),
             Ok(Err(s)) if s.code() == Code::ResourceExhausted => {
                 local.rejected.push(t.elapsed());
+                *local
+                    .rejected_by
+                    .entry(refusal_kind(s.message()))
+                    .or_default() += 1;
                 // A rejected caller backs off briefly, as a client should.
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -91,6 +109,9 @@ async fn caller(
     let mut r = out.lock().unwrap();
     r.ok.extend(local.ok);
     r.rejected.extend(local.rejected);
+    for (k, v) in local.rejected_by {
+        *r.rejected_by.entry(k).or_default() += v;
+    }
     for (k, v) in local.other {
         *r.other.entry(k).or_default() += v;
     }
@@ -207,7 +228,7 @@ async fn overload_is_refused_quickly_memory_stays_bounded_and_service_recovers()
         "overload: capacity {capacity:.0} ok/s with {CAPACITY_CLIENTS} clients (p50 {:?}, p99 {:?}); \
          offered {offered:.0} req/s with {OVERLOAD_CLIENTS} clients on {HOT_INSTANCES} instances \
          ({:.1}x capacity) for {ov_time:?}: accepted {} (p50 {:?}, p99 {:?}), rejected \
-         RESOURCE_EXHAUSTED {} (p50 {:?}, p99 {:?}), other {:?}; server overloaded_total \
+         RESOURCE_EXHAUSTED {} {:?} (p50 {:?}, p99 {:?}), other {:?}; server overloaded_total \
          {overloaded_metric}; RSS start {rss_start} KiB, max during overload {max_rss} KiB, end \
          {rss_end} KiB; first normal invoke {recovered:?} after the load stopped",
         percentile(&cap.ok, 0.5),
@@ -217,6 +238,7 @@ async fn overload_is_refused_quickly_memory_stays_bounded_and_service_recovers()
         percentile(&ov.ok, 0.5),
         percentile(&ov.ok, 0.99),
         ov.rejected.len(),
+        ov.rejected_by,
         percentile(&ov.rejected, 0.5),
         percentile(&ov.rejected, 0.99),
         ov.other,
