@@ -27,10 +27,19 @@ use proc::*;
 use synapse::client::Client;
 use tonic::Code;
 
+/// Closed-loop clients that measure capacity: half the in-flight bound, on
+/// 64 instances, so the node is busy but nothing is refused.
 const CAPACITY_CLIENTS: usize = 8;
 const CAPACITY_RUN: Duration = Duration::from_secs(3);
-/// Concurrent callers during the overload phase (bounded).
-const OVERLOAD_CLIENTS: usize = 320;
+/// Concurrent callers during the overload phase (bounded). Enough that,
+/// with refusals answered at the front door, the offered load is >= 10x
+/// the measured capacity; they share `CONNECTIONS` HTTP/2 connections, so
+/// the test needs no raised file-descriptor limit.
+const OVERLOAD_CLIENTS: usize = 640;
+/// HTTP/2 connections the callers of one phase multiplex their requests on.
+const CONNECTIONS: usize = 16;
+/// The requirement: offer at least this multiple of the measured capacity.
+const MIN_OFFERED_RATIO: f64 = 10.0;
 const OVERLOAD_RUN: Duration = Duration::from_secs(6);
 /// Hot instances the overload targets (their mailboxes fill first).
 const HOT_INSTANCES: usize = 4;
@@ -128,7 +137,7 @@ async fn run_phase(
     // A handful of HTTP/2 connections shared by the callers, like a real
     // client pool; each caller has its own stream per request.
     let mut conns = Vec::new();
-    for _ in 0..clients.min(16) {
+    for _ in 0..clients.min(CONNECTIONS) {
         conns.push(connect(addr, token).await.expect("connect"));
     }
     let stop = Arc::new(AtomicBool::new(false));
