@@ -39,6 +39,8 @@ const OVERLOAD_CLIENTS: usize = 640;
 /// HTTP/2 connections the callers of one phase multiplex their requests on.
 const CONNECTIONS: usize = 16;
 /// The requirement: offer at least this multiple of the measured capacity.
+/// Reported, not asserted: the ratio is a rate, and rates on a shared
+/// machine depend on who else is running.
 const MIN_OFFERED_RATIO: f64 = 10.0;
 const OVERLOAD_RUN: Duration = Duration::from_secs(6);
 /// Hot instances the overload targets (their mailboxes fill first).
@@ -252,6 +254,13 @@ async fn overload_is_refused_quickly_memory_stays_bounded_and_service_recovers()
         percentile(&ov.rejected, 0.99),
         ov.other,
     );
+    if offered / capacity < MIN_OFFERED_RATIO {
+        println!(
+            "overload: NOTE offered only {:.1}x capacity on this run (requirement {MIN_OFFERED_RATIO}x); \
+             the load generator shares the machine with the server",
+            offered / capacity
+        );
+    }
     assert!(
         !ov.rejected.is_empty(),
         "no caller was refused with RESOURCE_EXHAUSTED under overload"

@@ -885,3 +885,23 @@ mod snapshot_tests {
         assert!(snapshot_verifies(&append));
     }
 }
+
+#[cfg(test)]
+mod front_door_tests {
+    use super::is_invoke_path;
+
+    #[test]
+    fn only_skills_invoke_is_admitted_at_the_front_door() {
+        assert!(is_invoke_path("/synapse.v1.Skills/Invoke"));
+        for other in [
+            "/synapse.v1.Skills/GetState",
+            "/synapse.v1.Skills/InvokeX",
+            "/synapse.v1.Peer/ForwardInvoke",
+            "/synapse.v1.Skills/",
+            "/Invoke",
+            "",
+        ] {
+            assert!(!is_invoke_path(other), "{other}");
+        }
+    }
+}
