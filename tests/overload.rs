@@ -1,8 +1,11 @@
 //! Overload (issue #8 item 6) on a real `synapse serve` process.
 //!
 //! 1. Capacity: a few closed-loop clients for a short, bounded time.
-//! 2. Overload: many more concurrent clients (offered load ~10x the measured
-//!    capacity, bounded in count and time) on a few hot instances.
+//! 2. Overload: many more concurrent clients (640, on 16 HTTP/2
+//!    connections, bounded in count and time) on a few hot instances.
+//!    Built with `--release` this offers ~8-11x the measured capacity on a
+//!    shared 2-core machine; a debug build (client and server both slower)
+//!    reaches only ~3x, which still exercises every bound.
 //!    Callers beyond capacity must get RESOURCE_EXHAUSTED (never a hang or
 //!    another error), admitted requests still complete, and the server's
 //!    resident memory stays under an explicit bound.
@@ -10,7 +13,8 @@
 //!
 //! Assertions are on counts, status codes and memory; latencies (p50/p99
 //! of accepted and rejected calls) and recovery time are printed as
-//! figures, never asserted (machines are noisy).
+//! figures, never asserted (machines are noisy). Reproduce the recorded
+//! figures with `cargo test --release --test overload -- --nocapture`.
 //!
 //! The node runs with `max_inflight_invokes = 64` and `mailbox_capacity =
 //! 16` (config file) so that a test process can offer more than the bounds
