@@ -1,8 +1,11 @@
 //! Overload (issue #8 item 6) on a real `synapse serve` process.
 //!
 //! 1. Capacity: a few closed-loop clients for a short, bounded time.
-//! 2. Overload: many more concurrent clients (offered load ~10x the measured
-//!    capacity, bounded in count and time) on a few hot instances.
+//! 2. Overload: many more concurrent clients (640, on 16 HTTP/2
+//!    connections, bounded in count and time) on a few hot instances.
+//!    Built with `--release` this offers ~8-11x the measured capacity on a
+//!    shared 2-core machine; a debug build (client and server both slower)
+//!    reaches only ~3x, which still exercises every bound.
 //!    Callers beyond capacity must get RESOURCE_EXHAUSTED (never a hang or
 //!    another error), admitted requests still complete, and the server's
 //!    resident memory stays under an explicit bound.
@@ -10,7 +13,8 @@
 //!
 //! Assertions are on counts, status codes and memory; latencies (p50/p99
 //! of accepted and rejected calls) and recovery time are printed as
-//! figures, never asserted (machines are noisy).
+//! figures, never asserted (machines are noisy). Reproduce the recorded
+//! figures with `cargo test --release --test overload -- --nocapture`.
 //!
 //! The node runs with `max_inflight_invokes = 64` and `mailbox_capacity =
 //! 16` (config file) so that a test process can offer more than the bounds
@@ -27,10 +31,21 @@ use proc::*;
 use synapse::client::Client;
 use tonic::Code;
 
+/// Closed-loop clients that measure capacity: half the in-flight bound, on
+/// 64 instances, so the node is busy but nothing is refused.
 const CAPACITY_CLIENTS: usize = 8;
 const CAPACITY_RUN: Duration = Duration::from_secs(3);
-/// Concurrent callers during the overload phase (bounded).
-const OVERLOAD_CLIENTS: usize = 320;
+/// Concurrent callers during the overload phase (bounded). Enough that,
+/// with refusals answered at the front door, the offered load is >= 10x
+/// the measured capacity; they share `CONNECTIONS` HTTP/2 connections, so
+/// the test needs no raised file-descriptor limit.
+const OVERLOAD_CLIENTS: usize = 640;
+/// HTTP/2 connections the callers of one phase multiplex their requests on.
+const CONNECTIONS: usize = 16;
+/// The requirement: offer at least this multiple of the measured capacity.
+/// Reported, not asserted: the ratio is a rate, and rates on a shared
+/// machine depend on who else is running.
+const MIN_OFFERED_RATIO: f64 = 10.0;
 const OVERLOAD_RUN: Duration = Duration::from_secs(6);
 /// Hot instances the overload targets (their mailboxes fill first).
 const HOT_INSTANCES: usize = 4;
@@ -59,7 +74,21 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 struct Results {
     ok: Vec<Duration>,
     rejected: Vec<Duration>,
+    /// RESOURCE_EXHAUSTED by which bound refused it (from the message).
+    rejected_by: BTreeMap<&'static str, u64>,
     other: BTreeMap<String, u64>,
+}
+
+/// Which bound produced a RESOURCE_EXHAUSTED: the node-wide in-flight
+/// bound (checked first, at the front door) or a later one.
+fn refusal_kind(message: &str) -> &'static str {
+    if message.contains("invocations already in progress") {
+        "inflight"
+    } else if message.contains("mailbox") {
+        "mailbox"
+    } else {
+        "other"
+    }
 }
 
 async fn caller(
@@ -81,6 +110,10 @@ async fn caller(
             Ok(Ok(_)) => local.ok.push(t.elapsed()),
             Ok(Err(s)) if s.code() == Code::ResourceExhausted => {
                 local.rejected.push(t.elapsed());
+                *local
+                    .rejected_by
+                    .entry(refusal_kind(s.message()))
+                    .or_default() += 1;
                 // A rejected caller backs off briefly, as a client should.
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -91,6 +124,9 @@ async fn caller(
     let mut r = out.lock().unwrap();
     r.ok.extend(local.ok);
     r.rejected.extend(local.rejected);
+    for (k, v) in local.rejected_by {
+        *r.rejected_by.entry(k).or_default() += v;
+    }
     for (k, v) in local.other {
         *r.other.entry(k).or_default() += v;
     }
@@ -107,7 +143,7 @@ async fn run_phase(
     // A handful of HTTP/2 connections shared by the callers, like a real
     // client pool; each caller has its own stream per request.
     let mut conns = Vec::new();
-    for _ in 0..clients.min(16) {
+    for _ in 0..clients.min(CONNECTIONS) {
         conns.push(connect(addr, token).await.expect("connect"));
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -207,7 +243,7 @@ async fn overload_is_refused_quickly_memory_stays_bounded_and_service_recovers()
         "overload: capacity {capacity:.0} ok/s with {CAPACITY_CLIENTS} clients (p50 {:?}, p99 {:?}); \
          offered {offered:.0} req/s with {OVERLOAD_CLIENTS} clients on {HOT_INSTANCES} instances \
          ({:.1}x capacity) for {ov_time:?}: accepted {} (p50 {:?}, p99 {:?}), rejected \
-         RESOURCE_EXHAUSTED {} (p50 {:?}, p99 {:?}), other {:?}; server overloaded_total \
+         RESOURCE_EXHAUSTED {} {:?} (p50 {:?}, p99 {:?}), other {:?}; server overloaded_total \
          {overloaded_metric}; RSS start {rss_start} KiB, max during overload {max_rss} KiB, end \
          {rss_end} KiB; first normal invoke {recovered:?} after the load stopped",
         percentile(&cap.ok, 0.5),
@@ -217,10 +253,18 @@ async fn overload_is_refused_quickly_memory_stays_bounded_and_service_recovers()
         percentile(&ov.ok, 0.5),
         percentile(&ov.ok, 0.99),
         ov.rejected.len(),
+        ov.rejected_by,
         percentile(&ov.rejected, 0.5),
         percentile(&ov.rejected, 0.99),
         ov.other,
     );
+    if offered / capacity < MIN_OFFERED_RATIO {
+        println!(
+            "overload: NOTE offered only {:.1}x capacity on this run (requirement {MIN_OFFERED_RATIO}x); \
+             the load generator shares the machine with the server",
+            offered / capacity
+        );
+    }
     assert!(
         !ov.rejected.is_empty(),
         "no caller was refused with RESOURCE_EXHAUSTED under overload"

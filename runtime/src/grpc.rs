@@ -13,7 +13,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::error::RuntimeError;
-use crate::node::{Core, InvokeRequest};
+use crate::node::{Core, InvokePermit, InvokeRequest};
 
 /// Metadata key of the capability token: `authorization: Bearer <token>`.
 pub const AUTHORIZATION: &str = "authorization";
@@ -102,6 +102,87 @@ pub(crate) fn decode_payload(
         .map_err(|e| RuntimeError::InvalidArgument(format!("payload is not valid JSON: {e}")))
 }
 
+/// Proof, carried in the request extensions from [`InvokeFrontDoor`] to the
+/// Invoke handler, that the call holds one of the node's in-flight slots.
+/// Extensions must be `Clone`, so the permit sits in a shared cell and the
+/// handler takes it out; the slot is released when the handler's call ends
+/// (or, if the handler never runs, when the request is dropped).
+#[derive(Clone)]
+struct AdmittedInvoke(Arc<std::sync::Mutex<Option<InvokePermit>>>);
+
+impl AdmittedInvoke {
+    fn into_permit(self) -> Option<InvokePermit> {
+        self.0.lock().ok().and_then(|mut p| p.take())
+    }
+}
+
+/// Load shedding at the front door. Every gRPC request passes here before
+/// tonic reads its body; an Invoke takes its in-flight slot from the path
+/// alone, so a call refused under overload costs one atomic add and a
+/// trailers-only RESOURCE_EXHAUSTED response: no protobuf or JSON decoding
+/// of its payload, no capability check (and no audit record), no actor.
+/// An admitted call still goes through every check in `Core::invoke_admitted`.
+#[derive(Clone)]
+pub(crate) struct InvokeFrontDoor<S> {
+    inner: S,
+    core: Arc<Core>,
+}
+
+impl<S> InvokeFrontDoor<S> {
+    pub(crate) fn new(inner: S, core: Arc<Core>) -> Self {
+        InvokeFrontDoor { inner, core }
+    }
+}
+
+/// Whether a request path is `Skills/Invoke` (`/synapse.v1.Skills/Invoke`).
+fn is_invoke_path(path: &str) -> bool {
+    use tonic::server::NamedService;
+    path.strip_prefix('/')
+        .and_then(|p| p.strip_prefix(<pb::skills_server::SkillsServer<Api> as NamedService>::NAME))
+        == Some("/Invoke")
+}
+
+impl<S, ReqBody, ResBody> tonic::codegen::Service<tonic::codegen::http::Request<ReqBody>>
+    for InvokeFrontDoor<S>
+where
+    S: tonic::codegen::Service<
+        tonic::codegen::http::Request<ReqBody>,
+        Response = tonic::codegen::http::Response<ResBody>,
+    >,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: tonic::codegen::http::Request<ReqBody>) -> Self::Future {
+        if is_invoke_path(request.uri().path()) {
+            match self.core.try_admit_invoke() {
+                Ok(permit) => {
+                    request.extensions_mut().insert(AdmittedInvoke(Arc::new(
+                        std::sync::Mutex::new(Some(permit)),
+                    )));
+                }
+                Err(refused) => {
+                    let response = Status::from(refused).into_http::<ResBody>();
+                    return Box::pin(std::future::ready(Ok(response)));
+                }
+            }
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
+
 /// Implements every client service over one shared [`Core`].
 #[derive(Clone)]
 pub struct Api {
@@ -135,14 +216,26 @@ impl Api {
 impl pb::skills_server::Skills for Api {
     async fn invoke(
         &self,
-        request: Request<pb::InvokeRequest>,
+        mut request: Request<pb::InvokeRequest>,
     ) -> Result<Response<pb::InvokeResponse>, Status> {
+        // The front door normally took the slot already; a call that
+        // bypassed it (an `Api` served without `InvokeFrontDoor`) takes it
+        // here, still before any decoding.
+        let permit = match request
+            .extensions_mut()
+            .remove::<AdmittedInvoke>()
+            .and_then(AdmittedInvoke::into_permit)
+        {
+            Some(permit) => permit,
+            None => self.core.try_admit_invoke()?,
+        };
         let token = token(&request)?;
         let req = request.into_inner();
         let payload = decode_payload(&req.payload, self.core.config().max_payload_bytes)?;
         let result = self
             .core
-            .invoke(
+            .invoke_admitted(
+                permit,
                 token.as_deref(),
                 InvokeRequest {
                     skill: req.skill,
@@ -722,16 +815,17 @@ pub(crate) async fn serve(
             RuntimeError::InvalidArgument(format!("TLS certificate or key unusable: {e}"))
         })?;
     }
-    let server = builder
-        .concurrency_limit_per_connection(MAX_CONCURRENT_PER_CONNECTION)
-        .add_service(health_service)
+    let server = builder.concurrency_limit_per_connection(MAX_CONCURRENT_PER_CONNECTION);
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(skills)
         .add_service(cluster)
         .add_service(clock)
         .add_service(capabilities)
-        .add_service(peer);
+        .add_service(peer)
+        .prepare();
+    let service = InvokeFrontDoor::new(routes, core.clone());
     let task = tokio::spawn(async move {
         let shutdown = async move {
             while !*stop.borrow() {
@@ -741,7 +835,7 @@ pub(crate) async fn serve(
             }
         };
         if let Err(e) = server
-            .serve_with_incoming_shutdown(incoming, shutdown)
+            .serve_with_incoming_shutdown(service, incoming, shutdown)
             .await
         {
             tracing::error!(error = %e, "gRPC server failed");
@@ -801,5 +895,25 @@ mod snapshot_tests {
         let mut append = Message::default();
         append.set_msg_type(MessageType::MsgAppend);
         assert!(snapshot_verifies(&append));
+    }
+}
+
+#[cfg(test)]
+mod front_door_tests {
+    use super::is_invoke_path;
+
+    #[test]
+    fn only_skills_invoke_is_admitted_at_the_front_door() {
+        assert!(is_invoke_path("/synapse.v1.Skills/Invoke"));
+        for other in [
+            "/synapse.v1.Skills/GetState",
+            "/synapse.v1.Skills/InvokeX",
+            "/synapse.v1.Peer/ForwardInvoke",
+            "/synapse.v1.Skills/",
+            "/Invoke",
+            "",
+        ] {
+            assert!(!is_invoke_path(other), "{other}");
+        }
     }
 }

@@ -91,13 +91,16 @@ pub struct Core {
     /// Where every capability decision is recorded (batched, off the
     /// request path).
     pub(crate) audit: crate::audit_log::AuditLog,
-    inflight_invokes: std::sync::atomic::AtomicUsize,
+    inflight_invokes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// Counts an Invoke in progress; released on drop, whatever the outcome.
-struct InflightSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+/// One of the node's `max_inflight_invokes` slots, held by an admitted
+/// Invoke until it finishes (released on drop, whatever the outcome). Owned
+/// rather than borrowed so the gRPC front door can take it from the request
+/// headers alone and hand it to the handler (see `grpc::InvokeFrontDoor`).
+pub struct InvokePermit(Arc<std::sync::atomic::AtomicUsize>);
 
-impl Drop for InflightSlot<'_> {
+impl Drop for InvokePermit {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -494,10 +497,22 @@ impl Core {
         token: Option<&str>,
         req: InvokeRequest,
     ) -> Result<InvokeResult, RuntimeError> {
-        let result = match self.admit() {
-            Ok(_slot) => self.invoke_inner(token, req).await,
-            Err(e) => Err(e),
-        };
+        let permit = self.try_admit_invoke()?;
+        self.invoke_admitted(permit, token, req).await
+    }
+
+    /// [`Core::invoke`] for a call that already holds its in-flight slot
+    /// (taken by the gRPC front door before the request body was decoded).
+    /// Every check after admission still runs: names, capability guard,
+    /// leadership, mailbox bound.
+    pub async fn invoke_admitted(
+        &self,
+        permit: InvokePermit,
+        token: Option<&str>,
+        req: InvokeRequest,
+    ) -> Result<InvokeResult, RuntimeError> {
+        let result = self.invoke_inner(token, req).await;
+        drop(permit);
         match &result {
             Ok(r) => {
                 self.metrics.invokes_ok.fetch_add(1, Ordering::Relaxed);
@@ -539,17 +554,24 @@ impl Core {
                 == Some(MethodKind::Read)
     }
 
-    fn admit(&self) -> Result<InflightSlot<'_>, RuntimeError> {
+    /// Takes one of the node's in-flight Invoke slots, or refuses with
+    /// RESOURCE_EXHAUSTED. One atomic add: cheap enough to run first, before
+    /// any decoding, guard check or actor work, so that shedding costs the
+    /// overloaded node almost nothing. The refusal is counted here (as
+    /// overloaded and as a failed invoke) because a call refused at the
+    /// front door never reaches [`Core::invoke_admitted`].
+    pub fn try_admit_invoke(&self) -> Result<InvokePermit, RuntimeError> {
         let n = self.inflight_invokes.fetch_add(1, Ordering::Relaxed);
-        let slot = InflightSlot(&self.inflight_invokes);
+        let permit = InvokePermit(self.inflight_invokes.clone());
         if n >= self.config.max_inflight_invokes {
             self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+            self.metrics.invokes_failed.fetch_add(1, Ordering::Relaxed);
             return Err(RuntimeError::ResourceExhausted(format!(
                 "{} invocations already in progress on this node",
                 self.config.max_inflight_invokes
             )));
         }
-        Ok(slot)
+        Ok(permit)
     }
 
     /// Runs an Invoke forwarded by another member: here or nowhere, so a
@@ -559,10 +581,9 @@ impl Core {
         token: Option<&str>,
         req: InvokeRequest,
     ) -> Result<InvokeResult, RuntimeError> {
-        let result = match self.admit() {
-            Ok(_slot) => self.invoke_local(token, req).await,
-            Err(e) => Err(e),
-        };
+        let permit = self.try_admit_invoke()?;
+        let result = self.invoke_local(token, req).await;
+        drop(permit);
         match &result {
             Ok(_) => self.metrics.invokes_ok.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.metrics.invokes_failed.fetch_add(1, Ordering::Relaxed),
