@@ -176,6 +176,26 @@ struct Node {
     joiner: bool,
 }
 
+impl Node {
+    /// A node on an empty disk, not started; `restores` is the ledger's
+    /// snapshot-restore count for this id so far.
+    fn fresh(id: u64, dir: TempDir, store: Store, joiner: bool, restores: u64) -> Node {
+        Node {
+            id,
+            driver: None,
+            store,
+            _dir: dir,
+            spec: HashMap::new(),
+            spec_term: 0,
+            max_applied: 0,
+            hashed: None,
+            verified: Vec::new(),
+            verified_restores: restores,
+            joiner,
+        }
+    }
+}
+
 /// One membership cycle's phase. Each phase has a goal checked against the
 /// leader's configuration, so a change whose reply was lost (leader crash,
 /// partition) is recognised as done or simply proposed again.
@@ -351,19 +371,7 @@ impl Cluster {
         let mut nodes = Vec::new();
         for id in 1..=n {
             let (dir, store) = open_sim_store(&opts, id)?;
-            nodes.push(Node {
-                id,
-                driver: None,
-                store,
-                _dir: dir,
-                spec: HashMap::new(),
-                spec_term: 0,
-                max_applied: 0,
-                hashed: None,
-                verified: Vec::new(),
-                verified_restores: 0,
-                joiner: false,
-            });
+            nodes.push(Node::fresh(id, dir, store, false, 0));
         }
         let membership = opts.membership && rng.gen_bool(0.5);
         let mut c = Cluster {
@@ -1525,22 +1533,11 @@ impl Cluster {
         self.paused.remove(&id);
         self.poll_replies()?;
         let (dir, store) = open_sim_store(&self.opts, id)?;
+        let restores = lock(&self.ledger).restores.get(&id).copied().unwrap_or(0);
         let node = &mut self.nodes[Self::idx(id)];
         // Driver first: it holds the old store.
         node.driver = None;
-        *node = Node {
-            id,
-            driver: None,
-            store,
-            _dir: dir,
-            spec: HashMap::new(),
-            spec_term: 0,
-            max_applied: 0,
-            hashed: None,
-            verified: Vec::new(),
-            verified_restores: lock(&self.ledger).restores.get(&id).copied().unwrap_or(0),
-            joiner: true,
-        };
+        *node = Node::fresh(id, dir, store, true, restores);
         self.start(id)
     }
 
