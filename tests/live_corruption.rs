@@ -96,27 +96,33 @@ async fn wait_acked(w: &Writer, each: u64) {
     .await
 }
 
-fn corrupt(dir: &std::path::Path, target: &str, version: Option<u64>) -> String {
+/// Runs `synapse debug corrupt --data-dir DIR --what WHAT [extra...]` and
+/// returns what it reports having damaged.
+fn debug_corrupt(dir: &std::path::Path, what: &str, extra: &[String]) -> String {
     let mut args = vec![
         "debug".to_string(),
         "corrupt".into(),
         "--data-dir".into(),
         dir.display().to_string(),
         "--what".into(),
-        "checkpoint".into(),
-        "--target".into(),
-        target.into(),
+        what.into(),
     ];
-    if let Some(v) = version {
-        args.extend(["--version".into(), v.to_string()]);
-    }
+    args.extend_from_slice(extra);
     let out = cli(&args);
     assert!(
         out.status.success(),
-        "debug corrupt {target}: {}",
+        "debug corrupt {what} {extra:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn corrupt(dir: &std::path::Path, target: &str, version: Option<u64>) -> String {
+    let mut extra = vec!["--target".to_string(), target.into()];
+    if let Some(v) = version {
+        extra.extend(["--version".into(), v.to_string()]);
+    }
+    debug_corrupt(dir, "checkpoint", &extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -259,24 +265,8 @@ async fn follower_with_corrupt_checkpoints_refuses_them_and_repairs_from_peers()
 }
 
 fn corrupt_raft_entry(dir: &std::path::Path, index: Option<u64>) -> String {
-    let mut args = vec![
-        "debug".to_string(),
-        "corrupt".into(),
-        "--data-dir".into(),
-        dir.display().to_string(),
-        "--what".into(),
-        "raft-entry".into(),
-    ];
-    if let Some(i) = index {
-        args.extend(["--index".into(), i.to_string()]);
-    }
-    let out = cli(&args);
-    assert!(
-        out.status.success(),
-        "debug corrupt raft-entry: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let extra: Vec<String> = index.map_or_else(Vec::new, |i| vec!["--index".into(), i.to_string()]);
+    debug_corrupt(dir, "raft-entry", &extra)
 }
 
 /// Damaged Raft log records on one follower: the record at its applied
