@@ -18,7 +18,7 @@
 # with iptables, still reachable by clients), lossy (netem loss 20% on every
 # node), delay (netem delay 100 ms ± 30 on every node), clock-skew (the leader's clock moved
 # past max_clock_offset through --debug-clock-skew-file), membership (remove
-# a follower, wipe it, re-add it), rolling-restart (docker restart each node
+# a follower, wipe it, re-add it under a new id), rolling-restart (docker restart each node
 # in turn). tc and iptables run inside each container's network namespace
 # from the host (nsenter -t <pid> -n tc ...), so the image needs nothing. On
 # kernels without sch_netem, lossy uses iptables' statistic match and delay a
@@ -164,7 +164,7 @@ others() { local s; for s in synapse-0 synapse-1 synapse-2; do [[ $s == "$1" ]] 
 log "starting compose project $project (${compose_bin[*]})"
 compose up -d
 cache_ctrs synapse-0 synapse-1 synapse-2
-wait_until 120 "all 3 nodes healthy with voters [1,2,3]" all_ok
+wait_until 120 "all 3 nodes healthy voters, a leader" all_ok
 network=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "$(ctr synapse-0)" | awk '{print $1}')
 [[ -n "$network" ]] || fail "cannot find the compose network"
 docker cp "$(ctr synapse-0):/var/lib/synapse/root.token" "$work/root.token" >/dev/null \
@@ -174,14 +174,6 @@ endpoints="http://127.0.0.1:${grpc_port[0]},http://127.0.0.1:${grpc_port[1]},htt
 # From here on, status goes through the published ports with the host's
 # binary: a `docker exec` costs about a second on a loaded 2-core machine.
 status_json() { timeout 10 "$bin" cluster status -w json --endpoint "http://127.0.0.1:${grpc_port[${1#synapse-}]}" 2>/dev/null; }
-leader_svc() {
-    local svc id
-    for svc in synapse-0 synapse-1 synapse-2; do
-        id=$(status_json "$svc" | jq_py 'd["leader_id"]') || continue
-        if [[ "$id" =~ ^[1-3]$ ]]; then echo "synapse-$((id - 1))"; return 0; fi
-    done
-    return 1
-}
 
 # Does this kernel have sch_netem? (Probed in a node's namespace.)
 have_netem=0
@@ -254,7 +246,7 @@ inject_membership() {
     local l id vol
     l=$(leader_svc) || fail "no leader"
     victim=synapse-1; [[ $l != synapse-1 ]] || victim=synapse-2
-    id=$(( ${victim#synapse-} + 1 ))
+    id=$(status_json "$victim" | jq_py 'd["node_id"]') || fail "no id for $victim"
     sx "$l" cluster remove "$id" >/dev/null || fail "cluster remove $id refused"
     compose stop -t 5 "$victim" >/dev/null 2>&1
     compose rm -f "$victim" >/dev/null 2>&1
@@ -265,8 +257,9 @@ inject_membership() {
     [[ -n "$vol" ]] && docker volume rm "$vol" >/dev/null
 }
 heal_membership() {
-    # Re-added: a fresh node joins through the seed as a learner and is
-    # promoted to voter once caught up.
+    # Re-added: the empty node's id was removed (tombstoned), so it is
+    # admitted under a new id the leader allocates, as a learner, and is
+    # promoted to voter once caught up. Ids are never reused.
     compose up -d --no-deps "$victim" >/dev/null 2>&1
     cache_ctrs "$victim"
 }

@@ -133,21 +133,32 @@ wait_until() {
     fail "$what: not within ${limit}s"
 }
 
-node_ok() {   # healthy, voters [1,2,3], a leader known
+# Raft ids are not ordinals: a member removed and wiped rejoins under a
+# new id (ids are never reused), so nodes are matched by the id they report.
+node_ok() {   # healthy, a voter among 3 voters, no learners, a leader known
     local svc=$1 h s
     h=$(docker inspect -f '{{.State.Health.Status}}' "$(ctr "$svc")") || return 1
     [[ $h == healthy ]] || return 1
     s=$(status_json "$svc") || return 1
-    [[ $(jq_py 'sorted(d["voters"])==[1,2,3] and not d["learners"] and d["leader_id"]!=0' <<<"$s") == True ]]
+    [[ $(jq_py 'len(d["voters"])==3 and d["node_id"] in d["voters"] and not d["learners"] and d["leader_id"]!=0' <<<"$s") == True ]]
 }
 all_ok() { node_ok synapse-0 && node_ok synapse-1 && node_ok synapse-2; }
 
-leader_svc() {   # service name of the current leader, as a live node sees it
-    local svc s id
+svc_of_id() {   # the service whose node reports Raft id $1
+    local svc
     for svc in synapse-0 synapse-1 synapse-2; do
-        s=$(timeout 5 docker exec "$(ctr "$svc")" /usr/local/bin/synapse cluster status -w json 2>/dev/null) || continue
-        id=$(jq_py 'd["leader_id"]' <<<"$s")
-        if [[ "$id" =~ ^[1-3]$ ]]; then echo "synapse-$((id - 1))"; return 0; fi
+        if [[ $(status_json "$svc" | jq_py 'd["node_id"]' 2>/dev/null) == "$1" ]]; then
+            echo "$svc"; return 0
+        fi
+    done
+    return 1
+}
+
+leader_svc() {   # service name of the current leader, as a live node sees it
+    local svc id
+    for svc in synapse-0 synapse-1 synapse-2; do
+        id=$(status_json "$svc" | jq_py 'd["leader_id"]' 2>/dev/null) || continue
+        if [[ "$id" =~ ^[1-9][0-9]*$ ]]; then svc_of_id "$id" && return 0; fi
     done
     return 1
 }

@@ -320,7 +320,9 @@ enum ClusterCommand {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// Add a member (as a learner unless --voter).
+    /// Add a member (as a learner unless --voter). Id 0 allocates an id
+    /// never used in this cluster; a removed id is refused (ids are never
+    /// reused).
     Add {
         id: u64,
         /// host:port of the new member.
@@ -374,6 +376,7 @@ async fn membership(client: &ClientOpts, op: Membership) -> Result<(), Failure> 
                         id: *id,
                         address: address.clone(),
                         as_voter: *voter,
+                        ..Default::default()
                     })
                     .await
             }
@@ -392,7 +395,7 @@ async fn membership(client: &ClientOpts, op: Membership) -> Result<(), Failure> 
         match result {
             Ok(r) => {
                 let r = r.into_inner();
-                let v = json!({ "voters": r.voters, "learners": r.learners });
+                let v = json!({ "id": r.id, "voters": r.voters, "learners": r.learners });
                 print(client.output, &v, || {
                     format!("voters {:?}  learners {:?}", r.voters, r.learners)
                 });
@@ -499,6 +502,8 @@ struct ServeOpts {
     /// TOML config file; flags and SYNAPSE_* variables override it.
     #[arg(long, env = "SYNAPSE_CONFIG")]
     config: Option<PathBuf>,
+    /// Raft id, unique and never reused. 0 with --join or --seed and an
+    /// empty data dir: the cluster allocates one (kept in <data-dir>/node-id).
     #[arg(long, env = "SYNAPSE_NODE_ID")]
     node_id: Option<u64>,
     #[arg(long, env = "SYNAPSE_DATA_DIR")]
@@ -538,7 +543,9 @@ struct ServeOpts {
     #[arg(long, env = "SYNAPSE_SEED")]
     seed: Option<String>,
     /// Derive --node-id from the hostname's trailing ordinal plus one
-    /// (`synapse-0` → 1), as in a StatefulSet.
+    /// (`synapse-0` → 1), as in a StatefulSet. The id is a preference: a
+    /// data dir keeps the id it was created under, and an empty one whose
+    /// id was removed from the cluster joins under a new id.
     #[arg(long, env = "SYNAPSE_NODE_ID_FROM_HOSTNAME")]
     node_id_from_hostname: bool,
     /// Test-only: skew this node's clock by the integer milliseconds in this
@@ -626,6 +633,9 @@ impl ServeOpts {
         }
         if self.node_id_from_hostname {
             config.node_id = node_id_from_hostname()?;
+            // A pod keeps its ordinal, not its Raft id: after its member was
+            // removed, an empty volume joins under a new id.
+            config.rejoin_under_new_id = true;
         }
         config.validate()?;
         Ok((config, self.log, self.debug_clock_skew_file))

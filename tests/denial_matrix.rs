@@ -579,7 +579,7 @@ async fn call(
             bounded(cluster.add_member(auth.apply(pb::AddMemberRequest {
                 id: ADD_ID,
                 address: "127.0.0.1:1".into(),
-                as_voter: false,
+                ..Default::default()
             })))
             .await?
             .into_inner(),
@@ -1154,7 +1154,7 @@ async fn add_learner(ch: &Channel, root: &Auth, id: u64) {
     bounded(c.add_member(root.apply(pb::AddMemberRequest {
         id,
         address: "127.0.0.1:1".into(),
-        as_voter: false,
+        ..Default::default()
     })))
     .await
     .expect("add learner with the root token");

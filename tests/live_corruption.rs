@@ -372,68 +372,12 @@ async fn follower_with_corrupt_raft_records_repairs_them_from_peers_and_rejoins(
     );
 }
 
-#[derive(Clone, Copy)]
-enum MemberChange {
-    Add(u64),
-    Promote(u64),
-    Remove(u64),
-}
-
-/// A membership change sent to whichever of `addrs` leads, retried
-/// (bounded) until `done` holds on the leader's status.
-async fn member_change(
-    addrs: &[String],
-    token: &str,
-    op: MemberChange,
-    new_address: &str,
-    done: impl Fn(&v1::StatusResponse) -> bool,
-) {
-    let done = &done;
-    wait_for("membership change", || async move {
-        let leader = wait_leader(addrs, token).await;
-        let mut found = None;
-        for a in addrs {
-            let s = status(a, token).await?;
-            if s.node_id == leader {
-                found = Some((a.clone(), s));
-            }
-        }
-        let (addr, s) = found.ok_or("leader not among the healthy nodes")?;
-        if done(&s) {
-            return Ok(());
-        }
-        let mut c = connect(&addr, token).await?;
-        let call = async {
-            match op {
-                MemberChange::Add(id) => {
-                    c.cluster
-                        .add_member(v1::AddMemberRequest {
-                            id,
-                            address: new_address.to_string(),
-                            as_voter: false,
-                        })
-                        .await
-                }
-                MemberChange::Promote(id) => {
-                    c.cluster.promote_member(v1::MemberRequest { id }).await
-                }
-                MemberChange::Remove(id) => c.cluster.remove_member(v1::MemberRequest { id }).await,
-            }
-        };
-        match tokio::time::timeout(RPC_TIMEOUT, call).await {
-            Ok(Ok(_)) => Err("applied; checking the status".to_string()),
-            Ok(Err(s)) => Err(show(&s)),
-            Err(_) => Err("timed out".to_string()),
-        }
-    })
-    .await
-}
-
 /// The operator remedy for a node whose Raft state cannot be repaired from
 /// peers (here: its hard state record is damaged, which no peer has): it
 /// refuses to start; it is removed from the cluster through a healthy
-/// node, its data directory is wiped, it is added back (learner, then
-/// promoted) and started with `--join`. It catches up from a snapshot; all
+/// node, its data directory is wiped, and it joins again under a NEW id
+/// (`--node-id 0 --join`: the leader allocates it; the old id is
+/// tombstoned and refused), as a learner, then promoted. It catches up from a snapshot; all
 /// three nodes end with equal state hashes and every acknowledged write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unrepairable_node_is_removed_wiped_and_re_added() {
@@ -502,7 +446,7 @@ async fn unrepairable_node_is_removed_wiped_and_re_added() {
         .map(|i| cluster.node(i).addr.clone())
         .collect();
     let t_remedy = Instant::now();
-    member_change(&others, &token, MemberChange::Remove(follower), "", |s| {
+    member_change(&others, &token, MemberChange::Remove(follower), |s| {
         !s.voters.contains(&follower) && !s.learners.contains(&follower)
     })
     .await;
@@ -515,17 +459,67 @@ async fn unrepairable_node_is_removed_wiped_and_re_added() {
         acked += 1;
     }
     std::fs::remove_dir_all(&fdir).expect("wipe the data directory");
-    member_change(&others, &token, MemberChange::Add(follower), &faddr, |s| {
-        s.learners.contains(&follower) || s.voters.contains(&follower)
-    })
-    .await;
-    {
+    // Its old id is tombstoned: adding it back is refused, whoever asks.
+    let refused = {
+        let leader = wait_leader(&others, &token).await;
+        let mut leader_addr = None;
+        for a in &others {
+            if status(a, &token).await.ok().map(|s| s.node_id) == Some(leader) {
+                leader_addr = Some(a.clone());
+            }
+        }
+        let leader_addr = leader_addr.expect("the leader is one of the healthy nodes");
+        let mut c = connect(&leader_addr, &token).await.unwrap();
+        c.cluster
+            .add_member(v1::AddMemberRequest {
+                id: follower,
+                address: faddr.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("a removed id is added again")
+    };
+    assert_eq!(
+        refused.code(),
+        Code::FailedPrecondition,
+        "{}",
+        show(&refused)
+    );
+    assert!(
+        refused.message().contains("never reused"),
+        "{}",
+        show(&refused)
+    );
+    // The wiped machine joins with node id 0: the leader allocates an id
+    // never used in this cluster and the node keeps it in its data dir.
+    let rejoined = {
         let n = cluster.node_mut(follower);
-        n.extra = vec!["--join".into(), others[0].clone()];
+        n.id = 0;
+        n.extra = vec![
+            "--join".into(),
+            others[0].clone(),
+            "--join-token".into(),
+            token.clone(),
+        ];
         n.start();
-    }
-    member_change(&others, &token, MemberChange::Promote(follower), "", |s| {
-        s.voters.contains(&follower)
+        n.id = follower;
+        let id_file = fdir.join(synapse_runtime::identity::NODE_ID_FILE);
+        wait_for("the rejoined node stores its allocated id", || {
+            let id_file = id_file.clone();
+            async move {
+                synapse_runtime::identity::read_id_file(id_file.parent().unwrap())
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| "no id file yet".to_string())
+            }
+        })
+        .await
+    };
+    assert!(
+        rejoined > 3,
+        "allocated id {rejoined} must be new (members 1..=3 were used)"
+    );
+    member_change(&others, &token, MemberChange::Promote(rejoined), |s| {
+        s.voters.contains(&rejoined)
     })
     .await;
     let caught_up = t_remedy.elapsed();
@@ -557,7 +551,7 @@ async fn unrepairable_node_is_removed_wiped_and_re_added() {
     }
     println!(
         "unrepairable node {follower}: refused to start ({exited}; log: {refusal}); removed, \
-         wiped, re-added and promoted in {caught_up:?}; {acked} acked writes, none lost; \
+         wiped, rejoined as node {rejoined} and promoted in {caught_up:?}; {acked} acked writes, none lost; \
          applied {applied}, state hash {hash} on all 3 nodes"
     );
 }

@@ -150,6 +150,7 @@ fn main() {
                 id: 4,
                 address: "127.0.0.1:7004".into(),
                 as_voter: true,
+                ..Default::default()
             }
             .encode_to_vec(),
         ),

@@ -27,6 +27,14 @@ pub fn member_meta_name(id: u64) -> String {
     format!("{META_MEMBER_PREFIX}{id}")
 }
 
+/// Prefix of tombstones: `removed/<id>` → the Raft index that removed it.
+/// A tombstoned id never joins again (`crate::identity`).
+pub const META_REMOVED_PREFIX: &str = "removed/";
+
+pub fn removed_meta_name(id: u64) -> String {
+    format!("{META_REMOVED_PREFIX}{id}")
+}
+
 /// The cluster's root of trust on this node, installed once: at start when
 /// it is already replicated, or when the entry that carries it is applied.
 pub(crate) struct ClusterKeys {

@@ -11,8 +11,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
-    /// Raft id of this node; unique in the cluster, never 0.
+    /// Raft id of this node; unique in the cluster and never reused. 0 with
+    /// `join` or `seed` and an empty data dir: the leader allocates one. A
+    /// data dir keeps the id it was created under (`identity`).
     pub node_id: u64,
+    /// `node_id` is only a preference (derived from a pod ordinal): when it
+    /// was removed from the cluster, join an empty data dir under a newly
+    /// allocated id instead of refusing, and on restart use the id stored in
+    /// the data dir. Set by `--node-id-from-hostname`.
+    pub rejoin_under_new_id: bool,
     /// One sled database, the root key and `root.token` live here.
     pub data_dir: PathBuf,
     /// gRPC listen address; `None` runs embedded without a server.
@@ -91,6 +98,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             node_id: 1,
+            rejoin_under_new_id: false,
             data_dir: PathBuf::from("./synapse-data"),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50052))),
@@ -139,7 +147,10 @@ impl NodeConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         let checks: [(bool, &str); 9] = [
-            (self.node_id != 0, "node_id must not be 0"),
+            (
+                self.node_id != 0 || self.join.is_some() || self.seed.is_some(),
+                "node_id must not be 0 (0 asks the cluster for an id, only with join or seed)",
+            ),
             (
                 self.retention_versions >= 1,
                 "retention_versions must be >= 1",

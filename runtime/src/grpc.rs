@@ -414,6 +414,7 @@ impl pb::cluster_server::Cluster for Api {
             clock_uncertainty_micros: clock.uncertainty_micros,
             clock_healthy: clock.healthy,
             clock_problem: clock.problem.clone(),
+            removed: self.core.removed_members()?,
         }))
     }
 
@@ -449,10 +450,15 @@ impl pb::cluster_server::Cluster for Api {
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         let token = token(&request)?;
         let r = request.into_inner();
+        let request = crate::node::AddMember {
+            id: r.id,
+            address: &r.address,
+            as_voter: r.as_voter,
+            fresh: r.fresh,
+            new_id_if_removed: r.new_id_if_removed,
+        };
         Ok(membership(
-            self.core
-                .add_member(token.as_deref(), r.id, &r.address, r.as_voter)
-                .await?,
+            self.core.add_member(token.as_deref(), request).await?,
         ))
     }
 
@@ -534,10 +540,11 @@ fn peer_statuses(
         .collect()
 }
 
-fn membership(r: (Vec<u64>, Vec<u64>)) -> Response<pb::MembershipResponse> {
+fn membership(m: crate::node::Membership) -> Response<pb::MembershipResponse> {
     Response::new(pb::MembershipResponse {
-        voters: r.0,
-        learners: r.1,
+        voters: m.voters,
+        learners: m.learners,
+        id: m.id,
     })
 }
 

@@ -28,6 +28,7 @@ pub mod fuzzing;
 pub mod grpc;
 pub mod guard;
 mod http;
+pub mod identity;
 mod log_repair;
 pub mod metrics;
 pub mod node;

@@ -21,7 +21,8 @@ use crate::actor::{ActorEnv, Execute, InstanceId, InstanceTable, InvokeResult, O
 use crate::clock::{Hlc, PhysicalClock, SystemClock};
 use crate::clock_service::{ClockService, ClockStatus};
 use crate::cluster::{
-    call_leader, error_from_status, member_meta_name, ClusterKeys, PeerChannels, META_ROOT_KEY,
+    call_leader, error_from_status, member_meta_name, ClusterKeys, PeerChannels,
+    META_MEMBER_PREFIX, META_REMOVED_PREFIX, META_ROOT_KEY,
 };
 use crate::command::ApplyOutcome;
 use crate::command::Command;
@@ -108,6 +109,37 @@ impl Drop for InvokePermit {
 
 /// A learner may be promoted only when this close to the leader's log.
 pub const MAX_PROMOTE_LAG: u64 = 100;
+
+/// What `Core::add_member` is asked (mirrors `pb::AddMemberRequest`).
+#[derive(Debug, Clone, Copy)]
+pub struct AddMember<'a> {
+    /// 0: allocate an id never used in this cluster.
+    pub id: u64,
+    pub address: &'a str,
+    pub as_voter: bool,
+    /// The caller's data dir is blank (`crate::identity`).
+    pub fresh: bool,
+    /// With `fresh`: a removed `id` gets a new id instead of a refusal.
+    pub new_id_if_removed: bool,
+}
+
+/// The configuration after a membership change, and the member it was about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub id: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+impl Membership {
+    fn of(id: u64, status: RaftStatus) -> Self {
+        Membership {
+            id,
+            voters: status.voters,
+            learners: status.learners,
+        }
+    }
+}
 
 pub(crate) fn validate_name(kind: &str, value: &str, max: usize) -> Result<(), RuntimeError> {
     if value.is_empty() || value.len() > max {
@@ -965,14 +997,52 @@ impl Core {
         cc
     }
 
-    /// Adds a member, as a learner unless `as_voter`.
+    /// Ids this cluster has removed (tombstoned); they never join again.
+    pub fn removed_members(&self) -> Result<Vec<u64>, RuntimeError> {
+        let mut ids: Vec<u64> = self
+            .store
+            .cluster_meta_prefix(META_REMOVED_PREFIX)?
+            .into_iter()
+            .filter_map(|(name, _)| name.strip_prefix(META_REMOVED_PREFIX)?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// An id never used in this cluster: above every member, every
+    /// tombstone and every address-book entry. Safe against a concurrent
+    /// allocation because raft-rs takes one membership change at a time
+    /// (`ConsensusError::MembershipChangePending`): a second caller that
+    /// computed the same id has its change refused and retries.
+    fn unused_member_id(&self, status: &RaftStatus) -> Result<u64, RuntimeError> {
+        let book = self
+            .store
+            .cluster_meta_prefix(META_MEMBER_PREFIX)?
+            .into_iter()
+            .filter_map(|(name, _)| name.strip_prefix(META_MEMBER_PREFIX)?.parse::<u64>().ok());
+        let highest = status
+            .voters
+            .iter()
+            .chain(&status.learners)
+            .copied()
+            .chain(self.removed_members()?)
+            .chain(book)
+            .chain(std::iter::once(self.config.node_id))
+            .max()
+            .unwrap_or(0);
+        highest
+            .checked_add(1)
+            .ok_or_else(|| RuntimeError::ResourceExhausted("node ids exhausted".into()))
+    }
+
+    /// Adds a member, as a learner unless `as_voter`. `id` 0 allocates an
+    /// unused id. `fresh`: the caller's data dir is blank, so it may not
+    /// take an id that votes or voted (`crate::identity`).
     pub async fn add_member(
         &self,
         token: Option<&str>,
-        id: u64,
-        address: &str,
-        as_voter: bool,
-    ) -> Result<(Vec<u64>, Vec<u64>), RuntimeError> {
+        request: AddMember<'_>,
+    ) -> Result<Membership, RuntimeError> {
         self.authorize(
             token,
             system_methods::SYSTEM_SKILL,
@@ -980,15 +1050,44 @@ impl Core {
             "add_member",
             Operation::Write,
         )?;
-        validate_member(id, address)?;
+        let AddMember {
+            id: requested,
+            address,
+            as_voter,
+            fresh,
+            new_id_if_removed,
+        } = request;
+        validate_member(requested.max(1), address)?;
         let status = self.require_leader()?;
+        let removed = self.removed_members()?;
+        let id = if requested == 0 {
+            self.unused_member_id(&status)?
+        } else if removed.contains(&requested) {
+            if !(fresh && new_id_if_removed) {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "node {requested} was removed from this cluster and ids are never reused \
+                     (a node back under an id it voted with may have forgotten those votes); \
+                     start it with an empty data dir and a new id, or id 0 to have one allocated"
+                )));
+            }
+            self.unused_member_id(&status)?
+        } else {
+            requested
+        };
         if status.voters.contains(&id) {
+            if fresh {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "node {id} is a voter of this cluster but its data dir is empty: it lost \
+                     its data and must not vote again under id {id}; remove it first \
+                     (`synapse cluster remove {id}`), then it joins under a new id"
+                )));
+            }
             return Err(RuntimeError::FailedPrecondition(format!(
                 "node {id} is already a voter"
             )));
         }
         if status.learners.contains(&id) && !as_voter {
-            return Ok((status.voters, status.learners));
+            return Ok(Membership::of(id, status));
         }
         let kind = if as_voter {
             ConfChangeType::AddNode
@@ -999,7 +1098,14 @@ impl Core {
             .raft
             .change_membership(Self::single_change(kind, id, address.as_bytes().to_vec()))
             .await?;
-        Ok((cs.voters, cs.learners))
+        if id != requested {
+            tracing::info!(id, requested, "allocated a new member id");
+        }
+        Ok(Membership {
+            id,
+            voters: cs.voters,
+            learners: cs.learners,
+        })
     }
 
     /// Promotes a learner that has caught up.
@@ -1007,7 +1113,7 @@ impl Core {
         &self,
         token: Option<&str>,
         id: u64,
-    ) -> Result<(Vec<u64>, Vec<u64>), RuntimeError> {
+    ) -> Result<Membership, RuntimeError> {
         self.authorize(
             token,
             system_methods::SYSTEM_SKILL,
@@ -1017,7 +1123,7 @@ impl Core {
         )?;
         let status = self.require_leader()?;
         if status.voters.contains(&id) {
-            return Ok((status.voters, status.learners));
+            return Ok(Membership::of(id, status));
         }
         if !status.learners.contains(&id) {
             return Err(RuntimeError::NotFound(format!(
@@ -1040,7 +1146,11 @@ impl Core {
             .raft
             .change_membership(Self::single_change(ConfChangeType::AddNode, id, Vec::new()))
             .await?;
-        Ok((cs.voters, cs.learners))
+        Ok(Membership {
+            id,
+            voters: cs.voters,
+            learners: cs.learners,
+        })
     }
 
     /// Removes a member; refuses when the remaining voters that are caught
@@ -1049,7 +1159,7 @@ impl Core {
         &self,
         token: Option<&str>,
         id: u64,
-    ) -> Result<(Vec<u64>, Vec<u64>), RuntimeError> {
+    ) -> Result<Membership, RuntimeError> {
         self.authorize(
             token,
             system_methods::SYSTEM_SKILL,
@@ -1097,14 +1207,18 @@ impl Core {
                 Vec::new(),
             ))
             .await?;
-        Ok((cs.voters, cs.learners))
+        Ok(Membership {
+            id,
+            voters: cs.voters,
+            learners: cs.learners,
+        })
     }
 
     pub fn transfer_leader(
         &self,
         token: Option<&str>,
         id: u64,
-    ) -> Result<(Vec<u64>, Vec<u64>), RuntimeError> {
+    ) -> Result<Membership, RuntimeError> {
         self.authorize(
             token,
             system_methods::SYSTEM_SKILL,
@@ -1119,7 +1233,7 @@ impl Core {
             )));
         }
         self.raft.transfer_leader(id)?;
-        Ok((status.voters, status.learners))
+        Ok(Membership::of(id, status))
     }
 
     /// A verified, self-checking dump of the whole state at a linearizable
@@ -1392,7 +1506,7 @@ impl Node {
 }
 
 async fn open_core(
-    config: NodeConfig,
+    mut config: NodeConfig,
     skills: HashMap<String, Arc<dyn DynSkill>>,
     clock: Arc<dyn PhysicalClock>,
 ) -> Result<Arc<Core>, RuntimeError> {
@@ -1421,10 +1535,6 @@ async fn open_core(
         keys.install(&String::from_utf8_lossy(&hex))?;
     }
 
-    let hlc = Arc::new(Hlc::new(config.node_id, clock));
-    // Timestamps keep increasing across restarts: start past everything applied.
-    hlc.observe(store.clock_high_water()?);
-
     let peers = config
         .parsed_peers()
         .map_err(RuntimeError::InvalidArgument)?;
@@ -1434,6 +1544,20 @@ async fn open_core(
         config.tls_ca.as_ref(),
     )?;
     let credential = crate::cluster::credential_fn(keys.clone(), join_token_for(&config).ok());
+    // The id is settled before anything uses it: a blank joining node is
+    // admitted (and maybe given a new id) before its consensus starts.
+    let join_token = join_token_for(&config).ok();
+    crate::identity::resolve(
+        &mut config,
+        store.raft_log().is_blank()?,
+        &PeerChannels::new(tls.as_ref().map(|t| t.client_config()), credential.clone()),
+        join_token.as_deref(),
+    )
+    .await?;
+
+    let hlc = Arc::new(Hlc::new(config.node_id, clock));
+    // Timestamps keep increasing across restarts: start past everything applied.
+    hlc.observe(store.clock_high_water()?);
     let transport = if config.is_clustered() {
         let t = GrpcTransport::new(config.node_id, tokio::runtime::Handle::current());
         if let Some(tls) = &tls {
@@ -1800,7 +1924,7 @@ async fn join_task(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>
                     let mut req = tonic::Request::new(pb::AddMemberRequest {
                         id,
                         address: me,
-                        as_voter: false,
+                        ..Default::default()
                     });
                     req.metadata_mut().insert("authorization", auth);
                     c.add_member(req).await

@@ -22,7 +22,9 @@ use synapse_consensus::GrpcTransport;
 
 use crate::actor::InstanceTable;
 use crate::clock::Hlc;
-use crate::cluster::{member_meta_name, ClusterKeys, META_MEMBER_PREFIX, META_ROOT_KEY};
+use crate::cluster::{
+    member_meta_name, removed_meta_name, ClusterKeys, META_MEMBER_PREFIX, META_ROOT_KEY,
+};
 use crate::command::{ApplyOutcome, Command};
 use crate::guard::MAX_REVOCATIONS;
 use crate::metrics::Metrics;
@@ -113,6 +115,10 @@ impl StateMachine for NodeStateMachine {
                         ConfChangeType::RemoveNode => {
                             batch.delete_cluster_meta(&member_meta_name(id));
                             meta.insert(member_meta_name(id), None);
+                            // Ids are never reused (`crate::identity`).
+                            let index = entry.index.to_le_bytes().to_vec();
+                            batch.set_cluster_meta(&removed_meta_name(id), &index);
+                            meta.insert(removed_meta_name(id), Some(index));
                             effects.push(SideEffect::RemovePeer(id));
                         }
                         _ => {}

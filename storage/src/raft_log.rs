@@ -506,6 +506,18 @@ impl RaftLog {
         Ok(snap)
     }
 
+    /// True when this log has never held anything: no entries, no
+    /// snapshot, no hard state (term and vote), no configuration. A node
+    /// with a blank log has promised nothing to anyone.
+    pub fn is_blank(&self) -> Result<bool, StorageError> {
+        let b = self.bounds();
+        let meta = &self.inner().raft_meta;
+        Ok(b.last_index == 0
+            && b.truncated_index == 0
+            && !meta.contains_key(META_HARD_STATE)?
+            && !meta.contains_key(META_CONF_STATE)?)
+    }
+
     /// Bootstrap for a brand-new node, like
     /// `MemStorage::initialize_with_conf_state`: if the log is empty and
     /// neither hard state nor conf state exists, set the conf state's voters.
@@ -519,13 +531,7 @@ impl RaftLog {
                 "initialize: voters must be non-empty and non-zero".into(),
             ));
         }
-        let b = self.bounds();
-        let meta = &self.inner().raft_meta;
-        if b.last_index != 0
-            || b.truncated_index != 0
-            || meta.contains_key(META_HARD_STATE)?
-            || meta.contains_key(META_CONF_STATE)?
-        {
+        if !self.is_blank()? {
             return Ok(false);
         }
         // Bootstrap from a metadata-only snapshot at index 1 (the raft-rs
@@ -538,7 +544,6 @@ impl RaftLog {
         meta.index = BOOTSTRAP_INDEX;
         meta.term = BOOTSTRAP_TERM;
         meta.mut_conf_state().voters = voters.to_vec();
-        drop(b);
         self.apply_snapshot(&snap)?;
         Ok(true)
     }

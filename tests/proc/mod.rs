@@ -43,6 +43,9 @@ pub struct NodeProc {
     pub addr: String,
     pub http: String,
     pub extra: Vec<String>,
+    /// Extra environment for the process (SYNAPSE_* of the test's own
+    /// environment are removed).
+    pub env: Vec<(String, String)>,
     pub log: PathBuf,
     pub child: Option<Child>,
 }
@@ -68,6 +71,7 @@ impl NodeProc {
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.env("SYNAPSE_LOG", "info,raft=warn")
             .stdin(Stdio::null())
             .stdout(log)
@@ -165,6 +169,7 @@ impl Cluster {
                     addr: format!("127.0.0.1:{}", ports[2 * i]),
                     http: format!("127.0.0.1:{}", ports[2 * i + 1]),
                     extra: Vec::new(),
+                    env: Vec::new(),
                     child: None,
                 },
             );
@@ -377,4 +382,50 @@ pub async fn verify_counter(addr: &str, token: &str, counter: &str) -> Result<()
         Ok(Err(s)) => Err(format!("{addr} {counter}: {}", show(&s))),
         Err(_) => Err(format!("{addr} {counter}: verify timed out")),
     }
+}
+
+#[derive(Clone, Copy)]
+pub enum MemberChange {
+    Promote(u64),
+    Remove(u64),
+}
+
+/// A membership change sent to whichever of `addrs` leads, retried
+/// (bounded) until `done` holds on the leader's status.
+pub async fn member_change(
+    addrs: &[String],
+    token: &str,
+    op: MemberChange,
+    done: impl Fn(&pb::StatusResponse) -> bool,
+) {
+    let done = &done;
+    wait_for("membership change", || async move {
+        let leader = wait_leader(addrs, token).await;
+        let mut found = None;
+        for a in addrs {
+            let s = status(a, token).await?;
+            if s.node_id == leader {
+                found = Some((a.clone(), s));
+            }
+        }
+        let (addr, s) = found.ok_or("leader not among the healthy nodes")?;
+        if done(&s) {
+            return Ok(());
+        }
+        let mut c = connect(&addr, token).await?;
+        let call = async {
+            match op {
+                MemberChange::Promote(id) => {
+                    c.cluster.promote_member(pb::MemberRequest { id }).await
+                }
+                MemberChange::Remove(id) => c.cluster.remove_member(pb::MemberRequest { id }).await,
+            }
+        };
+        match tokio::time::timeout(RPC_TIMEOUT, call).await {
+            Ok(Ok(_)) => Err("applied; checking the status".to_string()),
+            Ok(Err(s)) => Err(show(&s)),
+            Err(_) => Err("timed out".to_string()),
+        }
+    })
+    .await
 }

@@ -1,0 +1,172 @@
+//! Ids are never reused (`synapse_runtime::identity`), with real
+//! processes: a member that lost its data cannot come back under the id it
+//! voted with, neither while that id is a voter nor after it was removed;
+//! the supported ways back are a new id allocated by the leader
+//! (`--node-id 0`, tested in `live_corruption.rs`) and, for a StatefulSet
+//! pod whose id is only a preference (`--node-id-from-hostname`), an
+//! automatic new id once the old one was removed. The allocated id is kept
+//! in the data dir across restarts.
+
+mod proc;
+
+use std::process::ExitStatus;
+
+use proc::*;
+use synapse_runtime::identity::{read_id_file, NODE_ID_FILE};
+
+/// Starts `node` and waits (bounded) for it to exit; returns the exit status
+/// and the last log line that mentions `needle`.
+async fn refused_start(cluster: &mut Cluster, node: u64, needle: &str) -> (ExitStatus, String) {
+    cluster.node_mut(node).start();
+    let exited = wait_for("the node refuses to start", || {
+        let child = cluster.node_mut(node).child.as_mut().map(|c| c.try_wait());
+        async move {
+            match child {
+                Some(Ok(Some(status))) => Ok(status),
+                _ => Err("still running".to_string()),
+            }
+        }
+    })
+    .await;
+    cluster.node_mut(node).child = None;
+    let line = cluster
+        .node(node)
+        .log_text()
+        .lines()
+        .rev()
+        .find(|l| l.contains(needle))
+        .unwrap_or("")
+        .to_string();
+    (exited, line)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_member_never_rejoins_under_its_old_id() {
+    let mut cluster = Cluster::start_static(&[1, 2, 3], &[]);
+    let addrs = cluster.addrs();
+    let token = cluster.token(1).await;
+    let leader = wait_leader(&addrs, &token).await;
+    let wiped = [1u64, 2, 3].into_iter().find(|&i| i != leader).unwrap();
+    let others: Vec<String> = [1u64, 2, 3]
+        .into_iter()
+        .filter(|&i| i != wiped)
+        .map(|i| cluster.node(i).addr.clone())
+        .collect();
+    let mut acked = 0u64;
+    let write = |i: u64| {
+        let (others, token) = (others.clone(), token.clone());
+        async move {
+            wait_for("a write", || {
+                let (others, token) = (others.clone(), token.clone());
+                async move {
+                    let mut c = connect(&others[(i % 2) as usize], &token).await?;
+                    c.skills
+                        .invoke(incr_request("rejoin", &format!("r-{i}")))
+                        .await
+                        .map(|_| ())
+                        .map_err(|s| show(&s))
+                }
+            })
+            .await
+        }
+    };
+    for i in 0..10 {
+        write(i).await;
+        acked += 1;
+    }
+    wait_converged(&addrs, &token).await;
+    let dir = cluster.node(wiped).dir.clone();
+    assert_eq!(read_id_file(&dir).unwrap(), Some(wiped), "the id is stored");
+    cluster.node_mut(wiped).kill();
+    std::fs::remove_dir_all(&dir).expect("wipe");
+    cluster.node_mut(wiped).extra = vec![
+        "--join".into(),
+        others[0].clone(),
+        "--join-token".into(),
+        token.clone(),
+    ];
+
+    // 1. Still a voter: it lost the votes it cast, so it may not come back.
+    let (exited, line) = refused_start(&mut cluster, wiped, "lost its data").await;
+    assert!(!exited.success(), "{exited}");
+    assert!(
+        line.contains(&format!(
+            "remove it first (`synapse cluster remove {wiped}`)"
+        )),
+        "the refusal names the remedy: {line}"
+    );
+    assert!(
+        !dir.join(NODE_ID_FILE).exists(),
+        "a refused node stores no id"
+    );
+
+    // 2. Removed: the id is tombstoned and refused for good.
+    member_change(&others, &token, MemberChange::Remove(wiped), |s| {
+        !s.voters.contains(&wiped) && !s.learners.contains(&wiped) && s.removed.contains(&wiped)
+    })
+    .await;
+    for i in 10..15 {
+        write(i).await;
+        acked += 1;
+    }
+    let (exited, line) = refused_start(&mut cluster, wiped, "never reused").await;
+    assert!(!exited.success(), "{exited}");
+    assert!(!line.is_empty(), "the refusal says ids are never reused");
+
+    // 3. A pod whose id is only its ordinal's preference joins under a new id.
+    {
+        let n = cluster.node_mut(wiped);
+        n.extra.push("--node-id-from-hostname".into());
+        n.env = vec![("HOSTNAME".into(), format!("synapse-{}", wiped - 1))];
+        n.start();
+    }
+    let new_id = wait_for("the wiped pod is admitted under a new id", || {
+        let dir = dir.clone();
+        async move {
+            read_id_file(&dir)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "no id stored yet".to_string())
+        }
+    })
+    .await;
+    assert!(new_id > 3, "new id {new_id} was never used (1..=3 were)");
+    member_change(&others, &token, MemberChange::Promote(new_id), |s| {
+        s.voters.contains(&new_id)
+    })
+    .await;
+    let waddr = cluster.node(wiped).addr.clone();
+    let s = status(&waddr, &token)
+        .await
+        .expect("status of the rejoined node");
+    assert_eq!(s.node_id, new_id);
+    assert!(
+        s.removed.contains(&wiped),
+        "tombstones replicate: {:?}",
+        s.removed
+    );
+
+    // 4. A restart keeps the stored id, whatever the hostname says.
+    cluster.node_mut(wiped).kill();
+    cluster.node_mut(wiped).start();
+    let again = wait_for("the restarted node answers", || {
+        let (waddr, token) = (waddr.clone(), token.clone());
+        async move { status(&waddr, &token).await }
+    })
+    .await;
+    assert_eq!(again.node_id, new_id, "a restart keeps the allocated id");
+    for i in 15..20 {
+        write(i).await;
+        acked += 1;
+    }
+    let (applied, hash) = wait_converged(&addrs, &token).await;
+    for addr in &addrs {
+        let (v, _) = read_counter(addr, &token, "rejoin").await.expect("read");
+        assert_eq!(v as u64, acked, "{addr}: acknowledged writes lost");
+    }
+    let final_status = status(&addrs[0], &token).await.unwrap();
+    println!(
+        "node {wiped} wiped: refused as a voter and as a removed id, rejoined as node {new_id}; \
+         voters {:?}, removed {:?}; {acked} acked writes on all 3 nodes at applied {applied}, hash {hash}",
+        final_status.voters, final_status.removed
+    );
+}
