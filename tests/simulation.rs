@@ -71,7 +71,8 @@ fn summarize(label: &str, reports: &[Report], elapsed: std::time::Duration) {
          linearizability states explored {}, violations 0\n  \
          crash points: after a Ready {}, mid-Ready before sync {}, mid-Ready after sync {}\n  \
          leader kills {}, pauses > election timeout {}, rolling restarts {}, lossy links {}\n  \
-         membership: {} seeds, {} changes committed, {} remove/re-add/promote cycles",
+         membership: {} seeds, {} changes committed, {} remove/re-add/promote cycles \
+         ({} wiped and rejoined under a new id)",
         reports.len(),
         seeds_with(|r| r.nodes == 5),
         seeds_with(|r| r.compaction),
@@ -106,6 +107,7 @@ fn summarize(label: &str, reports: &[Report], elapsed: std::time::Duration) {
         seeds_with(|r| r.membership_changes > 0),
         sum(|r| r.membership_changes),
         sum(|r| r.membership_cycles),
+        sum(|r| r.fresh_id_rejoins),
     );
 }
 

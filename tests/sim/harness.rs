@@ -149,6 +149,8 @@ pub struct Report {
     pub membership_changes: u64,
     /// Whole remove → wipe → re-add → promote cycles completed.
     pub membership_cycles: u64,
+    /// Cycles whose node was wiped and rejoined under a never-used id.
+    pub fresh_id_rejoins: u64,
     /// Digest over every action, every leader and every applied index.
     pub trace_digest: u64,
 }
@@ -337,6 +339,15 @@ struct Cluster {
     member: MemberCycle,
     member_reply: Option<(u64, SimReply<ConfState>)>,
     member_last_proposal: usize,
+    /// This cycle replaces the removed node's machine: empty disk, and (in
+    /// the safe mode) a new id.
+    member_wipes: bool,
+    /// Ids retired by a wipe → the slot (machine) that ran them.
+    retired: BTreeMap<u64, usize>,
+    /// Next never-used id (ids are never reused).
+    next_id: u64,
+    /// The highest commit index any node knew when a disk was last wiped.
+    wiped_commit_floor: u64,
 }
 
 type Check = Result<(), String>;
@@ -408,6 +419,10 @@ impl Cluster {
             member: MemberCycle::Idle,
             member_reply: None,
             member_last_proposal: 0,
+            member_wipes: false,
+            retired: BTreeMap::new(),
+            next_id: n + 1,
+            wiped_commit_floor: 0,
         };
         c.report.lossy_links = c.link_loss.iter().filter(|&&l| l > 0.0).count() as u64;
         for id in 1..=n {
@@ -417,7 +432,7 @@ impl Cluster {
     }
 
     fn config(&self, id: u64) -> RaftConfig {
-        let initial = if self.nodes[Self::idx(id)].joiner {
+        let initial = if self.node(id).joiner {
             Vec::new()
         } else {
             self.voters.clone()
@@ -436,14 +451,34 @@ impl Cluster {
         cfg
     }
 
-    fn idx(id: u64) -> usize {
-        (id - 1) as usize
+    /// The slot of the node running under `id`. Ids are never reused: a
+    /// wiped node rejoins under a new id in the same slot.
+    fn slot(&self, id: u64) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    fn idx(&self, id: u64) -> usize {
+        slot_of(&self.nodes, id)
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        &self.nodes[slot_of(&self.nodes, id)]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        let slot = slot_of(&self.nodes, id);
+        &mut self.nodes[slot]
+    }
+
+    /// Ids of the nodes, in slot order.
+    fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
     }
 
     /// Builds a fresh driver over the node's store (boot or restart).
     fn start(&mut self, id: u64) -> Check {
         let cfg = self.config(id);
-        let node = &self.nodes[Self::idx(id)];
+        let node = self.node(id);
         let sm = SimSm::new(id, node.store.clone(), self.ledger.clone())
             .map_err(|e| format!("node {id}: state machine: {e}"))?;
         let transport = Arc::new(SimTransport {
@@ -452,7 +487,7 @@ impl Cluster {
         let mut driver = SimDriver::new(cfg, node.store.clone(), sm, transport)
             .map_err(|e| format!("node {id}: driver failed to start: {e}"))?;
         driver.set_nonce(self.rng.gen());
-        let node = &mut self.nodes[Self::idx(id)];
+        let node = self.node_mut(id);
         node.driver = Some(driver);
         node.spec.clear();
         node.hashed = None;
@@ -489,7 +524,7 @@ impl Cluster {
     /// Processes `id`'s Ready and moves what it sent onto the network;
     /// `reliable` marks those messages as ones the network must not lose.
     fn process_marked(&mut self, id: u64, reliable: bool) -> Check {
-        if let Some(d) = self.nodes[Self::idx(id)].driver.as_mut() {
+        if let Some(d) = self.node_mut(id).driver.as_mut() {
             d.process()
                 .map_err(|e| format!("node {id}: process() failed: {e}"))?;
         }
@@ -506,10 +541,18 @@ impl Cluster {
         Ok(())
     }
 
+    /// The slot of a node that runs or ran under `id`: a wiped node's old
+    /// id keeps its machine's slot, so its late messages still cross the
+    /// same links and partitions.
+    fn machine(&self, id: u64) -> Option<usize> {
+        self.slot(id).or_else(|| self.retired.get(&id).copied())
+    }
+
     fn connected(&self, a: u64, b: u64) -> bool {
-        match &self.groups {
-            None => true,
-            Some(g) => g[Self::idx(a)] == g[Self::idx(b)],
+        match (&self.groups, self.machine(a), self.machine(b)) {
+            (None, Some(_), Some(_)) => true,
+            (Some(g), Some(a), Some(b)) => g[a] == g[b],
+            _ => false,
         }
     }
 
@@ -542,8 +585,12 @@ impl Cluster {
                 keep.push(p);
                 continue;
             }
-            let reachable =
-                self.connected(p.msg.from, to) && self.nodes[Self::idx(to)].driver.is_some();
+            if self.slot(to).is_none() {
+                // Addressed to an id that was retired: nobody listens.
+                self.report.dropped += 1;
+                continue;
+            }
+            let reachable = self.connected(p.msg.from, to) && self.node(to).driver.is_some();
             if !reachable {
                 if p.reliable {
                     keep.push(p);
@@ -557,7 +604,8 @@ impl Cluster {
                 let r: f64 = self.rng.gen();
                 let f = &self.faults;
                 let n = self.nodes.len();
-                let link = self.link_loss[Self::idx(p.msg.from) * n + Self::idx(to)];
+                let from = self.machine(p.msg.from).expect("connected");
+                let link = self.link_loss[from * n + self.idx(to)];
                 if !p.reliable && (r < f.drop || (link > 0.0 && self.rng.gen_bool(link))) {
                     self.report.dropped += 1;
                     continue;
@@ -573,10 +621,7 @@ impl Cluster {
             if self.opts.verbose {
                 eprintln!("      {}", describe(&p.msg, copies));
             }
-            let d = self.nodes[Self::idx(to)]
-                .driver
-                .as_mut()
-                .expect("reachable");
+            let d = self.node_mut(to).driver.as_mut().expect("reachable");
             for _ in 1..copies {
                 d.step(p.msg.clone());
             }
@@ -614,7 +659,7 @@ impl Cluster {
             .filter(|id| !self.paused.contains_key(id))
             .collect();
         for &id in &ids {
-            if let Some(d) = self.nodes[Self::idx(id)].driver.as_mut() {
+            if let Some(d) = self.node_mut(id).driver.as_mut() {
                 d.tick();
             }
         }
@@ -635,7 +680,8 @@ impl Cluster {
     }
 
     fn head(&self, id: u64, instance: &str) -> Result<Head, String> {
-        let cp = self.nodes[Self::idx(id)]
+        let cp = self
+            .node(id)
             .store
             .latest(SKILL, instance)
             .map_err(|e| format!("node {id}: latest({instance}): {e}"))?;
@@ -723,7 +769,8 @@ impl Cluster {
             return Ok(());
         }
         self.note(&format!("client {client} read {instance} on {id}"));
-        let reply = self.nodes[Self::idx(id)]
+        let reply = self
+            .node_mut(id)
             .driver
             .as_mut()
             .expect("live")
@@ -757,7 +804,7 @@ impl Cluster {
             return Ok(None);
         };
         let from_applied = self.rng.gen_bool(0.05);
-        let node = &mut self.nodes[Self::idx(id)];
+        let node = self.node_mut(id);
         if node.spec_term != term {
             node.spec.clear();
             node.spec_term = term;
@@ -809,7 +856,7 @@ impl Cluster {
             "client {client} on {id} (term {term}): {instance} v{} {call:?}",
             cp.version
         ));
-        let node = &mut self.nodes[Self::idx(id)];
+        let node = self.node_mut(id);
         node.spec.insert(
             instance.clone(),
             Head {
@@ -869,11 +916,11 @@ impl Cluster {
                     }
                     Ok(Ok(SimOutcome::Rejected(_))) => {
                         // Like an actor reset to its last committed checkpoint.
-                        self.nodes[Self::idx(*node)].spec.remove(&o.instance);
+                        self.node_mut(*node).spec.remove(&o.instance);
                         Some(Outcome::Fail)
                     }
                     Ok(Err(_)) => {
-                        self.nodes[Self::idx(*node)].spec.remove(&o.instance);
+                        self.node_mut(*node).spec.remove(&o.instance);
                         Some(Outcome::Unknown)
                     }
                     Ok(Ok(SimOutcome::Noop)) | Err(TryRecvError::Closed) => Some(Outcome::Unknown),
@@ -882,7 +929,7 @@ impl Cluster {
                 Wait::Read { node, reply } => match reply.try_recv() {
                     Ok(Ok(_index)) => {
                         let id = *node;
-                        if self.nodes[Self::idx(id)].driver.is_some() {
+                        if self.node_mut(id).driver.is_some() {
                             let value = self.head(id, &o.instance)?.value;
                             let value = if o.instance == COUNTER_INSTANCE {
                                 Some(value.unwrap_or(0))
@@ -917,7 +964,7 @@ impl Cluster {
         }
         for i in 0..INSTANCES {
             let instance = format!("i{i}");
-            for id in 1..=self.nodes.len() as u64 {
+            for id in self.ids() {
                 let invoke = self.tick_time();
                 let value = self.head(id, &instance)?.value;
                 let value = if instance == COUNTER_INSTANCE {
@@ -1020,18 +1067,15 @@ impl Cluster {
                     .into_iter()
                     .partition(|p| p.msg.to == id && self.connected(p.msg.from, id));
                 self.in_flight = rest;
-                let d = self.nodes[Self::idx(id)].driver.as_mut().expect("live");
+                let d = self.node_mut(id).driver.as_mut().expect("live");
                 for p in mine {
                     d.step(p.msg);
                 }
             } else {
-                self.nodes[Self::idx(id)]
-                    .driver
-                    .as_mut()
-                    .expect("live")
-                    .tick();
+                self.node_mut(id).driver.as_mut().expect("live").tick();
             }
-            let hit = self.nodes[Self::idx(id)]
+            let hit = self
+                .node_mut(id)
                 .driver
                 .as_mut()
                 .expect("live")
@@ -1060,11 +1104,12 @@ impl Cluster {
         // Replies the client already holds stay; waiters still in the
         // driver are dropped with it (their clients see "unknown").
         self.poll_replies()?;
-        let node = &mut self.nodes[Self::idx(id)];
+        let crash_consistency = self.opts.crash_consistency;
+        let node = self.node_mut(id);
         // Raft's memory, unsent messages and waiters are gone.
         node.driver = None;
         node.spec.clear();
-        if self.opts.crash_consistency {
+        if crash_consistency {
             // The disk keeps only what was synced.
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
             let store = node
@@ -1095,7 +1140,7 @@ impl Cluster {
                 self.deliver(None, true)
             }
             30..=37 => {
-                let to = self.rng.gen_range(1..=self.nodes.len() as u64);
+                let to = self.ids()[self.rng.gen_range(1..=self.nodes.len()) - 1];
                 self.note(&format!("deliver to {to}"));
                 self.deliver(Some(to), true)
             }
@@ -1109,7 +1154,7 @@ impl Cluster {
                 self.tick(&ids)
             }
             62..=65 => {
-                let id = self.rng.gen_range(1..=self.nodes.len() as u64);
+                let id = self.ids()[self.rng.gen_range(1..=self.nodes.len()) - 1];
                 self.note(&format!("tick {id}"));
                 self.tick(&[id])
             }
@@ -1200,8 +1245,8 @@ impl Cluster {
     fn rolling_restart(&mut self) -> Check {
         self.note("rolling restart");
         self.report.rolling_restarts += 1;
-        for id in 1..=self.nodes.len() as u64 {
-            if self.nodes[Self::idx(id)].driver.is_none() {
+        for id in self.ids() {
+            if self.node(id).driver.is_none() {
                 self.restart(id)?;
             }
             if !self.crashed().is_empty() {
@@ -1311,6 +1356,8 @@ impl Cluster {
         }
         // (2b) a leader's commit index is held by a quorum of persisted logs
         // (catches commit-without-quorum when it happens, not steps later).
+        // Entries committed before a wipe may have been held by the wiped
+        // (already removed) node; only later commits are judged.
         let mut persisted: Vec<u64> = self
             .nodes
             .iter()
@@ -1320,7 +1367,10 @@ impl Cluster {
         let quorum_holds = persisted[self.nodes.len() / 2];
         for n in &self.nodes {
             if let Some(s) = n.driver.as_ref().map(|d| d.status()) {
-                if s.role == Role::Leader && s.commit_index > quorum_holds {
+                if s.role == Role::Leader
+                    && s.commit_index > quorum_holds
+                    && s.commit_index > self.wiped_commit_floor
+                {
                     return Err(format!(
                         "leader {} (term {}) committed index {} but only {quorum_holds} is \
                          persisted on a quorum (persisted last indexes {persisted:?})",
@@ -1414,7 +1464,7 @@ impl Cluster {
     /// The leader of the highest term, if any, with its status.
     fn current_leader(&self) -> Option<(u64, synapse_consensus::RaftStatus)> {
         let (id, _) = self.leaders().into_iter().max_by_key(|&(_, term)| term)?;
-        let status = self.nodes[Self::idx(id)].driver.as_ref()?.status();
+        let status = self.node(id).driver.as_ref()?.status();
         Some((id, status))
     }
 
@@ -1454,15 +1504,25 @@ impl Cluster {
                 let Some(&victim) = status.voters.choose(&mut self.rng) else {
                     return Ok(());
                 };
-                self.note(&format!("membership: cycle for node {victim} starts"));
+                self.member_wipes = self.opts.unsafe_rejoin_wiped_same_id || self.rng.gen_bool(0.5);
+                self.note(&format!(
+                    "membership: cycle for node {victim} starts (wipe: {})",
+                    self.member_wipes
+                ));
                 self.member = MemberCycle::Remove(victim);
                 return Ok(());
             }
             MemberCycle::Wipe(id) => {
-                if self.opts.unsafe_rejoin_wiped_same_id {
-                    self.wipe(id)?;
-                }
-                self.member = MemberCycle::AddLearner(id);
+                let rejoin_as = if !self.member_wipes {
+                    id
+                } else if self.opts.unsafe_rejoin_wiped_same_id {
+                    self.wipe(id, id)?
+                } else {
+                    let fresh = self.next_id;
+                    self.next_id += 1;
+                    self.wipe(id, fresh)?
+                };
+                self.member = MemberCycle::AddLearner(rejoin_as);
                 return Ok(());
             }
             _ => {}
@@ -1508,7 +1568,7 @@ impl Cluster {
             return Ok(());
         }
         if let MemberCycle::Promote(id) = phase {
-            let caught_up = self.nodes[Self::idx(id)].driver.as_ref().is_some_and(|d| {
+            let caught_up = self.node_mut(id).driver.as_ref().is_some_and(|d| {
                 d.status().applied_index + MEMBER_PROMOTE_LAG >= status.commit_index
             });
             if !caught_up {
@@ -1516,7 +1576,8 @@ impl Cluster {
             }
         }
         self.note(&format!("membership: propose {phase:?} on leader {leader}"));
-        let reply = self.nodes[Self::idx(leader)]
+        let reply = self
+            .node_mut(leader)
             .driver
             .as_mut()
             .expect("a leader is live")
@@ -1526,19 +1587,40 @@ impl Cluster {
         self.process(leader)
     }
 
-    /// The removed node's machine is replaced: empty disk, same id, started
-    /// as a joiner (no initial voters), like `synapse serve --join`.
-    fn wipe(&mut self, id: u64) -> Check {
-        self.note(&format!("membership: wipe node {id}, restart it empty"));
+    /// The removed node's machine is replaced: empty disk, started as a
+    /// joiner (no initial voters), like `synapse serve --join`, under
+    /// `new_id`: a never-used id (safe), or its old one (the planted
+    /// hazard). Returns the id it runs under.
+    fn wipe(&mut self, id: u64, new_id: u64) -> Result<u64, String> {
+        self.note(&format!(
+            "membership: wipe node {id}, restart it empty as node {new_id}"
+        ));
         self.paused.remove(&id);
         self.poll_replies()?;
-        let (dir, store) = open_sim_store(&self.opts, id)?;
-        let restores = lock(&self.ledger).restores.get(&id).copied().unwrap_or(0);
-        let node = &mut self.nodes[Self::idx(id)];
+        let (dir, store) = open_sim_store(&self.opts, new_id)?;
+        let restores = if new_id == id {
+            lock(&self.ledger).restores.get(&id).copied().unwrap_or(0)
+        } else {
+            0
+        };
+        let known_commit = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.driver.as_ref().map(|d| d.status().commit_index))
+            .max()
+            .unwrap_or(0);
+        self.wiped_commit_floor = self.wiped_commit_floor.max(known_commit);
+        let slot = self.idx(id);
+        if new_id != id {
+            self.retired.insert(id, slot);
+            self.report.fresh_id_rejoins += 1;
+        }
+        let node = &mut self.nodes[slot];
         // Driver first: it holds the old store.
         node.driver = None;
-        *node = Node::fresh(id, dir, store, true, restores);
-        self.start(id)
+        *node = Node::fresh(new_id, dir, store, true, restores);
+        self.start(new_id)?;
+        Ok(new_id)
     }
 
     /// After convergence with no cycle running: every node is a voter
@@ -1549,7 +1631,8 @@ impl Cluster {
         }
         let mut voters = leader.voters.clone();
         voters.sort_unstable();
-        let all: Vec<u64> = (1..=self.nodes.len() as u64).collect();
+        let mut all = self.ids();
+        all.sort_unstable();
         if voters != all || !leader.learners.is_empty() {
             return Err(format!(
                 "final configuration voters {voters:?} learners {:?}, expected voters {all:?} \
@@ -1587,7 +1670,8 @@ impl Cluster {
                 continue;
             }
             if let [(leader, _)] = leaders[..] {
-                let ls = self.nodes[Self::idx(leader)]
+                let ls = self
+                    .node_mut(leader)
                     .driver
                     .as_ref()
                     .expect("live")
@@ -1665,6 +1749,14 @@ impl Cluster {
 
 /// A node's empty disk: a sled store in a fresh temp dir, tracking what is
 /// durable when the run tests crash consistency.
+/// The slot of the node running under `id`; the caller knows it runs.
+fn slot_of(nodes: &[Node], id: u64) -> usize {
+    nodes
+        .iter()
+        .position(|n| n.id == id)
+        .unwrap_or_else(|| panic!("no node runs under id {id}"))
+}
+
 fn open_sim_store(opts: &SimOptions, id: u64) -> Result<(TempDir, Store), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let store = Store::open(
