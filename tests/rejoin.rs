@@ -99,6 +99,13 @@ async fn a_wiped_member_never_rejoins_under_its_old_id() {
         !dir.join(NODE_ID_FILE).exists(),
         "a refused node stores no id"
     );
+    // A surviving id file does not make a lost log any less lost.
+    std::fs::create_dir_all(&dir).unwrap();
+    synapse_runtime::identity::write_id_file(&dir, wiped).unwrap();
+    let (exited, line) = refused_start(&mut cluster, wiped, "lost its data").await;
+    assert!(!exited.success(), "{exited}");
+    assert!(!line.is_empty(), "refused with a kept id file too");
+    std::fs::remove_dir_all(&dir).expect("wipe");
 
     // 2. Removed: the id is tombstoned and refused for good.
     member_change(&others, &token, MemberChange::Remove(wiped), |s| {

@@ -86,16 +86,18 @@ pub fn write_id_file(data_dir: &Path, id: u64) -> Result<(), RuntimeError> {
         .map_err(io)
 }
 
-/// Settles `config.node_id` before consensus starts: the stored id for a
-/// data dir that has one; otherwise the configured id, after admission if
-/// this node joins with a blank log. Stores the result.
+/// Settles `config.node_id` before consensus starts: the id stored in the
+/// data dir, else the configured one; then, for a node that joins with a
+/// blank Raft log (stored id or not: a lost log with a surviving id file is
+/// still a lost log), the id the leader admits. Stores the result.
 pub(crate) async fn resolve(
     config: &mut NodeConfig,
     log_is_blank: bool,
     channels: &PeerChannels,
     join_token: Option<&str>,
 ) -> Result<(), RuntimeError> {
-    if let Some(stored) = read_id_file(&config.data_dir)? {
+    let stored = read_id_file(&config.data_dir)?;
+    if let Some(stored) = stored {
         if stored != config.node_id {
             if config.node_id != 0 && !config.rejoin_under_new_id {
                 return Err(RuntimeError::InvalidArgument(format!(
@@ -112,7 +114,6 @@ pub(crate) async fn resolve(
             );
             config.node_id = stored;
         }
-        return Ok(());
     }
     let join = config.join_address();
     match join {
@@ -147,7 +148,8 @@ pub(crate) async fn resolve(
             config.node_id = id;
         }
         _ => {
-            // Bootstrapping, or a data dir from before ids were stored.
+            // Bootstrapping, a restart, or a data dir from before ids
+            // were stored.
             if config.node_id == 0 {
                 return Err(RuntimeError::InvalidArgument(
                     "node id 0 (allocate one) needs --join or --seed and an empty data dir".into(),
@@ -155,7 +157,10 @@ pub(crate) async fn resolve(
             }
         }
     }
-    write_id_file(&config.data_dir, config.node_id)
+    if stored != Some(config.node_id) {
+        write_id_file(&config.data_dir, config.node_id)?;
+    }
+    Ok(())
 }
 
 /// Asks the cluster at `seed` to add this blank node as a learner under
