@@ -855,12 +855,31 @@ async fn serve(opts: ServeOpts) -> Result<(), Failure> {
             .unwrap_or_else(|| "-".into()),
         node.core().config().data_dir.join("root.token").display()
     );
-    wait_for_signal().await;
+    let consensus_died = tokio::select! {
+        _ = wait_for_signal() => false,
+        _ = consensus_stopped(&node) => true,
+    };
     eprintln!("shutting down");
     tokio::task::spawn_blocking(move || node.shutdown())
         .await
         .map_err(|e| format!("shutdown failed: {e}"))?;
+    if consensus_died {
+        // Exit non-zero so that a supervisor restarts the node: damaged
+        // Raft log records are repaired from peers before consensus starts.
+        return Err("consensus stopped on this node (see the log above);                     restart it: damaged log records are repaired from peers at start"
+            .to_string()
+            .into());
+    }
     Ok(())
+}
+
+/// Resolves once this node's consensus has stopped for good (a fatal
+/// storage error or a panic inside raft-rs). Polled: it is rare and a
+/// fraction of a second does not matter.
+async fn consensus_stopped(node: &synapse::Node) {
+    while node.core().raft_status().running {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// A clock skewed by the milliseconds written in `path`, polled by a thread.

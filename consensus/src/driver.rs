@@ -459,8 +459,32 @@ where
         ..Default::default()
     }));
     let mut driver = Driver::build(config, store, sm, transport, rx, status.clone())?;
-    let join = tokio::spawn(async move { driver.run().await });
+    let stopped = MarkStoppedOnDrop(status.clone());
+    let join = tokio::spawn(async move {
+        let _stopped = stopped;
+        driver.run().await
+    });
     Ok((RaftHandle { events: tx, status }, join))
+}
+
+/// Marks the driver stopped when its task ends, including by a panic:
+/// raft-rs panics when its storage fails mid-read (a record damaged while
+/// the node runs). The node must then report itself dead (`running` is
+/// what `/healthz` and `synapse serve` watch) rather than serve on without
+/// consensus; a restart repairs the log from peers before raft-rs starts.
+struct MarkStoppedOnDrop(Arc<Mutex<RaftStatus>>);
+
+impl Drop for MarkStoppedOnDrop {
+    fn drop(&mut self) {
+        let mut status = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if std::thread::panicking() {
+            tracing::error!(node = status.id, "raft driver panicked; consensus stopped");
+        }
+        status.running = false;
+    }
 }
 
 /// The driver stepped by hand, for deterministic simulation: no tasks, no
@@ -1278,6 +1302,56 @@ mod tests {
         let mut change = ConfChangeV2::default();
         change.set_changes(vec![single].into());
         change
+    }
+
+    /// Panics on the first entry with data, like raft-rs on a storage
+    /// read that fails.
+    struct PanicsOnApply;
+
+    impl StateMachine for PanicsOnApply {
+        type Output = ();
+
+        fn apply(
+            &mut self,
+            _ctx: ApplyContext,
+            entries: &[Committed<'_>],
+        ) -> Result<Vec<()>, ConsensusError> {
+            assert!(
+                entries.iter().all(|e| e.data.is_empty()),
+                "planted panic inside the driver loop"
+            );
+            Ok(vec![(); entries.len()])
+        }
+
+        fn restore(&mut self, _snapshot: &Snapshot) -> Result<(), ConsensusError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_driver_that_panics_reports_itself_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), StoreOptions::default()).expect("store");
+        let (handle, join) = spawn_driver(
+            RaftConfig::cluster_member(1, vec![1]),
+            store,
+            PanicsOnApply,
+            Arc::new(NoNetwork),
+        )
+        .expect("driver");
+        assert!(handle.status().running);
+        let outcome = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            handle.propose(b"boom".to_vec()),
+        )
+        .await
+        .expect("the proposal resolves once the driver is gone");
+        assert!(outcome.is_err(), "no outcome from a dead driver");
+        assert!(join.await.expect_err("the task panicked").is_panic());
+        assert!(
+            !handle.status().running,
+            "a panicked driver reads as stopped"
+        );
     }
 
     #[test]

@@ -25,8 +25,18 @@ async fn metrics(
 
 /// Liveness: the process answers. Deliberately no dependency checks, so a
 /// node waiting for a quorum is not restarted in a loop.
-async fn healthz() -> &'static str {
-    "ok\n"
+/// Liveness: false once consensus has stopped for good (a fatal storage
+/// error or a panic in raft-rs), so that a supervisor restarts the node;
+/// a restart repairs damaged log records from peers before raft-rs starts.
+async fn healthz(State(core): State<Arc<Core>>) -> (StatusCode, &'static str) {
+    if core.raft_status().running {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "consensus stopped; restart this node\n",
+        )
+    }
 }
 
 async fn readyz(State(core): State<Arc<Core>>) -> (StatusCode, String) {
