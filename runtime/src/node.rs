@@ -2004,9 +2004,13 @@ async fn run_node(
     }
     if core.transport.is_none() {
         // A single node elects itself at once; wait (bounded) for its root
-        // key so that `root_token()` is usable as soon as start returns.
+        // key and its leadership, so that `root_token()` and linearizable
+        // reads work as soon as start returns (on a restart the key is
+        // already there, but the election still takes a Ready or two).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while core.keys.guard().is_none() && tokio::time::Instant::now() < deadline {
+        while (core.keys.guard().is_none() || core.raft.status().role != Role::Leader)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if core.keys.guard().is_none() {
