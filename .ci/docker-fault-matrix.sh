@@ -247,7 +247,12 @@ inject_membership() {
     l=$(leader_svc) || fail "no leader"
     victim=synapse-1; [[ $l != synapse-1 ]] || victim=synapse-2
     id=$(status_json "$victim" | jq_py 'd["node_id"]') || fail "no id for $victim"
-    sx "$l" cluster remove "$id" >/dev/null || fail "cluster remove $id refused"
+    # An operator retries a refused removal (a voter may be briefly behind).
+    local tries=0
+    until sx "$l" cluster remove "$id" >/dev/null; do
+        tries=$((tries + 1)); (( tries < 10 )) || fail "cluster remove $id refused $tries times"
+        sleep 1
+    done
     compose stop -t 5 "$victim" >/dev/null 2>&1
     compose rm -f "$victim" >/dev/null 2>&1
     forget_ctr "$victim"

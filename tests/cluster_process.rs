@@ -29,8 +29,7 @@ const HANG_GUARD: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
 /// Per-RPC bound, so a call to a dead or stuck node cannot hang a test.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
-/// Mirrors `synapse_runtime::node::MAX_PROMOTE_LAG`.
-const MAX_PROMOTE_LAG: u64 = 100;
+use synapse_runtime::node::MAX_REMOVE_LAG;
 const LEADER_ADDR_HEADER: &str = "x-synapse-leader-addr";
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -1059,12 +1058,12 @@ async fn membership_join_promote_remove() {
             .find(|p| p.id == dead)
             .map(|p| p.lag)
             .unwrap_or(0);
-        if lag > MAX_PROMOTE_LAG {
+        if lag > MAX_REMOVE_LAG {
             println!("[membership] node {dead} down and {lag} entries behind");
             break;
         }
-        assert!(batch < 20, "node {dead} lag stays at {lag}");
-        write_n(&up_addrs, &token, "lag", &format!("b{batch}"), 30).await;
+        assert!(batch < 40, "node {dead} lag stays at {lag}");
+        write_n(&up_addrs, &token, "lag", &format!("b{batch}"), 100).await;
         batch += 1;
     }
     let mut voters = after.clone();
