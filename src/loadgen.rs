@@ -29,6 +29,28 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InstanceOrder {
+    Random,
+    Sequential,
+}
+
+/// Picks the instance of each operation (see `BenchOpts::instance_order`).
+struct InstancePicker {
+    order: InstanceOrder,
+    instances: u64,
+    next: AtomicU64,
+}
+
+impl InstancePicker {
+    fn pick(&self, random: u64) -> u64 {
+        match self.order {
+            InstanceOrder::Random => random % self.instances,
+            InstanceOrder::Sequential => self.next.fetch_add(1, Ordering::Relaxed) % self.instances,
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Target {
     Synapse,
     Etcd,
@@ -76,6 +98,12 @@ pub struct BenchOpts {
     /// Number of distinct instances (keys) the operations are spread over.
     #[arg(long, default_value_t = 1000)]
     pub instances: u64,
+    /// How each operation picks its instance: `random` (uniform), or
+    /// `sequential` (instance 0, 1, 2, ... across all clients, wrapping at
+    /// --instances), which creates --instances distinct instances in as many
+    /// writes (the passivation memory bound is measured this way).
+    #[arg(long, value_enum, default_value_t = InstanceOrder::Random)]
+    pub instance_order: InstanceOrder,
     /// Instance / key name prefix.
     #[arg(long, default_value = "bench")]
     pub prefix: String,
@@ -685,6 +713,11 @@ async fn run_once(setup: &Setup, opts: &BenchOpts, clients: usize) -> Result<Run
         last_error: None,
     }));
     let done_ops = Arc::new(AtomicU64::new(0)); // all completions, for progress
+    let picker = Arc::new(InstancePicker {
+        order: opts.instance_order,
+        instances: opts.instances,
+        next: AtomicU64::new(0),
+    });
     let tickets = Arc::new(AtomicU64::new(0)); // measured ops issued (--ops)
     let stop = Arc::new(AtomicBool::new(false));
     let missed = Arc::new(AtomicU64::new(0)); // open-loop slots never sent
@@ -709,7 +742,7 @@ async fn run_once(setup: &Setup, opts: &BenchOpts, clients: usize) -> Result<Run
         );
         let mix = setup.mix.clone();
         let payloads = setup.payloads.clone();
-        let (instances, ops_bound, timeout) = (opts.instances, opts.ops, opts.timeout);
+        let (picker, ops_bound, timeout) = (picker.clone(), opts.ops, opts.timeout);
         let first = interval.map(|iv| start + iv.mul_f64(i as f64 / clients as f64));
         handles.push(tokio::spawn(async move {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((i as u64 + 1) * 0x1000_0000_01B3));
@@ -756,7 +789,7 @@ async fn run_once(setup: &Setup, opts: &BenchOpts, clients: usize) -> Result<Run
                     }
                 }
                 let op = mix.pick(rng.next());
-                let inst = rng.next() % instances;
+                let inst = picker.pick(rng.next());
                 let res = tokio::time::timeout(timeout, conn.call(op, inst, &payloads)).await;
                 let now = Instant::now();
                 last_done = now;
@@ -1035,6 +1068,7 @@ fn to_json(setup: &Setup, opts: &BenchOpts, results: &[RunResult]) -> Value {
         "mix": setup.mix.describe(),
         "value_size": opts.value_size,
         "instances": opts.instances,
+        "instance_order": format!("{:?}", opts.instance_order).to_lowercase(),
         "rate": opts.rate,
         "duration_s": opts.duration.as_secs_f64(),
         "warmup_s": opts.warmup.as_secs_f64(),
@@ -1159,6 +1193,22 @@ fn plot_from(files: &[PathBuf], out: Option<&PathBuf>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequential_order_visits_every_instance_once_per_round() {
+        let picker = InstancePicker {
+            order: InstanceOrder::Sequential,
+            instances: 5,
+            next: AtomicU64::new(0),
+        };
+        let picks: Vec<u64> = (0..12).map(|r| picker.pick(r * 7919)).collect();
+        assert_eq!(picks, vec![0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]);
+        let random = InstancePicker {
+            order: InstanceOrder::Random,
+            ..picker
+        };
+        assert_eq!(random.pick(12), 2);
+    }
 
     #[test]
     fn durations() {
