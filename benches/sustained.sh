@@ -22,7 +22,8 @@
 # Knobs [defaults]: SUSTAIN_SECONDS [600] WARM_SECONDS [120] PEAK_SECONDS [20]
 #   SAMPLE_SECONDS [10] CLIENTS [64] FRACTION [0.7] MIX [put=100] RATE [from
 #   the peak run] INSTANCES [1000000] INSTANCES_SECONDS [1200] ACTIVE [10000]
-#   IDLE_MS [30000] SETTLE_SECONDS [60] PORT_BASE [51400] (uses PORT_BASE+1..3
+#   IDLE_MS [30000] SETTLE_SECONDS [60] NODE_TOML [""] (extra lines for every
+#   node's --config file, e.g. 'audit_max_records = 20000') PORT_BASE [51400] (uses PORT_BASE+1..3
 #   for gRPC, PORT_BASE+101..103 for HTTP) OUT_DIR [target/sustained]
 #   SYNAPSE_BIN [built here, release] KEEP=1 keeps the data dirs.
 # Everything it starts is stopped on exit (trap), whatever happens.
@@ -115,7 +116,9 @@ machine() {
 if [ "$MODE" = sustained ]; then
     say "3-node cluster on ports ${GRPC_PORTS[*]}"
     machine | tee "$OUT_DIR/machine-sustained.txt" >&2
-    start_synapse 3 GRPC_PORTS HTTP_PORTS
+    [ -z "${NODE_TOML:-}" ] || echo "node config: ${NODE_TOML}" | tee -a "$OUT_DIR/machine-sustained.txt" >&2
+    printf '%s\n' "${NODE_TOML:-}" >"$WORK/node.toml"
+    start_synapse 3 GRPC_PORTS HTTP_PORTS --config "$WORK/node.toml"
     if [ -z "${RATE:-}" ]; then
         say "closed-loop peak: $CLIENTS clients, ${PEAK_SECONDS}s, mix $MIX (load $(cut -d' ' -f1 /proc/loadavg))"
         "$B" bench --endpoints "$SYN_EPS" --token-file "$SYN_TOKEN" --clients "$CLIENTS" --duration "${PEAK_SECONDS}s" \
@@ -183,7 +186,7 @@ PY
 else
     say "1 node, max_active_instances $ACTIVE, idle_timeout_ms $IDLE_MS; $INSTANCES instances in sequence (bounded ${INSTANCES_SECONDS}s)"
     machine | tee "$OUT_DIR/machine-instances.txt" >&2
-    printf 'idle_timeout_ms = %d\n' "$IDLE_MS" >"$WORK/node.toml"
+    printf 'idle_timeout_ms = %d\n%s\n' "$IDLE_MS" "${NODE_TOML:-}" >"$WORK/node.toml"
     start_synapse 1 GRPC_PORTS HTTP_PORTS --config "$WORK/node.toml" --max-active-instances "$ACTIVE"
     sampler "$OUT_DIR/rss-instances.csv" 1
     "$B" bench --endpoints "$SYN_EPS" --token-file "$SYN_TOKEN" --clients "$CLIENTS" \
