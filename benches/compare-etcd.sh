@@ -34,32 +34,9 @@ ETCD_PEER_PORTS=(23801 23802 23803)
 SYN_GRPC_PORTS=(51101 51102 51103)
 SYN_HTTP_PORTS=(51201 51202 51203)
 
-say() { printf '\n== %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
-
-WORK=$(mktemp -d -t compare-etcd.XXXXXX)
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]:-}"; do
-        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]:-}"; do
-        [ -n "$pid" ] && wait "$pid" 2>/dev/null || true
-    done
-    if [ "${KEEP:-0}" = 1 ]; then
-        echo "kept $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-stop_pids() { # stop the given pids (ours) and wait for them
-    local pid
-    for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
-}
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
+bench_init compare-etcd
 
 mkdir -p "$OUT_DIR"
 command -v python3 >/dev/null || die "python3 is needed (measurements and the report)"
@@ -78,14 +55,7 @@ fi
 ETCD_VERSION=$(etcd --version 2>/dev/null | head -1 || true)
 
 # ---------------------------------------------------------------- synapse
-if [ -z "${SYNAPSE_BIN:-}" ]; then
-    say "building synapse (release)"
-    (cd "$ROOT" && cargo build --release --bin synapse --quiet)
-    SYNAPSE_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/synapse
-    SYNAPSE_BUILT_HERE=1
-fi
-B=$SYNAPSE_BIN
-[ -x "$B" ] || die "no synapse binary at $B"
+synapse_bin
 
 # ---------------------------------------------------------------- machine
 say "machine"
@@ -265,30 +235,7 @@ stop_pids "${ETCD_PIDS[@]}"
 
 # ---------------------------------------------------------------- synapse run
 say "starting a 3-node Synapse cluster on loopback (fdatasync per Raft Ready)"
-PEERS=""
-for i in 0 1 2; do PEERS+="${PEERS:+,}$((i+1))=127.0.0.1:${SYN_GRPC_PORTS[$i]}"; done
-SYN_PIDS=()
-SYN_EPS=""
-for i in 0 1 2; do
-    n=$((i+1))
-    "$B" serve --node-id "$n" --data-dir "$WORK/n$n" --listen "127.0.0.1:${SYN_GRPC_PORTS[$i]}" \
-        --http-listen "127.0.0.1:${SYN_HTTP_PORTS[$i]}" --peers "$PEERS" --log warn \
-        >"$WORK/n$n.log" 2>&1 &
-    SYN_PIDS+=($!); PIDS+=($!)
-    SYN_EPS+="${SYN_EPS:+,}http://127.0.0.1:${SYN_GRPC_PORTS[$i]}"
-done
-LEADER=0
-for _ in $(seq 1 60); do
-    if [ -s "$WORK/n1/root.token" ]; then
-        LEADER=$("$B" cluster status -w json --endpoint "http://127.0.0.1:${SYN_GRPC_PORTS[0]}" \
-            --token-file "$WORK/n1/root.token" 2>/dev/null \
-            | python3 -c 'import json,sys; print(json.load(sys.stdin).get("leader_id",0))' 2>/dev/null || echo 0)
-        [ "${LEADER:-0}" != 0 ] && "$B" invoke counter/warm incr --endpoint "http://127.0.0.1:${SYN_GRPC_PORTS[0]}" \
-            --token-file "$WORK/n1/root.token" >/dev/null 2>&1 && break
-    fi
-    sleep 0.5
-done
-[ "${LEADER:-0}" != 0 ] || { tail -20 "$WORK"/n1.log >&2; die "synapse cluster did not elect a leader"; }
+start_synapse 3 SYN_GRPC_PORTS SYN_HTTP_PORTS
 echo "leader: node $LEADER" >&2
 SYN_LABELS="n1=${SYN_PIDS[0]} n2=${SYN_PIDS[1]} n3=${SYN_PIDS[2]}"
 metrics() {
@@ -300,7 +247,7 @@ say "synapse: closed-loop sweep, clients $SWEEP"
 for c in "${COUNTS[@]}"; do
     metrics >"$WORK/m.before"
     run_bench synapse "$WORK/synapse-c$c.json" "$SYN_LABELS" -- --endpoints "$SYN_EPS" \
-        --token-file "$WORK/n1/root.token" --clients "$c" --label synapse --quiet
+        --token-file "$SYN_TOKEN" --clients "$c" --label synapse --quiet
     metrics >"$WORK/m.after"
     python3 - "$WORK/m.before" "$WORK/m.after" <<'EOF' || true
 import sys, re
@@ -327,7 +274,7 @@ print(json.dumps(d, indent=1))
 EOF
 say "synapse: open loop, $OPEN_CLIENTS clients at $OPEN_RATE ops/s"
 run_bench synapse "$OUT_DIR/synapse-open.json" "$SYN_LABELS" -- --endpoints "$SYN_EPS" \
-    --token-file "$WORK/n1/root.token" --clients "$OPEN_CLIENTS" --rate "$OPEN_RATE" --label synapse-open --quiet \
+    --token-file "$SYN_TOKEN" --clients "$OPEN_CLIENTS" --rate "$OPEN_RATE" --label synapse-open --quiet \
     --plot "$OUT_DIR/synapse-open-latency.svg"
 say "stopping synapse"
 stop_pids "${SYN_PIDS[@]}"

@@ -1,182 +1,205 @@
 #!/usr/bin/env bash
 # Long-running memory and latency checks (issue #7), bounded in time and ops:
 #
-#   benches/sustained.sh sustained   # 3 nodes on loopback: closed-loop peak,
-#                                    # then open loop at 70 % of it for
-#                                    # SUSTAIN_SECONDS [600]
-#   benches/sustained.sh instances   # 1 node: INSTANCES [1000000] distinct
-#                                    # instances created one after another,
-#                                    # with at most ACTIVE [10000] in memory
+#   benches/sustained.sh sustained   # 3 nodes on loopback: closed-loop peak
+#                                    # (PEAK_SECONDS), then open loop at
+#                                    # FRACTION of it for SUSTAIN_SECONDS
+#   benches/sustained.sh instances   # 1 node: INSTANCES distinct instances
+#                                    # created one after another (one write
+#                                    # each), at most ACTIVE in memory, idle
+#                                    # ones passivated after IDLE_MS
 #
-# Both sample every node's VmRSS (and the active-instance gauge) every
-# SAMPLE_SECONDS [10] into OUT_DIR [target/sustained]/rss-<mode>.csv, keep the
-# load generator's JSON (per-second p50/p99 timeline), and print a verdict:
-#   sustained: RSS growth after WARM_SECONDS [120] (target < 5 %), and the
-#              last minute's median p50/p99 over the first minute's (drift);
-#   instances: RSS against instances created, and the configured bounds.
-# Knobs: CLIENTS [64], FRACTION [0.7], MIX [put=100], INSTANCES_SECONDS [1200],
-# SYNAPSE_BIN [built here, release], KEEP=1 keeps the data dirs.
+# Both sample every node's VmRSS, RssAnon, active-instance gauge and data-dir
+# size every SAMPLE_SECONDS into OUT_DIR/rss-<mode>.csv, keep the load
+# generator's JSON (per-second p50/p99 timeline), and print a report:
+#   sustained: RSS growth from WARM_SECONDS to the end (target < 5 %), and
+#              per-minute throughput and p50/p99, last full minute over the
+#              first (drift);
+#   instances: RSS against instances created, bytes of RSS per instance
+#              created over the second half, and the configured bounds; it
+#              keeps sampling for SETTLE_SECONDS after the last write.
+#
+# Knobs [defaults]: SUSTAIN_SECONDS [600] WARM_SECONDS [120] PEAK_SECONDS [20]
+#   SAMPLE_SECONDS [10] CLIENTS [64] FRACTION [0.7] MIX [put=100] RATE [from
+#   the peak run] INSTANCES [1000000] INSTANCES_SECONDS [1200] ACTIVE [10000]
+#   IDLE_MS [30000] SETTLE_SECONDS [60] NODE_TOML [""] (extra lines for every
+#   node's --config file, e.g. 'audit_max_records = 20000') PORT_BASE [51400] (uses PORT_BASE+1..3
+#   for gRPC, PORT_BASE+101..103 for HTTP) OUT_DIR [target/sustained]
+#   SYNAPSE_BIN [built here, release] KEEP=1 keeps the data dirs.
 # Everything it starts is stopped on exit (trap), whatever happens.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
+
 MODE=${1:-sustained}
 SUSTAIN_SECONDS=${SUSTAIN_SECONDS:-600}
 WARM_SECONDS=${WARM_SECONDS:-120}
+PEAK_SECONDS=${PEAK_SECONDS:-20}
 SAMPLE_SECONDS=${SAMPLE_SECONDS:-10}
 CLIENTS=${CLIENTS:-64}
 FRACTION=${FRACTION:-0.7}
 MIX=${MIX:-put=100}
 INSTANCES=${INSTANCES:-1000000}
-ACTIVE=${ACTIVE:-10000}
 INSTANCES_SECONDS=${INSTANCES_SECONDS:-1200}
+ACTIVE=${ACTIVE:-10000}
+IDLE_MS=${IDLE_MS:-30000}
+SETTLE_SECONDS=${SETTLE_SECONDS:-60}
+PORT_BASE=${PORT_BASE:-51400}
 OUT_DIR=${OUT_DIR:-$ROOT/target/sustained}
-GRPC_PORTS=(51401 51402 51403)
-HTTP_PORTS=(51501 51502 51503)
+GRPC_PORTS=($((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 3)))
+HTTP_PORTS=($((PORT_BASE + 101)) $((PORT_BASE + 102)) $((PORT_BASE + 103)))
 
-say() { printf '\n== %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 case "$MODE" in sustained | instances) ;; *) die "mode must be sustained or instances" ;; esac
-command -v python3 >/dev/null || die "python3 is needed for the report"
-
-WORK=$(mktemp -d -t synapse-sustained.XXXXXX)
-PIDS=()
-cleanup() {
-    local pid
-    touch "$WORK/stop-sampler" 2>/dev/null || true
-    for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && wait "$pid" 2>/dev/null || true; done
-    if [ "${KEEP:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+command -v python3 >/dev/null || die "python3 is needed for sampling and the report"
+bench_init synapse-sustained
 mkdir -p "$OUT_DIR"
+synapse_bin
 
-B=${SYNAPSE_BIN:-}
-if [ -z "$B" ]; then
-    say "building synapse (release)"
-    (cd "$ROOT" && cargo build --release --bin synapse >&2)
-    B=$ROOT/target/release/synapse
-fi
-
-# start_nodes N [extra serve args...]: N nodes (a static cluster if N > 1).
-NODE_PIDS=()
-EPS=""
-start_nodes() {
-    local n=$1 i peers=""
-    shift
-    for i in $(seq 1 "$n"); do peers+="${peers:+,}$i=127.0.0.1:${GRPC_PORTS[$((i - 1))]}"; done
-    for i in $(seq 1 "$n"); do
-        local cluster=()
-        [ "$n" -gt 1 ] && cluster=(--peers "$peers")
-        "$B" serve --node-id "$i" --data-dir "$WORK/n$i" --listen "127.0.0.1:${GRPC_PORTS[$((i - 1))]}" \
-            --http-listen "127.0.0.1:${HTTP_PORTS[$((i - 1))]}" "${cluster[@]}" --log warn "$@" \
-            >"$WORK/n$i.log" 2>&1 &
-        NODE_PIDS+=($!)
-        PIDS+=($!)
-        EPS+="${EPS:+,}http://127.0.0.1:${GRPC_PORTS[$((i - 1))]}"
-    done
-    local tries
-    for tries in $(seq 1 120); do
-        if [ -s "$WORK/n1/root.token" ] && "$B" invoke counter/warm incr --endpoint "http://127.0.0.1:${GRPC_PORTS[0]}" \
-            --token-file "$WORK/n1/root.token" >/dev/null 2>&1; then
-            return 0
-        fi
-        sleep 0.5
-    done
-    tail -20 "$WORK/n1.log" >&2
-    die "the nodes did not serve a write within 60 s"
-}
-
-# sampler CSV: every SAMPLE_SECONDS, elapsed seconds, each node's VmRSS (KiB)
-# and active-instance gauge, until stop-sampler appears (bounded: 1 day).
+# sampler CSV NODES: a background python process that appends one row every
+# SAMPLE_SECONDS (elapsed s, 1-min load average, then per node VmRSS KiB,
+# RssAnon KiB, synapse_active_instances, data-dir KiB) until $WORK/stop-sampler
+# exists; bounded to one day of samples. Its pid goes into PIDS.
 sampler() {
-    local csv=$1 start i pid rss active line
-    start=$(date +%s)
-    echo "elapsed_s,$(for i in "${!NODE_PIDS[@]}"; do printf 'n%d_rss_kib,n%d_active,' $((i + 1)) $((i + 1)); done | sed 's/,$//')" >"$csv"
-    for _ in $(seq 1 8640); do
-        [ -e "$WORK/stop-sampler" ] && return 0
-        line="$(($(date +%s) - start))"
-        for i in "${!NODE_PIDS[@]}"; do
-            pid=${NODE_PIDS[$i]}
-            rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-            active=$(python3 -c 'import sys,urllib.request
-try:
-    body = urllib.request.urlopen(sys.argv[1], timeout=3).read().decode()
-    print(next((l.split()[1] for l in body.splitlines() if l.startswith("synapse_active_instances ")), 0))
-except Exception:
-    print(0)' "http://127.0.0.1:${HTTP_PORTS[$i]}/metrics")
-            line+=",${rss:-0},$active"
-        done
-        echo "$line" >>"$csv"
-        sleep "$SAMPLE_SECONDS"
+    local csv=$1 n=$2 i specs=()
+    for i in $(seq 1 "$n"); do
+        specs+=("n$i=${SYN_PIDS[$((i - 1))]}=http://127.0.0.1:${HTTP_PORTS[$((i - 1))]}/metrics=$WORK/n$i")
     done
+    python3 - "$csv" "$SAMPLE_SECONDS" "$WORK/stop-sampler" "${specs[@]}" <<'PY' &
+import os, sys, time, urllib.request
+csv, every, stop, specs = sys.argv[1], float(sys.argv[2]), sys.argv[3], [s.split("=", 3) for s in sys.argv[4:]]
+def status(pid, key):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+def active(url):
+    try:
+        body = urllib.request.urlopen(url, timeout=3).read().decode()
+        return next((int(float(l.split()[1])) for l in body.splitlines() if l.startswith("synapse_active_instances ")), 0)
+    except Exception:
+        return -1
+def du_kib(path):
+    total = 0
+    for d, _, files in os.walk(path):
+        for f in files:
+            try: total += os.stat(os.path.join(d, f)).st_blocks // 2
+            except OSError: pass
+    return total
+with open(csv, "w") as out:
+    out.write("elapsed_s,load1," + ",".join(f"{n}_rss_kib,{n}_anon_kib,{n}_active,{n}_disk_kib" for n, *_ in specs) + "\n")
+    start = time.monotonic()
+    for k in range(int(86400 / every) + 1):
+        if os.path.exists(stop):
+            break
+        row = [str(round(time.monotonic() - start)), open("/proc/loadavg").read().split()[0]]
+        for _, pid, url, data in specs:
+            row += [str(status(pid, "VmRSS")), str(status(pid, "RssAnon")), str(active(url)), str(du_kib(data))]
+        out.write(",".join(row) + "\n"); out.flush()
+        # next sample on the grid, however long this one took
+        time.sleep(max(0.0, start + (k + 1) * every - time.monotonic()))
+PY
+    PIDS+=($!)
 }
+bench_cleanup_hook() { touch "$WORK/stop-sampler" 2>/dev/null || true; }
 
 machine() {
-    echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); load $(cut -d' ' -f1-3 /proc/loadavg); $(date -u +%FT%TZ)"
+    echo "machine: $(nproc) × $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+    echo "synapse: $B ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' + local changes'))"
+    echo "load average $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) at $(date -u +%FT%TZ)"
 }
 
 if [ "$MODE" = sustained ]; then
-    say "3-node cluster; closed-loop peak ($CLIENTS clients, 20 s, mix $MIX)"
-    start_nodes 3
-    "$B" bench --endpoints "$EPS" --token-file "$WORK/n1/root.token" --clients "$CLIENTS" --duration 20s \
-        --warmup 3s --mix "$MIX" --json "$OUT_DIR/peak.json" --quiet >&2
-    PEAK=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"][0]["throughput_ops_s"])' "$OUT_DIR/peak.json")
-    RATE=$(python3 -c "print(round($PEAK * $FRACTION))")
-    say "peak $PEAK ops/s; open loop at $RATE ops/s ($FRACTION of peak) for ${SUSTAIN_SECONDS}s"
-    sampler "$OUT_DIR/rss-sustained.csv" &
-    PIDS+=($!)
-    "$B" bench --endpoints "$EPS" --token-file "$WORK/n1/root.token" --clients "$CLIENTS" --rate "$RATE" \
+    say "3-node cluster on ports ${GRPC_PORTS[*]}"
+    machine | tee "$OUT_DIR/machine-sustained.txt" >&2
+    [ -z "${NODE_TOML:-}" ] || echo "node config: ${NODE_TOML}" | tee -a "$OUT_DIR/machine-sustained.txt" >&2
+    printf '%s\n' "${NODE_TOML:-}" >"$WORK/node.toml"
+    start_synapse 3 GRPC_PORTS HTTP_PORTS --config "$WORK/node.toml"
+    if [ -z "${RATE:-}" ]; then
+        say "closed-loop peak: $CLIENTS clients, ${PEAK_SECONDS}s, mix $MIX (load $(cut -d' ' -f1 /proc/loadavg))"
+        "$B" bench --endpoints "$SYN_EPS" --token-file "$SYN_TOKEN" --clients "$CLIENTS" --duration "${PEAK_SECONDS}s" \
+            --warmup 3s --mix "$MIX" --json "$OUT_DIR/peak.json" --quiet >&2
+        PEAK=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"][0]["throughput_ops_s"])' "$OUT_DIR/peak.json")
+        RATE=$(python3 -c "print(max(1, round($PEAK * $FRACTION)))")
+    else
+        PEAK="(not measured: RATE given)"
+    fi
+    say "peak $PEAK ops/s; open loop at $RATE ops/s for ${SUSTAIN_SECONDS}s (load $(cut -d' ' -f1 /proc/loadavg))"
+    sampler "$OUT_DIR/rss-sustained.csv" 3
+    "$B" bench --endpoints "$SYN_EPS" --token-file "$SYN_TOKEN" --clients "$CLIENTS" --rate "$RATE" \
         --duration "${SUSTAIN_SECONDS}s" --warmup 0s --timeout 5s --mix "$MIX" \
-        --json "$OUT_DIR/sustained.json" --quiet >&2
+        --json "$OUT_DIR/sustained.json" --quiet >&2 || echo "(bench exited non-zero)" >&2
     touch "$WORK/stop-sampler"
-    machine
-    python3 - "$OUT_DIR/sustained.json" "$OUT_DIR/rss-sustained.csv" "$WARM_SECONDS" "$PEAK" "$RATE" <<'PY'
+    machine | tee -a "$OUT_DIR/machine-sustained.txt" >&2
+    python3 - "$OUT_DIR/sustained.json" "$OUT_DIR/rss-sustained.csv" "$WARM_SECONDS" "$PEAK" "$RATE" <<'PY' | tee "$OUT_DIR/report-sustained.txt"
 import csv, json, statistics, sys
-bench, rss_csv, warm, peak, rate = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+bench, rss_csv, warm, peak, rate = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
 run = json.load(open(bench))["runs"][0]
 rows = list(csv.DictReader(open(rss_csv)))
-print(f"peak {peak} ops/s, offered {rate} ops/s; achieved {run['throughput_ops_s']} ops/s, "
-      f"ok {run['ok']}, errors {run['errors_total']}, missed schedule {run['missed_schedule']}")
+nodes = [k[:-8] for k in rows[0] if k.endswith("_rss_kib")]
+print(f"peak {peak} ops/s (closed loop); offered {rate:.0f} ops/s; achieved {run['throughput_ops_s']} ops/s; "
+      f"ok {run['ok']}, errors {run['errors_total']} {run['errors'] or ''}, missed schedule {run['missed_schedule']}")
 lat = run["latency_us"]
-print(f"whole run: p50 {lat['p50']/1000:.2f} ms, p99 {lat['p99']/1000:.2f} ms, p99.9 {lat['p999']/1000:.2f} ms, max {lat['max']/1000:.1f} ms")
+print(f"whole run (from intended send time): p50 {lat['p50']/1000:.2f} ms, p99 {lat['p99']/1000:.2f} ms, "
+      f"p99.9 {lat['p999']/1000:.2f} ms, max {lat['max']/1000:.1f} ms")
 minutes = {}
 for s in run["timeline"]:
     minutes.setdefault(s["second"] // 60, []).append(s)
-print("minute  ops/s   median p50 ms  median p99 ms  max ms")
+print()
+print("| minute | ops/s | median of per-second p50 (ms) | median of per-second p99 (ms) | worst second max (ms) | load1 (sampled) |")
+print("|---:|---:|---:|---:|---:|---:|")
+def load_in(m):
+    l = [float(r["load1"]) for r in rows if m * 60 <= int(r["elapsed_s"]) < (m + 1) * 60]
+    return f"{statistics.median(l):.1f}" if l else "-"
 for m, secs in sorted(minutes.items()):
-    print(f"{m:>6}  {sum(s['ops'] for s in secs)/len(secs):>6.0f}  {statistics.median(s['p50_us'] for s in secs)/1000:>13.2f}"
-          f"  {statistics.median(s['p99_us'] for s in secs)/1000:>13.2f}  {max(s['max_us'] for s in secs)/1000:>6.1f}")
+    span = min(60, max(s["second"] for s in secs) - 60 * m + 1)  # a partial last minute
+    print(f"| {m} | {sum(s['ops'] for s in secs)/span:.0f} | {statistics.median(s['p50_us'] for s in secs)/1000:.2f}"
+          f" | {statistics.median(s['p99_us'] for s in secs)/1000:.2f} | {max(s['max_us'] for s in secs)/1000:.1f} | {load_in(m)} |")
 full = [m for m, secs in sorted(minutes.items()) if len(secs) >= 50]
+print()
 if len(full) >= 2:
     first, last = minutes[full[0]], minutes[full[-1]]
     for q in ("p50_us", "p99_us"):
         a, b = statistics.median(s[q] for s in first), statistics.median(s[q] for s in last)
-        print(f"drift {q[:3]}: last full minute / first = {b/a:.2f}")
-nodes = [k[:-8] for k in rows[0] if k.endswith("_rss_kib")]
+        print(f"drift {q[:3]}: minute {full[-1]} / minute {full[0]} = {b/a:.2f}")
+    a, b = sum(s["ops"] for s in first), sum(s["ops"] for s in last)
+    print(f"throughput: minute {full[-1]} / minute {full[0]} = {b/max(a,1):.2f}")
+print()
+print("| elapsed s | load1 | " + " | ".join(f"{n} RSS MiB | {n} anon MiB | {n} disk MiB" for n in nodes) + " |")
+print("|---:|---:|" + "---:|" * (3 * len(nodes)))
+for r in rows:
+    if int(r["elapsed_s"]) % 60 < 10 or r is rows[-1]:
+        print(f"| {r['elapsed_s']} | {r['load1']} | " + " | ".join(
+            f"{int(r[n+'_rss_kib'])/1024:.0f} | {int(r[n+'_anon_kib'])/1024:.0f} | {int(r[n+'_disk_kib'])/1024:.0f}" for n in nodes) + " |")
 warm_row = next((r for r in rows if int(r["elapsed_s"]) >= warm), rows[0])
 end_row = rows[-1]
-print(f"RSS (MiB) at {warm_row['elapsed_s']} s (after warm-up) and at {end_row['elapsed_s']} s (end):")
+print()
+print(f"RSS growth from {warm_row['elapsed_s']} s (after warm-up) to {end_row['elapsed_s']} s (end), target < 5 %:")
 for n in nodes:
     a, b = int(warm_row[f"{n}_rss_kib"]), int(end_row[f"{n}_rss_kib"])
-    print(f"  {n}: {a/1024:.0f} -> {b/1024:.0f} MiB, growth {100*(b-a)/max(a,1):+.1f} % (target < 5 %)")
+    print(f"  {n}: {a/1024:.0f} -> {b/1024:.0f} MiB, {100*(b-a)/max(a,1):+.1f} %")
 PY
 else
-    say "1 node, max_active_instances $ACTIVE; creating $INSTANCES instances in sequence (bounded ${INSTANCES_SECONDS}s)"
-    start_nodes 1 --max-active-instances "$ACTIVE"
-    sampler "$OUT_DIR/rss-instances.csv" &
-    PIDS+=($!)
-    "$B" bench --endpoints "$EPS" --token-file "$WORK/n1/root.token" --clients "$CLIENTS" \
+    say "1 node, max_active_instances $ACTIVE, idle_timeout_ms $IDLE_MS; $INSTANCES instances in sequence (bounded ${INSTANCES_SECONDS}s)"
+    machine | tee "$OUT_DIR/machine-instances.txt" >&2
+    printf 'idle_timeout_ms = %d\n%s\n' "$IDLE_MS" "${NODE_TOML:-}" >"$WORK/node.toml"
+    start_synapse 1 GRPC_PORTS HTTP_PORTS --config "$WORK/node.toml" --max-active-instances "$ACTIVE"
+    sampler "$OUT_DIR/rss-instances.csv" 1
+    "$B" bench --endpoints "$SYN_EPS" --token-file "$SYN_TOKEN" --clients "$CLIENTS" \
         --instance-order sequential --instances "$INSTANCES" --ops "$INSTANCES" --prefix inst \
         --duration "${INSTANCES_SECONDS}s" --warmup 0s --timeout 10s --mix incr=100 \
-        --json "$OUT_DIR/instances.json" --quiet >&2
-    sleep "$SAMPLE_SECONDS"
+        --json "$OUT_DIR/instances.json" --quiet >&2 || echo "(bench exited non-zero)" >&2
+    say "last write done; sampling for ${SETTLE_SECONDS}s more"
+    sleep "$SETTLE_SECONDS"
     touch "$WORK/stop-sampler"
-    machine
-    python3 - "$OUT_DIR/instances.json" "$OUT_DIR/rss-instances.csv" "$ACTIVE" <<'PY'
+    machine | tee -a "$OUT_DIR/machine-instances.txt" >&2
+    python3 - "$OUT_DIR/instances.json" "$OUT_DIR/rss-instances.csv" "$ACTIVE" "$IDLE_MS" <<'PY' | tee "$OUT_DIR/report-instances.txt"
 import csv, json, sys
-bench, rss_csv, active = sys.argv[1], sys.argv[2], int(sys.argv[3])
+bench, rss_csv, active, idle = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 run = json.load(open(bench))["runs"][0]
 rows = list(csv.DictReader(open(rss_csv)))
 created, t = [], 0
@@ -186,12 +209,24 @@ for s in run["timeline"]:
 def made_by(sec):
     return max((c for s, c in created if s <= sec), default=0)
 print(f"instances created (acknowledged first writes): {run['ok']} in {run['elapsed_s']:.0f} s "
-      f"({run['throughput_ops_s']} ops/s), errors {run['errors_total']}; max_active_instances {active}")
-print("elapsed s  created   RSS MiB  active instances")
-step = max(1, len(rows) // 15)
+      f"({run['throughput_ops_s']} ops/s), errors {run['errors_total']} {run['errors'] or ''}; "
+      f"max_active_instances {active}, idle_timeout_ms {idle}")
+print()
+print("| elapsed s | load1 | instances created | RSS MiB | anon MiB | active instances | data dir MiB |")
+print("|---:|---:|---:|---:|---:|---:|---:|")
+step = max(1, len(rows) // 20)
 for r in rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else []):
-    print(f"{int(r['elapsed_s']):>9}  {made_by(int(r['elapsed_s'])):>7}  {int(r['n1_rss_kib'])/1024:>8.0f}  {r['n1_active']:>16}")
+    print(f"| {r['elapsed_s']} | {r['load1']} | {made_by(int(r['elapsed_s']))} | {int(r['n1_rss_kib'])/1024:.0f}"
+          f" | {int(r['n1_anon_kib'])/1024:.0f} | {r['n1_active']} | {int(r['n1_disk_kib'])/1024:.0f} |")
 peak = max(int(r["n1_rss_kib"]) for r in rows)
+print()
 print(f"peak RSS {peak/1024:.0f} MiB; max active instances seen {max(int(r['n1_active']) for r in rows)}")
+# RSS per instance over the second half of the creation phase: ~0 if bounded.
+during = [(made_by(int(r["elapsed_s"])), int(r["n1_rss_kib"])) for r in rows if int(r["elapsed_s"]) <= run["elapsed_s"]]
+half = [p for p in during if p[0] >= during[-1][0] / 2] if during else []
+if len(half) >= 2 and half[-1][0] > half[0][0]:
+    (c0, r0), (c1, r1) = half[0], half[-1]
+    print(f"second half of creation: {c0} -> {c1} instances, RSS {r0/1024:.0f} -> {r1/1024:.0f} MiB: "
+          f"{(r1-r0)*1024/(c1-c0):.0f} bytes of RSS per instance created")
 PY
 fi

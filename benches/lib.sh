@@ -1,0 +1,90 @@
+# Shared by the bench scripts (sourced, not run): messages, a scratch dir and
+# cleanup of every process started, the synapse binary, and a Synapse cluster
+# on loopback.
+#
+#   ROOT=...; . "$ROOT/benches/lib.sh"
+#   bench_init <name>             # WORK=$(mktemp -d), PIDS=(), trap on EXIT
+#   synapse_bin                   # B=$SYNAPSE_BIN, or a release build here
+#   start_synapse <n> <grpc-ports-array> <http-ports-array> [serve args...]
+#                                 # SYN_PIDS, SYN_EPS, SYN_TOKEN, LEADER
+#
+# Anything started in the background must be appended to PIDS; the EXIT trap
+# kills and reaps them, then removes WORK unless KEEP=1. A script may define
+# `bench_cleanup_hook` to run first.
+
+say() { printf '\n== %s\n' "$*" >&2; }
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+stop_pids() { # stop the given pids (ours) and wait for them
+    local pid
+    for pid in "$@"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do [ -n "$pid" ] && wait "$pid" 2>/dev/null || true; done
+}
+
+_bench_cleanup() {
+    if declare -F bench_cleanup_hook >/dev/null; then bench_cleanup_hook || true; fi
+    stop_pids "${PIDS[@]:-}"
+    if [ "${KEEP:-0}" = 1 ]; then
+        echo "kept $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+}
+
+bench_init() {
+    WORK=$(mktemp -d -t "$1.XXXXXX")
+    PIDS=()
+    trap _bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+synapse_bin() {
+    if [ -z "${SYNAPSE_BIN:-}" ]; then
+        say "building synapse (release)"
+        (cd "$ROOT" && cargo build --release --bin synapse --quiet)
+        SYNAPSE_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/synapse
+        SYNAPSE_BUILT_HERE=1
+    fi
+    B=$SYNAPSE_BIN
+    [ -x "$B" ] || die "no synapse binary at $B"
+}
+
+# start_synapse N GRPC_PORTS HTTP_PORTS [serve args...]: N nodes in $WORK/n<i>
+# (a static cluster when N > 1, else a single node), logs in $WORK/n<i>.log.
+# Returns once node 1 reports a leader and a write through it succeeded
+# (bounded: 60 s). The port arguments are the names of bash arrays.
+start_synapse() {
+    local n=$1 i peers="" tries
+    local -n _grpc=$2 _http=$3
+    shift 3
+    SYN_PIDS=()
+    SYN_EPS=""
+    for i in $(seq 1 "$n"); do peers+="${peers:+,}$i=127.0.0.1:${_grpc[$((i - 1))]}"; done
+    for i in $(seq 1 "$n"); do
+        local cluster=()
+        [ "$n" -gt 1 ] && cluster=(--peers "$peers")
+        "$B" serve --node-id "$i" --data-dir "$WORK/n$i" --listen "127.0.0.1:${_grpc[$((i - 1))]}" \
+            --http-listen "127.0.0.1:${_http[$((i - 1))]}" "${cluster[@]}" --log warn "$@" \
+            >"$WORK/n$i.log" 2>&1 &
+        SYN_PIDS+=($!)
+        PIDS+=($!)
+        SYN_EPS+="${SYN_EPS:+,}http://127.0.0.1:${_grpc[$((i - 1))]}"
+    done
+    SYN_TOKEN=$WORK/n1/root.token
+    LEADER=0
+    for tries in $(seq 1 120); do
+        if [ -s "$SYN_TOKEN" ]; then
+            LEADER=$("$B" cluster status -w json --endpoint "http://127.0.0.1:${_grpc[0]}" \
+                --token-file "$SYN_TOKEN" 2>/dev/null |
+                python3 -c 'import json,sys; print(json.load(sys.stdin).get("leader_id",0))' 2>/dev/null || echo 0)
+            [ "${LEADER:-0}" != 0 ] && "$B" invoke counter/warm incr --endpoint "http://127.0.0.1:${_grpc[0]}" \
+                --token-file "$SYN_TOKEN" >/dev/null 2>&1 && return 0
+        fi
+        sleep 0.5
+    done
+    tail -20 "$WORK/n1.log" >&2
+    die "synapse did not elect a leader and serve a write within 60 s (after $tries tries)"
+}
