@@ -246,6 +246,14 @@ enum DebugCommand {
         #[arg(long)]
         index: Option<u64>,
     },
+    /// Keys and bytes per sled tree (and per record kind in `state`), and
+    /// the size of the data dir. Offline: the node must be stopped.
+    StorageStats {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, short = 'w', value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -294,6 +302,76 @@ fn debug_corrupt(
     store.sync().map_err(err)?;
     outln!("corrupted {what}");
     Ok(())
+}
+
+/// `synapse debug storage-stats`: where a data dir's bytes are. Keys in
+/// `state` are grouped by their leading tag byte (checkpoint, head,
+/// request, cluster, ...), so growth can be attributed to a record kind.
+fn debug_storage_stats(data_dir: &std::path::Path, output: Output) -> Result<(), Failure> {
+    let err = |e: synapse_storage::StorageError| Failure::from(e.to_string());
+    let store = synapse_storage::Store::open(data_dir, Default::default()).map_err(err)?;
+    let mut rows: Vec<(String, u64, u64, u64)> = Vec::new();
+    for tree_name in ["state", "raft_log", "raft_meta", "audit"] {
+        let tree = store.raw_tree(tree_name).map_err(err)?;
+        let mut groups: std::collections::BTreeMap<String, (u64, u64, u64)> = Default::default();
+        for item in tree.iter() {
+            let (k, v) = item.map_err(|e| Failure::from(e.to_string()))?;
+            let group = if tree_name == "state" {
+                match k.first() {
+                    Some(b) if b.is_ascii_graphic() => format!("state/{}", *b as char),
+                    Some(b) => format!("state/0x{b:02x}"),
+                    None => "state/(empty)".into(),
+                }
+            } else {
+                tree_name.to_string()
+            };
+            let g = groups.entry(group).or_default();
+            g.0 += 1;
+            g.1 += k.len() as u64;
+            g.2 += v.len() as u64;
+        }
+        if groups.is_empty() {
+            groups.insert(tree_name.to_string(), (0, 0, 0));
+        }
+        rows.extend(groups.into_iter().map(|(n, (c, kb, vb))| (n, c, kb, vb)));
+    }
+    let dir_bytes = dir_size(data_dir);
+    let json_rows: Vec<_> = rows
+        .iter()
+        .map(|(n, c, kb, vb)| json!({"name": n, "keys": c, "key_bytes": kb, "value_bytes": vb}))
+        .collect();
+    print(
+        output,
+        &json!({ "data_dir": data_dir, "dir_bytes": dir_bytes, "groups": json_rows }),
+        || {
+            let mut out = format!(
+                "{:<14} {:>12} {:>14} {:>14}\n",
+                "group", "keys", "key bytes", "value bytes"
+            );
+            for (n, c, kb, vb) in &rows {
+                out.push_str(&format!("{n:<14} {c:>12} {kb:>14} {vb:>14}\n"));
+            }
+            out.push_str(&format!("data dir on disk: {dir_bytes} bytes"));
+            out
+        },
+    );
+    Ok(())
+}
+
+/// Total size of the regular files under `dir` (best effort: unreadable
+/// entries count as zero).
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 #[derive(Subcommand)]
@@ -1305,6 +1383,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     index,
                 },
         } => debug_corrupt(&data_dir, what, target.as_deref(), version, index),
+        Command::Debug {
+            command: DebugCommand::StorageStats { data_dir, output },
+        } => debug_storage_stats(&data_dir, output),
         Command::Bench(opts) => loadgen::run(opts).await.map_err(Failure::from),
         Command::CheckHistory(opts) => check_history::run(opts).map_err(Failure::from),
         Command::Health { service, client } => {

@@ -2,8 +2,9 @@
 //! a bounded queue; one dedicated thread drains it and appends the records
 //! to the store's hash chain in batches (one sled batch per drain). A
 //! request therefore pays for building the record and one queue push, not
-//! for a SHA-256 and a tree write, and never for an fsync: records become
-//! durable with the next Raft Ready's sync, as before.
+//! for a SHA-256 and a tree write, and never for an fsync: the writer makes
+//! each batch durable itself (`Store::audit_sync`: the trail has its own
+//! database), so records arriving during that fsync form the next batch.
 //!
 //! Owns: the queue, its bound, the writer thread and retention pruning.
 //! Must never: block a request on the disk (a full queue is refused, not
@@ -190,9 +191,17 @@ fn write_loop(store: &Store, max_records: u64, metrics: &Metrics, rx: &Receiver<
         }
         let n = records.len() as u64;
         if n > 0 {
-            if let Err(e) = store.audit_append_batch(std::mem::take(&mut records)) {
-                metrics.audit_write_failures.fetch_add(n, Ordering::Relaxed);
-                tracing::error!(error = %e, records = n, "audit records not written");
+            match store.audit_append_batch(std::mem::take(&mut records)) {
+                Ok(_) => {
+                    if let Err(e) = store.audit_sync() {
+                        metrics.audit_write_failures.fetch_add(n, Ordering::Relaxed);
+                        tracing::error!(error = %e, records = n, "audit records not made durable");
+                    }
+                }
+                Err(e) => {
+                    metrics.audit_write_failures.fetch_add(n, Ordering::Relaxed);
+                    tracing::error!(error = %e, records = n, "audit records not written");
+                }
             }
             since_prune += n;
             if since_prune >= AUDIT_PRUNE_EVERY {

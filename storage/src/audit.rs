@@ -334,7 +334,7 @@ mod tests {
         assert_eq!(store.audit_recent(100).unwrap().len(), 3);
         // Appends continue the chain after pruning and across reopen.
         store.audit_append(rec(11)).unwrap();
-        store.sync().unwrap();
+        store.audit_sync().unwrap();
         drop(store);
         let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
         store.audit_append(rec(12)).unwrap();
@@ -345,6 +345,50 @@ mod tests {
         );
         store.audit_prune(0).unwrap();
         assert!(store.audit_recent(100).unwrap().is_empty());
+    }
+
+    /// Data dirs from before the audit trail had its own database keep it
+    /// as a tree of the main one; opening moves it, whole and in order,
+    /// also after a crash that left a partial copy behind.
+    #[test]
+    fn an_audit_tree_in_the_main_database_is_moved_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        store
+            .audit_append_batch((1..=25).map(rec).collect())
+            .unwrap();
+        let expected = store.audit_recent(100).unwrap();
+        let raw: Vec<(sled::IVec, sled::IVec)> =
+            store.inner.audit.iter().map(Result::unwrap).collect();
+        drop(store);
+
+        // Rebuild the old layout: the records in the main database, and a
+        // partial copy in the audit database, as a crash mid-move leaves.
+        let main = sled::open(dir.path()).unwrap();
+        let old = main.open_tree(crate::store::TREE_AUDIT).unwrap();
+        for (k, v) in &raw {
+            old.insert(k, v.clone()).unwrap();
+        }
+        main.flush().unwrap();
+        drop((old, main));
+        let audit_db = sled::open(dir.path().join(crate::store::AUDIT_DB_DIR)).unwrap();
+        let partial = audit_db.open_tree(crate::store::TREE_AUDIT).unwrap();
+        partial.clear().unwrap();
+        for (k, v) in raw.iter().take(5) {
+            partial.insert(k, v.clone()).unwrap();
+        }
+        audit_db.flush().unwrap();
+        drop((partial, audit_db));
+
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(store.audit_recent(100).unwrap(), expected);
+        let names = store.inner.db.tree_names();
+        assert!(!names
+            .iter()
+            .any(|n| n.as_ref() == crate::store::TREE_AUDIT.as_bytes()));
+        // The chain continues from the moved head.
+        store.audit_append(rec(26)).unwrap();
+        assert_eq!(store.audit_recent(1).unwrap()[0].seq, 26);
     }
 
     #[test]

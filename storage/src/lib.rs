@@ -1,4 +1,5 @@
-//! Synapse storage: everything this node keeps on disk, in one sled database.
+//! Synapse storage: everything this node keeps on disk, in two sled
+//! databases (the audit trail has its own, see `Store::audit_sync`).
 //!
 //! This crate owns:
 //! * **checkpoint hash chains**: per skill instance, versioned state records
@@ -9,7 +10,8 @@
 //!   the start-up scan for damaged log records and the checks a peer's copy
 //!   must pass to repair one (`RaftLog::repair_entry`);
 //! * **revoked capability ids**, replicated and part of snapshots;
-//! * the **audit tree**: append-only, hash-chained capability decisions;
+//! * the **audit trail**: append-only, hash-chained capability decisions, in
+//!   its own database with its own durability barrier (`Store::audit_sync`);
 //! * the **request-id table**: what each applied request produced, so
 //!   retries are answered instead of applied twice;
 //! * the durability barrier (`Store::sync`: sled flush + fdatasync).
