@@ -16,9 +16,20 @@
 //!   can allocate an id never used in this cluster;
 //! - the id a data dir was admitted or bootstrapped under is kept in
 //!   `<data_dir>/node-id`, so a restart uses it whatever the configuration
-//!   derives from a pod ordinal.
+//!   derives from a pod ordinal;
+//! - a node with a blank Raft log that would *bootstrap* from its
+//!   configuration (a `peers` member, or node 1 in `seed` mode) first
+//!   probes the members it knows (`Peer.Probe`, `PROBE_TIMEOUT`) and does
+//!   not bootstrap if one reports a formed cluster in which its id took
+//!   part (a leader marks `started/<id>` once it acknowledged Raft
+//!   traffic), was removed, or is not a voter (`decide`). With an explicit
+//!   id it refuses to start and names the remedy; with a preference id
+//!   (`rejoin_under_new_id`) or `initial_cluster_state = existing` it is
+//!   admitted instead. A probe that reaches nobody cannot see a cluster:
+//!   then it bootstraps (unless `existing`), as etcd does. A restart with
+//!   its log never probes.
 //!
-//! Owns the id file and the admission call. Never proposes anything itself:
+//! Owns the id file, the bootstrap probe and the admission call. Never proposes anything itself:
 //! the leader decides, in `Core::add_member`.
 
 use std::path::Path;
