@@ -620,6 +620,21 @@ struct ServeOpts {
     /// through this host:port.
     #[arg(long, env = "SYNAPSE_SEED")]
     seed: Option<String>,
+    /// `new` (default): with a blank data dir, bootstrap from --peers (or as
+    /// node 1 of --seed) unless a reachable member (--probe, the other
+    /// --peers, the seed) reports an existing cluster; then a node whose id
+    /// is only a preference is admitted to it and any other refuses to
+    /// start. `existing`: never bootstrap, always ask to be admitted.
+    /// With every other member unreachable `new` cannot see a cluster and
+    /// bootstraps: use `existing` whenever one is known to exist.
+    #[arg(long, env = "SYNAPSE_INITIAL_CLUSTER_STATE")]
+    initial_cluster_state: Option<synapse_runtime::config::InitialClusterState>,
+    /// More members (host:port, comma-separated) that a bootstrapping node
+    /// with a blank data dir asks whether a cluster already exists, besides
+    /// the other --peers and the seed. The seed knows no other member: list
+    /// the other pods here.
+    #[arg(long, env = "SYNAPSE_PROBE", value_delimiter = ',')]
+    probe: Option<Vec<String>>,
     /// Derive --node-id from the hostname's trailing ordinal plus one
     /// (`synapse-0` → 1), as in a StatefulSet. The id is a preference: a
     /// data dir keeps the id it was created under, and an empty one whose
@@ -699,6 +714,12 @@ impl ServeOpts {
         }
         if self.seed.is_some() {
             config.seed = self.seed;
+        }
+        if let Some(state) = self.initial_cluster_state {
+            config.initial_cluster_state = state;
+        }
+        if let Some(p) = self.probe {
+            config.probe = p.into_iter().filter(|p| !p.trim().is_empty()).collect();
         }
         if self.tls_cert.is_some() {
             config.tls_cert = self.tls_cert;

@@ -308,6 +308,10 @@ enum Kind {
     Client(Vec<(Target, Scope)>),
     /// A Peer RPC, checked against the peer credential.
     Peer,
+    /// An RPC that takes no credential by design (`Peer.Probe`: its caller
+    /// is a node that lost its credentials with its data dir). Checked to
+    /// answer without one and to change no state.
+    Open,
 }
 
 /// Valid payload for a built-in skill method. A skill method without a row
@@ -423,6 +427,7 @@ fn spec(full: &str, skills: &[Target]) -> Option<Kind> {
         | "synapse.v1.Peer/ClockSample"
         | "synapse.v1.Peer/FetchCheckpoint"
         | "synapse.v1.Peer/FetchLogEntries" => Kind::Peer,
+        "synapse.v1.Peer/Probe" => Kind::Open,
         _ => return None,
     })
 }
@@ -468,6 +473,7 @@ enum Reply {
     Revoke(pb::RevokeResponse),
     Audit(pb::AuditResponse),
     Peer,
+    Probe(pb::ProbeResponse),
 }
 
 async fn bounded<T>(f: impl std::future::Future<Output = Result<T, Status>>) -> Result<T, Status> {
@@ -676,6 +682,11 @@ async fn call(
             .await?;
             Reply::Peer
         }
+        "synapse.v1.Peer/Probe" => Reply::Probe(
+            bounded(peer.probe(auth.apply(pb::ProbeRequest { id: 1 })))
+                .await?
+                .into_inner(),
+        ),
         other => panic!("no call for {other}"),
     };
     Ok(r)
@@ -1256,11 +1267,16 @@ async fn run_matrix(opts: Opts) {
     let mut skipped: Vec<String> = Vec::new();
     let mut positives: Vec<String> = Vec::new();
     let mut peer_methods = Vec::new();
+    let mut open_methods = Vec::new();
     for full in &methods {
         let kind = spec(full, &targets).expect("checked above");
         let rows = match kind {
             Kind::Peer => {
                 peer_methods.push(full.clone());
+                continue;
+            }
+            Kind::Open => {
+                open_methods.push(full.clone());
                 continue;
             }
             Kind::Client(rows) => rows,
@@ -1457,6 +1473,25 @@ async fn run_matrix(opts: Opts) {
             }
             (_, other) => panic!("positive control {full} with the peer credential: {other:?}"),
         };
+        positives.push(format!("{full}: {summary}"));
+    }
+    // RPCs open by design: they answer with no credential at all, and
+    // change nothing.
+    for full in &open_methods {
+        let before = snapshot(&ch, &root, &targets).await;
+        let r = call(&ch, full, &targets[0], &Auth::none(), &Ctx::default()).await;
+        let summary = match (full.as_str(), r) {
+            ("synapse.v1.Peer/Probe", Ok(Reply::Probe(p))) => {
+                assert!(
+                    p.established && p.voter,
+                    "{full}: node 1 of a formed cluster: {p:?}"
+                );
+                format!("answered without a credential: {p:?}")
+            }
+            (_, other) => panic!("{full} without a credential: {other:?}"),
+        };
+        let after = snapshot(&ch, &root, &targets).await;
+        assert_eq!(before, after, "{full}: an open call changed state");
         positives.push(format!("{full}: {summary}"));
     }
     if peer_methods.iter().any(|m| m == "synapse.v1.Peer/Raft") {

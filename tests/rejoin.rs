@@ -177,3 +177,210 @@ async fn a_wiped_member_never_rejoins_under_its_old_id() {
         final_status.voters, final_status.removed
     );
 }
+
+/// How the cluster under test was bootstrapped.
+#[derive(Clone, Copy, Debug)]
+enum Bootstrap {
+    /// `--peers`: every member bootstraps the same voter set.
+    Peers,
+    /// `--seed`: node 1 bootstraps, the others join it.
+    Seed,
+}
+
+/// A bootstrap member whose data dir was deleted must not bootstrap again
+/// from its flags (issue #8): with its original flags it refuses to start,
+/// naming the remedy, and the cluster keeps every acked write with no
+/// second cluster; with a preference id it is refused while its old id is
+/// a voter, and admitted under a new id (then promoted by itself, data
+/// present) once the operator removed the old one.
+async fn wiped_bootstrap_member(mode: Bootstrap) {
+    let mut cluster = match mode {
+        Bootstrap::Peers => Cluster::start_static(&[1, 2, 3], &[]),
+        Bootstrap::Seed => Cluster::start_seed(&[1, 2, 3], &[]),
+    };
+    let addrs = cluster.addrs();
+    let token = cluster.token(3).await;
+    wait_for("voters [1, 2, 3]", || {
+        let (a, t) = (addrs[2].clone(), token.clone());
+        async move {
+            let s = status(&a, &t).await?;
+            (s.voters == [1, 2, 3] && s.leader_id != 0)
+                .then_some(())
+                .ok_or(format!("voters {:?}", s.voters))
+        }
+    })
+    .await;
+    let leader = wait_leader(&addrs, &token).await;
+    // Peers: any follower. Seed: node 1, the seed itself (the leader or not).
+    let wiped = match mode {
+        Bootstrap::Peers => [1u64, 2, 3].into_iter().find(|&i| i != leader).unwrap(),
+        Bootstrap::Seed => 1,
+    };
+    let others: Vec<String> = [1u64, 2, 3]
+        .into_iter()
+        .filter(|&i| i != wiped)
+        .map(|i| cluster.node(i).addr.clone())
+        .collect();
+    let write = |i: u64| {
+        let (others, token) = (others.clone(), token.clone());
+        async move {
+            wait_for("a write", || {
+                let (others, token) = (others.clone(), token.clone());
+                async move {
+                    let mut c = connect(&others[(i % 2) as usize], &token).await?;
+                    c.skills
+                        .invoke(incr_request("boot", &format!("b-{i}")))
+                        .await
+                        .map(|_| ())
+                        .map_err(|s| show(&s))
+                }
+            })
+            .await
+        }
+    };
+    let mut acked = 0u64;
+    for i in 0..10 {
+        write(i).await;
+        acked += 1;
+    }
+    wait_converged(&addrs, &token).await;
+    // A leader marks every member that took part; the wiped one did.
+    wait_for("the member is marked as started", || {
+        let a = others[0].clone();
+        async move {
+            let p = probe(&a, wiped).await?;
+            (p.started && p.voter).then_some(()).ok_or(format!("{p:?}"))
+        }
+    })
+    .await;
+
+    let dir = cluster.node(wiped).dir.clone();
+    let original = cluster.node(wiped).extra.clone();
+    if leader == wiped {
+        // Killing the leader first: the others elect a new one.
+        cluster.node_mut(wiped).kill();
+        wait_leader(&others, &token).await;
+    }
+    cluster.node_mut(wiped).kill();
+    std::fs::remove_dir_all(&dir).expect("wipe");
+
+    // 1. Original flags, explicit id: refuses to start, naming the remedy.
+    let (exited, line) = refused_start(&mut cluster, wiped, "refuses to start").await;
+    assert!(!exited.success(), "{exited}");
+    assert!(
+        line.contains(&format!("synapse cluster remove {wiped}")) && line.contains("--node-id 0"),
+        "the refusal names the remedy: {line}"
+    );
+    assert!(
+        !dir.join(NODE_ID_FILE).exists(),
+        "a refused node stores no id"
+    );
+    // No second cluster, nothing lost: the others still agree on one leader
+    // among the original voters and hold every acked write.
+    let leader_now = wait_leader(&others, &token).await;
+    assert_ne!(leader_now, wiped);
+    for a in &others {
+        let s = status(a, &token).await.expect("status");
+        assert_eq!(s.voters, [1, 2, 3], "{a}");
+        let (v, _) = read_counter(a, &token, "boot").await.expect("read");
+        assert_eq!(v as u64, acked, "{a}: acknowledged writes lost");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+
+    // 2. Its id only a preference (a StatefulSet pod): it asks to be
+    // admitted instead, and is refused while the old id is a voter.
+    let preference = {
+        let mut f = original.clone();
+        f.extend(["--node-id-from-hostname".into()]);
+        if matches!(mode, Bootstrap::Peers) {
+            f.extend(["--join-token".into(), token.clone()]);
+        }
+        f
+    };
+    {
+        let n = cluster.node_mut(wiped);
+        n.extra = preference.clone();
+        n.env = vec![("HOSTNAME".into(), format!("synapse-{}", wiped - 1))];
+    }
+    let (exited, line) = refused_start(&mut cluster, wiped, "lost its data").await;
+    assert!(!exited.success(), "{exited}");
+    assert!(
+        line.contains(&format!(
+            "remove it first (`synapse cluster remove {wiped}`)"
+        )),
+        "the leader's refusal names the remedy: {line}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+
+    // 3. The operator removes the old id: the same pod is admitted under a
+    // new id and promoted by itself, with every acked write.
+    member_change(&others, &token, MemberChange::Remove(wiped), |s| {
+        !s.voters.contains(&wiped) && s.removed.contains(&wiped)
+    })
+    .await;
+    for i in 10..15 {
+        write(i).await;
+        acked += 1;
+    }
+    cluster.node_mut(wiped).start();
+    let new_id = wait_for("the wiped member is admitted under a new id", || {
+        let dir = dir.clone();
+        async move {
+            read_id_file(&dir)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "no id stored yet".to_string())
+        }
+    })
+    .await;
+    assert!(new_id > 3, "new id {new_id} was never used (1..=3 were)");
+    wait_for("the new member is promoted to voter", || {
+        let (a, t) = (others[0].clone(), token.clone());
+        async move {
+            let s = status(&a, &t).await?;
+            s.voters
+                .contains(&new_id)
+                .then_some(())
+                .ok_or(format!("voters {:?}", s.voters))
+        }
+    })
+    .await;
+    let waddr = cluster.node(wiped).addr.clone();
+
+    // 4. A restart with the same flags keeps the new id and does not probe
+    // (its log is intact).
+    cluster.node_mut(wiped).kill();
+    cluster.node_mut(wiped).start();
+    let again = wait_for("the restarted member answers", || {
+        let (waddr, token) = (waddr.clone(), token.clone());
+        async move { status(&waddr, &token).await }
+    })
+    .await;
+    assert_eq!(again.node_id, new_id, "a restart keeps the allocated id");
+    for i in 15..20 {
+        write(i).await;
+        acked += 1;
+    }
+    let (applied, hash) = wait_converged(&addrs, &token).await;
+    for addr in &addrs {
+        let (v, _) = read_counter(addr, &token, "boot").await.expect("read");
+        assert_eq!(v as u64, acked, "{addr}: acknowledged writes lost");
+    }
+    let s = status(&others[0], &token).await.unwrap();
+    println!(
+        "{mode:?}: node {wiped} wiped, refused with its flags and while a voter, admitted as \
+         node {new_id}; voters {:?}, removed {:?}; {acked} acked writes on all 3 at applied \
+         {applied}, hash {hash}",
+        s.voters, s.removed
+    );
+    assert!(s.voters.contains(&new_id) && s.removed.contains(&wiped));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_peers_member_does_not_bootstrap_again() {
+    wiped_bootstrap_member(Bootstrap::Peers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_seed_does_not_bootstrap_again() {
+    wiped_bootstrap_member(Bootstrap::Seed).await;
+}

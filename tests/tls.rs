@@ -595,6 +595,12 @@ async fn mtls_cluster_serves_ca_clients_and_refuses_strangers() {
         .forward_invoke(peer_request(forward(&token, "tls"), Some(&peer_token)))
         .await;
     assert_eq!(r.expect_err("no client cert").code(), Code::Unauthenticated);
+    // Peer.Probe takes no credential (its caller lost it with its data),
+    // but over TLS it still needs a certificate from the cluster CA.
+    let r = peer
+        .probe(peer_request(pb::ProbeRequest { id: 1 }, Some(&peer_token)))
+        .await;
+    assert_eq!(r.expect_err("no client cert").code(), Code::Unauthenticated);
     let before = {
         let mut c = Client::connect_tls(&addrs[0], Some(&token), Some(&good))
             .await
@@ -622,6 +628,12 @@ async fn mtls_cluster_serves_ca_clients_and_refuses_strangers() {
     ))
     .await
     .expect("cert + credential admits a clock sample");
+    let probe = peer
+        .probe(peer_request(pb::ProbeRequest { id: 1 }, None))
+        .await
+        .expect("a client certificate alone admits a probe")
+        .into_inner();
+    assert!(probe.established && probe.voter, "{probe:?}");
 
     // Nothing injected took effect: the term did not jump.
     let mut c = Client::connect_tls(&addrs[0], Some(&token), Some(&good))

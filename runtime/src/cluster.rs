@@ -35,6 +35,16 @@ pub fn removed_meta_name(id: u64) -> String {
     format!("{META_REMOVED_PREFIX}{id}")
 }
 
+/// Prefix of participation marks: `started/<id>` → the term in which a
+/// leader first saw `<id>` acknowledge Raft traffic. From then on that id's
+/// data holds votes and entries the cluster counts on, so a node that comes
+/// back under it with a blank log must not bootstrap (`crate::identity`).
+pub const META_STARTED_PREFIX: &str = "started/";
+
+pub fn started_meta_name(id: u64) -> String {
+    format!("{META_STARTED_PREFIX}{id}")
+}
+
 /// The cluster's root of trust on this node, installed once: at start when
 /// it is already replicated, or when the entry that carries it is applied.
 pub(crate) struct ClusterKeys {
@@ -309,6 +319,23 @@ pub(crate) fn authorize_peer<T>(
         }
         other => other,
     })
+}
+
+/// Admits a `Peer.Probe`. It carries no credential on purpose: the asker
+/// is a node with a blank data dir, which lost the root key and its peer
+/// credential with its data, and the answer (this node's leader and the
+/// asker's own standing) changes nothing and reveals no state. With TLS the
+/// caller must still present a certificate signed by the cluster CA.
+pub(crate) fn authorize_probe<T>(
+    tls_on: bool,
+    request: &tonic::Request<T>,
+) -> Result<(), RuntimeError> {
+    if tls_on && request.peer_certs().is_none_or(|c| c.is_empty()) {
+        return Err(RuntimeError::Unauthenticated(
+            "peer RPCs need a client certificate signed by the cluster CA".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Turns a status from another node back into our error, keeping the

@@ -6,6 +6,36 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Upper bound on the addresses a bootstrapping node probes: members are
+/// few, and each probe holds a connection during startup.
+pub const MAX_PROBE_ADDRESSES: usize = 32;
+
+/// Whether a node with a blank Raft log may bootstrap a new cluster from
+/// its configuration (etcd's `--initial-cluster-state`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialClusterState {
+    /// Bootstrap, unless a reachable member reports a cluster this node
+    /// must not bootstrap beside.
+    #[default]
+    New,
+    /// A cluster exists: never bootstrap, ask it to admit this node.
+    Existing,
+}
+
+impl std::str::FromStr for InitialClusterState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "new" => Ok(InitialClusterState::New),
+            "existing" => Ok(InitialClusterState::Existing),
+            other => Err(format!(
+                "initial cluster state must be `new` or `existing`, not `{other}`"
+            )),
+        }
+    }
+}
+
 /// Everything a node needs to start. Deserializes from TOML; every field has
 /// a default, so an empty file (or none) runs a local single node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,6 +114,21 @@ pub struct NodeConfig {
     /// empty data dir; every other node joins through this address. The
     /// same binary logic serves Kubernetes and docker-compose.
     pub seed: Option<String>,
+    /// `new` (default): a node with a blank Raft log that is configured to
+    /// bootstrap (`peers`, or node 1 in `seed` mode) first asks the other
+    /// members it knows (`probe_addresses`) whether a cluster already
+    /// exists, and bootstraps only if none reports one that it must not
+    /// bootstrap beside (`identity`). `existing`: never bootstrap; such a
+    /// node always asks an existing cluster to admit it, as `join` does.
+    /// When every other member is unreachable the probe cannot tell a new
+    /// cluster from a live one that is down, so `new` bootstraps; set
+    /// `existing` whenever a cluster is known to exist.
+    pub initial_cluster_state: InitialClusterState,
+    /// Extra addresses (`host:port`) of members that a bootstrapping node
+    /// with a blank log probes, besides the other entries of `peers` and
+    /// the seed. The seed (node 1 in `seed` mode) knows no other member
+    /// from its configuration, so list the other pods here.
+    pub probe: Vec<String>,
     /// This node's TLS certificate (PEM). With `tls_key` and `tls_ca` it
     /// turns on TLS for clients and peers; all three or none.
     pub tls_cert: Option<PathBuf>,
@@ -127,6 +172,8 @@ impl Default for NodeConfig {
             root_key_file: None,
             raft_compact_threshold: 20_000,
             seed: None,
+            initial_cluster_state: InitialClusterState::New,
+            probe: Vec::new(),
             tls_cert: None,
             tls_key: None,
             tls_ca: None,
@@ -197,6 +244,19 @@ impl NodeConfig {
                 "set only one of peers (a new cluster), join (an existing one) or seed".into(),
             );
         }
+        if self.probe.len() > MAX_PROBE_ADDRESSES {
+            return Err(format!(
+                "at most {MAX_PROBE_ADDRESSES} probe addresses (got {})",
+                self.probe.len()
+            ));
+        }
+        if let Some(p) = self
+            .probe
+            .iter()
+            .find(|p| p.trim().is_empty() || !p.contains(':'))
+        {
+            return Err(format!("probe address `{p}` must look like host:port"));
+        }
         if self.is_clustered() && self.listen.is_none() {
             return Err("a cluster member needs a gRPC listen address".into());
         }
@@ -244,6 +304,40 @@ impl NodeConfig {
         }
     }
 
+    /// True when this node, given a blank Raft log, would bootstrap a new
+    /// multi-member cluster from its configuration: a `peers` member, or
+    /// node 1 in `seed` mode. (A lone node with neither has no one to ask.)
+    pub fn bootstraps_from_config(&self) -> bool {
+        self.join.is_none()
+            && (!self.peers.is_empty() || (self.seed.is_some() && self.node_id == 1))
+    }
+
+    /// Whom a bootstrapping node with a blank log asks whether a cluster
+    /// already exists: `probe`, the other `peers` and the seed, without
+    /// this node's own address, at most `MAX_PROBE_ADDRESSES`.
+    pub fn probe_addresses(&self) -> Vec<String> {
+        let me = self.advertise_address();
+        let mut out: Vec<String> = Vec::new();
+        let peers = self.parsed_peers().unwrap_or_default();
+        let candidates = self
+            .probe
+            .iter()
+            .map(|p| p.trim().to_string())
+            .chain(
+                peers
+                    .into_iter()
+                    .filter(|(id, _)| *id != self.node_id)
+                    .map(|(_, a)| a),
+            )
+            .chain(self.seed.iter().cloned());
+        for a in candidates {
+            if Some(&a) != me.as_ref() && !out.contains(&a) && out.len() < MAX_PROBE_ADDRESSES {
+                out.push(a);
+            }
+        }
+        out
+    }
+
     /// Where others reach this node.
     pub fn advertise_address(&self) -> Option<String> {
         if let Some(a) = &self.advertise {
@@ -268,5 +362,52 @@ impl NodeConfig {
 
     pub fn handler_deadline(&self) -> Duration {
         Duration::from_millis(self.handler_deadline_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_addresses_are_the_other_members_without_this_node() {
+        let peers = NodeConfig {
+            node_id: 2,
+            peers: vec!["1=a:1".into(), "2=b:1".into(), "3=c:1".into()],
+            probe: vec!["d:1".into(), "a:1".into()],
+            ..NodeConfig::default()
+        };
+        assert_eq!(peers.probe_addresses(), ["d:1", "a:1", "c:1"]);
+        assert!(peers.bootstraps_from_config());
+        // The seed is itself: only the listed pods are asked.
+        let seed = NodeConfig {
+            node_id: 1,
+            advertise: Some("s0:1".into()),
+            seed: Some("s0:1".into()),
+            probe: vec!["s1:1".into(), "s2:1".into()],
+            ..NodeConfig::default()
+        };
+        assert_eq!(seed.probe_addresses(), ["s1:1", "s2:1"]);
+        assert!(seed.bootstraps_from_config());
+        let joiner = NodeConfig {
+            node_id: 2,
+            ..seed.clone()
+        };
+        assert!(!joiner.bootstraps_from_config());
+        assert!(!NodeConfig::default().bootstraps_from_config());
+        let too_many = NodeConfig {
+            probe: (0..=MAX_PROBE_ADDRESSES)
+                .map(|i| format!("h{i}:1"))
+                .collect(),
+            ..seed.clone()
+        };
+        assert!(too_many.validate().is_err());
+        let bad = NodeConfig {
+            probe: vec!["nohostport".into()],
+            ..seed
+        };
+        assert!(bad.validate().is_err());
+        assert_eq!("existing".parse(), Ok(InitialClusterState::Existing));
+        assert!("old".parse::<InitialClusterState>().is_err());
     }
 }

@@ -633,6 +633,17 @@ impl pb::peer_server::Peer for Api {
         Ok(Response::new(pb::FetchCheckpointResponse { checkpoint }))
     }
 
+    /// Does a cluster exist here, and what is the asker's id in it? For a
+    /// node with a blank log about to bootstrap (`crate::identity`).
+    async fn probe(
+        &self,
+        request: Request<pb::ProbeRequest>,
+    ) -> Result<Response<pb::ProbeResponse>, Status> {
+        crate::cluster::authorize_probe(self.core.config().tls_enabled(), &request)?;
+        let id = request.into_inner().id;
+        Ok(Response::new(self.core.probe_answer(id)?))
+    }
+
     /// Committed Raft log records, verified here before they are sent; the
     /// caller verifies them again (`crate::log_repair`).
     async fn fetch_log_entries(

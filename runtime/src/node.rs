@@ -21,7 +21,7 @@ use crate::actor::{ActorEnv, Execute, InstanceId, InstanceTable, InvokeResult, O
 use crate::clock::{Hlc, PhysicalClock, SystemClock};
 use crate::clock_service::{ClockService, ClockStatus};
 use crate::cluster::{
-    call_leader, error_from_status, member_meta_name, ClusterKeys, PeerChannels,
+    call_leader, error_from_status, member_meta_name, started_meta_name, ClusterKeys, PeerChannels,
     META_MEMBER_PREFIX, META_REMOVED_PREFIX, META_ROOT_KEY,
 };
 use crate::command::ApplyOutcome;
@@ -1004,6 +1004,30 @@ impl Core {
     }
 
     /// Ids this cluster has removed (tombstoned); they never join again.
+    /// This node's answer to `Peer.Probe`: whether a cluster has formed
+    /// here (a leader is known, or the replicated root key was applied) and
+    /// `id`'s standing in it, as this node sees it (`crate::identity`).
+    pub(crate) fn probe_answer(&self, id: u64) -> Result<pb::ProbeResponse, RuntimeError> {
+        let s = self.raft.status();
+        let leader_address = Some(s.leader_id)
+            .filter(|l| *l != 0)
+            .and_then(|l| self.leader_address(l))
+            .unwrap_or_default();
+        Ok(pb::ProbeResponse {
+            node_id: self.config.node_id,
+            established: s.leader_id != 0 || self.keys.guard().is_some(),
+            leader_id: s.leader_id,
+            leader_address,
+            voter: s.voters.contains(&id),
+            learner: s.learners.contains(&id),
+            removed: self
+                .store
+                .cluster_meta(&crate::cluster::removed_meta_name(id))?
+                .is_some(),
+            started: self.store.cluster_meta(&started_meta_name(id))?.is_some(),
+        })
+    }
+
     pub fn removed_members(&self) -> Result<Vec<u64>, RuntimeError> {
         let mut ids: Vec<u64> = self
             .store
@@ -1541,9 +1565,6 @@ async fn open_core(
         keys.install(&String::from_utf8_lossy(&hex))?;
     }
 
-    let peers = config
-        .parsed_peers()
-        .map_err(RuntimeError::InvalidArgument)?;
     let tls = crate::tls::TlsMaterial::from_paths(
         config.tls_cert.as_ref(),
         config.tls_key.as_ref(),
@@ -1560,6 +1581,11 @@ async fn open_core(
         join_token.as_deref(),
     )
     .await?;
+    // After `resolve`: a bootstrap member that was admitted to an existing
+    // cluster under a new id now joins it, and no longer lists `peers`.
+    let peers = config
+        .parsed_peers()
+        .map_err(RuntimeError::InvalidArgument)?;
 
     let hlc = Arc::new(Hlc::new(config.node_id, clock));
     // Timestamps keep increasing across restarts: start past everything applied.
@@ -1878,6 +1904,23 @@ async fn bootstrap_once(core: &Core) -> Result<(), RuntimeError> {
             core.raft.propose(cmd.encode()).await?;
         }
     }
+    // Mark every member that has acknowledged Raft traffic (a match index
+    // above 0, this leader included): from now on its data dir holds votes
+    // and entries, and a blank node under its id must not bootstrap again
+    // (`crate::identity`). A member that never answered is not marked, so
+    // a `peers` member that starts after the others formed the cluster
+    // still bootstraps into it.
+    for (id, matched) in &status.progress {
+        let member = status.voters.contains(id) || status.learners.contains(id);
+        if *matched > 0 && member && core.store.cluster_meta(&started_meta_name(*id))?.is_none() {
+            let cmd = Command::SetMeta {
+                name: started_meta_name(*id),
+                value: status.term.to_string().into_bytes(),
+                only_if_absent: true,
+            };
+            core.raft.propose(cmd.encode()).await?;
+        }
+    }
     Ok(())
 }
 
@@ -1989,13 +2032,17 @@ async fn run_node(
     stop: oneshot::Receiver<()>,
 ) {
     let drain = Duration::from_millis(config.drain_timeout_ms);
-    let core = match open_core(config.clone(), skills, clock).await {
+    let core = match open_core(config, skills, clock).await {
         Ok(c) => c,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
+    // The settled configuration (`identity::resolve`): the id this data dir
+    // belongs to, and a bootstrap member admitted to an existing cluster
+    // now joins it.
+    let config = core.config.clone();
     let (servers_stop_tx, servers_stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(bootstrap_task(core.clone(), servers_stop_rx.clone()));
     if core.transport.is_some() {

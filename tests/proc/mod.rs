@@ -154,6 +154,59 @@ impl Drop for Cluster {
 impl Cluster {
     /// `ids.len()` nodes; with more than one, a static `--peers` cluster.
     pub fn start_static(ids: &[u64], extra: &[&str]) -> Cluster {
+        let mut cluster = Cluster::reserve(ids);
+        let peers = cluster
+            .nodes
+            .values()
+            .map(|n| format!("{}={}", n.id, n.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        for n in cluster.nodes.values_mut() {
+            if ids.len() > 1 {
+                n.extra = vec!["--peers".into(), peers.clone()];
+            }
+            n.extra.extend(extra.iter().map(|s| s.to_string()));
+            n.start();
+        }
+        cluster
+    }
+
+    /// Seed mode, as the StatefulSet and compose files run it: every node
+    /// has `--seed <node 1>` and the root key file; node 1 bootstraps and
+    /// also gets `--probe` with the others' addresses (it knows no other
+    /// member from its configuration), the others join through it.
+    pub fn start_seed(ids: &[u64], extra: &[&str]) -> Cluster {
+        let mut cluster = Cluster::reserve(ids);
+        let key = cli(&["keygen".to_string()]);
+        assert!(key.status.success(), "keygen failed");
+        let key_file = cluster.root.join("root.key.hex");
+        std::fs::write(&key_file, &key.stdout).expect("write the key file");
+        let seed = cluster.node(1).addr.clone();
+        let others = cluster
+            .nodes
+            .values()
+            .filter(|n| n.id != 1)
+            .map(|n| n.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        for n in cluster.nodes.values_mut() {
+            n.extra = vec![
+                "--seed".into(),
+                seed.clone(),
+                "--root-key-file".into(),
+                key_file.display().to_string(),
+            ];
+            if n.id == 1 && !others.is_empty() {
+                n.extra.extend(["--probe".into(), others.clone()]);
+            }
+            n.extra.extend(extra.iter().map(|s| s.to_string()));
+            n.start();
+        }
+        cluster
+    }
+
+    /// Ports, data dirs and logs for `ids`, nothing started.
+    fn reserve(ids: &[u64]) -> Cluster {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let tmp = tempfile::tempdir().expect("tempdir");
         let root = tmp.path().to_path_buf();
@@ -173,18 +226,6 @@ impl Cluster {
                     child: None,
                 },
             );
-        }
-        let peers = nodes
-            .values()
-            .map(|n| format!("{}={}", n.id, n.addr))
-            .collect::<Vec<_>>()
-            .join(",");
-        for n in nodes.values_mut() {
-            if ids.len() > 1 {
-                n.extra = vec!["--peers".into(), peers.clone()];
-            }
-            n.extra.extend(extra.iter().map(|s| s.to_string()));
-            n.start();
         }
         Cluster {
             nodes,
@@ -267,6 +308,19 @@ pub async fn connect(addr: &str, token: &str) -> Result<Client, String> {
 
 pub fn show(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
+}
+
+/// `Peer.Probe` of `addr` about `id`, with no credential (as a node with
+/// a blank data dir asks it).
+pub async fn probe(addr: &str, id: u64) -> Result<pb::ProbeResponse, String> {
+    let mut c = pb::peer_client::PeerClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(RPC_TIMEOUT, c.probe(pb::ProbeRequest { id })).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => Err(format!("{addr}: {}", show(&s))),
+        Err(_) => Err(format!("{addr}: probe timed out")),
+    }
 }
 
 pub async fn status(addr: &str, token: &str) -> Result<pb::StatusResponse, String> {
