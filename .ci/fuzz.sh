@@ -1,40 +1,50 @@
 #!/usr/bin/env bash
-# Builds every cargo-fuzz target in fuzz/ and runs each for a bounded time
+# Builds every libFuzzer target in fuzz/ and runs each for a bounded time
 # from the checked-in seed corpus; fails on any crash (panic, abort, OOM,
 # timeout). New corpus entries go to a temp dir, never into fuzz/corpus/.
 #
-# The machine has a stable toolchain only: RUSTC_BOOTSTRAP=1 lets cargo-fuzz
-# pass its -Z flags. No sanitizer (`-s none`): the code under test is safe
-# Rust, what we hunt is panics; debug assertions and overflow checks are on.
+# It builds the targets with plain cargo and the instrumentation flags
+# cargo-fuzz would pass (all stable rustc flags: SanitizerCoverage passes,
+# `--cfg fuzzing`, debug assertions and overflow checks), so a fresh machine
+# does not spend a minute or more compiling cargo-fuzz first; `cargo fuzz
+# run <target>` works on the same crate for interactive use. No sanitizer:
+# the code under test is safe Rust, what we hunt is panics.
 #
-#   FUZZ_SECONDS   per-target run time (default 15)
-#   FUZZ_TARGETS   space-separated subset (default: all, from `cargo fuzz list`)
+#   FUZZ_SECONDS     per-target run time (default 15)
+#   FUZZ_TARGETS     space-separated subset (default: every [[bin]] in fuzz/Cargo.toml)
 #   FUZZ_TARGET_DIR  cargo target dir (default: $CARGO_TARGET_DIR/fuzz or fuzz/target)
-#   FUZZ_PROFILE   --dev (default) or -O (release: more executions per second)
+#   FUZZ_PROFILE     dev (default) or release (more executions per second)
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
-export RUSTC_BOOTSTRAP=1
 seconds=${FUZZ_SECONDS:-15}
 target_dir=${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR/fuzz}}
 target_dir=${target_dir:-target}
 started=$(date +%s)
 
-if ! cargo fuzz --version >/dev/null 2>&1; then
-  echo "installing cargo-fuzz"
-  cargo install cargo-fuzz --locked
-fi
-
-# --dev: a development build (no optimisation; overflow checks and debug
-# assertions on) takes well under half the release build's time on 2
-# cores, and for a bounded smoke run from the seed corpus what matters is
-# reaching the decode paths, not the executions per second. FUZZ_PROFILE=-O
-# for long campaigns.
-flags=(${FUZZ_PROFILE:---dev} -a -s none --target-dir "$target_dir")
-echo "=== build (cargo fuzz build ${flags[*]})"
-cargo fuzz build "${flags[@]}"
+triple=$(rustc -vV | sed -n 's/^host: //p')
+# --target: instrument the fuzz targets and what they link, not build
+# scripts or proc macros (cargo applies RUSTFLAGS to host code otherwise).
+export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
+  -Cllvm-args=-sanitizer-coverage-level=4 \
+  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
+  -Cllvm-args=-sanitizer-coverage-pc-table \
+  -Cllvm-args=-sanitizer-coverage-trace-compares \
+  -Cllvm-args=-sanitizer-coverage-stack-depth \
+  -Cdebug-assertions -Coverflow-checks"
+# dev: a development build takes well under half the release build's time
+# on 2 cores, and for a bounded smoke run from the seed corpus what matters
+# is reaching the decode paths, not the executions per second.
+profile=${FUZZ_PROFILE:-dev}
+case "$profile" in
+  dev) profile_flag=(); out=debug ;;
+  release) profile_flag=(--release); out=release ;;
+  *) echo "FUZZ_PROFILE must be dev or release" >&2; exit 2 ;;
+esac
+echo "=== build (cargo build --bins --target $triple, $profile, SanitizerCoverage)"
+cargo build --bins --target "$triple" --target-dir "$target_dir" "${profile_flag[@]}"
 echo "=== built in $(( $(date +%s) - started ))s"
 
-targets=${FUZZ_TARGETS:-$(cargo fuzz list)}
+targets=${FUZZ_TARGETS:-$(awk '/^\[\[bin\]\]/ { bin = 1; next } bin && /^name/ { gsub(/"/, "", $3); print $3; bin = 0 }' Cargo.toml)}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 failed=()
@@ -44,7 +54,7 @@ for t in $targets; do
   # -rss_limit_mb / -timeout: a decode that allocates without bound or
   # loops counts as a crash. -artifact_prefix keeps crash files in fuzz/artifacts/.
   mkdir -p "artifacts/$t"
-  if ! cargo fuzz run "${flags[@]}" "$t" "$work/$t" "corpus/$t" -- \
+  if ! "$target_dir/$triple/$out/$t" "$work/$t" "corpus/$t" \
       -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
       -artifact_prefix="artifacts/$t/" -print_final_stats=1 2>"$work/$t.log"; then
     failed+=("$t")
