@@ -285,18 +285,12 @@ fn debug_corrupt(
                 Some(i) => i,
                 None => store.applied_index().map_err(err)?,
             };
-            let tree = store.raw_tree("raft_log").map_err(err)?;
-            let key = index.to_be_bytes();
-            let mut raw = tree
-                .get(key)
-                .map_err(|e| Failure::from(e.to_string()))?
-                .ok_or_else(|| Failure::from(format!("no raft log record at index {index}")))?
-                .to_vec();
-            let pos = raw.len() / 2;
-            raw[pos] ^= 0x5a;
-            tree.insert(key, raw)
-                .map_err(|e| Failure::from(e.to_string()))?;
-            format!("raft log index {index}: byte {pos} flipped")
+            store.debug_corrupt_raft_entry(index).map_err(|e| match e {
+                synapse_storage::StorageError::NotFound => {
+                    Failure::from(format!("no raft log record at index {index}"))
+                }
+                e => err(e),
+            })?
         }
     };
     store.sync().map_err(err)?;
@@ -650,6 +644,12 @@ struct ServeOpts {
     /// unless SYNAPSE_DEBUG_UNSAFE=1 is set too.
     #[arg(long, hide = true, env = "SYNAPSE_DEBUG_UNSAFE_STALE_READS")]
     debug_unsafe_stale_reads: bool,
+    /// VERIFICATION ONLY: once this node has applied the given Raft index,
+    /// damage its own copy of that log record (one flipped byte), to show
+    /// what happens when storage goes bad under a running node. Refused
+    /// unless SYNAPSE_DEBUG_UNSAFE=1 is set too.
+    #[arg(long, hide = true)]
+    debug_damage_raft_entry: Option<u64>,
     /// Cluster root key (hex), e.g. a mounted Kubernetes Secret.
     #[arg(long, env = "SYNAPSE_ROOT_KEY_FILE")]
     root_key_file: Option<PathBuf>,
@@ -923,8 +923,13 @@ fn invoke_json(r: &pb::InvokeResponse) -> Value {
 
 async fn serve(opts: ServeOpts) -> Result<(), Failure> {
     let stale_reads = opts.debug_unsafe_stale_reads;
-    if stale_reads && std::env::var("SYNAPSE_DEBUG_UNSAFE").as_deref() != Ok("1") {
+    let damage_entry = opts.debug_damage_raft_entry;
+    let unsafe_allowed = std::env::var("SYNAPSE_DEBUG_UNSAFE").as_deref() == Ok("1");
+    if stale_reads && !unsafe_allowed {
         return Err("--debug-unsafe-stale-reads breaks linearizability on purpose; it needs SYNAPSE_DEBUG_UNSAFE=1 as well".to_string().into());
+    }
+    if damage_entry.is_some() && !unsafe_allowed {
+        return Err("--debug-damage-raft-entry damages this node's data on purpose; it needs SYNAPSE_DEBUG_UNSAFE=1 as well".to_string().into());
     }
     let (config, log, skew_file) = opts.into_config()?;
     tracing_subscriber::fmt()
@@ -954,6 +959,12 @@ async fn serve(opts: ServeOpts) -> Result<(), Failure> {
             .unwrap_or_else(|| "-".into()),
         node.core().config().data_dir.join("root.token").display()
     );
+    if let Some(index) = damage_entry {
+        tokio::spawn(damage_raft_entry_once_applied(
+            node.core().store().clone(),
+            index,
+        ));
+    }
     let consensus_died = tokio::select! {
         _ = wait_for_signal() => false,
         _ = consensus_stopped(&node) => true,
@@ -970,6 +981,27 @@ async fn serve(opts: ServeOpts) -> Result<(), Failure> {
             .into());
     }
     Ok(())
+}
+
+/// `--debug-damage-raft-entry`: waits (polling) until `index` is applied,
+/// then flips a byte of this node's own copy of that log record. Nothing
+/// reads an applied record again until a peer needs it, so the damage is
+/// found when this node, as leader, sends it to a follower that lags.
+async fn damage_raft_entry_once_applied(store: synapse_storage::Store, index: u64) {
+    loop {
+        match store.applied_index() {
+            Ok(applied) if applied >= index => break,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => {
+                tracing::error!(error = %e, "debug damage: cannot read the applied index");
+                return;
+            }
+        }
+    }
+    match store.debug_corrupt_raft_entry(index) {
+        Ok(what) => tracing::warn!("DEBUG UNSAFE: damaged {what} under the running node"),
+        Err(e) => tracing::error!(error = %e, "debug damage: could not damage entry {index}"),
+    }
 }
 
 /// Resolves once this node's consensus has stopped for good (a fatal

@@ -372,6 +372,152 @@ async fn follower_with_corrupt_raft_records_repairs_them_from_peers_and_rejoins(
     );
 }
 
+/// Damage that appears under a running node. The leader's own copy of a
+/// committed log record goes bad while it runs (`--debug-damage-raft-entry`,
+/// through its own store so sled's cache holds the damage too); nothing
+/// reads it until a follower that was down needs it. raft-rs cannot go on
+/// without that record, so the leader's consensus stops: it must exit with
+/// status 1 (so that a supervisor restarts it), the other two must elect a
+/// leader and keep acknowledging writes, and when it is started again, as a
+/// supervisor would, it must repair the record from its peers before
+/// consensus starts and rejoin. No acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_log_record_damaged_under_a_running_leader_stops_it_and_is_repaired_at_restart() {
+    const WRITES_BEFORE_DAMAGE: u64 = 60;
+    let mut cluster = Cluster::start_static(&[1, 2, 3], &[]);
+    let addrs = cluster.addrs();
+    let token = cluster.token(1).await;
+    wait_leader(&addrs, &token).await;
+    // Node 1 carries the damage hook: a record a little above what is
+    // applied now, so it is committed and applied before it goes bad.
+    let applied_now = status(&addrs[0], &token).await.unwrap().applied_index;
+    let damaged_index = applied_now + WRITES_BEFORE_DAMAGE / 2;
+    cluster.node_mut(1).kill();
+    cluster.node_mut(1).extra.extend([
+        "--debug-damage-raft-entry".to_string(),
+        damaged_index.to_string(),
+    ]);
+    cluster
+        .node_mut(1)
+        .env
+        .push(("SYNAPSE_DEBUG_UNSAFE".into(), "1".into()));
+    cluster.node_mut(1).start();
+    member_change(&addrs, &token, MemberChange::TransferLeader(1), |s| {
+        s.leader_id == 1
+    })
+    .await;
+    // Node 3 goes down before the damaged record is written, so it will
+    // need it from the leader when it comes back.
+    cluster.node_mut(3).kill();
+    let mut acked = 0u64;
+    let write = |i: u64, via: Vec<String>| {
+        let token = token.clone();
+        async move {
+            wait_for("an acknowledged write", || {
+                let (via, token) = (via.clone(), token.clone());
+                async move {
+                    let addr = &via[(i as usize) % via.len()];
+                    let mut c = connect(addr, &token).await?;
+                    match tokio::time::timeout(
+                        RPC_TIMEOUT,
+                        c.skills.invoke(incr_request("live", &format!("v-{i}"))),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(s)) => Err(show(&s)),
+                        Err(_) => Err("timed out".to_string()),
+                    }
+                }
+            })
+            .await
+        }
+    };
+    let up = vec![addrs[0].clone(), addrs[1].clone()];
+    for i in 0..WRITES_BEFORE_DAMAGE {
+        write(i, up.clone()).await;
+        acked += 1;
+    }
+    wait_for("node 1 damages its record", || {
+        let log = cluster.node(1).log_text();
+        async move {
+            log.contains("DEBUG UNSAFE: damaged raft log index")
+                .then_some(())
+                .ok_or_else(|| "not yet".to_string())
+        }
+    })
+    .await;
+
+    // Node 3 returns: the leader reads the damaged record to send it.
+    let returned = Instant::now();
+    cluster.node_mut(3).start();
+    let exit = wait_for("node 1 stops and exits", || {
+        let child = cluster.node_mut(1).child.as_mut().map(|c| c.try_wait());
+        async move {
+            match child {
+                Some(Ok(Some(status))) => Ok(status),
+                _ => Err("still running".to_string()),
+            }
+        }
+    })
+    .await;
+    let exited_after = returned.elapsed();
+    cluster.node_mut(1).child = None;
+    assert_eq!(exit.code(), Some(1), "a node whose consensus died exits 1");
+    let log1 = cluster.node(1).log_text();
+    assert!(
+        log1.contains("consensus stopped on this node"),
+        "node 1 must say why it exits: {}",
+        cluster.node(1).tail(30)
+    );
+    let cause = log1
+        .lines()
+        .find(|l| l.contains("panicked") || l.contains("unexpected error"))
+        .unwrap_or("(no panic line)")
+        .to_string();
+
+    // The other two elect a leader and keep acknowledging writes.
+    let survivors = vec![addrs[1].clone(), addrs[2].clone()];
+    for i in WRITES_BEFORE_DAMAGE..WRITES_BEFORE_DAMAGE + 20 {
+        write(i, survivors.clone()).await;
+        acked += 1;
+    }
+
+    // Restarted without the hook, as a supervisor would: repaired at start.
+    let extra = &mut cluster.node_mut(1).extra;
+    extra.truncate(extra.len() - 2);
+    cluster.node_mut(1).env.clear();
+    let restarted = Instant::now();
+    cluster.node_mut(1).start();
+    for i in WRITES_BEFORE_DAMAGE + 20..WRITES_BEFORE_DAMAGE + 30 {
+        write(i, addrs.clone()).await;
+        acked += 1;
+    }
+    let (applied, hash) = wait_converged(&addrs, &token).await;
+    let rejoined = restarted.elapsed();
+    for addr in &addrs {
+        let (v, _) = read_counter(addr, &token, "live").await.expect("read");
+        assert_eq!(v as u64, acked, "{addr}: acknowledged writes lost");
+        verify_counter(addr, &token, "live")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let repairs = cluster
+        .node(1)
+        .metric("synapse_raft_log_repairs_total")
+        .expect("metrics");
+    assert!(repairs >= 1, "node 1 reports {repairs} raft log repairs");
+    let log1 = cluster.node(1).log_text();
+    assert!(log1.contains("repaired damaged raft log records"), "{log1}");
+    println!(
+        "live damage: node 1 (leader) damaged raft index {damaged_index} while running; it exited \
+         with status 1 {exited_after:?} after node 3 returned; the survivors acked 20 writes; \
+         restarted, it repaired {repairs} record(s) from peers and the cluster converged \
+         {rejoined:?} later; {acked} acked writes, none lost; applied {applied}, hash {hash}; \
+         cause on node 1: {cause}"
+    );
+}
+
 /// The operator remedy for a node whose Raft state cannot be repaired from
 /// peers (here: its hard state record is damaged, which no peer has): it
 /// refuses to start; it is removed from the cluster through a healthy

@@ -40,6 +40,58 @@ async fn refused_start(cluster: &mut Cluster, node: u64, needle: &str) -> (ExitS
     (exited, line)
 }
 
+/// Increments `counter` with request id `<counter>-<i>` through one of
+/// `others`, retried until acknowledged.
+async fn write_acked(others: &[String], token: &str, counter: &str, i: u64) {
+    wait_for("a write", || {
+        let addr = others[(i % 2) as usize].clone();
+        let (token, counter) = (token.to_string(), counter.to_string());
+        async move {
+            let mut c = connect(&addr, &token).await?;
+            c.skills
+                .invoke(incr_request(&counter, &format!("{counter}-{i}")))
+                .await
+                .map(|_| ())
+                .map_err(|s| show(&s))
+        }
+    })
+    .await
+}
+
+/// The last step of every rejoin: restarting the rejoined node keeps its
+/// allocated id, and after five more writes every node holds every
+/// acknowledged one. Returns the converged (applied index, state hash).
+async fn restart_keeps_id_and_all_hold(
+    cluster: &mut Cluster,
+    node: u64,
+    new_id: u64,
+    token: &str,
+    others: &[String],
+    counter: &str,
+    acked: &mut u64,
+) -> (u64, String) {
+    let addr = cluster.node(node).addr.clone();
+    cluster.node_mut(node).kill();
+    cluster.node_mut(node).start();
+    let again = wait_for("the restarted node answers", || {
+        let (addr, token) = (addr.clone(), token.to_string());
+        async move { status(&addr, &token).await }
+    })
+    .await;
+    assert_eq!(again.node_id, new_id, "a restart keeps the allocated id");
+    for i in 15..20 {
+        write_acked(others, token, counter, i).await;
+        *acked += 1;
+    }
+    let addrs = cluster.addrs();
+    let converged = wait_converged(&addrs, token).await;
+    for addr in &addrs {
+        let (v, _) = read_counter(addr, token, counter).await.expect("read");
+        assert_eq!(v as u64, *acked, "{addr}: acknowledged writes lost");
+    }
+    converged
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_member_never_rejoins_under_its_old_id() {
     let mut cluster = Cluster::start_static(&[1, 2, 3], &[]);
@@ -53,23 +105,7 @@ async fn a_wiped_member_never_rejoins_under_its_old_id() {
         .map(|i| cluster.node(i).addr.clone())
         .collect();
     let mut acked = 0u64;
-    let write = |i: u64| {
-        let (others, token) = (others.clone(), token.clone());
-        async move {
-            wait_for("a write", || {
-                let (others, token) = (others.clone(), token.clone());
-                async move {
-                    let mut c = connect(&others[(i % 2) as usize], &token).await?;
-                    c.skills
-                        .invoke(incr_request("rejoin", &format!("r-{i}")))
-                        .await
-                        .map(|_| ())
-                        .map_err(|s| show(&s))
-                }
-            })
-            .await
-        }
-    };
+    let write = |i: u64| write_acked(&others, &token, "rejoin", i);
     for i in 0..10 {
         write(i).await;
         acked += 1;
@@ -153,23 +189,16 @@ async fn a_wiped_member_never_rejoins_under_its_old_id() {
     );
 
     // 4. A restart keeps the stored id, whatever the hostname says.
-    cluster.node_mut(wiped).kill();
-    cluster.node_mut(wiped).start();
-    let again = wait_for("the restarted node answers", || {
-        let (waddr, token) = (waddr.clone(), token.clone());
-        async move { status(&waddr, &token).await }
-    })
+    let (applied, hash) = restart_keeps_id_and_all_hold(
+        &mut cluster,
+        wiped,
+        new_id,
+        &token,
+        &others,
+        "rejoin",
+        &mut acked,
+    )
     .await;
-    assert_eq!(again.node_id, new_id, "a restart keeps the allocated id");
-    for i in 15..20 {
-        write(i).await;
-        acked += 1;
-    }
-    let (applied, hash) = wait_converged(&addrs, &token).await;
-    for addr in &addrs {
-        let (v, _) = read_counter(addr, &token, "rejoin").await.expect("read");
-        assert_eq!(v as u64, acked, "{addr}: acknowledged writes lost");
-    }
     let final_status = status(&addrs[0], &token).await.unwrap();
     println!(
         "node {wiped} wiped: refused as a voter and as a removed id, rejoined as node {new_id}; \
@@ -221,23 +250,7 @@ async fn wiped_bootstrap_member(mode: Bootstrap) {
         .filter(|&i| i != wiped)
         .map(|i| cluster.node(i).addr.clone())
         .collect();
-    let write = |i: u64| {
-        let (others, token) = (others.clone(), token.clone());
-        async move {
-            wait_for("a write", || {
-                let (others, token) = (others.clone(), token.clone());
-                async move {
-                    let mut c = connect(&others[(i % 2) as usize], &token).await?;
-                    c.skills
-                        .invoke(incr_request("boot", &format!("b-{i}")))
-                        .await
-                        .map(|_| ())
-                        .map_err(|s| show(&s))
-                }
-            })
-            .await
-        }
-    };
+    let write = |i: u64| write_acked(&others, &token, "boot", i);
     let mut acked = 0u64;
     for i in 0..10 {
         write(i).await;
@@ -344,27 +357,19 @@ async fn wiped_bootstrap_member(mode: Bootstrap) {
         }
     })
     .await;
-    let waddr = cluster.node(wiped).addr.clone();
 
     // 4. A restart with the same flags keeps the new id and does not probe
     // (its log is intact).
-    cluster.node_mut(wiped).kill();
-    cluster.node_mut(wiped).start();
-    let again = wait_for("the restarted member answers", || {
-        let (waddr, token) = (waddr.clone(), token.clone());
-        async move { status(&waddr, &token).await }
-    })
+    let (applied, hash) = restart_keeps_id_and_all_hold(
+        &mut cluster,
+        wiped,
+        new_id,
+        &token,
+        &others,
+        "boot",
+        &mut acked,
+    )
     .await;
-    assert_eq!(again.node_id, new_id, "a restart keeps the allocated id");
-    for i in 15..20 {
-        write(i).await;
-        acked += 1;
-    }
-    let (applied, hash) = wait_converged(&addrs, &token).await;
-    for addr in &addrs {
-        let (v, _) = read_counter(addr, &token, "boot").await.expect("read");
-        assert_eq!(v as u64, acked, "{addr}: acknowledged writes lost");
-    }
     let s = status(&others[0], &token).await.unwrap();
     println!(
         "{mode:?}: node {wiped} wiped, refused with its flags and while a voter, admitted as \

@@ -442,6 +442,7 @@ pub async fn verify_counter(addr: &str, token: &str, counter: &str) -> Result<()
 pub enum MemberChange {
     Promote(u64),
     Remove(u64),
+    TransferLeader(u64),
 }
 
 /// A membership change sent to whichever of `addrs` leads, retried
@@ -473,6 +474,9 @@ pub async fn member_change(
                     c.cluster.promote_member(pb::MemberRequest { id }).await
                 }
                 MemberChange::Remove(id) => c.cluster.remove_member(pb::MemberRequest { id }).await,
+                MemberChange::TransferLeader(id) => {
+                    c.cluster.transfer_leader(pb::MemberRequest { id }).await
+                }
             }
         };
         match tokio::time::timeout(RPC_TIMEOUT, call).await {

@@ -245,6 +245,28 @@ impl Store {
         self.inner.state.insert(key, raw)?;
         Ok(format!("{skill}/{instance} v{version}: byte {pos} flipped"))
     }
+
+    /// Test and debug tool (`synapse debug corrupt --what raft-entry`, and
+    /// `synapse serve --debug-damage-raft-entry` for damage under a running
+    /// node): flips one byte in the middle of the Raft log record at
+    /// `index`, through this `Store` so that sled's cache holds the damage
+    /// too. Returns a description of what was damaged.
+    #[doc(hidden)]
+    pub fn debug_corrupt_raft_entry(&self, index: u64) -> Result<String, StorageError> {
+        let key = index.to_be_bytes();
+        let mut raw = self
+            .inner
+            .raft_log
+            .get(key)?
+            .ok_or(StorageError::NotFound)?
+            .to_vec();
+        let pos = raw.len() / 2;
+        if let Some(b) = raw.get_mut(pos) {
+            *b ^= 0x5a;
+        }
+        self.inner.raft_log.insert(key, raw)?;
+        Ok(format!("raft log index {index}: byte {pos} flipped"))
+    }
 }
 
 #[cfg(test)]
