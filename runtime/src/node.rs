@@ -1003,7 +1003,6 @@ impl Core {
         cc
     }
 
-    /// Ids this cluster has removed (tombstoned); they never join again.
     /// This node's answer to `Peer.Probe`: whether a cluster has formed
     /// here (a leader is known, or the replicated root key was applied) and
     /// `id`'s standing in it, as this node sees it (`crate::identity`).
@@ -1028,6 +1027,7 @@ impl Core {
         })
     }
 
+    /// Ids this cluster has removed (tombstoned); they never join again.
     pub fn removed_members(&self) -> Result<Vec<u64>, RuntimeError> {
         let mut ids: Vec<u64> = self
             .store
