@@ -451,18 +451,11 @@ async fn a_log_record_damaged_under_a_running_leader_stops_it_and_is_repaired_at
     // Node 3 returns: the leader reads the damaged record to send it.
     let returned = Instant::now();
     cluster.node_mut(3).start();
-    let exit = wait_for("node 1 stops and exits", || {
-        let child = cluster.node_mut(1).child.as_mut().map(|c| c.try_wait());
-        async move {
-            match child {
-                Some(Ok(Some(status))) => Ok(status),
-                _ => Err("still running".to_string()),
-            }
-        }
-    })
-    .await;
+    let exit = cluster
+        .node_mut(1)
+        .wait_exit("node 1 stops and exits")
+        .await;
     let exited_after = returned.elapsed();
-    cluster.node_mut(1).child = None;
     assert_eq!(exit.code(), Some(1), "a node whose consensus died exits 1");
     let log1 = cluster.node(1).log_text();
     assert!(
@@ -558,22 +551,11 @@ async fn unrepairable_node_is_removed_wiped_and_re_added() {
         store.sync().unwrap();
     }
     cluster.node_mut(follower).start();
-    let exited = wait_for("the damaged node refuses to start", || {
-        let child = cluster
-            .node_mut(follower)
-            .child
-            .as_mut()
-            .map(|c| c.try_wait());
-        async move {
-            match child {
-                Some(Ok(Some(status))) => Ok(status),
-                _ => Err("still running".to_string()),
-            }
-        }
-    })
-    .await;
+    let exited = cluster
+        .node_mut(follower)
+        .wait_exit("the damaged node refuses to start")
+        .await;
     assert!(!exited.success(), "{exited}");
-    cluster.node_mut(follower).child = None;
     let refusal = cluster
         .node(follower)
         .log_text()

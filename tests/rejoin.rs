@@ -18,17 +18,10 @@ use synapse_runtime::identity::{read_id_file, NODE_ID_FILE};
 /// and the last log line that mentions `needle`.
 async fn refused_start(cluster: &mut Cluster, node: u64, needle: &str) -> (ExitStatus, String) {
     cluster.node_mut(node).start();
-    let exited = wait_for("the node refuses to start", || {
-        let child = cluster.node_mut(node).child.as_mut().map(|c| c.try_wait());
-        async move {
-            match child {
-                Some(Ok(Some(status))) => Ok(status),
-                _ => Err("still running".to_string()),
-            }
-        }
-    })
-    .await;
-    cluster.node_mut(node).child = None;
+    let exited = cluster
+        .node_mut(node)
+        .wait_exit("the node refuses to start")
+        .await;
     let line = cluster
         .node(node)
         .log_text()
@@ -178,9 +171,12 @@ async fn a_wiped_member_never_rejoins_under_its_old_id() {
     })
     .await;
     let waddr = cluster.node(wiped).addr.clone();
-    let s = status(&waddr, &token)
-        .await
-        .expect("status of the rejoined node");
+    // It may still be catching up or reconnecting right after promotion.
+    let s = wait_for("status of the rejoined node", || {
+        let (waddr, token) = (waddr.clone(), token.clone());
+        async move { status(&waddr, &token).await }
+    })
+    .await;
     assert_eq!(s.node_id, new_id);
     assert!(
         s.removed.contains(&wiped),

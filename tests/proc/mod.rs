@@ -79,6 +79,25 @@ impl NodeProc {
         self.child = Some(cmd.spawn().expect("spawn synapse serve"));
     }
 
+    /// Waits (bounded by `HANG_GUARD`) for the running process to exit on
+    /// its own; returns its status and forgets the child, so `start` works
+    /// again.
+    pub async fn wait_exit(&mut self, what: &str) -> std::process::ExitStatus {
+        let status = wait_for(what, || {
+            let exited = self.child.as_mut().map(|c| c.try_wait());
+            async move {
+                match exited {
+                    Some(Ok(Some(status))) => Ok(status),
+                    Some(Err(e)) => Err(e.to_string()),
+                    _ => Err("still running".to_string()),
+                }
+            }
+        })
+        .await;
+        self.child = None;
+        status
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
