@@ -25,6 +25,10 @@ use serde_json::{json, Value};
 use synapse::client::{v1 as pb, Client, ClientTls};
 use synapse::{format_timestamp, Grant, NodeConfig, Restriction, RootKey, Timestamp};
 
+/// See the `mimalloc` entry in Cargo.toml for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod certs;
 mod check_history;
 mod loadgen;
