@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# One closed-loop point on a fresh 3-node Synapse cluster, reported with what
+# an A/B comparison needs besides throughput: per-node CPU, cluster CPU per
+# write (less sensitive to a noisy host than ops/s), RSS and bytes written.
+# Run two binaries alternately, several rounds, and compare the medians:
+#
+#   for r in 1 2; do for b in old new; do
+#       LOADGEN=/tmp/old benches/ab.sh /tmp/$b 256 25
+#   done; done
+#
+#   benches/ab.sh BINARY CLIENTS SECONDS [serve args...]
+#
+# Environment knobs:
+#   LOADGEN [BINARY]   the `synapse bench` binary (keep it fixed across an A/B)
+#   LEADER_ONLY [0]    1 = every client connects to the leader (no forwarding)
+#   PROFILE [none]     all = `perf record -a` for 5 s from second 5 into
+#                      $WORK/all.data (use KEEP=1); syscalls = per-node
+#                      syscall counts for 5 s (`perf stat` tracepoints)
+#   MIX [put=100]  PORT_BASE [52100]  KEEP=1 keeps the data dirs
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
+
+[ $# -ge 3 ] || die "usage: benches/ab.sh BINARY CLIENTS SECONDS [serve args...]"
+SYNAPSE_BIN=$1
+CLIENTS=$2
+SECONDS_RUN=$3
+shift 3
+PORT_BASE=${PORT_BASE:-52100}
+bench_init ab
+synapse_bin
+GRPC=($((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 3)))
+HTTP=($((PORT_BASE + 11)) $((PORT_BASE + 12)) $((PORT_BASE + 13)))
+start_synapse 3 GRPC HTTP "$@"
+
+cpu_ticks() { for p in "${SYN_PIDS[@]}"; do awk '{print $14+$15}' "/proc/$p/stat"; done | paste -sd' '; }
+endpoints=$SYN_EPS
+if [ "${LEADER_ONLY:-0}" = 1 ]; then endpoints="http://127.0.0.1:${GRPC[$((LEADER - 1))]}"; fi
+
+before=$(cpu_ticks)
+"${LOADGEN:-$B}" bench --endpoints "$endpoints" --token-file "$SYN_TOKEN" --clients "$CLIENTS" \
+    --duration "${SECONDS_RUN}s" --warmup 2s --mix "${MIX:-put=100}" --quiet \
+    --json "$WORK/result.json" >"$WORK/bench.out" 2>&1 &
+bench_pid=$!
+PIDS+=("$bench_pid")
+case "${PROFILE:-none}" in
+    all)
+        sleep 5
+        perf record -a -F 299 -g --call-graph dwarf,8192 -o "$WORK/all.data" -- sleep 5 >/dev/null 2>&1 ||
+            echo "perf record failed" >&2
+        ;;
+    syscalls)
+        sleep 5
+        events=syscalls:sys_enter_fdatasync,syscalls:sys_enter_sync_file_range,syscalls:sys_enter_pwrite64
+        events+=,syscalls:sys_enter_futex,syscalls:sys_enter_writev,syscalls:sys_enter_recvfrom,context-switches
+        stats=()
+        for i in 0 1 2; do
+            perf stat -e "$events" -p "${SYN_PIDS[$i]}" -o "$WORK/syscalls-n$((i + 1)).txt" -- sleep 5 &
+            stats+=($!)
+        done
+        wait "${stats[@]}"
+        for i in 1 2 3; do echo "n$i: $(awk '/syscalls|context/{printf "%s %s  ", $1, $2}' "$WORK/syscalls-n$i.txt")"; done
+        ;;
+esac
+wait "$bench_pid" || die "bench failed: $(tail -3 "$WORK/bench.out")"
+after=$(cpu_ticks)
+rss=$(for p in "${SYN_PIDS[@]}"; do awk '/VmRSS/{print $2}' "/proc/$p/status"; done | paste -sd' ')
+written=$(for p in "${SYN_PIDS[@]}"; do awk '/^wchar/{print $2}' "/proc/$p/io"; done | paste -sd' ')
+
+python3 - "$WORK/result.json" "$before" "$after" "$rss" "$written" "$LEADER" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+run = json.load(open(sys.argv[1]))
+run = run["runs"][0] if "runs" in run else run
+tick_ms = 1000 / int(sys.argv[7])
+cpu_ms = [(b - a) * tick_ms for a, b in zip(map(int, sys.argv[2].split()), map(int, sys.argv[3].split()))]
+rss = [int(x) // 1024 for x in sys.argv[4].split()]
+written = [int(x) for x in sys.argv[5].split()]
+ops = run["ok"] + run.get("warmup_ops", 0)
+lat = run["latency_us"]
+print(f"ops/s {run['throughput_ops_s']:.0f}  p50 {lat['p50']/1000:.1f} ms  p99 {lat['p99']/1000:.1f} ms  "
+      f"max {lat['max']/1000:.1f} ms  errors {run['errors_total']}")
+print(f"cpu ms per node {[round(c) for c in cpu_ms]} (leader n{sys.argv[6]})  "
+      f"cluster cpu per write {sum(cpu_ms) * 1000 / max(ops, 1):.0f} us")
+print(f"rss MiB {rss}  written per write per node {[round(w / max(ops, 1)) for w in written]} B")
+PY
