@@ -224,7 +224,10 @@ impl StateMachine for NodeStateMachine {
                 request_id = %cp.request_id, term = entry.term, index = entry.index)
             .entered();
 
-            if !cp.request_id.is_empty() {
+            // A server-generated id is unique and has no record to find.
+            let recorded_id =
+                !cp.request_id.is_empty() && !synapse_storage::is_server_request_id(&cp.request_id);
+            if recorded_id {
                 let rkey = (cp.skill.clone(), cp.instance.clone(), cp.request_id.clone());
                 let earlier = match requests.get(&rkey) {
                     Some(r) => Some(r.clone()),
@@ -270,7 +273,7 @@ impl StateMachine for NodeStateMachine {
                     timestamp: cp.timestamp,
                 },
             );
-            if !cp.request_id.is_empty() {
+            if recorded_id {
                 requests.insert(
                     (cp.skill.clone(), cp.instance.clone(), cp.request_id.clone()),
                     RequestRecord {
