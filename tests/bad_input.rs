@@ -178,8 +178,6 @@ async fn malformed_payloads_and_names_are_invalid_argument() {
     let long_skill = "s".repeat(65);
     let mut long_id = req("counter", "alice", "incr", b"{\"by\":1}");
     long_id.request_id = "r".repeat(129);
-    let mut reserved_id = req("counter", "alice", "incr", b"{\"by\":1}");
-    reserved_id.request_id = "auto-0123".into();
     let inv = &[Code::InvalidArgument][..];
     expect_all(
         &n,
@@ -248,11 +246,6 @@ async fn malformed_payloads_and_names_are_invalid_argument() {
                 inv,
             ),
             ("request id longer than 128 bytes", long_id, inv),
-            (
-                "request id with the prefix reserved for server ids",
-                reserved_id,
-                inv,
-            ),
         ],
     )
     .await;

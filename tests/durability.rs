@@ -294,6 +294,47 @@ async fn request_ids_dedupe_including_across_restart() {
     .unwrap();
     assert!(!other.deduplicated);
 
+    // A caller's id that looks like a server-generated one is still the
+    // caller's: recorded and deduplicated.
+    for expect_dedup in [false, true] {
+        let r = invoke_req(
+            &mut c,
+            with_id("counter", "f", "incr", json!({"by": 1}), "auto-mine"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.deduplicated, expect_dedup);
+        assert_eq!(r.version, 1);
+    }
+    // Without an id the leader names the write and keeps no record of
+    // that name: nobody could have retried with it.
+    let named = invoke_req(
+        &mut c,
+        with_id("counter", "g", "incr", json!({"by": 1}), ""),
+    )
+    .await
+    .unwrap();
+    assert!(
+        named.request_id.starts_with("auto-"),
+        "{}",
+        named.request_id
+    );
+    assert_eq!(
+        n.node
+            .core()
+            .store()
+            .request("counter", "g", &named.request_id)
+            .unwrap(),
+        None
+    );
+    assert!(n
+        .node
+        .core()
+        .store()
+        .request("counter", "f", "auto-mine")
+        .unwrap()
+        .is_some());
+
     // Concurrent retries of one new id: applied exactly once.
     let mut tasks = Vec::new();
     for _ in 0..6 {

@@ -345,6 +345,13 @@ impl InstanceActor {
                 return;
             }
         };
+        // A write sent without a request id is named here. Nobody can retry
+        // with that name, so the entry says so and no dedup record is kept.
+        let (request_id, server_named) = if request_id.is_empty() {
+            (fresh_request_id(), true)
+        } else {
+            (request_id, false)
+        };
         let skill_name = self.id.skill.clone();
         let instance = self.id.instance.clone();
         let head = match self.head.as_mut() {
@@ -392,6 +399,7 @@ impl InstanceActor {
             checkpoint,
             reply: reply_bytes,
             fence: (*fence).clone(),
+            server_named,
         }
         .encode();
 
@@ -497,6 +505,11 @@ impl InstanceActor {
             self.head = None;
         }
     }
+}
+
+/// A server-generated request id (see `Command::Checkpoint::server_named`).
+fn fresh_request_id() -> String {
+    format!("auto-{:032x}", rand::random::<u128>())
 }
 
 fn decode_recorded(

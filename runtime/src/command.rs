@@ -12,6 +12,12 @@ const TAG_REVOKE: u8 = 3;
 /// of `TAG_CHECKPOINT`. Unfenced checkpoints keep tag 1, so logs written
 /// before fencing existed still decode.
 const TAG_CHECKPOINT_FENCED: u8 = 4;
+/// A checkpoint whose request id the leader generated (the caller sent
+/// none): the body of `TAG_CHECKPOINT_FENCED` (with a possibly empty
+/// fence). Apply keeps no request record for it. The mark travels in the
+/// entry rather than being read off the id, so that apply stays the same
+/// function of the log on every node and for every log ever written.
+const TAG_CHECKPOINT_SERVER_NAMED: u8 = 5;
 
 /// Most revocation ids one command carries: one per token block, and a
 /// token of at most `MAX_TOKEN_BYTES` (16 KiB) has far fewer blocks than
@@ -28,6 +34,10 @@ pub enum Command {
         /// Re-checked at apply against `checkpoint.timestamp` and the
         /// revocations applied before this entry.
         fence: Fence,
+        /// The leader named this write (its caller sent no request id).
+        /// Nobody can retry with that name, so apply neither looks it up
+        /// nor keeps a request record for it.
+        server_named: bool,
     },
     /// Revokes capability ids (every block id of one token) for good.
     Revoke {
@@ -52,13 +62,18 @@ impl Command {
                 checkpoint,
                 reply,
                 fence,
+                server_named,
             } => {
                 let cp = checkpoint.encode();
                 let mut out = Vec::with_capacity(1 + 8 + reply.len() + cp.len() + 80);
-                if *fence == Fence::default() {
+                if *fence == Fence::default() && !server_named {
                     out.push(TAG_CHECKPOINT);
                 } else {
-                    out.push(TAG_CHECKPOINT_FENCED);
+                    out.push(if *server_named {
+                        TAG_CHECKPOINT_SERVER_NAMED
+                    } else {
+                        TAG_CHECKPOINT_FENCED
+                    });
                     out.push(u8::from(fence.expires_at_secs.is_some()));
                     out.extend_from_slice(&fence.expires_at_secs.unwrap_or(0).to_be_bytes());
                     put_ids(&mut out, &fence.revocation_ids);
@@ -107,8 +122,8 @@ impl Command {
         };
         let (&tag, rest) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
         match tag {
-            TAG_CHECKPOINT | TAG_CHECKPOINT_FENCED => {
-                let (fence, rest) = if tag == TAG_CHECKPOINT_FENCED {
+            TAG_CHECKPOINT | TAG_CHECKPOINT_FENCED | TAG_CHECKPOINT_SERVER_NAMED => {
+                let (fence, rest) = if tag != TAG_CHECKPOINT {
                     let (&flag, rest) = rest
                         .split_first()
                         .ok_or_else(|| corrupt("truncated fence"))?;
@@ -139,6 +154,7 @@ impl Command {
                     checkpoint: Checkpoint::decode(cp)?,
                     reply: reply.to_vec(),
                     fence,
+                    server_named: tag == TAG_CHECKPOINT_SERVER_NAMED,
                 })
             }
             TAG_REVOKE => {
@@ -287,6 +303,7 @@ mod tests {
             checkpoint: cp,
             reply: b"{\"value\":1}".to_vec(),
             fence: Fence::default(),
+            server_named: false,
         }
     }
 
@@ -304,7 +321,26 @@ mod tests {
                 expires_at_secs: Some(1_900_000_000),
                 revocation_ids: vec![vec![1; 64], vec![2; 64]],
             },
+            server_named: false,
         }
+    }
+
+    /// `sample()` with a server-generated name, unfenced and fenced.
+    fn server_named() -> [Command; 2] {
+        [sample(), fenced()].map(|c| match c {
+            Command::Checkpoint {
+                checkpoint,
+                reply,
+                fence,
+                ..
+            } => Command::Checkpoint {
+                checkpoint,
+                reply,
+                fence,
+                server_named: true,
+            },
+            other => other,
+        })
     }
 
     #[test]
@@ -318,15 +354,19 @@ mod tests {
                 node_id: 3,
             },
         };
-        for c in [fenced(), r] {
+        let [named, named_fenced] = server_named();
+        for c in [fenced(), r, named, named_fenced] {
             let bytes = c.encode();
             assert_eq!(Command::decode(&bytes).unwrap(), c);
             for n in 0..bytes.len() {
                 assert!(Command::decode(&bytes[..n]).is_err(), "truncation to {n}");
             }
         }
-        // An unfenced checkpoint keeps the original tag (old logs decode).
+        // An unfenced checkpoint keeps the original tag (old logs decode),
+        // and the server-named mark survives an empty fence.
         assert_eq!(sample().encode()[0], TAG_CHECKPOINT);
+        let [named, _] = server_named();
+        assert_eq!(named.encode()[0], TAG_CHECKPOINT_SERVER_NAMED);
         // A hostile id count is refused, not allocated.
         let mut evil = vec![TAG_REVOKE];
         evil.extend_from_slice(&[0; 20]);

@@ -204,10 +204,10 @@ pub struct Decision {
     pub fence: Arc<Fence>,
 }
 
-/// What the apply path re-checks for a write (fencing): the decision cache
-/// may be up to [`DECISION_TTL`] stale, and a client may pause between the
-/// check and the commit, so expiry and revocation are checked again against
-/// the entry's own HLC timestamp and the revocations applied before it.
+/// What the apply path re-checks for a write (fencing): a client may pause
+/// between the guard's check (cached or not) and the commit, so expiry and
+/// revocation are checked again against the entry's own HLC timestamp and
+/// the revocations applied before it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fence {
     /// Earliest expiry over all blocks, in Unix seconds (biscuit dates have
@@ -932,13 +932,6 @@ fn verify(text: &str, root: PublicKey) -> Result<VerifiedToken, VerifyError> {
     }
 }
 
-/// Rejects token shapes whose evaluation cost is not bounded by biscuit's
-/// run limits. Those limits are checked only *between* iterations, so one
-/// rule (`p($x,$y,$z) <- a($x), a($y), a($z)`) or one multi-way join in a
-/// check can explode within a single step. Tokens we mint and attenuate
-/// contain no rules and single-predicate checks, so we require exactly that
-/// shape; this runs before any datalog is evaluated.
-///
 /// What [`check_shape`] learns about an accepted token.
 struct TokenShape {
     /// The earliest expiry: the smallest date `D` of any check
@@ -951,6 +944,13 @@ struct TokenShape {
     instance_scoped: bool,
 }
 
+/// Rejects token shapes whose evaluation cost is not bounded by biscuit's
+/// run limits. Those limits are checked only *between* iterations, so one
+/// rule (`p($x,$y,$z) <- a($x), a($y), a($z)`) or one multi-way join in a
+/// check can explode within a single step. Tokens we mint and attenuate
+/// contain no rules and single-predicate checks, so we require exactly that
+/// shape; this runs before any datalog is evaluated.
+///
 /// Also returns the token's [`TokenShape`]. Every other time condition is
 /// refused, so an allow depends on time only through the expiry.
 fn check_shape(authorizer: &biscuit_auth::Authorizer) -> Result<TokenShape, Rejection> {

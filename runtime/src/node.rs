@@ -167,12 +167,6 @@ pub(crate) fn validate_request_id(request_id: &str) -> Result<(), RuntimeError> 
             "request_id must be at most {MAX_REQUEST_ID} bytes"
         )));
     }
-    if synapse_storage::is_server_request_id(request_id) {
-        return Err(RuntimeError::InvalidArgument(format!(
-            "request_id may not start with `{}`: that prefix is reserved for ids the server generates",
-            synapse_storage::SERVER_REQUEST_ID_PREFIX
-        )));
-    }
     Ok(())
 }
 
@@ -736,9 +730,8 @@ impl Core {
                     .await
             }
             MethodKind::Write => {
-                let (request_id, earlier) =
-                    self.name_write(&id.skill, &id.instance, req.request_id)?;
-                if let Some(done) = earlier {
+                let request_id = req.request_id;
+                if let Some(done) = self.earlier_write(&id.skill, &id.instance, &request_id)? {
                     self.metrics.deduplicated.fetch_add(1, Ordering::Relaxed);
                     let reply = serde_json::from_slice(&done.reply).map_err(|e| {
                         RuntimeError::DataLoss(format!("recorded reply does not decode: {e}"))
@@ -759,20 +752,19 @@ impl Core {
         }
     }
 
-    /// The request id of a write, and the record of an earlier write with
-    /// the same caller-given id (a retry). Without an id the write gets a
-    /// fresh server id, which has no record to look up.
-    fn name_write(
+    /// The record of an earlier write with the same caller-given request
+    /// id (a retry). A write without an id is named by its actor, and has
+    /// no record to look up.
+    fn earlier_write(
         &self,
         skill: &str,
         instance: &str,
-        given: String,
-    ) -> Result<(String, Option<synapse_storage::RequestRecord>), RuntimeError> {
-        if given.is_empty() {
-            return Ok((fresh_request_id(), None));
+        request_id: &str,
+    ) -> Result<Option<synapse_storage::RequestRecord>, RuntimeError> {
+        if request_id.is_empty() {
+            return Ok(None);
         }
-        let earlier = self.store.request(skill, instance, &given)?;
-        Ok((given, earlier))
+        Ok(self.store.request(skill, instance, request_id)?)
     }
 
     /// Appends a checkpoint equal to an earlier version's state.
@@ -800,8 +792,8 @@ impl Core {
             Operation::Write,
         )?;
         let dyn_skill = self.skill(skill)?.clone();
-        let (request_id, earlier) = self.name_write(skill, instance, request_id.to_owned())?;
-        if let Some(done) = earlier {
+        let request_id = request_id.to_owned();
+        if let Some(done) = self.earlier_write(skill, instance, &request_id)? {
             let reply = serde_json::from_slice(&done.reply)
                 .map_err(|e| RuntimeError::DataLoss(e.to_string()))?;
             return Ok(InvokeResult {
@@ -1359,16 +1351,6 @@ impl Drop for WatchGuard {
     fn drop(&mut self) {
         self.metrics.watchers.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// A server-generated id: unique, never looked up (nobody can retry with
-/// it), and kept without a request record (`SERVER_REQUEST_ID_PREFIX`).
-fn fresh_request_id() -> String {
-    format!(
-        "{}{:032x}",
-        synapse_storage::SERVER_REQUEST_ID_PREFIX,
-        rand::random::<u128>()
-    )
 }
 
 /// Starts a node. Built-in skills (`counter`, `kv`) are registered unless

@@ -129,11 +129,12 @@ impl StateMachine for NodeStateMachine {
                 outcomes.push(ApplyOutcome::Noop);
                 continue;
             }
-            let (cp, reply) = match Command::decode(entry.data) {
+            let (cp, reply, server_named) = match Command::decode(entry.data) {
                 Ok(Command::Checkpoint {
                     checkpoint,
                     reply,
                     fence,
+                    server_named,
                 }) => {
                     let why = if fence.expired_at(checkpoint.timestamp.physical_micros) {
                         Some("capability expired before the write was applied")
@@ -153,7 +154,7 @@ impl StateMachine for NodeStateMachine {
                         outcomes.push(ApplyOutcome::Fenced(why.into()));
                         continue;
                     }
-                    (checkpoint, reply)
+                    (checkpoint, reply, server_named)
                 }
                 Ok(Command::Revoke {
                     ids,
@@ -224,9 +225,8 @@ impl StateMachine for NodeStateMachine {
                 request_id = %cp.request_id, term = entry.term, index = entry.index)
             .entered();
 
-            // A server-generated id is unique and has no record to find.
-            let recorded_id =
-                !cp.request_id.is_empty() && !synapse_storage::is_server_request_id(&cp.request_id);
+            // A server-named write is unique and keeps no record.
+            let recorded_id = !cp.request_id.is_empty() && !server_named;
             if recorded_id {
                 let rkey = (cp.skill.clone(), cp.instance.clone(), cp.request_id.clone());
                 let earlier = match requests.get(&rkey) {
@@ -262,7 +262,11 @@ impl StateMachine for NodeStateMachine {
                 }
             }
 
-            batch.put_checkpoint(&cp, &reply);
+            if recorded_id {
+                batch.put_checkpoint(&cp, &reply);
+            } else {
+                batch.put_checkpoint_unrecorded(&cp);
+            }
             batch.observe_timestamp(cp.timestamp);
             self.hlc.observe(cp.timestamp);
             heads.insert(

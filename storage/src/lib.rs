@@ -41,6 +41,6 @@ pub use error::StorageError;
 pub use raft_log::RaftLog;
 pub use revocation::{Revocation, MAX_REVOCATION_ID_BYTES, MAX_REVOCATION_REASON_BYTES};
 pub use store::{
-    is_server_request_id, ApplyBatch, ChainReport, HeadInfo, RepairOutcome, RequestRecord, Store,
-    StoreOptions, DEFAULT_RETENTION_VERSIONS, SERVER_REQUEST_ID_PREFIX,
+    ApplyBatch, ChainReport, HeadInfo, RepairOutcome, RequestRecord, Store, StoreOptions,
+    DEFAULT_RETENTION_VERSIONS,
 };
