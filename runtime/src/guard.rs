@@ -702,9 +702,10 @@ impl Guard {
         // generation is cached with it and dropped once it changes.
         let generation = self.revoked.generation();
         let cached_token = lock(&self.tokens).get(&token_hash).cloned();
+        let mut key = None;
         if let Some(token) = &cached_token {
-            let key = decision_key(&token_hash, req, token.instance_scoped);
-            if let Some(hit) = lock(&self.decisions).get(&key).cloned() {
+            let k = *key.insert(decision_key(&token_hash, req, token.instance_scoped));
+            if let Some(hit) = lock(&self.decisions).get(&k).cloned() {
                 // `duration_since` fails if the clock went backwards: treat
                 // as stale rather than extending the entry's life.
                 let fresh = now
@@ -736,7 +737,8 @@ impl Guard {
             tracing::debug!(principal = %verified.principal, request = %req, "capability revoked");
             return Err(GuardError::Revoked);
         }
-        let key = decision_key(&token_hash, req, verified.instance_scoped);
+        // Computed above when the token was cached; a fresh token has none.
+        let key = key.unwrap_or_else(|| decision_key(&token_hash, req, verified.instance_scoped));
         let result = self.authorize(&verified, req, now);
         match &result {
             Ok(_) => {
