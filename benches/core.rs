@@ -10,9 +10,13 @@
 //!   check with that set, and the audit overhead per call (`Core::authorize`
 //!   with the batched audit writer, flushed, vs one unbatched append);
 //! * `clock/hlc_now`;
-//! * `checkpoint/seal_1KiB`, `checkpoint/store_apply_1KiB`, `storage/sync`;
+//! * `checkpoint/seal_{1KiB,64KiB,1MiB}`, `checkpoint/store_apply_1KiB`,
+//!   `storage/sync`;
+//! * `raft/round_3_nodes_in_memory`: one proposal through three drivers in
+//!   this thread over an in-memory network (no fsync);
 //! * `invoke/*`: a whole Invoke on a real single node (sled in a tempdir),
-//!   embedded and over gRPC on loopback, and 64-client throughput.
+//!   embedded and over gRPC on loopback, the raw actix round trip an
+//!   embedded read is compared with, and 64-client throughput.
 //!
 //! Everything runs on one 2-vCPU box; the node has its own thread (actix
 //! System) and the bench thread drives it from a tokio current-thread runtime.
@@ -21,7 +25,7 @@ use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
@@ -29,6 +33,8 @@ use criterion::{black_box, BatchSize, BenchmarkGroup, Criterion, SamplingMode, T
 use serde_json::json;
 use synapse::client::{v1 as pb, Client};
 use synapse::{Grant, Node, NodeConfig, RootKey};
+use synapse_consensus::eraftpb::Message;
+use synapse_consensus::{AppliedIndexOnly, RaftConfig, Role, SimDriver, Transport};
 use synapse_runtime::clock::{Hlc, SystemClock};
 use synapse_runtime::guard::{Guard, Operation, Request};
 use synapse_storage::{ApplyBatch, Checkpoint, Store, StoreOptions, Timestamp, ZERO_HASH};
@@ -313,33 +319,42 @@ fn ts(n: u64) -> Timestamp {
 fn bench_checkpoint(c: &mut Criterion) {
     let state = vec![0x5Au8; 1024];
     let mut g = quick(c, "checkpoint");
+    // Canonical encoding + SHA-256 at the sizes item 5 names: a small state,
+    // a large one, and the 1 MiB payload limit. The field values are moved
+    // in (their allocation is in the untimed setup).
+    for (name, size) in [
+        ("seal_1KiB", 1024),
+        ("seal_64KiB", 64 * 1024),
+        ("seal_1MiB", 1024 * 1024),
+    ] {
+        let sized = vec![0x5Au8; size];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    (
+                        "counter".to_string(),
+                        "alice".to_string(),
+                        sized.clone(),
+                        "req-0123456789abcdef".to_string(),
+                    )
+                },
+                |(skill, instance, st, rid)| {
+                    black_box(Checkpoint::seal(
+                        skill,
+                        instance,
+                        7,
+                        ZERO_HASH,
+                        st,
+                        ts(7),
+                        rid,
+                    ))
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
     g.throughput(Throughput::Bytes(1024));
-    // Canonical encoding + SHA-256; the field values are moved in (their
-    // allocation is in the untimed setup).
-    g.bench_function("seal_1KiB", |b| {
-        b.iter_batched(
-            || {
-                (
-                    "counter".to_string(),
-                    "alice".to_string(),
-                    state.clone(),
-                    "req-0123456789abcdef".to_string(),
-                )
-            },
-            |(skill, instance, st, rid)| {
-                black_box(Checkpoint::seal(
-                    skill,
-                    instance,
-                    7,
-                    ZERO_HASH,
-                    st,
-                    ts(7),
-                    rid,
-                ))
-            },
-            BatchSize::SmallInput,
-        )
-    });
 
     // One ApplyBatch with one 1 KiB checkpoint (head, request record,
     // applied index, clock high-water; retention pruning once past 100
@@ -408,6 +423,148 @@ fn bench_checkpoint(c: &mut Criterion) {
     drop(store);
 }
 
+// ------------------------------------------------------------------ raft
+
+/// The in-memory network: every node's messages go to one outbox, which
+/// `deliver_all` empties into the addressees.
+struct Outbox(Arc<Mutex<Vec<Message>>>);
+
+impl Transport for Outbox {
+    fn send(&self, messages: Vec<Message>) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(messages);
+    }
+}
+
+type BenchNode = SimDriver<AppliedIndexOnly, Outbox>;
+
+/// Most process-and-deliver passes one proposal may need: append, its
+/// acknowledgements, the commit notice and its acknowledgements take four;
+/// more means the cluster is not settling, which the bench must not hide.
+const MAX_DELIVERY_PASSES: usize = 16;
+
+/// Processes every node's Ready and delivers the messages that produced,
+/// until the network is quiet.
+fn deliver_all(nodes: &mut [BenchNode], outbox: &Mutex<Vec<Message>>) {
+    for _ in 0..MAX_DELIVERY_PASSES {
+        for node in nodes.iter_mut() {
+            node.process().expect("process ready");
+        }
+        let messages = std::mem::take(
+            &mut *outbox
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if messages.is_empty() {
+            return;
+        }
+        for m in messages {
+            let to = usize::try_from(m.to).expect("node id") - 1;
+            nodes[to].step(m);
+        }
+    }
+    panic!("the cluster did not settle within {MAX_DELIVERY_PASSES} passes");
+}
+
+/// One replicated proposal through raft-rs and our driver on three nodes in
+/// this thread: propose, append on every node (sled, no fsync: simulation
+/// stores), acknowledge, commit, apply, reply, and the commit notice to the
+/// followers. What is left of a write once disk and network are taken away.
+fn bench_raft(c: &mut Criterion) {
+    const VOTERS: [u64; 3] = [1, 2, 3];
+    let outbox = Arc::new(Mutex::new(Vec::new()));
+    let dirs: Vec<_> = VOTERS
+        .iter()
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let mut nodes: Vec<BenchNode> = VOTERS
+        .iter()
+        .zip(&dirs)
+        .map(|(&id, dir)| {
+            let opts = StoreOptions {
+                simulation: true,
+                ..StoreOptions::default()
+            };
+            let store = Store::open(dir.path(), opts).expect("store");
+            let mut cfg = RaftConfig::cluster_member(id, VOTERS.to_vec());
+            // Node 1 times out first, so it wins the first election.
+            cfg.min_election_tick = if id == 1 { 10 } else { 50 };
+            cfg.max_election_tick = cfg.min_election_tick + 1;
+            let transport = Arc::new(Outbox(outbox.clone()));
+            SimDriver::new(cfg, store.clone(), AppliedIndexOnly(store), transport).expect("driver")
+        })
+        .collect();
+    for _ in 0..40 {
+        nodes[0].tick();
+        deliver_all(&mut nodes, &outbox);
+        if nodes[0].status().role == Role::Leader {
+            break;
+        }
+    }
+    assert_eq!(nodes[0].status().role, Role::Leader, "node 1 leads");
+
+    let payload = vec![0x5Au8; 256];
+    let mut g = quick(c, "raft");
+    g.bench_function("round_3_nodes_in_memory", |b| {
+        b.iter(|| {
+            let mut reply = nodes[0].propose(payload.clone());
+            deliver_all(&mut nodes, &outbox);
+            reply
+                .try_recv()
+                .expect("committed and applied within the round")
+                .expect("applied")
+        })
+    });
+    g.finish();
+}
+
+// ------------------------------------------------------------------ actix
+
+/// The cheapest actor: answers at once. The baseline for an embedded
+/// guarded invoke (item 5: a read-only invoke within 2x a raw `send().await`).
+struct Echo;
+
+impl actix::Actor for Echo {
+    type Context = actix::Context<Self>;
+}
+
+struct Ping(u64);
+
+impl actix::Message for Ping {
+    type Result = u64;
+}
+
+impl actix::Handler<Ping> for Echo {
+    type Result = u64;
+
+    fn handle(&mut self, msg: Ping, _ctx: &mut Self::Context) -> u64 {
+        msg.0 + 1
+    }
+}
+
+/// Starts `Echo` in its own actix System on its own thread, as the node runs
+/// its actors, and returns its address with the handle that stops it.
+fn start_echo() -> (
+    actix::Addr<Echo>,
+    actix::System,
+    std::thread::JoinHandle<()>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let system = actix::System::new();
+        system.block_on(async {
+            let addr = actix::Actor::start(Echo);
+            tx.send((addr, actix::System::current()))
+                .expect("send addr");
+        });
+        system.run().expect("actix system");
+    });
+    let (addr, system) = rx.recv().expect("echo actor started");
+    (addr, system, thread)
+}
+
 // ---------------------------------------------------------------- invoke
 
 fn incr_req(instance: &str) -> pb::InvokeRequest {
@@ -461,6 +618,18 @@ fn bench_invoke(c: &mut Criterion) {
                 .expect("get")
         })
     });
+
+    // The baseline for the read above: a raw actix round trip to an actor
+    // on another thread's System, awaited the same way.
+    let (echo, echo_system, echo_thread) = start_echo();
+    g.bench_function("raw_actix_send_roundtrip", |b| {
+        let mut n = 0u64;
+        b.iter(|| {
+            n = rt.block_on(echo.send(Ping(n))).expect("echo reply");
+        })
+    });
+    echo_system.stop();
+    echo_thread.join().expect("echo thread");
 
     // Same path plus tonic client/server over loopback.
     g.bench_function("grpc_counter_incr", |b| {
@@ -576,6 +745,7 @@ fn main() {
     bench_capabilities(&mut c);
     bench_clock(&mut c);
     bench_checkpoint(&mut c);
+    bench_raft(&mut c);
     bench_invoke(&mut c);
     c.final_summary();
 }

@@ -1272,35 +1272,38 @@ impl<O: Send + 'static> crate::PeerReporter for RaftHandle<O> {
     }
 }
 
+/// A state machine with no state of its own: it records the applied index,
+/// as the trait requires, and nothing else. For measuring and testing the
+/// driver alone (`benches/core.rs`, this module's tests).
+#[derive(Debug)]
+pub struct AppliedIndexOnly(pub Store);
+
+impl StateMachine for AppliedIndexOnly {
+    type Output = ();
+
+    fn apply(
+        &mut self,
+        _ctx: ApplyContext,
+        entries: &[Committed<'_>],
+    ) -> Result<Vec<()>, ConsensusError> {
+        let mut batch = synapse_storage::ApplyBatch::default();
+        if let Some(last) = entries.last() {
+            batch.set_applied(last.index);
+        }
+        self.0.commit_apply(batch)?;
+        Ok(vec![(); entries.len()])
+    }
+
+    fn restore(&mut self, _snapshot: &Snapshot) -> Result<(), ConsensusError> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use raft::eraftpb::{ConfChangeSingle, ConfChangeType};
-    use synapse_storage::{ApplyBatch, StoreOptions};
-
-    /// Records only the applied index, as the trait requires.
-    struct AppliedOnly(Store);
-
-    impl StateMachine for AppliedOnly {
-        type Output = ();
-
-        fn apply(
-            &mut self,
-            _ctx: ApplyContext,
-            entries: &[Committed<'_>],
-        ) -> Result<Vec<()>, ConsensusError> {
-            let mut batch = ApplyBatch::default();
-            if let Some(last) = entries.last() {
-                batch.set_applied(last.index);
-            }
-            self.0.commit_apply(batch)?;
-            Ok(vec![(); entries.len()])
-        }
-
-        fn restore(&mut self, _snapshot: &Snapshot) -> Result<(), ConsensusError> {
-            Ok(())
-        }
-    }
+    use synapse_storage::StoreOptions;
 
     struct NoNetwork;
 
@@ -1381,7 +1384,7 @@ mod tests {
         let mut d = SimDriver::new(
             RaftConfig::cluster_member(1, vec![1]),
             store.clone(),
-            AppliedOnly(store),
+            AppliedIndexOnly(store),
             Arc::new(NoNetwork),
         )
         .expect("driver");

@@ -18,8 +18,8 @@ mod logger;
 mod transport;
 
 pub use driver::{
-    spawn_driver, ApplyContext, Committed, CrashPoint, RaftConfig, RaftHandle, RaftStatus, Role,
-    SimDriver, SimReply, StateMachine,
+    spawn_driver, AppliedIndexOnly, ApplyContext, Committed, CrashPoint, RaftConfig, RaftHandle,
+    RaftStatus, Role, SimDriver, SimReply, StateMachine,
 };
 pub use error::ConsensusError;
 pub use grpc_transport::{
