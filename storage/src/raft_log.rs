@@ -355,10 +355,13 @@ impl RaftLog {
             // stops at the first log position that was not written (the
             // same rule that makes its batches atomic), so a crash before
             // the sync leaves a shorter log with no gap, which is all an
-            // unsynced append may leave. A sled `Batch` would also be atomic, but sled seals and
-            // writes its IO buffer twice per batch (a `sync_file_range` with
-            // wait each, on its IO thread pool), which at one client was
-            // half the IO buffer writes of a Ready.
+            // unsynced append may leave. A sled `Batch` would also be
+            // atomic, but sled seals and writes its IO buffer twice per
+            // batch (a `sync_file_range` with wait each, on its IO pool):
+            // at one client, half the IO buffer writes of a Ready. An
+            // insert failing midway leaves entries past `last_index` on
+            // disk; the driver stops on any persist error, and a restart
+            // reloads the bounds from disk.
             for e in entries {
                 log.insert(u64_key(e.index), encode_msg(e)?)?;
             }
