@@ -660,3 +660,54 @@ async fn clock_now_positive_and_rejections() {
     assert_rejections(&n, Rpc::Now, &incr_only(&n)).await;
     n.shutdown().await;
 }
+
+fn counter_metric(n: &TestNode, name: &str) -> u64 {
+    let text = n.node.core().metrics_text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("synapse_{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing"))
+}
+
+/// Reads alternate with writes; each read must see the write acknowledged
+/// just before it, whether served under the leader's lease or after a
+/// ReadIndex round. With leases on, the lease serves most reads; off, none.
+async fn reads_see_each_acknowledged_write(lease_reads: bool) -> (u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let n = start_with(dir.path(), move |c| c.raft_lease_reads = lease_reads, |b| b).await;
+    let mut c = n.root_client().await;
+    for i in 1..=50i64 {
+        invoke(&mut c, "counter", "lease", "incr", json!({"by": 1}))
+            .await
+            .expect("incr");
+        let r = invoke(&mut c, "counter", "lease", "get", json!(null))
+            .await
+            .expect("get");
+        assert_eq!(
+            reply_json(&r),
+            json!({ "value": i }),
+            "read {i} misses an acknowledged write"
+        );
+    }
+    (
+        counter_metric(&n, "reads_total"),
+        counter_metric(&n, "lease_reads_total"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_under_the_leader_lease_see_every_acknowledged_write() {
+    let (reads, leased) = reads_see_each_acknowledged_write(true).await;
+    assert_eq!(reads, 50);
+    // The first read pays a ReadIndex round, which grants the lease, and
+    // the next ones skip it while it lasts (renewed each tick while reads
+    // flow). How many do depends on scheduling, so only "some" is asserted.
+    assert!(leased >= 1, "none of {reads} reads used the lease");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lease_reads_off_every_read_pays_the_round() {
+    let (reads, leased) = reads_see_each_acknowledged_write(false).await;
+    assert_eq!(reads, 50);
+    assert_eq!(leased, 0);
+}

@@ -19,12 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, StateRole, Storage as _};
 use synapse_storage::{RaftLog, Store};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{tracing_logger, ConsensusError, Transport};
+use crate::{lease_duration, tracing_logger, ConsensusError, ReadLease, Transport};
 
 /// One committed entry handed to the state machine.
 #[derive(Debug)]
@@ -137,6 +137,10 @@ pub struct RaftConfig {
     /// A read-index request that got no answer in this time fails (a
     /// follower's request to a leader that vanished is otherwise lost).
     pub read_timeout: Duration,
+    /// Serve linearizable reads on a leader from its read lease
+    /// ([`crate::lease`]) instead of a ReadIndex round each, while the
+    /// lease holds. Off: every read pays the round.
+    pub lease_reads: bool,
     /// Compact the log once this many applied entries sit behind the first
     /// index, at most `MAX_COMPACT_PER_READY` entries per Ready.
     pub compact_threshold: u64,
@@ -171,6 +175,7 @@ impl RaftConfig {
             event_queue_capacity: 8192,
             max_waiters: 16384,
             read_timeout: Duration::from_secs(5),
+            lease_reads: true,
             compact_threshold: 20_000,
             compact_keep: 5_000,
             min_election_tick: 0,
@@ -265,6 +270,7 @@ enum Event<O> {
 pub struct RaftHandle<O> {
     events: mpsc::Sender<Event<O>>,
     status: Arc<Mutex<RaftStatus>>,
+    lease: Arc<ReadLease>,
 }
 
 impl<O> Clone for RaftHandle<O> {
@@ -272,6 +278,7 @@ impl<O> Clone for RaftHandle<O> {
         RaftHandle {
             events: self.events.clone(),
             status: self.status.clone(),
+            lease: self.lease.clone(),
         }
     }
 }
@@ -300,6 +307,15 @@ impl<O: Send + 'static> RaftHandle<O> {
         let (tx, rx) = oneshot::channel();
         self.enqueue(Event::Read { reply: tx })?;
         rx.await.map_err(|_| ConsensusError::Stopped)?
+    }
+
+    /// The term in which this node leads under a valid read lease: a read
+    /// may then skip [`read_index`](Self::read_index), provided this node
+    /// has applied an entry of that term (so it holds every entry committed
+    /// before it). `None`: use the ReadIndex round. Asking keeps the
+    /// driver renewing the lease.
+    pub fn leased_term(&self) -> Option<u64> {
+        self.lease.valid_term(Instant::now())
     }
 
     /// Proposes a membership change; resolves when it is applied.
@@ -373,6 +389,14 @@ struct Driver<S: StateMachine, T: Transport> {
     term: u64,
     applied: u64,
     stopped: bool,
+    lease: Arc<ReadLease>,
+    /// Zero when lease reads are off.
+    lease_duration: Duration,
+    /// A ReadIndex round registered before this instant cannot grant a
+    /// lease: the role or term changed, or a leadership transfer began.
+    lease_not_before: Instant,
+    /// The driver's own ReadIndex round that renews the lease, in flight.
+    lease_renewal: Option<(u64, Instant)>,
 }
 
 impl<S: StateMachine, T: Transport> Driver<S, T> {
@@ -383,6 +407,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         transport: Arc<T>,
         events: mpsc::Receiver<Event<S::Output>>,
         status: Arc<Mutex<RaftStatus>>,
+        lease: Arc<ReadLease>,
     ) -> Result<Self, ConsensusError> {
         let log = store.raft_log();
         if !config.initial_voters.is_empty() {
@@ -411,6 +436,11 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         }
         let raft_config = config.to_raft(applied);
         raft_config.validate()?;
+        let lease_duration = if config.lease_reads {
+            lease_duration(config.tick_interval, config.election_tick)
+        } else {
+            Duration::ZERO
+        };
         let logger = tracing_logger(config.id);
         let raw = RawNode::new(&raft_config, log.clone(), &logger)?;
         let mut driver = Driver {
@@ -431,6 +461,10 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             term: 0,
             applied,
             stopped: false,
+            lease,
+            lease_duration,
+            lease_not_before: Instant::now(),
+            lease_renewal: None,
             config,
         };
         // A lone voter need not wait a full election timeout to lead.
@@ -460,13 +494,29 @@ where
         running: true,
         ..Default::default()
     }));
-    let mut driver = Driver::build(config, store, sm, transport, rx, status.clone())?;
+    let lease = Arc::new(ReadLease::default());
+    let mut driver = Driver::build(
+        config,
+        store,
+        sm,
+        transport,
+        rx,
+        status.clone(),
+        lease.clone(),
+    )?;
     let stopped = MarkStoppedOnDrop(status.clone());
     let join = tokio::spawn(async move {
         let _stopped = stopped;
         driver.run().await
     });
-    Ok((RaftHandle { events: tx, status }, join))
+    Ok((
+        RaftHandle {
+            events: tx,
+            status,
+            lease,
+        },
+        join,
+    ))
 }
 
 /// Marks the driver stopped when its task ends, including by a panic:
@@ -526,7 +576,8 @@ impl<S: StateMachine, T: Transport> SimDriver<S, T> {
             running: true,
             ..Default::default()
         }));
-        let driver = Driver::build(config, store, sm, transport, rx, status)?;
+        let lease = Arc::new(ReadLease::default());
+        let driver = Driver::build(config, store, sm, transport, rx, status, lease)?;
         Ok(SimDriver {
             driver,
             _events: tx,
@@ -572,6 +623,11 @@ impl<S: StateMachine, T: Transport> SimDriver<S, T> {
     pub fn report_snapshot(&mut self, peer: u64, delivered: bool) {
         self.driver
             .handle(Event::SnapshotReport { peer, delivered });
+    }
+
+    /// See [`RaftHandle::leased_term`].
+    pub fn leased_term(&self) -> Option<u64> {
+        self.driver.lease.valid_term(Instant::now())
     }
 
     /// Asks this node, if it leads, to hand leadership to `to`.
@@ -720,6 +776,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 _ = ticker.tick() => {
                     self.raw.tick();
                     self.expire_reads();
+                    self.renew_lease_if_wanted();
                     self.hand_off_if_removed();
                 }
             }
@@ -922,6 +979,64 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         }
     }
 
+    /// Every outgoing message passes here. A `MsgTimeoutNow` makes its
+    /// target campaign with force, past the followers' lease, so the lease
+    /// ends before it leaves.
+    fn send(&mut self, msgs: Vec<Message>) {
+        if msgs
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgTimeoutNow)
+        {
+            self.end_lease();
+        }
+        self.transport.send(msgs);
+    }
+
+    fn end_lease(&mut self) {
+        self.lease.revoke();
+        self.lease_not_before = Instant::now();
+        self.lease_renewal = None;
+    }
+
+    /// A ReadIndex round registered at `at` completed on this leader: a
+    /// quorum heard from it after `at` ([`crate::lease`]).
+    fn grant_lease(&mut self, at: Instant) {
+        if self.lease_duration.is_zero()
+            || self.raw.raft.state != StateRole::Leader
+            || self.raw.raft.lead_transferee.is_some()
+            || at < self.lease_not_before
+        {
+            return;
+        }
+        self.lease
+            .extend(self.raw.raft.term, at + self.lease_duration);
+    }
+
+    /// On each tick: if reads used the lease since the last tick, start a
+    /// ReadIndex round of the driver's own to extend it, so readers never
+    /// wait for one. An idle leader sends nothing extra. A round that got
+    /// no answer within the lease (raft-rs drops a read on a leader that
+    /// has not yet committed in its term) is abandoned.
+    fn renew_lease_if_wanted(&mut self) {
+        if self.lease_duration.is_zero()
+            || self.raw.raft.state != StateRole::Leader
+            || self.raw.raft.lead_transferee.is_some()
+        {
+            return;
+        }
+        if let Some((_, at)) = self.lease_renewal {
+            if at.elapsed() < self.lease_duration {
+                return;
+            }
+        }
+        if !self.lease.take_wanted() {
+            return;
+        }
+        let (seq, ctx) = self.next_context();
+        self.raw.read_index(ctx);
+        self.lease_renewal = Some((seq, Instant::now()));
+    }
+
     fn expire_reads(&mut self) {
         let timeout = self.config.read_timeout;
         let hint = self.leader_hint();
@@ -957,6 +1072,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         let role: Role = self.raw.raft.state.into();
         let term = self.raw.raft.term;
         if role != self.role || term != self.term {
+            self.end_lease();
             let was_leader = self.role == Role::Leader;
             self.role = role;
             self.term = term;
@@ -994,7 +1110,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         self.observe_role();
 
         if !ready.messages().is_empty() {
-            self.transport.send(ready.take_messages());
+            self.send(ready.take_messages());
         }
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
@@ -1004,8 +1120,12 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         self.apply_entries(committed)?;
         for rs in ready.take_read_states() {
             if let Some(seq) = self.own_seq(&rs.request_ctx) {
-                if let Some((_, reply)) = self.reads_pending.remove(&seq) {
+                if let Some((at, reply)) = self.reads_pending.remove(&seq) {
+                    self.grant_lease(at);
                     self.reads_ready.push((rs.index, reply));
+                } else if let Some((_, at)) = self.lease_renewal.filter(|(s, _)| *s == seq) {
+                    self.lease_renewal = None;
+                    self.grant_lease(at);
                 }
             }
         }
@@ -1022,7 +1142,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
     /// advance, and the light ready.
     fn ready_finish(&mut self, mut ready: raft::Ready) -> Result<(), ConsensusError> {
         if !ready.persisted_messages().is_empty() {
-            self.transport.send(ready.take_persisted_messages());
+            self.send(ready.take_persisted_messages());
         }
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
@@ -1031,7 +1151,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             self.log.set_hard_state(&hs)?;
         }
         if !light.messages().is_empty() {
-            self.transport.send(light.take_messages());
+            self.send(light.take_messages());
         }
         let committed = light.take_committed_entries();
         self.apply_entries(committed)?;
@@ -1421,5 +1541,152 @@ mod tests {
             .expect("third change answered")
             .expect("third change applied");
         assert_eq!(conf.learners, vec![2, 3]);
+    }
+
+    /// Collects what a node sends, for a hand-pumped network.
+    #[derive(Default)]
+    struct Outbox(Mutex<Vec<Message>>);
+
+    impl Transport for Outbox {
+        fn send(&self, messages: Vec<Message>) {
+            self.0.lock().expect("outbox").extend(messages);
+        }
+    }
+
+    struct Trio {
+        nodes: Vec<SimDriver<AppliedIndexOnly, Outbox>>,
+        outboxes: Vec<Arc<Outbox>>,
+        _dirs: Vec<tempfile::TempDir>,
+    }
+
+    impl Trio {
+        fn new(lease_reads: bool) -> Trio {
+            let (mut nodes, mut outboxes, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
+            for id in 1..=3u64 {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let store = Store::open(
+                    dir.path(),
+                    StoreOptions {
+                        simulation: true,
+                        ..Default::default()
+                    },
+                )
+                .expect("store");
+                let outbox = Arc::new(Outbox::default());
+                let mut config = RaftConfig::cluster_member(id, vec![1, 2, 3]);
+                config.lease_reads = lease_reads;
+                // Node 1 times out first, so it leads.
+                config.min_election_tick = if id == 1 { 10 } else { 15 };
+                config.max_election_tick = config.min_election_tick + 1;
+                let mut node = SimDriver::new(
+                    config,
+                    store.clone(),
+                    AppliedIndexOnly(store),
+                    outbox.clone(),
+                )
+                .expect("driver");
+                node.set_nonce(id);
+                nodes.push(node);
+                outboxes.push(outbox);
+                dirs.push(dir);
+            }
+            Trio {
+                nodes,
+                outboxes,
+                _dirs: dirs,
+            }
+        }
+
+        /// Processes and delivers until no node has anything to send.
+        fn settle(&mut self) {
+            for _ in 0..1000 {
+                let mut sent = Vec::new();
+                for (node, outbox) in self.nodes.iter_mut().zip(&self.outboxes) {
+                    node.process().expect("process");
+                    sent.append(&mut outbox.0.lock().expect("outbox"));
+                }
+                if sent.is_empty() {
+                    return;
+                }
+                for m in sent {
+                    let to = usize::try_from(m.to).expect("id") - 1;
+                    self.nodes[to].step(m);
+                }
+            }
+            panic!("the trio never settled");
+        }
+
+        fn elect_node_1(&mut self) -> u64 {
+            for _ in 0..40 {
+                for node in &mut self.nodes {
+                    node.tick();
+                }
+                self.settle();
+                let s = self.nodes[0].status();
+                if s.role == Role::Leader && s.applied_index >= 1 {
+                    return s.term;
+                }
+            }
+            panic!("node 1 was not elected");
+        }
+
+        fn read_on(&mut self, i: usize) -> u64 {
+            let mut reply = self.nodes[i].read_index();
+            self.settle();
+            reply
+                .try_recv()
+                .expect("read answered")
+                .expect("read index")
+        }
+    }
+
+    #[test]
+    fn a_completed_read_index_round_grants_the_leader_alone_a_lease() {
+        let mut trio = Trio::new(true);
+        let term = trio.elect_node_1();
+        assert_eq!(trio.nodes[0].leased_term(), None, "no round yet");
+        trio.read_on(0);
+        assert_eq!(trio.nodes[0].leased_term(), Some(term));
+        // A follower's read goes through the leader and grants nothing.
+        trio.read_on(1);
+        assert_eq!(trio.nodes[1].leased_term(), None);
+        assert_eq!(trio.nodes[2].leased_term(), None);
+    }
+
+    #[test]
+    fn a_leadership_transfer_ends_the_lease_before_timeout_now_leaves() {
+        let mut trio = Trio::new(true);
+        let term = trio.elect_node_1();
+        trio.read_on(0);
+        assert_eq!(trio.nodes[0].leased_term(), Some(term));
+        trio.nodes[0].transfer_leader(2);
+        // Process the leader only: its MsgTimeoutNow is in the outbox,
+        // not yet delivered, and the lease is already gone.
+        trio.nodes[0].process().expect("process");
+        let queued = trio.outboxes[0].0.lock().expect("outbox").clone();
+        assert!(
+            queued
+                .iter()
+                .any(|m| m.get_msg_type() == MessageType::MsgTimeoutNow),
+            "the transfer target was caught up, so MsgTimeoutNow is queued: {queued:?}"
+        );
+        assert_eq!(trio.nodes[0].leased_term(), None);
+        trio.settle();
+        assert_eq!(trio.nodes[1].status().role, Role::Leader);
+        assert_eq!(trio.nodes[0].leased_term(), None, "a follower holds none");
+        // The new leader earns its own lease with its own round.
+        trio.read_on(1);
+        assert_eq!(
+            trio.nodes[1].leased_term(),
+            Some(trio.nodes[1].status().term)
+        );
+    }
+
+    #[test]
+    fn with_lease_reads_off_no_lease_is_ever_granted() {
+        let mut trio = Trio::new(false);
+        trio.elect_node_1();
+        trio.read_on(0);
+        assert_eq!(trio.nodes[0].leased_term(), None);
     }
 }

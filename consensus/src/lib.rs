@@ -2,7 +2,7 @@
 //! sled-backed log from `synapse-storage`.
 //!
 //! Owns: the Ready loop (tick, propose, persist → send → apply, in the order
-//! raft-rs documents), proposal/read-index bookkeeping, the [`StateMachine`]
+//! raft-rs documents), proposal/read-index bookkeeping, the leader's read lease, the [`StateMachine`]
 //! trait that the runtime implements, the [`Transport`] trait and its
 //! implementations, log compaction behind snapshots, and the slog → tracing
 //! bridge for raft-rs's logs.
@@ -14,6 +14,7 @@
 mod driver;
 mod error;
 mod grpc_transport;
+mod lease;
 mod logger;
 mod transport;
 
@@ -26,6 +27,7 @@ pub use grpc_transport::{
     attach_credential, peer_endpoint, ClockFn, CredentialFn, FrameDecoder, FrameError,
     GrpcTransport, PeerReporter, MAX_PEER_FRAME_BYTES, PEER_CREDENTIAL_HEADER,
 };
+pub use lease::{lease_duration, ReadLease};
 pub use logger::tracing_logger;
 pub use transport::{NoopTransport, Transport};
 

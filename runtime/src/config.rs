@@ -110,6 +110,12 @@ pub struct NodeConfig {
     pub root_key_file: Option<PathBuf>,
     /// Compact the Raft log after this many applied entries.
     pub raft_compact_threshold: u64,
+    /// A leader serves linearizable reads under its read lease (half the
+    /// election timeout, renewed while reads flow) instead of a ReadIndex
+    /// round per read. Assumes every member uses the same `raft_tick_ms`
+    /// and `raft_election_tick` and clocks whose rate errs by well under
+    /// 2x. Off: every read waits for a quorum round.
+    pub raft_lease_reads: bool,
     /// StatefulSet/compose mode: node 1 bootstraps a one-voter cluster on an
     /// empty data dir; every other node joins through this address. The
     /// same binary logic serves Kubernetes and docker-compose.
@@ -171,6 +177,7 @@ impl Default for NodeConfig {
             join_token: None,
             root_key_file: None,
             raft_compact_threshold: 20_000,
+            raft_lease_reads: true,
             seed: None,
             initial_cluster_state: InitialClusterState::New,
             probe: Vec::new(),

@@ -11,6 +11,8 @@ pub struct Metrics {
     pub invokes_ok: AtomicU64,
     pub invokes_failed: AtomicU64,
     pub reads: AtomicU64,
+    /// Reads that skipped the ReadIndex round under the leader's lease.
+    pub lease_reads: AtomicU64,
     pub denied: AtomicU64,
     pub proposals: AtomicU64,
     pub applied_checkpoints: AtomicU64,
@@ -63,6 +65,11 @@ impl Metrics {
             g(&self.invokes_failed),
         );
         counter("reads_total", "Linearizable reads served.", g(&self.reads));
+        counter(
+            "lease_reads_total",
+            "Linearizable reads served under the leader's lease, without a ReadIndex round.",
+            g(&self.lease_reads),
+        );
         counter(
             "capability_denied_total",
             "Requests denied by the capability guard.",
