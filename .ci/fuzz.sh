@@ -14,6 +14,8 @@
 #   FUZZ_TARGETS     space-separated subset (default: every [[bin]] in fuzz/Cargo.toml)
 #   FUZZ_TARGET_DIR  cargo target dir (default: $CARGO_TARGET_DIR/fuzz or fuzz/target)
 #   FUZZ_PROFILE     dev (default) or release (more executions per second)
+#   FUZZ_BUILD_ONLY  1: build the targets and stop (CI builds them early, in
+#                    the background)
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 seconds=${FUZZ_SECONDS:-15}
@@ -43,6 +45,7 @@ esac
 echo "=== build (cargo build --bins --target $triple, $profile, SanitizerCoverage)"
 cargo build --bins --target "$triple" --target-dir "$target_dir" "${profile_flag[@]}"
 echo "=== built in $(( $(date +%s) - started ))s"
+[ "${FUZZ_BUILD_ONLY:-0}" = 1 ] && exit 0
 
 targets=${FUZZ_TARGETS:-$(awk '/^\[\[bin\]\]/ { bin = 1; next } bin && /^name/ { gsub(/"/, "", $3); print $3; bin = 0 }' Cargo.toml)}
 work=$(mktemp -d)
