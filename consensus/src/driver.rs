@@ -262,7 +262,6 @@ enum Event<O> {
         delivered: bool,
     },
     TransferLeader(u64),
-    Campaign,
     Stop,
 }
 
@@ -309,13 +308,18 @@ impl<O: Send + 'static> RaftHandle<O> {
         rx.await.map_err(|_| ConsensusError::Stopped)?
     }
 
-    /// The term in which this node leads under a valid read lease: a read
-    /// may then skip [`read_index`](Self::read_index), provided this node
-    /// has applied an entry of that term (so it holds every entry committed
-    /// before it). `None`: use the ReadIndex round. Asking keeps the
-    /// driver renewing the lease.
-    pub fn leased_term(&self) -> Option<u64> {
-        self.lease.valid_term(Instant::now())
+    /// The term in which this node leads under a valid read lease, once it
+    /// has applied every entry it has told any peer is committed
+    /// ([`crate::lease`]). A read may then skip [`read_index`](Self::read_index),
+    /// provided this node has applied an entry of that term (so it holds
+    /// every entry committed before it). `None`: use the ReadIndex round.
+    /// Asking keeps the driver renewing the lease.
+    pub async fn lease_read(&self) -> Option<u64> {
+        let read = self.lease.valid(Instant::now())?;
+        self.lease
+            .wait_applied(read.apply_to, MAX_LEASE_APPLY_WAIT)
+            .await
+            .then_some(read.term)
     }
 
     /// Proposes a membership change; resolves when it is applied.
@@ -346,11 +350,6 @@ impl<O: Send + 'static> RaftHandle<O> {
 
     pub fn transfer_leader(&self, to: u64) -> Result<(), ConsensusError> {
         self.enqueue(Event::TransferLeader(to))
-    }
-
-    /// Starts an election now instead of waiting for the election timeout.
-    pub fn campaign(&self) -> Result<(), ConsensusError> {
-        self.enqueue(Event::Campaign)
     }
 
     pub fn status(&self) -> RaftStatus {
@@ -397,6 +396,11 @@ struct Driver<S: StateMachine, T: Transport> {
     lease_not_before: Instant,
     /// The driver's own ReadIndex round that renews the lease, in flight.
     lease_renewal: Option<(u64, Instant)>,
+    /// Term in which this node sent `MsgTimeoutNow`: no lease in it again.
+    timeout_now_term: u64,
+    /// Ticks since this driver started (saturating): vote requests are
+    /// refused for the first `election_tick` of them ([`crate::lease`]).
+    ticks_since_start: usize,
 }
 
 impl<S: StateMachine, T: Transport> Driver<S, T> {
@@ -465,8 +469,11 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             lease_duration,
             lease_not_before: Instant::now(),
             lease_renewal: None,
+            timeout_now_term: 0,
+            ticks_since_start: 0,
             config,
         };
+        driver.lease.note_applied(applied);
         // A lone voter need not wait a full election timeout to lead.
         if driver.is_sole_voter() {
             driver.raw.campaign()?;
@@ -616,7 +623,7 @@ impl<S: StateMachine, T: Transport> SimDriver<S, T> {
     /// away (without it a self-removed leader leads on, and refuses every
     /// proposal). Read expiry is wall-clock based and is left out.
     pub fn tick(&mut self) {
-        self.driver.raw.tick();
+        self.driver.tick();
         self.driver.hand_off_if_removed();
     }
 
@@ -625,9 +632,9 @@ impl<S: StateMachine, T: Transport> SimDriver<S, T> {
             .handle(Event::SnapshotReport { peer, delivered });
     }
 
-    /// See [`RaftHandle::leased_term`].
+    /// The lease's term, if valid now (see [`RaftHandle::lease_read`]).
     pub fn leased_term(&self) -> Option<u64> {
-        self.driver.lease.valid_term(Instant::now())
+        self.driver.lease.valid(Instant::now()).map(|r| r.term)
     }
 
     /// Asks this node, if it leads, to hand leadership to `to`.
@@ -745,6 +752,12 @@ impl PersistJob {
 /// and each step costs about as much as applying one large Ready.
 const MAX_COMPACT_PER_READY: u64 = 1_024;
 
+/// Longest a lease read waits for this node to apply the commit index it
+/// has already sent. Normally that is the rest of one Ready; a node that
+/// lags longer answers through the ReadIndex round instead, which waits
+/// (and times out) the same way any read does.
+const MAX_LEASE_APPLY_WAIT: Duration = Duration::from_secs(2);
+
 /// Events handled per wake-up before processing Ready; bounds the latency a
 /// flood of events can add to one Ready while still batching generously.
 const MAX_EVENTS_PER_READY: usize = 4096;
@@ -774,7 +787,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                     None => self.stopped = true,
                 },
                 _ = ticker.tick() => {
-                    self.raw.tick();
+                    self.tick();
                     self.expire_reads();
                     self.renew_lease_if_wanted();
                     self.hand_off_if_removed();
@@ -905,6 +918,14 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 self.reads_pending.insert(seq, (Instant::now(), reply));
             }
             Event::Step(msg) => {
+                if self.refuses_vote_after_start(&msg) {
+                    tracing::debug!(
+                        node = self.config.id,
+                        from = msg.from,
+                        "vote request ignored: started less than an election timeout ago"
+                    );
+                    return;
+                }
                 if let Err(e) = self.raw.step(*msg) {
                     tracing::debug!(error = %e, "dropping raft message");
                 }
@@ -919,11 +940,6 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 self.raw.report_snapshot(peer, status);
             }
             Event::TransferLeader(to) => self.raw.transfer_leader(to),
-            Event::Campaign => {
-                if let Err(e) = self.raw.campaign() {
-                    tracing::warn!(error = %e, "campaign failed");
-                }
-            }
             Event::Stop => self.stopped = true,
         }
     }
@@ -976,6 +992,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             );
             let term = self.raw.raft.term;
             self.raw.raft.become_follower(term, raft::INVALID_ID);
+            self.end_lease();
         }
     }
 
@@ -988,8 +1005,33 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             .any(|m| m.get_msg_type() == MessageType::MsgTimeoutNow)
         {
             self.end_lease();
+            self.timeout_now_term = self.raw.raft.term;
         }
+        self.lease
+            .note_commit_sent(self.raw.raft.raft_log.committed);
         self.transport.send(msgs);
+    }
+
+    fn tick(&mut self) {
+        self.ticks_since_start = self.ticks_since_start.saturating_add(1);
+        self.raw.tick();
+    }
+
+    /// A node that just started knows no leader, so raft-rs would grant a
+    /// vote at once, possibly to a candidate that lost touch with a leader
+    /// whose lease this node's last acknowledgement supports. Until an
+    /// election timeout has passed it refuses, as raft-rs does after
+    /// hearing from a leader (same conditions: a higher term, not a
+    /// leadership transfer).
+    fn refuses_vote_after_start(&self, m: &Message) -> bool {
+        !self.lease_duration.is_zero()
+            && self.ticks_since_start < self.config.election_tick
+            && matches!(
+                m.get_msg_type(),
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            )
+            && m.term > self.raw.raft.term
+            && m.get_context() != raft::CAMPAIGN_TRANSFER
     }
 
     fn end_lease(&mut self) {
@@ -1004,7 +1046,8 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         if self.lease_duration.is_zero()
             || self.raw.raft.state != StateRole::Leader
             || self.raw.raft.lead_transferee.is_some()
-            || at < self.lease_not_before
+            || self.raw.raft.term == self.timeout_now_term
+            || at <= self.lease_not_before
         {
             return;
         }
@@ -1021,6 +1064,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         if self.lease_duration.is_zero()
             || self.raw.raft.state != StateRole::Leader
             || self.raw.raft.lead_transferee.is_some()
+            || self.raw.raft.term == self.timeout_now_term
         {
             return;
         }
@@ -1215,6 +1259,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         self.sm.restore(snapshot)?;
         self.log.apply_snapshot(snapshot)?;
         self.applied = index;
+        self.lease.note_applied(index);
         Ok(())
     }
 
@@ -1296,6 +1341,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 "applied index must not go backwards"
             );
             self.applied = last.index;
+            self.lease.note_applied(self.applied);
         }
         Ok(())
     }
@@ -1556,12 +1602,37 @@ mod tests {
     struct Trio {
         nodes: Vec<SimDriver<AppliedIndexOnly, Outbox>>,
         outboxes: Vec<Arc<Outbox>>,
+        stores: Vec<Store>,
+        lease_reads: bool,
         _dirs: Vec<tempfile::TempDir>,
+    }
+
+    fn trio_node(
+        id: u64,
+        store: &Store,
+        outbox: &Arc<Outbox>,
+        lease_reads: bool,
+    ) -> SimDriver<AppliedIndexOnly, Outbox> {
+        let mut config = RaftConfig::cluster_member(id, vec![1, 2, 3]);
+        config.lease_reads = lease_reads;
+        // Node 1 times out first, so it leads.
+        config.min_election_tick = if id == 1 { 10 } else { 15 };
+        config.max_election_tick = config.min_election_tick + 1;
+        let mut node = SimDriver::new(
+            config,
+            store.clone(),
+            AppliedIndexOnly(store.clone()),
+            outbox.clone(),
+        )
+        .expect("driver");
+        node.set_nonce(id);
+        node
     }
 
     impl Trio {
         fn new(lease_reads: bool) -> Trio {
             let (mut nodes, mut outboxes, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
+            let mut stores = Vec::new();
             for id in 1..=3u64 {
                 let dir = tempfile::tempdir().expect("tempdir");
                 let store = Store::open(
@@ -1573,28 +1644,29 @@ mod tests {
                 )
                 .expect("store");
                 let outbox = Arc::new(Outbox::default());
-                let mut config = RaftConfig::cluster_member(id, vec![1, 2, 3]);
-                config.lease_reads = lease_reads;
-                // Node 1 times out first, so it leads.
-                config.min_election_tick = if id == 1 { 10 } else { 15 };
-                config.max_election_tick = config.min_election_tick + 1;
-                let mut node = SimDriver::new(
-                    config,
-                    store.clone(),
-                    AppliedIndexOnly(store),
-                    outbox.clone(),
-                )
-                .expect("driver");
-                node.set_nonce(id);
-                nodes.push(node);
+                nodes.push(trio_node(id, &store, &outbox, lease_reads));
+                stores.push(store);
                 outboxes.push(outbox);
                 dirs.push(dir);
             }
             Trio {
                 nodes,
                 outboxes,
+                stores,
+                lease_reads,
                 _dirs: dirs,
             }
+        }
+
+        /// Node `i` restarts on its disk: raft's memory and waiters are gone.
+        fn restart(&mut self, i: usize) {
+            self.outboxes[i].0.lock().expect("outbox").clear();
+            let id = u64::try_from(i).expect("index") + 1;
+            self.nodes[i] = trio_node(id, &self.stores[i], &self.outboxes[i], self.lease_reads);
+        }
+
+        fn take_sent(&self, i: usize) -> Vec<Message> {
+            std::mem::take(&mut *self.outboxes[i].0.lock().expect("outbox"))
         }
 
         /// Processes and delivers until no node has anything to send.
@@ -1688,5 +1760,80 @@ mod tests {
         trio.elect_node_1();
         trio.read_on(0);
         assert_eq!(trio.nodes[0].leased_term(), None);
+    }
+
+    #[test]
+    fn after_an_abandoned_transfer_no_lease_is_granted_in_that_term() {
+        let mut trio = Trio::new(true);
+        let term = trio.elect_node_1();
+        trio.read_on(0);
+        trio.nodes[0].transfer_leader(2);
+        trio.nodes[0].process().expect("process");
+        // A slow link holds the MsgTimeoutNow back; the rest goes out.
+        let (held, rest): (Vec<Message>, Vec<Message>) = trio
+            .take_sent(0)
+            .into_iter()
+            .partition(|m| m.get_msg_type() == MessageType::MsgTimeoutNow);
+        assert_eq!(held.len(), 1, "the target was caught up");
+        for m in rest {
+            let to = usize::try_from(m.to).expect("id") - 1;
+            trio.nodes[to].step(m);
+        }
+        // raft-rs abandons the transfer after an election timeout.
+        for _ in 0..12 {
+            for node in &mut trio.nodes {
+                node.tick();
+            }
+            trio.settle();
+        }
+        assert_eq!(trio.nodes[0].status().role, Role::Leader);
+        assert_eq!(trio.nodes[0].status().term, term);
+        trio.read_on(0);
+        assert_eq!(
+            trio.nodes[0].leased_term(),
+            None,
+            "a MsgTimeoutNow of this term is still out there"
+        );
+        // It still works when it lands: node 2 campaigns past the leases.
+        for m in held {
+            trio.nodes[1].step(m);
+        }
+        trio.settle();
+        assert_eq!(trio.nodes[1].status().role, Role::Leader);
+    }
+
+    #[test]
+    fn a_restarted_node_refuses_votes_for_an_election_timeout() {
+        let mut trio = Trio::new(true);
+        let term = trio.elect_node_1();
+        trio.restart(2);
+        let status = trio.nodes[2].status();
+        // Node 2, out of touch with the leader, asks node 3 for a pre-vote
+        // with a log as long as node 3's: raft-rs alone would grant it.
+        let mut ask = Message::default();
+        ask.set_msg_type(MessageType::MsgRequestPreVote);
+        ask.from = 2;
+        ask.to = 3;
+        ask.term = term + 1;
+        ask.log_term = term;
+        ask.index = status.last_index;
+        let granted = |sent: Vec<Message>| {
+            sent.iter()
+                .any(|m| m.get_msg_type() == MessageType::MsgRequestPreVoteResponse && !m.reject)
+        };
+        trio.nodes[2].step(ask.clone());
+        trio.nodes[2].process().expect("process");
+        assert!(!granted(trio.take_sent(2)), "granted right after start");
+        for _ in 0..10 {
+            trio.nodes[2].tick();
+        }
+        trio.nodes[2].process().expect("process");
+        trio.take_sent(2);
+        trio.nodes[2].step(ask);
+        trio.nodes[2].process().expect("process");
+        assert!(
+            granted(trio.take_sent(2)),
+            "an election timeout after start it votes as raft-rs decides"
+        );
     }
 }

@@ -27,7 +27,7 @@ pub use grpc_transport::{
     attach_credential, peer_endpoint, ClockFn, CredentialFn, FrameDecoder, FrameError,
     GrpcTransport, PeerReporter, MAX_PEER_FRAME_BYTES, PEER_CREDENTIAL_HEADER,
 };
-pub use lease::{lease_duration, ReadLease};
+pub use lease::{lease_duration, LeasedRead, ReadLease};
 pub use logger::tracing_logger;
 pub use transport::{NoopTransport, Transport};
 

@@ -475,13 +475,15 @@ impl Core {
         Ok(())
     }
 
-    /// Everything acknowledged before this call is visible to a read after
-    /// it. Under the leader's lease ([`synapse_consensus::ReadLease`]) no
-    /// other leader can exist, and this leader's acknowledged writes are
-    /// applied before they are acknowledged, so having applied an entry of
-    /// the leased term is enough; otherwise a ReadIndex round.
+    /// Everything acknowledged or shown to any client before this call is
+    /// visible to a read after it. Under the leader's lease
+    /// ([`synapse_consensus::ReadLease`]) no other leader can exist; the
+    /// lease read waits until this node has applied every commit index it
+    /// has sent (a follower may serve those first), and an entry of the
+    /// leased term must be applied (so everything before the term is).
+    /// Otherwise a ReadIndex round.
     async fn linearizable_barrier(&self) -> Result<(), RuntimeError> {
-        if let Some(term) = self.raft.leased_term() {
+        if let Some(term) = self.raft.lease_read().await {
             if self.instances.caught_up_term() == term {
                 self.metrics.lease_reads.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
