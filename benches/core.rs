@@ -496,8 +496,12 @@ fn bench_raft(c: &mut Criterion) {
             SimDriver::new(cfg, store.clone(), AppliedIndexOnly(store), transport).expect("driver")
         })
         .collect();
+    // Every node ticks: one that has not seen an election timeout since
+    // it started refuses to vote (the read lease's start-up rule).
     for _ in 0..40 {
-        nodes[0].tick();
+        for node in &mut nodes {
+            node.tick();
+        }
         deliver_all(&mut nodes, &outbox);
         if nodes[0].status().role == Role::Leader {
             break;
