@@ -1486,6 +1486,15 @@ mod tests {
         change
     }
 
+    /// A temporary sled whose sync does no I/O (simulation store).
+    fn sim_store(dir: &tempfile::TempDir) -> Store {
+        let opts = StoreOptions {
+            simulation: true,
+            ..Default::default()
+        };
+        Store::open(dir.path(), opts).expect("store")
+    }
+
     /// Panics on the first entry with data, like raft-rs on a storage
     /// read that fails.
     struct PanicsOnApply;
@@ -1539,14 +1548,7 @@ mod tests {
     #[test]
     fn a_second_membership_change_while_one_is_unapplied_is_refused_not_lost() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(
-            dir.path(),
-            StoreOptions {
-                simulation: true,
-                ..Default::default()
-            },
-        )
-        .expect("store");
+        let store = sim_store(&dir);
         let mut d = SimDriver::new(
             RaftConfig::cluster_member(1, vec![1]),
             store.clone(),
@@ -1635,14 +1637,7 @@ mod tests {
             let mut stores = Vec::new();
             for id in 1..=3u64 {
                 let dir = tempfile::tempdir().expect("tempdir");
-                let store = Store::open(
-                    dir.path(),
-                    StoreOptions {
-                        simulation: true,
-                        ..Default::default()
-                    },
-                )
-                .expect("store");
+                let store = sim_store(&dir);
                 let outbox = Arc::new(Outbox::default());
                 nodes.push(trio_node(id, &store, &outbox, lease_reads));
                 stores.push(store);
