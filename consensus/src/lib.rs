@@ -2,14 +2,15 @@
 //! sled-backed log from `synapse-storage`.
 //!
 //! Owns: the Ready loop (tick, propose, persist → send → apply, in the order
-//! raft-rs documents), proposal/read-index bookkeeping, the leader's read lease, the [`StateMachine`]
-//! trait that the runtime implements, the [`Transport`] trait and its
-//! implementations, log compaction behind snapshots, and the slog → tracing
-//! bridge for raft-rs's logs.
+//! raft-rs documents), proposal/read-index bookkeeping, the leader's read
+//! lease, the [`StateMachine`] trait that the runtime implements, the
+//! [`Transport`] trait and its implementations, log compaction behind
+//! snapshots, and the slog → tracing bridge for raft-rs's logs.
 //!
 //! Must never: know about skills, capabilities or gRPC clients; acknowledge a
-//! proposal before its entry is durable on a quorum and applied locally; hold
-//! an unbounded queue.
+//! proposal before its entry is durable on a quorum and applied locally;
+//! hold a read lease while another leader could be elected; hold an
+//! unbounded queue.
 
 mod driver;
 mod error;
