@@ -304,12 +304,17 @@ fn debug_corrupt(
 
 /// `synapse debug storage-stats`: where a data dir's bytes are. Keys in
 /// `state` are grouped by their leading tag byte (checkpoint, head,
-/// request, cluster, ...), so growth can be attributed to a record kind.
+/// request, cluster, ...), so growth can be attributed to a record kind;
+/// `raft_log` is the segment files (retained entries, bytes on disk).
 fn debug_storage_stats(data_dir: &std::path::Path, output: Output) -> Result<(), Failure> {
     let err = |e: synapse_storage::StorageError| Failure::from(e.to_string());
     let store = synapse_storage::Store::open(data_dir, Default::default()).map_err(err)?;
     let mut rows: Vec<(String, u64, u64, u64)> = Vec::new();
-    for tree_name in ["state", "raft_log", "raft_meta", "audit"] {
+    // The Raft log is in segment files: entries and bytes on disk (keys
+    // are the record headers).
+    let (_, log_bytes, log_entries) = store.raft_log().disk_usage();
+    rows.push(("raft_log".to_string(), log_entries, 0, log_bytes));
+    for tree_name in ["state", "raft_meta", "audit"] {
         let tree = store.raw_tree(tree_name).map_err(err)?;
         let mut groups: std::collections::BTreeMap<String, (u64, u64, u64)> = Default::default();
         for item in tree.iter() {

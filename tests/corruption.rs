@@ -347,15 +347,15 @@ async fn corrupt_unapplied_raft_log_record_is_never_applied() {
         drop(state);
         // Find the entry of the second write: the last one whose payload
         // is a checkpoint (they all are after the bootstrap); flip it.
-        let raw = store.raw_tree("raft_log").unwrap();
+        let log = store.raft_log();
         let mut victim = None;
         for idx in (applied_then + 1)..=last {
-            if raw.get(idx.to_be_bytes()).unwrap().is_some() {
+            if log.debug_record(idx).is_ok() {
                 victim = Some(idx);
             }
         }
         let victim = victim.expect("an unapplied entry");
-        drop(raw);
+        drop(log);
         flip_byte(&store, "raft_log", &victim.to_be_bytes(), 3);
         store.sync().unwrap();
     }

@@ -429,6 +429,22 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             hs.commit = applied;
             log.set_hard_state(&hs)?;
         }
+        // The other way round: the commit index can reach sled before the
+        // entries it covers are synced to the log's segment files, and a
+        // crash in between leaves a commit past the last entry, which
+        // raft-rs also refuses. Only entries in the durable log can have
+        // been applied or acknowledged, so that is as far as it can be.
+        let last = log.last_log_index();
+        if hs.commit > last && last >= applied {
+            tracing::info!(
+                node = config.id,
+                commit = hs.commit,
+                last,
+                "stored commit index past the durable log; lowered to its last entry"
+            );
+            hs.commit = last;
+            log.set_hard_state(&hs)?;
+        }
         // raft-rs panics when its storage fails while it reads entries, so
         // verify everything it will read at start (the unapplied tail) first
         // and fail with a typed error instead: a damaged log is DATA_LOSS
@@ -666,7 +682,7 @@ impl<S: StateMachine, T: Transport> SimDriver<S, T> {
                 return Ok(true);
             }
             if !job.is_empty() {
-                job.run(&self.driver.log, &self.driver.store)?;
+                job.run(&self.driver.log)?;
             }
             if n == point.ready {
                 return Ok(true);
@@ -723,7 +739,7 @@ impl PersistJob {
         self.must_sync || !self.entries.is_empty() || self.compact_to.is_some()
     }
 
-    fn run(self, log: &RaftLog, store: &Store) -> Result<(), ConsensusError> {
+    fn run(self, log: &RaftLog) -> Result<(), ConsensusError> {
         let sync = self.needs_sync();
         if !self.entries.is_empty() {
             log.append(&self.entries)?;
@@ -731,13 +747,14 @@ impl PersistJob {
         if let Some(hs) = self.hard_state {
             log.set_hard_state(&hs)?;
         }
-        // One durability barrier per Ready, however many entries it holds.
+        // One durability barrier per Ready, however many entries it holds:
+        // the log's fdatasync. The state applied from earlier Readys is not
+        // synced here; after a crash it is re-applied from the log, and
+        // `RaftLog::compact` syncs it before deleting log segments.
         if sync {
-            store.sync()?;
+            log.sync()?;
         }
         if let Some(idx) = self.compact_to {
-            // The sync above made the applied state durable, so the entries
-            // behind it are no longer needed for recovery.
             log.compact(idx)?;
         }
         Ok(())
@@ -1210,14 +1227,13 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         while let Some((ready, job)) = self.ready_begin()? {
             if job.needs_sync() {
                 let log = self.log.clone();
-                let store = self.store.clone();
-                tokio::task::spawn_blocking(move || job.run(&log, &store))
+                tokio::task::spawn_blocking(move || job.run(&log))
                     .await
                     .map_err(|e| ConsensusError::Raft(format!("persist task failed: {e}")))??;
             } else if !job.is_empty() {
                 // No fdatasync: a sled insert of a few bytes, cheaper inline
                 // than the two thread wake-ups of the blocking pool.
-                job.run(&self.log, &self.store)?;
+                job.run(&self.log)?;
             }
             self.ready_finish(ready)?;
         }
@@ -1231,7 +1247,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
     fn process_ready_sync(&mut self) -> Result<(), ConsensusError> {
         while let Some((ready, job)) = self.ready_begin()? {
             if !job.is_empty() {
-                job.run(&self.log, &self.store)?;
+                job.run(&self.log)?;
             }
             self.ready_finish(ready)?;
         }

@@ -266,11 +266,9 @@ mod tests {
                 .unwrap(),
             0
         );
-        let raw = store.raw_tree("raft_log").unwrap();
-        let key = 3u64.to_be_bytes();
-        let mut bytes = raw.get(key).unwrap().unwrap().to_vec();
+        let mut bytes = log.debug_record(3).unwrap();
         bytes[0] ^= 0xff;
-        raw.insert(key, bytes).unwrap();
+        log.debug_overwrite_record(3, &bytes).unwrap();
         match repair_at_start(&store, &[], &channels, &metrics).await {
             Err(RuntimeError::DataLoss(msg)) => {
                 assert!(msg.contains("raft log entry 3"), "{msg}");

@@ -1,12 +1,14 @@
-//! Synapse storage: everything this node keeps on disk, in two sled
-//! databases (the audit trail has its own, see `Store::audit_sync`).
+//! Synapse storage: everything this node keeps on disk: two sled databases
+//! (state and Raft metadata; the audit trail in its own, see
+//! `Store::audit_sync`) and the Raft log's segment files (`wal`).
 //!
 //! This crate owns:
 //! * **checkpoint hash chains**: per skill instance, versioned state records
 //!   whose SHA-256 covers every field and the parent's hash; history with
 //!   bounded retention, time-travel lookup and chain verification;
-//! * the **raft-rs `Storage`** implementation (`RaftLog`): log entries, hard
-//!   state, conf state, snapshots and compaction, every record checksummed;
+//! * the **raft-rs `Storage`** implementation (`RaftLog`): log entries in
+//!   append-only segment files with torn-tail recovery, hard state, conf
+//!   state, snapshots and compaction, every record checksummed;
 //!   the start-up scan for damaged log records and the checks a peer's copy
 //!   must pass to repair one (`RaftLog::repair_entry`);
 //! * **revoked capability ids**, replicated and part of snapshots;
@@ -14,7 +16,9 @@
 //!   its own database with its own durability barrier (`Store::audit_sync`);
 //! * the **request-id table**: what each applied request produced, so
 //!   retries are answered instead of applied twice;
-//! * the durability barrier (`Store::sync`: sled flush + fdatasync).
+//! * the durability barriers: `RaftLog::sync` once per Raft Ready (the log's
+//!   fdatasync, sled's only when term, vote or membership changed) and
+//!   `Store::sync` for everything.
 //!
 //! Every record is verified when read; a failure is `StorageError::Corrupt`
 //! (upstream: `DATA_LOSS`, recover from a peer) and corrupted data is never
@@ -34,6 +38,7 @@ mod raft_log;
 mod revocation;
 mod sim_disk;
 mod store;
+mod wal;
 
 pub use audit::{AuditFilter, AuditRecord, MAX_AUDIT_PRUNE_BATCH, MAX_AUDIT_SCAN};
 pub use checkpoint::{Checkpoint, Hash, Timestamp, ZERO_HASH};

@@ -1,42 +1,61 @@
-//! raft-rs `Storage` on sled.
+//! raft-rs `Storage`: entries in our own segment files ([`crate::wal`]),
+//! metadata in sled.
 //!
-//! * "raft_log": key = index (u64 BE), value = checksum(8) ++ `Entry`
-//!   protobuf bytes. The checksum is verified on every read; a failure is
-//!   `StorageError::Corrupt` from inherent methods and
+//! * Entries: one record per entry in `<data dir>/raft-wal/`, the value being
+//!   checksum(8) ++ `Entry` protobuf bytes. The checksum is verified on every
+//!   read; a failure is `StorageError::Corrupt` from inherent methods and
 //!   `raft::Error::Store(raft::StorageError::Other(..))` through the trait,
 //!   so corrupted entries are never handed to raft.
-//! * "raft_meta": hard state, conf state, last snapshot metadata and the
+//! * "raft_meta" (sled): hard state, conf state, last snapshot metadata, the
 //!   truncation point (index and term of the entry before the first retained
-//!   one), each checksum ++ payload.
+//!   one) and the log's generation, each checksum ++ payload.
+//!
+//! Durability is split: a Ready's entries need only the log's fdatasync
+//! (`RaftLog::sync`); sled is synced when something Raft must not forget
+//! changed there (term, vote, conf state, a snapshot), and before compaction
+//! deletes log segments, because the applied state in sled is what replaces
+//! them. After a crash the state machine re-applies the log from its
+//! applied index.
 //!
 //! Semantics follow raft-rs's `MemStorage` (the reference), except that where
 //! `MemStorage` panics on misuse we return an error: library code does not
 //! panic on input.
 
+use std::path::Path;
 use std::sync::MutexGuard;
 
 use protobuf::Message;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 
-use crate::codec::{key_u64, open_value, seal_value, u64_key, Reader, Writer};
+use crate::codec::{key_u64, open_value, seal_value, Reader, Writer, CHECKSUM_LEN};
 use crate::error::corrupt;
-use crate::store::{lock, Inner};
+use crate::store::{lock, Inner, TREE_RAFT_LOG};
+use crate::wal::Wal;
 use crate::{StorageError, Store};
 
 const META_HARD_STATE: &[u8] = b"hard_state";
 const META_CONF_STATE: &[u8] = b"conf_state";
 const META_SNAPSHOT: &[u8] = b"snapshot_meta";
 const META_TRUNCATED: &[u8] = b"truncated";
+const META_WAL_GENERATION: &[u8] = b"wal_generation";
+
+/// Generation of a log that has never been reset by a snapshot.
+const FIRST_WAL_GENERATION: u64 = 1;
 
 /// raft-rs's "no limit" value for `max_size`.
 const NO_LIMIT: u64 = u64::MAX;
 
-/// In-memory copy of the log bounds, so `first_index`/`last_index` (called
-/// constantly by raft-rs) do not touch sled.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Entries moved per write when a data dir from before the segment files is
+/// opened (its log was a sled tree): bounds the memory of the move.
+const LEGACY_MIGRATION_BATCH: usize = 1_024;
+
+/// Entries read per segment-file read by the start-up damage scan.
+const DAMAGE_SCAN_CHUNK: u64 = 256;
+
+/// The log's in-memory state: its bounds, the segment files, and what is
+/// written but not yet synced. The mutex around it serializes writers.
+#[derive(Debug)]
 pub(crate) struct LogBounds {
     /// Index of the last discarded entry (0 if none): first index - 1.
     truncated_index: u64,
@@ -46,6 +65,13 @@ pub(crate) struct LogBounds {
     last_index: u64,
     /// Terms of the entries written by this process.
     terms: TermRuns,
+    pub(crate) wal: Wal,
+    generation: u64,
+    /// (term, vote) of the stored hard state, once read.
+    term_vote: Option<(u64, u64)>,
+    /// Something in "raft_meta" that must be durable before the next
+    /// message goes out (term, vote, conf state) is not yet synced.
+    meta_unsynced: bool,
 }
 
 /// Most term runs kept in memory. A run is a stretch of consecutive entries
@@ -139,22 +165,109 @@ fn decode_truncated(raw: &[u8]) -> Result<(u64, u64), StorageError> {
     Ok(v)
 }
 
-pub(crate) fn load_bounds(log: &sled::Tree, meta: &sled::Tree) -> Result<LogBounds, StorageError> {
+fn encode_u64(v: u64) -> Vec<u8> {
+    let mut w = Writer::with_capacity(8);
+    w.u64(v);
+    seal_value(w.as_slice())
+}
+
+fn decode_u64(raw: &[u8], what: &str) -> Result<u64, StorageError> {
+    let mut r = Reader::new(open_value(raw, what)?, what);
+    let v = r.u64()?;
+    r.finish()?;
+    Ok(v)
+}
+
+/// Loads the log at open: metadata from sled, entries from the segment
+/// files (recovering a torn tail), moving a log kept in sled by an older
+/// version into segment files first.
+pub(crate) fn load_bounds(
+    db: &sled::Db,
+    meta: &sled::Tree,
+    dir: &Path,
+    simulation: bool,
+) -> Result<LogBounds, StorageError> {
     let (truncated_index, truncated_term) = match meta.get(META_TRUNCATED)? {
         Some(raw) => decode_truncated(&raw)?,
         None => (0, 0),
     };
-    let last_index = match log.last()? {
-        Some((k, _)) => key_u64(&k).ok_or_else(|| corrupt("malformed raft log key"))?,
-        None => truncated_index,
+    let generation = match meta.get(META_WAL_GENERATION)? {
+        Some(raw) => decode_u64(&raw, "raft log generation")?,
+        None => FIRST_WAL_GENERATION,
     };
-    let last_index = last_index.max(truncated_index);
+    let (mut wal, report) = Wal::open(dir, generation, simulation)?;
+    if report.stale_files > 0 {
+        tracing::info!(
+            files = report.stale_files,
+            generation,
+            "removed raft log segments replaced by a snapshot"
+        );
+    }
+    migrate_legacy_log(db, &mut wal)?;
+    // Entries up to the truncation point stay on disk until their whole
+    // segment can go.
+    if let Some(first) = wal.first_index() {
+        if first > truncated_index + 1 {
+            return Err(corrupt(format!(
+                "raft log entries {}..{first} missing (truncated at {truncated_index})",
+                truncated_index + 1
+            )));
+        }
+    }
+    wal.forget_before(truncated_index + 1);
+    let last_index = wal.last_index().unwrap_or(truncated_index);
     Ok(LogBounds {
         truncated_index,
         truncated_term,
         last_index,
         terms: TermRuns::starting_at(last_index + 1),
+        wal,
+        generation,
+        term_vote: None,
+        meta_unsynced: false,
     })
+}
+
+/// Moves the entries of a log kept in the sled tree "raft_log" (versions
+/// before the segment files) into the segment files, then drops the tree.
+/// Idempotent: a crash midway leaves the tree, and the next open clears
+/// the partial copy and starts over.
+fn migrate_legacy_log(db: &sled::Db, wal: &mut Wal) -> Result<(), StorageError> {
+    if !db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == TREE_RAFT_LOG.as_bytes())
+    {
+        return Ok(());
+    }
+    let old = db.open_tree(TREE_RAFT_LOG)?;
+    if !old.is_empty() {
+        if let Some(first) = wal.first_index() {
+            wal.truncate_from(first)?;
+        }
+        let mut batch = Vec::with_capacity(LEGACY_MIGRATION_BATCH);
+        let mut moved = 0usize;
+        for item in old.iter() {
+            let (k, v) = item?;
+            let index = key_u64(&k).ok_or_else(|| corrupt("malformed raft log key"))?;
+            batch.push((index, v.to_vec()));
+            if batch.len() == LEGACY_MIGRATION_BATCH {
+                moved += batch.len();
+                wal.append(&std::mem::take(&mut batch))?;
+            }
+        }
+        moved += batch.len();
+        wal.append(&batch)?;
+        wal.sync()?;
+        tracing::info!(
+            entries = moved,
+            "moved the raft log from sled into segment files"
+        );
+    }
+    drop(old);
+    db.drop_tree(TREE_RAFT_LOG)?;
+    db.flush()?;
+    Ok(())
 }
 
 fn encode_msg<M: Message>(m: &M) -> Result<Vec<u8>, StorageError> {
@@ -193,14 +306,8 @@ fn to_raft(e: StorageError) -> raft::Error {
     })
 }
 
-fn txn_err(e: TransactionError<()>) -> StorageError {
-    match e {
-        TransactionError::Storage(e) => e.into(),
-        TransactionError::Abort(()) => StorageError::Invalid("raft log transaction aborted".into()),
-    }
-}
-
-/// raft-rs `Storage` on this node's sled database. Clone + Send + Sync.
+/// raft-rs `Storage` on this node's segment files and sled metadata.
+/// Clone + Send + Sync.
 #[derive(Clone)]
 pub struct RaftLog {
     pub(crate) store: Store,
@@ -208,9 +315,24 @@ pub struct RaftLog {
 
 impl std::fmt::Debug for RaftLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let b = lock(&self.inner().raft_bounds).clone();
-        f.debug_struct("RaftLog").field("bounds", &b).finish()
+        let b = self.bounds();
+        f.debug_struct("RaftLog")
+            .field("truncated_index", &b.truncated_index)
+            .field("last_index", &b.last_index)
+            .field("generation", &b.generation)
+            .finish()
     }
+}
+
+/// Reads entry `index` from the segment files, verified. The caller has
+/// checked that it is retained.
+fn read_entry(b: &LogBounds, index: u64) -> Result<Entry, StorageError> {
+    let raw = b
+        .wal
+        .read(index, index + 1)?
+        .pop()
+        .ok_or_else(|| corrupt(format!("raft log entry {index} missing")))?;
+    decode_entry(index, &raw)
 }
 
 impl RaftLog {
@@ -220,13 +342,6 @@ impl RaftLog {
 
     fn bounds(&self) -> MutexGuard<'_, LogBounds> {
         lock(&self.inner().raft_bounds)
-    }
-
-    fn read_entry(&self, index: u64) -> Result<Entry, StorageError> {
-        match self.inner().raft_log.get(u64_key(index))? {
-            Some(raw) => decode_entry(index, &raw),
-            None => Err(corrupt(format!("raft log entry {index} missing"))),
-        }
     }
 
     fn term_locked(&self, b: &LogBounds, index: u64) -> Result<u64, StorageError> {
@@ -242,7 +357,7 @@ impl RaftLog {
         if let Some(term) = b.terms.term(index) {
             return Ok(term);
         }
-        Ok(self.read_entry(index)?.term)
+        Ok(read_entry(b, index)?.term)
     }
 
     fn meta_msg<M: Message>(&self, key: &[u8], what: &str) -> Result<Option<M>, StorageError> {
@@ -285,30 +400,31 @@ impl RaftLog {
             )));
         }
         let limit = max_size.filter(|&m| m != NO_LIMIT);
+        // Read no further than the size limit can reach: a stored value is
+        // its entry's encoding plus the checksum, so never smaller.
+        let mut read_to = high;
+        if let Some(max) = limit {
+            let mut size = 0u64;
+            for index in low..high {
+                let value = u64::from(b.wal.value_len(index).unwrap_or(0));
+                size += value.saturating_sub(CHECKSUM_LEN as u64);
+                if index > low && size > max {
+                    read_to = index;
+                    break;
+                }
+            }
+        }
         let mut out: Vec<Entry> = Vec::new();
         let mut size = 0u64;
-        let mut limited = false;
-        for item in self.inner().raft_log.range(u64_key(low)..u64_key(high)) {
-            let (k, v) = item?;
-            let expected = low + out.len() as u64;
-            if key_u64(&k) != Some(expected) {
-                return Err(corrupt(format!("raft log entry {expected} missing")));
-            }
-            let e = decode_entry(expected, &v)?;
+        for (index, raw) in (low..).zip(b.wal.read(low, read_to)?) {
+            let e = decode_entry(index, &raw)?;
             size += u64::from(e.compute_size());
             if let Some(max) = limit {
                 if !out.is_empty() && size > max {
-                    limited = true;
                     break;
                 }
             }
             out.push(e);
-        }
-        if !limited && out.len() as u64 != high - low {
-            return Err(corrupt(format!(
-                "raft log entry {} missing",
-                low + out.len() as u64
-            )));
         }
         Ok(out)
     }
@@ -322,9 +438,8 @@ impl RaftLog {
     /// Appends entries, truncating any conflicting suffix (every entry whose
     /// index is at or after the first new index). Entries must be
     /// consecutive, may not start below the first index, and may not leave a
-    /// gap. No fsync: the caller calls `Store::sync()` once
-    /// per Raft Ready (group commit) before sending messages or
-    /// acknowledging.
+    /// gap. Not durable until `sync` (once per Raft Ready: group commit),
+    /// which must return before messages that acknowledge them go out.
     pub fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Ok(());
@@ -348,53 +463,69 @@ impl RaftLog {
                 first.index, b.last_index
             )));
         }
-        let log = &self.inner().raft_log;
-        if first.index == b.last_index + 1 {
-            // A plain extension of the tail, the case of every Ready in
-            // steady state: single inserts in index order. sled's recovery
-            // stops at the first log position that was not written (the
-            // same rule that makes its batches atomic), so a crash before
-            // the sync leaves a shorter log with no gap, which is all an
-            // unsynced append may leave. A sled `Batch` would also be
-            // atomic, but sled seals and writes its IO buffer twice per
-            // batch (a `sync_file_range` with wait each, on its IO pool):
-            // at one client, half the IO buffer writes of a Ready. An
-            // insert failing midway leaves entries past `last_index` on
-            // disk; the driver stops on any persist error, and a restart
-            // reloads the bounds from disk.
-            for e in entries {
-                log.insert(u64_key(e.index), encode_msg(e)?)?;
-            }
-        } else {
-            // Overwriting a conflicting suffix must be atomic: a prefix of
-            // it could leave new-term entries followed by stale ones.
-            let mut batch = sled::Batch::default();
-            for index in (last.index + 1)..=b.last_index {
-                batch.remove(&u64_key(index));
-            }
-            for e in entries {
-                batch.insert(&u64_key(e.index), encode_msg(e)?);
-            }
-            log.apply_batch(batch)?;
+        let records = entries
+            .iter()
+            .map(|e| Ok((e.index, encode_msg(e)?)))
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        if first.index <= b.last_index {
+            // A conflicting suffix: its removal is made durable before the
+            // new entries are written, so a crash can never leave new-term
+            // entries followed by stale ones.
+            b.wal.truncate_from(first.index)?;
+            b.last_index = first.index - 1;
         }
+        // An append failing midway leaves records past `last_index` on disk;
+        // the driver stops on any persist error, and a restart reloads the
+        // log from the files.
+        b.wal.append(&records)?;
         b.last_index = last.index;
         b.terms.append(entries);
         Ok(())
     }
 
-    /// Persists the hard state (no fsync; see `append`).
+    /// The durability barrier for what this log wrote: the segment files'
+    /// fdatasync, and sled's too if the term, vote or conf state changed
+    /// since it was last synced. A hard state that only moved the commit
+    /// index does not count: a lost commit index is re-learned from the
+    /// leader.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        let meta = std::mem::take(&mut self.bounds().meta_unsynced);
+        if meta {
+            if let Err(e) = self.store.sync_sled() {
+                self.bounds().meta_unsynced = true;
+                return Err(e);
+            }
+        }
+        self.store.sync_raft_wal()
+    }
+
+    /// Stores the hard state (not durable until `sync`; see there).
     pub fn set_hard_state(&self, hs: &HardState) -> Result<(), StorageError> {
+        let mut b = self.bounds();
+        let before = match b.term_vote {
+            Some(tv) => tv,
+            None => {
+                let stored = self.hard_state()?;
+                (stored.term, stored.vote)
+            }
+        };
         self.inner()
             .raft_meta
             .insert(META_HARD_STATE, encode_msg(hs)?)?;
+        if before != (hs.term, hs.vote) {
+            b.meta_unsynced = true;
+        }
+        b.term_vote = Some((hs.term, hs.vote));
         Ok(())
     }
 
-    /// Persists the conf state (no fsync; see `append`).
+    /// Stores the conf state (not durable until `sync`).
     pub fn set_conf_state(&self, cs: &ConfState) -> Result<(), StorageError> {
+        let mut b = self.bounds();
         self.inner()
             .raft_meta
             .insert(META_CONF_STATE, encode_msg(cs)?)?;
+        b.meta_unsynced = true;
         Ok(())
     }
 
@@ -424,10 +555,15 @@ impl RaftLog {
     /// `MemStorage::apply_snapshot`: records its metadata, makes its index
     /// the truncation point (so `term(index)` answers), sets the conf state
     /// from it, raises the hard state's term and sets its commit to the
-    /// index, and drops every log entry (those after the index too). All in
-    /// one sled transaction over both trees. `SnapshotOutOfDate` if the
-    /// snapshot is older than the first index. The state-machine data is
-    /// restored separately with `Store::restore_state`.
+    /// index, and drops every log entry (those after the index too).
+    /// `SnapshotOutOfDate` if the snapshot is older than the first index.
+    /// The state-machine data is restored separately with
+    /// `Store::restore_state`, before this.
+    ///
+    /// Durable on return. The metadata and a new log generation go to sled
+    /// in one batch and are synced (with the restored state) before the
+    /// segment files are replaced: a crash in between leaves files of the
+    /// old generation, which the next open removes.
     pub fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StorageError> {
         let meta = snap.get_metadata();
         let index = meta.index;
@@ -441,29 +577,24 @@ impl RaftLog {
         let mut hs = self.hard_state()?;
         hs.term = hs.term.max(meta.term);
         hs.commit = index;
+        let generation = b.generation + 1;
 
-        let mut log_batch = sled::Batch::default();
-        for key in self.inner().raft_log.iter().keys() {
-            log_batch.remove(key?);
-        }
         let mut meta_batch = sled::Batch::default();
         meta_batch.insert(META_SNAPSHOT, encode_msg(meta)?);
         meta_batch.insert(META_TRUNCATED, encode_truncated(index, meta.term));
         meta_batch.insert(META_CONF_STATE, encode_msg(meta.get_conf_state())?);
         meta_batch.insert(META_HARD_STATE, encode_msg(&hs)?);
-        (&self.inner().raft_log, &self.inner().raft_meta)
-            .transaction(|(log, meta)| {
-                log.apply_batch(&log_batch)?;
-                meta.apply_batch(&meta_batch)?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(txn_err)?;
-        *b = LogBounds {
-            truncated_index: index,
-            truncated_term: meta.term,
-            last_index: index,
-            terms: TermRuns::starting_at(index + 1),
-        };
+        meta_batch.insert(META_WAL_GENERATION, encode_u64(generation));
+        self.inner().raft_meta.apply_batch(meta_batch)?;
+        self.store.sync_sled()?;
+        b.wal.reset(generation)?;
+        b.generation = generation;
+        b.truncated_index = index;
+        b.truncated_term = meta.term;
+        b.last_index = index;
+        b.terms = TermRuns::starting_at(index + 1);
+        b.term_vote = Some((hs.term, hs.vote));
+        b.meta_unsynced = false;
         Ok(())
     }
 
@@ -471,6 +602,11 @@ impl RaftLog {
     /// term of `compact_index - 1` so `term()` still answers for it. No-op if
     /// already compacted that far; `Invalid` if `compact_index > last + 1`.
     /// The caller must not compact past the applied index.
+    ///
+    /// The entries leave memory at once and the disk a segment at a time:
+    /// when a whole segment lies before the new first index, sled is synced
+    /// (the truncation point, and the applied state that replaces the
+    /// entries) and only then is the segment deleted.
     pub fn compact(&self, compact_index: u64) -> Result<(), StorageError> {
         let mut b = self.bounds();
         if compact_index <= b.truncated_index + 1 {
@@ -483,22 +619,20 @@ impl RaftLog {
             )));
         }
         let new_truncated = compact_index - 1;
-        let term = self.read_entry(new_truncated)?.term;
-        let mut log_batch = sled::Batch::default();
-        for key in self.inner().raft_log.range(..u64_key(compact_index)).keys() {
-            log_batch.remove(key?);
-        }
-        let truncated = encode_truncated(new_truncated, term);
-        (&self.inner().raft_log, &self.inner().raft_meta)
-            .transaction(|(log, meta)| {
-                log.apply_batch(&log_batch)?;
-                meta.insert(META_TRUNCATED, truncated.as_slice())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(txn_err)?;
+        let term = self.term_locked(&b, new_truncated)?;
+        // Not synced here: sled recovers a prefix of its writes, and the
+        // applied state that replaces these entries was written before this.
+        self.inner()
+            .raft_meta
+            .insert(META_TRUNCATED, encode_truncated(new_truncated, term))?;
+        b.wal.forget_before(compact_index);
         b.truncated_index = new_truncated;
         b.truncated_term = term;
         b.terms.compact(compact_index);
+        if b.wal.has_segments_before(compact_index) {
+            self.store.sync_sled()?;
+            b.wal.remove_segments_before(compact_index)?;
+        }
         Ok(())
     }
 
@@ -567,6 +701,39 @@ impl RaftLog {
         self.apply_snapshot(&snap)?;
         Ok(true)
     }
+
+    /// (segment files, bytes on disk, retained entries) of the log, for
+    /// `synapse debug storage-stats`.
+    pub fn disk_usage(&self) -> (usize, u64, u64) {
+        let b = self.bounds();
+        let (files, bytes) = b.wal.disk_usage();
+        (files, bytes, b.last_index - b.truncated_index)
+    }
+
+    /// Test/diagnostic hook: the stored record (checksum ++ entry) of
+    /// `index`, unverified.
+    #[doc(hidden)]
+    pub fn debug_record(&self, index: u64) -> Result<Vec<u8>, StorageError> {
+        let b = self.bounds();
+        if index <= b.truncated_index || index > b.last_index {
+            return Err(StorageError::NotFound);
+        }
+        b.wal
+            .read(index, index + 1)?
+            .pop()
+            .ok_or(StorageError::NotFound)
+    }
+
+    /// Test/diagnostic hook: overwrites the stored record of `index` in
+    /// place with bytes of the same length, unverified (to plant damage).
+    #[doc(hidden)]
+    pub fn debug_overwrite_record(&self, index: u64, record: &[u8]) -> Result<(), StorageError> {
+        let mut b = self.bounds();
+        if index <= b.truncated_index || index > b.last_index {
+            return Err(StorageError::NotFound);
+        }
+        b.wal.overwrite(index, record)
+    }
 }
 
 /// Repair of damaged Raft log records from peers.
@@ -603,41 +770,40 @@ impl RaftLog {
     /// Reads every retained record once; the retained log is bounded by
     /// compaction, so this is cheap enough to run at every start.
     pub fn damaged_entries(&self, max: usize) -> Result<Vec<u64>, StorageError> {
-        let (first, last) = {
-            let b = self.bounds();
-            (b.truncated_index + 1, b.last_index)
-        };
+        let b = self.bounds();
         let mut out = Vec::new();
-        let mut expected = first;
-        for item in self.inner().raft_log.range(u64_key(first)..) {
-            if out.len() >= max || expected > last {
-                break;
-            }
-            let (k, v) = item?;
-            let Some(index) = key_u64(&k) else {
-                continue;
-            };
-            if index > last {
-                break;
-            }
-            // Keys skipped over are missing records: damaged too.
-            while expected < index && out.len() < max {
-                out.push(expected);
-                expected += 1;
-            }
-            if out.len() >= max {
-                break;
-            }
-            match decode_entry(index, &v) {
-                Ok(_) => {}
-                Err(e) if e.is_corrupt() => out.push(index),
+        let mut index = b.truncated_index + 1;
+        while index <= b.last_index && out.len() < max {
+            let end = (index + DAMAGE_SCAN_CHUNK).min(b.last_index + 1);
+            match b.wal.read(index, end) {
+                Ok(values) => {
+                    for (i, raw) in (index..).zip(values) {
+                        if out.len() >= max {
+                            break;
+                        }
+                        match decode_entry(i, &raw) {
+                            Ok(_) => {}
+                            Err(e) if e.is_corrupt() => out.push(i),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                // A damaged header somewhere in the chunk: one at a time.
+                Err(e) if e.is_corrupt() => {
+                    for i in index..end {
+                        if out.len() >= max {
+                            break;
+                        }
+                        match read_entry(&b, i) {
+                            Ok(_) => {}
+                            Err(e) if e.is_corrupt() => out.push(i),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
                 Err(e) => return Err(e),
             }
-            expected = index + 1;
-        }
-        while expected <= last && out.len() < max {
-            out.push(expected);
-            expected += 1;
+            index = end;
         }
         Ok(out)
     }
@@ -672,19 +838,20 @@ impl RaftLog {
         let to = to.min(commit).min(last);
         let mut out: Vec<Vec<u8>> = Vec::new();
         let mut size = 0usize;
+        let b = self.bounds();
         let mut index = from;
         while index <= to {
-            let raw = self
-                .inner()
-                .raft_log
-                .get(u64_key(index))?
+            let raw = b
+                .wal
+                .read(index, index + 1)?
+                .pop()
                 .ok_or_else(|| corrupt(format!("raft log entry {index} missing")))?;
             decode_entry(index, &raw)?;
             size += raw.len();
             if !out.is_empty() && size > max_bytes {
                 break;
             }
-            out.push(raw.to_vec());
+            out.push(raw);
             index += 1;
         }
         Ok((commit, out))
@@ -717,7 +884,7 @@ impl RaftLog {
                  the committed entry"
             )));
         }
-        let b = self.bounds();
+        let mut b = self.bounds();
         if index <= b.truncated_index || index > b.last_index {
             return Err(refuse(format!(
                 "outside the retained log {}..={}",
@@ -725,7 +892,7 @@ impl RaftLog {
                 b.last_index
             )));
         }
-        match self.read_entry(index) {
+        match read_entry(&b, index) {
             Ok(local) if local == entry => return Ok(false),
             Ok(local) => {
                 return Err(refuse(format!(
@@ -749,7 +916,7 @@ impl RaftLog {
         let prev = if index - 1 == b.truncated_index {
             Some(b.truncated_term)
         } else {
-            self.read_entry(index - 1).ok().map(|e| e.term)
+            read_entry(&b, index - 1).ok().map(|e| e.term)
         };
         if let Some(prev) = prev {
             if entry.term < prev {
@@ -761,7 +928,7 @@ impl RaftLog {
             }
         }
         if index < b.last_index {
-            if let Ok(next) = self.read_entry(index + 1) {
+            if let Ok(next) = read_entry(&b, index + 1) {
                 if entry.term > next.term {
                     return Err(refuse(format!(
                         "term {} is above the term {} of entry {}",
@@ -774,8 +941,17 @@ impl RaftLog {
         }
         // The bounds lock is held until here, so no append can interleave;
         // the in-memory term runs, where they cover `index`, already agree.
-        self.inner().raft_log.insert(u64_key(index), record)?;
-        drop(b);
+        // A committed entry encodes to the same bytes on every node, so its
+        // record has the local record's length; one that does not is not
+        // the same entry.
+        if b.wal.value_len(index) != Some(record.len() as u32) {
+            return Err(refuse(format!(
+                "the copy is {} bytes, the local record {}",
+                record.len(),
+                b.wal.value_len(index).unwrap_or(0)
+            )));
+        }
+        b.wal.overwrite(index, record)?;
         Ok(true)
     }
 }
@@ -859,7 +1035,7 @@ mod tests {
             for i in first..=last {
                 assert_eq!(
                     log.entry_term(i).unwrap(),
-                    log.read_entry(i).unwrap().term,
+                    log.read_entries(i, i + 1, None).unwrap()[0].term,
                     "term of entry {i}"
                 );
             }
@@ -964,7 +1140,7 @@ mod tests {
         assert_eq!(log.term(3).unwrap(), 1);
         assert_eq!(log.term(4).unwrap(), 3);
         assert!(is_store_err(log.term(6), raft::StorageError::Unavailable));
-        assert_eq!(store.raw_tree("raft_log").unwrap().len(), 5);
+        assert_eq!(log.disk_usage().2, 5);
         // re-appending an identical entry is harmless
         log.append(&ents(5..=5, 3)).unwrap();
         assert_eq!(log.entries(1, 6, None, ctx()).unwrap().len(), 5);
@@ -1057,12 +1233,11 @@ mod tests {
         let store = open(dir.path());
         let log = store.raft_log();
         log.append(&ents(1..=5, 1)).unwrap();
-        let raw = store.raw_tree("raft_log").unwrap();
-        let original = raw.get(u64_key(3)).unwrap().unwrap();
+        let original = log.debug_record(3).unwrap();
         for pos in 0..original.len() {
-            let mut bytes = original.to_vec();
+            let mut bytes = original.clone();
             bytes[pos] ^= 0x02;
-            raw.insert(u64_key(3), bytes).unwrap();
+            log.debug_overwrite_record(3, &bytes).unwrap();
             match log.entries(1, 6, None, ctx()) {
                 Err(raft::Error::Store(raft::StorageError::Other(e))) => {
                     assert!(e.to_string().contains("corrupt"), "{e}")
@@ -1077,9 +1252,9 @@ mod tests {
             assert!(log.read_entries(3, 4, None).unwrap_err().is_corrupt());
         }
         {
-            let mut bytes = original.to_vec();
+            let mut bytes = original.clone();
             bytes[original.len() / 2] ^= 0x02;
-            raw.insert(u64_key(3), bytes).unwrap();
+            log.debug_overwrite_record(3, &bytes).unwrap();
             let fresh = RaftLog {
                 store: store.clone(),
             };
@@ -1089,15 +1264,14 @@ mod tests {
             assert!(fresh.term(3).is_err(), "a term read from disk is checked");
         }
         // Entries around it are still fine.
-        raw.insert(u64_key(3), original).unwrap();
+        log.debug_overwrite_record(3, &original).unwrap();
         assert_eq!(log.entries(1, 6, None, ctx()).unwrap(), ents(1..=5, 1));
-        // A valid record under the wrong key is also caught.
-        raw.insert(u64_key(3), raw.get(u64_key(2)).unwrap().unwrap())
+        // A valid record of another entry in its place is also caught
+        // (the entries of `ents` encode to the same length).
+        log.debug_overwrite_record(3, &log.debug_record(2).unwrap())
             .unwrap();
         assert!(log.read_entries(3, 4, None).unwrap_err().is_corrupt());
-        // A missing record is caught.
-        raw.remove(u64_key(3)).unwrap();
-        assert!(log.read_entries(1, 6, None).unwrap_err().is_corrupt());
+        log.debug_overwrite_record(3, &original).unwrap();
         // Corrupt metadata.
         log.set_hard_state(&HardState::default()).unwrap();
         let meta = store.raw_tree("raft_meta").unwrap();
@@ -1110,11 +1284,11 @@ mod tests {
 
     /// Damages the stored record at `index` in place (flips one byte).
     fn damage(store: &Store, index: u64) {
-        let raw = store.raw_tree("raft_log").unwrap();
-        let mut bytes = raw.get(u64_key(index)).unwrap().unwrap().to_vec();
+        let log = store.raft_log();
+        let mut bytes = log.debug_record(index).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x10;
-        raw.insert(u64_key(index), bytes).unwrap();
+        log.debug_overwrite_record(index, &bytes).unwrap();
     }
 
     fn with_commit(log: &RaftLog, commit: u64) {
@@ -1140,10 +1314,7 @@ mod tests {
         assert!(log.damaged_entries(16).unwrap().is_empty());
         damage(&mine, 5);
         damage(&mine, 6);
-        mine.raw_tree("raft_log")
-            .unwrap()
-            .remove(u64_key(2))
-            .unwrap();
+        damage(&mine, 2);
         assert_eq!(log.damaged_entries(16).unwrap(), vec![2, 5, 6]);
         assert_eq!(log.damaged_entries(2).unwrap(), vec![2, 5]);
 

@@ -3,9 +3,11 @@
 //! A simulation store is a temporary sled whose `sync()` does no I/O, so a
 //! simulated crash that keeps the `Store` never loses anything, and a
 //! missing fsync would go unnoticed. With durability tracking on, every
-//! `Store::sync` (the fsync point) captures the store's whole contents as
-//! the "durable image"; a simulated crash then restarts the node from that
-//! image in a fresh temporary sled, losing every write made since.
+//! sled sync (the fsync point) captures sled's whole contents as the
+//! "durable image"; a simulated crash then restarts the node from that
+//! image in a fresh temporary sled, losing every write made since. The Raft
+//! log's segment files are real files in the store's directory; a crash
+//! keeps of each only what its last sync covered (`Wal::copy_durable_to`).
 //!
 //! Owns: the image and the rebuild. Must never: be reachable from a
 //! non-simulation store (`Store::sim_*` refuse with `StorageError::Invalid`).

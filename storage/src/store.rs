@@ -237,7 +237,6 @@ pub(crate) struct Inner {
     dir: PathBuf,
     pub(crate) db: sled::Db,
     pub(crate) state: sled::Tree,
-    pub(crate) raft_log: sled::Tree,
     pub(crate) raft_meta: sled::Tree,
     /// The audit trail's own database (see `AUDIT_DB_DIR`) and its tree.
     audit_db: sled::Db,
@@ -542,7 +541,6 @@ impl Store {
 
     fn with_db(dir: &Path, db: sled::Db, opts: StoreOptions) -> Result<Store, StorageError> {
         let state = db.open_tree(TREE_STATE)?;
-        let raft_log = db.open_tree(TREE_RAFT_LOG)?;
         let raft_meta = db.open_tree(TREE_RAFT_META)?;
         let audit_dir = dir.join(AUDIT_DB_DIR);
         let audit_db = open_sled_with_cache(&audit_dir, &opts, AUDIT_CACHE_CAPACITY_BYTES)?;
@@ -554,13 +552,12 @@ impl Store {
         // Make the directory entries sled just created durable, once.
         File::open(&audit_dir)?.sync_all()?;
         File::open(dir)?.sync_all()?;
-        let bounds = load_bounds(&raft_log, &raft_meta)?;
+        let bounds = load_bounds(&db, &raft_meta, dir, opts.simulation)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 db,
                 state,
-                raft_log,
                 raft_meta,
                 audit_db,
                 audit,
@@ -626,6 +623,7 @@ impl Store {
             retention_versions: self.inner.retention,
             ..Default::default()
         };
+        lock(&self.inner.raft_bounds).wal.copy_durable_to(dir)?;
         let db = open_sled(dir, &opts)?;
         crate::sim_disk::restore(&db, &image)?;
         let store = Self::with_db(dir, db, opts)?;
@@ -638,7 +636,18 @@ impl Store {
     }
 
     /// Durability barrier. Only after this returns may anything written
-    /// before it be acknowledged.
+    /// before it be acknowledged: sled (state, Raft metadata) and the Raft
+    /// log's segment files.
+    ///
+    /// The Raft Ready loop does not call this: it uses `RaftLog::sync`,
+    /// which syncs sled only when Raft metadata that must not be lost
+    /// changed.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.sync_sled()?;
+        self.sync_raft_wal()
+    }
+
+    /// sled's durability barrier.
     ///
     /// sled's `flush()` writes its buffers and calls `sync_file_range`, which
     /// does not flush the device's volatile cache and does not persist file
@@ -647,10 +656,7 @@ impl Store {
     /// to `<dir>/blobs/<lsn>` files that sled writes without any sync: every
     /// blob not yet synced is `sync_data()`ed, followed by the `blobs`
     /// directory itself so the new names survive a crash.
-    ///
-    /// Cost: one fdatasync (≈0.2 ms on the target VMs), so call it once per
-    /// Raft Ready (group commit), not per write.
-    pub fn sync(&self) -> Result<(), StorageError> {
+    pub(crate) fn sync_sled(&self) -> Result<(), StorageError> {
         if self.inner.simulation {
             let mut d = lock(&self.inner.sim_disk);
             if d.image.is_some() && !d.skip_sync {
@@ -662,6 +668,16 @@ impl Store {
         self.inner.db.flush()?;
         self.inner.db_file.sync_data()?;
         self.sync_blobs()
+    }
+
+    /// The Raft log's durability barrier: one fdatasync of its active
+    /// segment (a simulation store records the synced length instead, unless
+    /// its planted skip-sync bug is on).
+    pub(crate) fn sync_raft_wal(&self) -> Result<(), StorageError> {
+        if self.inner.simulation && lock(&self.inner.sim_disk).skip_sync {
+            return Ok(());
+        }
+        lock(&self.inner.raft_bounds).wal.sync()
     }
 
     /// Durability barrier for the audit trail alone (it has its own
@@ -725,7 +741,10 @@ impl Store {
     pub fn raw_tree(&self, name: &str) -> Result<sled::Tree, StorageError> {
         match name {
             TREE_STATE => Ok(self.inner.state.clone()),
-            TREE_RAFT_LOG => Ok(self.inner.raft_log.clone()),
+            TREE_RAFT_LOG => Err(StorageError::Invalid(
+                "the raft log is kept in segment files, not a tree: use RaftLog::debug_record"
+                    .into(),
+            )),
             TREE_RAFT_META => Ok(self.inner.raft_meta.clone()),
             TREE_AUDIT => Ok(self.inner.audit.clone()),
             other => Err(StorageError::Invalid(format!("unknown tree {other:?}"))),

@@ -239,14 +239,27 @@ pub fn checkpoint_key(skill: &str, instance: &str, version: u64) -> Vec<u8> {
 /// `tree` ("state", "raft_log", ...); panics if the key is absent. The
 /// tree handle is dropped before returning.
 pub fn flip_byte(store: &synapse_storage::Store, tree: &str, key: &[u8], at_from_end: usize) {
+    let flip = |v: &mut Vec<u8>| {
+        let i = v.len() - 1 - at_from_end.min(v.len() - 1);
+        v[i] ^= 0x5a;
+    };
+    if tree == "raft_log" {
+        // The log is in segment files; `key` is the index, big-endian.
+        let index = u64::from_be_bytes(key.try_into().expect("raft log key is a u64"));
+        let log = store.raft_log();
+        let mut v = log.debug_record(index).expect("raft log record present");
+        flip(&mut v);
+        log.debug_overwrite_record(index, &v)
+            .expect("write raft log record");
+        return;
+    }
     let tree = store.raw_tree(tree).expect("raw tree");
     let mut v = tree
         .get(key)
         .expect("read raw value")
         .expect("raw value present")
         .to_vec();
-    let i = v.len() - 1 - at_from_end.min(v.len() - 1);
-    v[i] ^= 0x5a;
+    flip(&mut v);
     tree.insert(key, v).expect("write raw value");
     tree.flush().expect("flush raw tree");
 }

@@ -253,18 +253,13 @@ impl Store {
     /// too. Returns a description of what was damaged.
     #[doc(hidden)]
     pub fn debug_corrupt_raft_entry(&self, index: u64) -> Result<String, StorageError> {
-        let key = index.to_be_bytes();
-        let mut raw = self
-            .inner
-            .raft_log
-            .get(key)?
-            .ok_or(StorageError::NotFound)?
-            .to_vec();
+        let log = self.raft_log();
+        let mut raw = log.debug_record(index)?;
         let pos = raw.len() / 2;
         if let Some(b) = raw.get_mut(pos) {
             *b ^= 0x5a;
         }
-        self.inner.raft_log.insert(key, raw)?;
+        log.debug_overwrite_record(index, &raw)?;
         Ok(format!("raft log index {index}: byte {pos} flipped"))
     }
 }

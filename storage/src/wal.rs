@@ -1,0 +1,798 @@
+//! The Raft log's entries in append-only segment files of our own.
+//!
+//! Files: `<data dir>/raft-wal/<generation:016x>-<seq:016x>.wal`. A segment
+//! holds consecutive entries; the active (last) one takes every append until
+//! it has passed [`SEGMENT_TARGET_BYTES`], then a new one starts. A record is
+//!
+//! ```text
+//! len: u32 LE | index: u64 LE | crc32(len ++ index): u32 LE | value (len bytes)
+//! ```
+//!
+//! where `value` is the sealed entry (checksum ++ protobuf `Entry`) that the
+//! repair protocol exchanges (`RaftLog::committed_records`). The header's own
+//! CRC separates a damaged header (fatal at open: the records behind it can no
+//! longer be found) from a damaged value (a damaged entry, found by
+//! `RaftLog::damaged_entries` and repairable from a peer).
+//!
+//! Why not sled, which held the log before: every Raft Ready paid a sled
+//! flush on sled's I/O pool (a `pwrite` and a `sync_file_range` per IO
+//! buffer, seven thread wake-ups each) before its fdatasync, and every
+//! compacted entry a sled leaf copy. Here a Ready's entries are one `pwrite`
+//! of the active segment and its barrier one `fdatasync`; compaction deletes
+//! whole files.
+//!
+//! Durability: [`Wal::sync`] fdatasyncs the active segment. A segment is
+//! synced before the next one is created, and creating, truncating or
+//! deleting files is followed by an fsync of the directory, so after a crash
+//! only the unsynced tail of the last segment can be missing or torn.
+//!
+//! Recovery at open ([`Wal::open`]): segment files of another generation are
+//! removed (a snapshot install bumps the generation once its metadata is
+//! durable); in the last segment a record cut short by the end of the file,
+//! or an all-zero header, is a torn tail and is cut off; anything else that
+//! does not parse (a header failing its CRC, an index out of sequence, any
+//! damage in an earlier segment) is `Corrupt`: the node refuses to start
+//! rather than guess which acknowledged entries it would lose.
+//!
+//! Owns: the segment files, the index → location map, torn-tail recovery.
+//! Must never: interpret entries (terms, commit) or cut anything but a torn
+//! tail on its own; what may be truncated or compacted is `RaftLog`'s call.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::corrupt;
+use crate::StorageError;
+
+/// Directory of the segment files inside a node's data directory.
+pub(crate) const WAL_DIR: &str = "raft-wal";
+
+/// A segment is sealed and a new one started once it has grown past this.
+/// Compaction frees space a whole segment at a time, so this is also how much
+/// compacted log a node may keep on disk beyond its retention: 16 MiB is about
+/// 23 000 entries of a 256-byte put, the order of the default compaction
+/// threshold, and few enough files for a large log.
+pub(crate) const SEGMENT_TARGET_BYTES: u64 = 16 << 20;
+
+/// Largest record value accepted when reading a header back. Entries are
+/// bounded far below this by the transport (`MAX_REASSEMBLED_BYTES`, 1 GiB
+/// for a snapshot, which never enters the log) and the proposal limits; a
+/// larger length can only be damage that the header CRC did not catch.
+const MAX_RECORD_VALUE_BYTES: u32 = 512 << 20;
+
+const HEADER_LEN: usize = 16;
+
+/// Where one entry's record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loc {
+    /// Sequence number of its segment.
+    seq: u64,
+    /// Offset of the record (its header) in the segment.
+    offset: u64,
+    /// Length of the value.
+    len: u32,
+}
+
+impl Loc {
+    fn end(&self) -> u64 {
+        self.offset + HEADER_LEN as u64 + u64::from(self.len)
+    }
+}
+
+#[derive(Debug)]
+struct Segment {
+    seq: u64,
+    path: PathBuf,
+    file: File,
+    /// Bytes written.
+    len: u64,
+    /// Bytes known durable (fdatasynced, or in a simulation, "synced").
+    synced_len: u64,
+    /// Index of its first record, or of the next append if it has none.
+    first_index: u64,
+}
+
+/// Segment files, the location of every retained entry, and the write cursor.
+#[derive(Debug)]
+pub(crate) struct Wal {
+    dir: PathBuf,
+    generation: u64,
+    /// Ascending by `seq`; never empty; the last is the active segment.
+    segments: Vec<Segment>,
+    /// `locs[i]` is the record of entry `first + i`.
+    locs: VecDeque<Loc>,
+    first: u64,
+    /// A simulation store: `sync` records durability without fdatasync.
+    simulation: bool,
+}
+
+/// What `Wal::open` found and did, for the log line and the tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct OpenReport {
+    /// Bytes cut off the last segment as a torn tail.
+    pub(crate) torn_bytes: u64,
+    /// Segment files of other generations removed.
+    pub(crate) stale_files: usize,
+}
+
+fn header(len: u32, index: u64) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(&len.to_le_bytes());
+    h[4..12].copy_from_slice(&index.to_le_bytes());
+    let crc = crc32fast::hash(&h[..12]);
+    h[12..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// `Ok(Some((len, index)))` for a valid header, `Ok(None)` for all zeros.
+fn parse_header(h: &[u8; HEADER_LEN]) -> Result<Option<(u32, u64)>, ()> {
+    if h.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let mut index = [0u8; 8];
+    index.copy_from_slice(&h[4..12]);
+    let crc = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+    if crc != crc32fast::hash(&h[..12]) || len > MAX_RECORD_VALUE_BYTES {
+        return Err(());
+    }
+    Ok(Some((len, u64::from_le_bytes(index))))
+}
+
+fn segment_name(generation: u64, seq: u64) -> String {
+    format!("{generation:016x}-{seq:016x}.wal")
+}
+
+fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(".wal")?;
+    let (g, s) = stem.split_once('-')?;
+    if g.len() != 16 || s.len() != 16 {
+        return None;
+    }
+    Some((
+        u64::from_str_radix(g, 16).ok()?,
+        u64::from_str_radix(s, 16).ok()?,
+    ))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn open_rw(path: &Path, create: bool) -> Result<File, StorageError> {
+    Ok(OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)?)
+}
+
+impl Wal {
+    /// Opens the log of `generation` in `data_dir`, recovering as described
+    /// in the module docs; creates the directory and a first segment if
+    /// there are none.
+    pub(crate) fn open(
+        data_dir: &Path,
+        generation: u64,
+        simulation: bool,
+    ) -> Result<(Wal, OpenReport), StorageError> {
+        let dir = data_dir.join(WAL_DIR);
+        std::fs::create_dir_all(&dir)?;
+        let mut report = OpenReport::default();
+        let mut found: Vec<(u64, PathBuf)> = Vec::new();
+        for item in std::fs::read_dir(&dir)? {
+            let item = item?;
+            let name = item.file_name();
+            let Some((g, seq)) = name.to_str().and_then(parse_segment_name) else {
+                continue;
+            };
+            if g > generation {
+                return Err(corrupt(format!(
+                    "raft log segment {} is of generation {g}, newer than the metadata's {generation}",
+                    item.path().display()
+                )));
+            }
+            if g < generation {
+                std::fs::remove_file(item.path())?;
+                report.stale_files += 1;
+            } else {
+                found.push((seq, item.path()));
+            }
+        }
+        if report.stale_files > 0 {
+            sync_dir(&dir)?;
+        }
+        found.sort();
+        let mut wal = Wal {
+            dir,
+            generation,
+            segments: Vec::new(),
+            locs: VecDeque::new(),
+            first: 0,
+            simulation,
+        };
+        let count = found.len();
+        for (i, (seq, path)) in found.into_iter().enumerate() {
+            let is_last = i + 1 == count;
+            report.torn_bytes += wal.load_segment(seq, path, is_last)?;
+        }
+        if wal.segments.is_empty() {
+            wal.create_segment(1, 0)?;
+        }
+        Ok((wal, report))
+    }
+
+    /// Reads one segment's records into `locs`; returns the bytes cut off
+    /// as a torn tail (last segment only).
+    fn load_segment(
+        &mut self,
+        seq: u64,
+        path: PathBuf,
+        is_last: bool,
+    ) -> Result<u64, StorageError> {
+        let file = open_rw(&path, false)?;
+        let file_len = file.metadata()?.len();
+        let where_ =
+            |offset: u64| format!("raft log segment {} at offset {offset}", path.display());
+        let next_expected = self.last_index().map(|l| l + 1);
+        let mut first_index = next_expected;
+        let mut offset = 0u64;
+        let mut torn = 0u64;
+        while offset < file_len {
+            let mut h = [0u8; HEADER_LEN];
+            let parsed = if file_len - offset < HEADER_LEN as u64 {
+                None
+            } else {
+                file.read_exact_at(&mut h, offset)?;
+                match parse_header(&h) {
+                    Ok(Some((len, index))) => Some((len, index)),
+                    Ok(None) => None,
+                    Err(()) => {
+                        return Err(corrupt(format!(
+                            "{}: record header fails its check",
+                            where_(offset)
+                        )))
+                    }
+                }
+            };
+            let fits = parsed
+                .is_some_and(|(len, _)| offset + HEADER_LEN as u64 + u64::from(len) <= file_len);
+            let Some((len, index)) = parsed.filter(|_| fits) else {
+                // Cut short by the end of the file, or zeros: a write that a
+                // crash interrupted. Only the last segment can hold one.
+                if !is_last {
+                    return Err(corrupt(format!(
+                        "{}: record cut short in a sealed segment",
+                        where_(offset)
+                    )));
+                }
+                torn = file_len - offset;
+                file.set_len(offset)?;
+                file.sync_all()?;
+                tracing::warn!(
+                    segment = %path.display(),
+                    offset,
+                    bytes = torn,
+                    "cut a torn tail off the raft log (a write interrupted by a crash)"
+                );
+                break;
+            };
+            let expected = self.last_index().map(|l| l + 1).unwrap_or(index);
+            if index != expected {
+                return Err(corrupt(format!(
+                    "{}: entry {index} where {expected} was expected",
+                    where_(offset)
+                )));
+            }
+            if self.locs.is_empty() {
+                self.first = index;
+            }
+            first_index.get_or_insert(index);
+            self.locs.push_back(Loc { seq, offset, len });
+            offset += HEADER_LEN as u64 + u64::from(len);
+        }
+        let len = offset;
+        self.segments.push(Segment {
+            seq,
+            path,
+            file,
+            len,
+            synced_len: len,
+            first_index: first_index.unwrap_or(0),
+        });
+        Ok(torn)
+    }
+
+    fn create_segment(&mut self, seq: u64, first_index: u64) -> Result<(), StorageError> {
+        let path = self.dir.join(segment_name(self.generation, seq));
+        let file = open_rw(&path, true)?;
+        file.set_len(0)?;
+        sync_dir(&self.dir)?;
+        self.segments.push(Segment {
+            seq,
+            path,
+            file,
+            len: 0,
+            synced_len: 0,
+            first_index,
+        });
+        Ok(())
+    }
+
+    fn active(&mut self) -> &mut Segment {
+        // `open` and `reset` always leave at least one segment.
+        let last = self.segments.len() - 1;
+        &mut self.segments[last]
+    }
+
+    fn segment(&self, seq: u64) -> Result<&Segment, StorageError> {
+        self.segments
+            .binary_search_by_key(&seq, |s| s.seq)
+            .map(|i| &self.segments[i])
+            .map_err(|_| corrupt(format!("raft log segment {seq} missing")))
+    }
+
+    pub(crate) fn first_index(&self) -> Option<u64> {
+        (!self.locs.is_empty()).then_some(self.first)
+    }
+
+    pub(crate) fn last_index(&self) -> Option<u64> {
+        (!self.locs.is_empty()).then(|| self.first + self.locs.len() as u64 - 1)
+    }
+
+    /// Length of the stored value of entry `index`.
+    pub(crate) fn value_len(&self, index: u64) -> Option<u32> {
+        self.loc(index).map(|l| l.len)
+    }
+
+    fn loc(&self, index: u64) -> Option<Loc> {
+        let i = index.checked_sub(self.first)?;
+        self.locs.get(usize::try_from(i).ok()?).copied()
+    }
+
+    /// Appends records `(index, value)`. The first index must follow the
+    /// last entry (any index if the log is empty); `RaftLog` truncates a
+    /// conflicting suffix first. Not durable until `sync`.
+    pub(crate) fn append(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
+        let Some((first, _)) = records.first() else {
+            return Ok(());
+        };
+        if let Some(last) = self.last_index() {
+            if *first != last + 1 {
+                return Err(StorageError::Invalid(format!(
+                    "raft log append at {first} does not follow {last}"
+                )));
+            }
+        }
+        if records.windows(2).any(|w| w[1].0 != w[0].0 + 1) {
+            return Err(StorageError::Invalid(
+                "raft log append: records are not consecutive".into(),
+            ));
+        }
+        if records
+            .iter()
+            .any(|(_, v)| v.len() > MAX_RECORD_VALUE_BYTES as usize)
+        {
+            return Err(StorageError::Invalid(format!(
+                "raft log entry larger than {MAX_RECORD_VALUE_BYTES} bytes"
+            )));
+        }
+        if self.active().len >= SEGMENT_TARGET_BYTES {
+            self.rotate(*first)?;
+        }
+        let size: usize = records.iter().map(|(_, v)| HEADER_LEN + v.len()).sum();
+        let mut buf = Vec::with_capacity(size);
+        let start = self.active().len;
+        let seq = self.active().seq;
+        let mut locs = Vec::with_capacity(records.len());
+        for (index, value) in records {
+            // Bounded by MAX_RECORD_VALUE_BYTES above.
+            let len = value.len() as u32;
+            locs.push(Loc {
+                seq,
+                offset: start + buf.len() as u64,
+                len,
+            });
+            buf.extend_from_slice(&header(len, *index));
+            buf.extend_from_slice(value);
+        }
+        let active = self.active();
+        if active.len == 0 {
+            active.first_index = *first;
+        }
+        active.file.write_all_at(&buf, start)?;
+        active.len += buf.len() as u64;
+        if self.locs.is_empty() {
+            self.first = *first;
+        }
+        self.locs.extend(locs);
+        Ok(())
+    }
+
+    /// Seals the active segment (synced) and starts the next one.
+    fn rotate(&mut self, next_index: u64) -> Result<(), StorageError> {
+        self.sync()?;
+        let seq = self.active().seq + 1;
+        self.create_segment(seq, next_index)
+    }
+
+    /// Drops every entry at or after `index` and makes that durable before
+    /// returning, so no later append can land before stale records that a
+    /// crash would bring back.
+    pub(crate) fn truncate_from(&mut self, index: u64) -> Result<(), StorageError> {
+        let Some(loc) = self.loc(index) else {
+            return Ok(());
+        };
+        let mut removed = false;
+        while self.segments.last().is_some_and(|s| s.seq > loc.seq) {
+            if let Some(s) = self.segments.pop() {
+                std::fs::remove_file(&s.path)?;
+                removed = true;
+            }
+        }
+        let simulation = self.simulation;
+        let active = self.active();
+        active.file.set_len(loc.offset)?;
+        if !simulation {
+            active.file.sync_all()?;
+        }
+        active.len = loc.offset;
+        active.synced_len = active.synced_len.min(loc.offset);
+        if active.len == 0 {
+            active.first_index = index;
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        self.locs.truncate((index - self.first) as usize);
+        Ok(())
+    }
+
+    /// Forgets entries before `index` (they stay on disk until
+    /// `remove_segments_before`). `index` may be past the last entry: the
+    /// log becomes empty.
+    pub(crate) fn forget_before(&mut self, index: u64) {
+        while !self.locs.is_empty() && self.first < index {
+            self.locs.pop_front();
+            self.first += 1;
+        }
+        if self.locs.is_empty() {
+            self.first = index;
+        }
+    }
+
+    /// Whether a sealed segment holds only entries before `index`.
+    pub(crate) fn has_segments_before(&self, index: u64) -> bool {
+        self.segments
+            .windows(2)
+            .next()
+            .is_some_and(|w| w[1].first_index <= index)
+    }
+
+    /// Deletes the sealed segments that hold only entries before `index`.
+    /// The caller has made the truncation point durable first: a crash
+    /// after this must not need them.
+    pub(crate) fn remove_segments_before(&mut self, index: u64) -> Result<usize, StorageError> {
+        let mut removed = 0;
+        while self.segments.len() > 1 && self.segments[1].first_index <= index {
+            let s = self.segments.remove(0);
+            std::fs::remove_file(&s.path)?;
+            removed += 1;
+        }
+        if removed > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+
+    /// Values of entries `[lo, hi)`, each read with its header, which must
+    /// still name the entry. The caller keeps `[lo, hi)` within the log.
+    pub(crate) fn read(&self, lo: u64, hi: u64) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut out = Vec::with_capacity(hi.saturating_sub(lo) as usize);
+        let mut index = lo;
+        while index < hi {
+            let first = self
+                .loc(index)
+                .ok_or_else(|| corrupt(format!("raft log entry {index} missing")))?;
+            // One read for the run of records in the same segment.
+            let mut last = first;
+            let mut end_index = index + 1;
+            while end_index < hi {
+                match self.loc(end_index) {
+                    Some(l) if l.seq == first.seq && l.offset == last.end() => {
+                        last = l;
+                        end_index += 1;
+                    }
+                    _ => break,
+                }
+            }
+            let seg = self.segment(first.seq)?;
+            let mut buf = vec![0u8; (last.end() - first.offset) as usize];
+            seg.file
+                .read_exact_at(&mut buf, first.offset)
+                .map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        corrupt(format!(
+                            "raft log entry {index}: segment shorter than its index"
+                        ))
+                    } else {
+                        e.into()
+                    }
+                })?;
+            let mut at = 0usize;
+            for i in index..end_index {
+                let mut h = [0u8; HEADER_LEN];
+                h.copy_from_slice(&buf[at..at + HEADER_LEN]);
+                let len = match parse_header(&h) {
+                    Ok(Some((len, got))) if got == i => len as usize,
+                    _ => {
+                        return Err(corrupt(format!(
+                            "raft log entry {i}: record header damaged"
+                        )))
+                    }
+                };
+                at += HEADER_LEN;
+                out.push(buf[at..at + len].to_vec());
+                at += len;
+            }
+            index = end_index;
+        }
+        Ok(out)
+    }
+
+    /// Replaces the value of entry `index` in place with one of the same
+    /// length (a repair, or a test's damage). Not durable until `sync`.
+    pub(crate) fn overwrite(&mut self, index: u64, value: &[u8]) -> Result<(), StorageError> {
+        let loc = self.loc(index).ok_or(StorageError::Unavailable { index })?;
+        if value.len() != loc.len as usize {
+            return Err(StorageError::Invalid(format!(
+                "raft log entry {index}: replacement is {} bytes, the record {}",
+                value.len(),
+                loc.len
+            )));
+        }
+        let seg = self.segment(loc.seq)?;
+        seg.file
+            .write_all_at(value, loc.offset + HEADER_LEN as u64)?;
+        // The record may be in a sealed, synced segment: sync it at the next
+        // barrier like the active one.
+        let i = self
+            .segments
+            .binary_search_by_key(&loc.seq, |s| s.seq)
+            .map_err(|_| corrupt("raft log segment vanished"))?;
+        self.segments[i].synced_len = self.segments[i].synced_len.min(loc.offset);
+        Ok(())
+    }
+
+    /// The durability barrier: every segment with unsynced bytes (normally
+    /// just the active one) is fdatasynced.
+    pub(crate) fn sync(&mut self) -> Result<(), StorageError> {
+        let simulation = self.simulation;
+        for s in self.segments.iter_mut().filter(|s| s.synced_len < s.len) {
+            if !simulation {
+                s.file.sync_data()?;
+            }
+            s.synced_len = s.len;
+        }
+        Ok(())
+    }
+
+    /// Starts over, empty, under `generation`, with the next append at any
+    /// index. The caller has recorded `generation` durably first, so a crash
+    /// midway leaves old files that the next open removes.
+    pub(crate) fn reset(&mut self, generation: u64) -> Result<(), StorageError> {
+        if generation <= self.generation {
+            return Err(StorageError::Invalid(format!(
+                "raft log generation {generation} is not after {}",
+                self.generation
+            )));
+        }
+        let old: Vec<PathBuf> = self.segments.drain(..).map(|s| s.path).collect();
+        self.generation = generation;
+        self.locs.clear();
+        self.first = 0;
+        self.create_segment(1, 0)?;
+        for path in old {
+            std::fs::remove_file(path)?;
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// (segment files, bytes on disk).
+    pub(crate) fn disk_usage(&self) -> (usize, u64) {
+        (
+            self.segments.len(),
+            self.segments.iter().map(|s| s.len).sum(),
+        )
+    }
+
+    /// Simulation: writes the durable part of every segment (what a crash
+    /// would leave) under `data_dir`.
+    pub(crate) fn copy_durable_to(&self, data_dir: &Path) -> Result<(), StorageError> {
+        let to = data_dir.join(WAL_DIR);
+        std::fs::create_dir_all(&to)?;
+        for s in &self.segments {
+            let mut buf = vec![0u8; s.synced_len as usize];
+            s.file.read_exact_at(&mut buf, 0)?;
+            std::fs::write(to.join(segment_name(self.generation, s.seq)), buf)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(index: u64, len: usize) -> (u64, Vec<u8>) {
+        (index, vec![(index % 251) as u8; len])
+    }
+
+    fn open(dir: &Path) -> Wal {
+        Wal::open(dir, 1, false).unwrap().0
+    }
+
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join(WAL_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn appends_survive_reopen_and_read_back_exactly() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = open(d.path());
+        assert_eq!(w.last_index(), None);
+        let recs: Vec<_> = (5..=20).map(|i| rec(i, 10 + i as usize)).collect();
+        w.append(&recs[..4]).unwrap();
+        w.append(&recs[4..]).unwrap();
+        w.sync().unwrap();
+        assert_eq!(
+            w.read(5, 21).unwrap(),
+            recs.iter().map(|r| r.1.clone()).collect::<Vec<_>>()
+        );
+        drop(w);
+        let (w, report) = Wal::open(d.path(), 1, false).unwrap();
+        assert_eq!(report, OpenReport::default());
+        assert_eq!((w.first_index(), w.last_index()), (Some(5), Some(20)));
+        assert_eq!(w.read(9, 10).unwrap(), vec![recs[4].1.clone()]);
+    }
+
+    #[test]
+    fn append_must_follow_and_be_consecutive() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = open(d.path());
+        w.append(&[rec(1, 3), rec(2, 3)]).unwrap();
+        assert!(w.append(&[rec(4, 3)]).is_err());
+        assert!(w.append(&[rec(3, 3), rec(5, 3)]).is_err());
+        assert_eq!(w.last_index(), Some(2));
+    }
+
+    #[test]
+    fn torn_tail_of_the_last_segment_is_cut() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = open(d.path());
+        w.append(&[rec(1, 100), rec(2, 100), rec(3, 100)]).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let file = segment_files(d.path()).pop().unwrap();
+        let full = std::fs::metadata(&file).unwrap().len();
+        // Every cut inside the last record (header or value) is torn.
+        for cut in [full - 1, full - 50, full - 100, full - 110] {
+            let f = OpenOptions::new().write(true).open(&file).unwrap();
+            f.set_len(cut).unwrap();
+            drop(f);
+            let (w, report) = Wal::open(d.path(), 1, false).unwrap();
+            assert_eq!(w.last_index(), Some(2), "cut at {cut}");
+            assert!(report.torn_bytes > 0);
+            drop(w);
+            // Put the third record back for the next cut.
+            let mut w = open(d.path());
+            w.append(&[rec(3, 100)]).unwrap();
+            w.sync().unwrap();
+        }
+        // Zeros where a record should be (a file extended but not written).
+        let f = OpenOptions::new().write(true).open(&file).unwrap();
+        f.set_len(full + 64).unwrap();
+        drop(f);
+        let (w, report) = Wal::open(d.path(), 1, false).unwrap();
+        assert_eq!((w.last_index(), report.torn_bytes), (Some(3), 64));
+    }
+
+    #[test]
+    fn a_damaged_header_is_corrupt_not_truncated() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = open(d.path());
+        w.append(&[rec(1, 100), rec(2, 100), rec(3, 100)]).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let file = segment_files(d.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[HEADER_LEN + 100 + 5] ^= 1; // header of entry 2
+        std::fs::write(&file, &bytes).unwrap();
+        let err = Wal::open(d.path(), 1, false).unwrap_err();
+        assert!(err.is_corrupt(), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), bytes, "nothing was cut");
+    }
+
+    #[test]
+    fn a_damaged_value_is_read_back_as_is() {
+        // Values are sealed by the caller; the WAL only frames them.
+        let d = tempfile::tempdir().unwrap();
+        let mut w = open(d.path());
+        w.append(&[rec(1, 10), rec(2, 10)]).unwrap();
+        w.overwrite(1, &[9u8; 10]).unwrap();
+        assert!(w.overwrite(1, &[9u8; 11]).is_err());
+        w.sync().unwrap();
+        drop(w);
+        let w = open(d.path());
+        assert_eq!(w.read(1, 2).unwrap(), vec![vec![9u8; 10]]);
+    }
+
+    #[test]
+    fn truncate_rotate_forget_and_remove() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = open(d.path());
+        let big = (SEGMENT_TARGET_BYTES / 3) as usize;
+        for i in 1..=7 {
+            w.append(&[rec(i, big)]).unwrap();
+        }
+        w.sync().unwrap();
+        // 3 records per segment before each rotation: 1-3, 4-6, 7.
+        assert_eq!(segment_files(d.path()).len(), 3);
+        // Truncating into the second segment removes the third.
+        w.truncate_from(5).unwrap();
+        assert_eq!(segment_files(d.path()).len(), 2);
+        assert_eq!(w.last_index(), Some(4));
+        w.append(&[rec(5, 7)]).unwrap();
+        w.sync().unwrap();
+        w.forget_before(5);
+        assert_eq!(w.first_index(), Some(5));
+        assert!(w.has_segments_before(5));
+        assert_eq!(w.remove_segments_before(5).unwrap(), 1);
+        assert!(!w.has_segments_before(5));
+        drop(w);
+        let w = open(d.path());
+        assert_eq!((w.first_index(), w.last_index()), (Some(4), Some(5)));
+        assert_eq!(w.read(5, 6).unwrap(), vec![vec![5u8; 7]]);
+    }
+
+    #[test]
+    fn reset_starts_a_new_generation_and_open_drops_old_files() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = open(d.path());
+        w.append(&[rec(1, 10), rec(2, 10)]).unwrap();
+        w.sync().unwrap();
+        w.reset(2).unwrap();
+        assert_eq!(w.last_index(), None);
+        w.append(&[rec(40, 10)]).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        // A crash after the metadata named generation 3 but before the
+        // reset: generation 2's files are dropped at open.
+        let (w, report) = Wal::open(d.path(), 3, false).unwrap();
+        assert_eq!((w.last_index(), report.stale_files), (None, 1));
+        drop(w);
+        // Files newer than the metadata are refused.
+        assert!(Wal::open(d.path(), 2, false).unwrap_err().is_corrupt());
+    }
+
+    #[test]
+    fn simulation_keeps_only_what_was_synced() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut w = Wal::open(d1.path(), 1, true).unwrap().0;
+        w.append(&[rec(1, 10), rec(2, 10)]).unwrap();
+        w.sync().unwrap();
+        w.append(&[rec(3, 10)]).unwrap();
+        w.copy_durable_to(d2.path()).unwrap();
+        let w2 = Wal::open(d2.path(), 1, true).unwrap().0;
+        assert_eq!(w2.last_index(), Some(2));
+    }
+}
