@@ -90,6 +90,8 @@ struct Segment {
     len: u64,
     /// Bytes known durable (fdatasynced, or in a simulation, "synced").
     synced_len: u64,
+    /// Rewritten in place below `synced_len` since the last sync.
+    rewritten: bool,
     /// Index of its first record, or of the next append if it has none.
     first_index: u64,
 }
@@ -302,6 +304,7 @@ impl Wal {
             file,
             len,
             synced_len: len,
+            rewritten: false,
             first_index: first_index.unwrap_or(0),
         });
         Ok(torn)
@@ -318,6 +321,7 @@ impl Wal {
             file,
             len: 0,
             synced_len: 0,
+            rewritten: false,
             first_index,
         });
         Ok(())
@@ -560,11 +564,9 @@ impl Wal {
             .write_all_at(value, loc.offset + HEADER_LEN as u64)?;
         // The record may be in a sealed, synced segment: sync it at the next
         // barrier like the active one.
-        let i = self
-            .segments
-            .binary_search_by_key(&loc.seq, |s| s.seq)
-            .map_err(|_| corrupt("raft log segment vanished"))?;
-        self.segments[i].synced_len = self.segments[i].synced_len.min(loc.offset);
+        if let Ok(i) = self.segments.binary_search_by_key(&loc.seq, |s| s.seq) {
+            self.segments[i].rewritten = true;
+        }
         Ok(())
     }
 
@@ -572,11 +574,16 @@ impl Wal {
     /// just the active one) is fdatasynced.
     pub(crate) fn sync(&mut self) -> Result<(), StorageError> {
         let simulation = self.simulation;
-        for s in self.segments.iter_mut().filter(|s| s.synced_len < s.len) {
+        for s in self
+            .segments
+            .iter_mut()
+            .filter(|s| s.synced_len < s.len || s.rewritten)
+        {
             if !simulation {
                 s.file.sync_data()?;
             }
             s.synced_len = s.len;
+            s.rewritten = false;
         }
         Ok(())
     }
