@@ -9,8 +9,9 @@
 //! 1. send leader messages (they may go out before the local persist);
 //! 2. install an incoming snapshot;
 //! 3. apply committed entries (already durable on a quorum);
-//! 4. persist new entries and hard state, then one `Store::sync` (fdatasync)
-//!    on the blocking pool, so the runtime thread keeps serving meanwhile;
+//! 4. persist new entries and hard state, then one `RaftLog::sync` (the
+//!    log segment's fdatasync) on the blocking pool, so the runtime thread
+//!    keeps serving meanwhile;
 //! 5. send the messages that must follow the persist (votes, append acks);
 //! 6. advance, then handle the light ready the same way.
 

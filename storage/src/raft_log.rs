@@ -1196,6 +1196,37 @@ mod tests {
         assert_eq!(log.term(11).unwrap(), 3);
     }
 
+    /// A data dir written by a version that kept the log in the sled tree
+    /// "raft_log" opens with its entries moved into segment files, once.
+    #[test]
+    fn a_log_kept_in_sled_is_moved_into_segment_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = [ents(1..=3, 1), ents(4..=6, 2)].concat();
+        {
+            let store = open(dir.path());
+            let legacy = store.inner.db.open_tree(TREE_RAFT_LOG).unwrap();
+            for e in &all {
+                legacy
+                    .insert(crate::codec::u64_key(e.index), encode_msg(e).unwrap())
+                    .unwrap();
+            }
+            // A crash in an earlier attempt left a partial copy behind.
+            store.raft_log().append(&ents(1..=2, 9)).unwrap();
+            store.sync().unwrap();
+        }
+        for _ in 0..2 {
+            let store = open(dir.path());
+            let log = store.raft_log();
+            assert_eq!(log.read_entries(1, 7, None).unwrap(), all);
+            assert!(!store
+                .inner
+                .db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == TREE_RAFT_LOG.as_bytes()));
+        }
+    }
+
     #[test]
     fn hard_and_conf_state_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
