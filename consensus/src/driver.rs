@@ -436,7 +436,16 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         // raft-rs also refuses. Only entries in the durable log can have
         // been applied or acknowledged, so that is as far as it can be.
         let last = log.last_log_index();
-        if hs.commit > last && last >= applied {
+        if applied > last {
+            // The state is ahead of every entry this log holds (a crash
+            // between a snapshot's state and its log metadata): raft-rs
+            // would panic. Refuse with the remedy instead.
+            return Err(ConsensusError::Raft(format!(
+                "applied index {applied} is past the raft log's last entry {last}: the data \
+                 dir is inconsistent; re-seed this node (wipe it and join as a new member)"
+            )));
+        }
+        if hs.commit > last {
             tracing::info!(
                 node = config.id,
                 commit = hs.commit,

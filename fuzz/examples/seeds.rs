@@ -10,7 +10,7 @@ use protobuf::Message as _;
 use synapse_fuzz::{kind, root_key, scoped_token};
 use synapse_proto::v1 as pb;
 use synapse_runtime::guard::{attenuate, Grant, Restriction};
-use synapse_storage::fuzzing::{encode_audit_record, seal_raft_log_value};
+use synapse_storage::fuzzing::{encode_audit_record, encode_wal_record, seal_raft_log_value};
 use synapse_storage::{AuditRecord, Checkpoint, Timestamp, ZERO_HASH};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -304,6 +304,21 @@ fn main() {
             &[&idx[..], &[1], &payload].concat(),
         );
     }
+
+    // wal_segment: a segment of three records, and the same cut short.
+    let mut segment = Vec::new();
+    for index in 7..=9u64 {
+        let payload = raft::eraftpb::Entry {
+            index,
+            term: 2,
+            ..Default::default()
+        }
+        .write_to_bytes()
+        .expect("entry");
+        segment.extend_from_slice(&encode_wal_record(index, &seal_raft_log_value(&payload)));
+    }
+    write("wal_segment", "three", &segment);
+    write("wal_segment", "torn", &segment[..segment.len() - 5]);
 
     // audit: full records and bodies (mode 1), with their keys.
     for (i, allowed) in [true, false].iter().enumerate() {

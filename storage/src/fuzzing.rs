@@ -32,3 +32,27 @@ pub fn decode_audit_at(key: &[u8], value: &[u8]) -> Result<AuditRecord, StorageE
 pub fn encode_audit_record(record: &AuditRecord) -> Vec<u8> {
     record.encode()
 }
+
+/// Opens a Raft log whose only segment file holds `segment` (in a scratch
+/// directory of this process, replaced on every call) and reads every
+/// entry's stored value back: the recovery at open (torn tail, damaged
+/// header, index sequence) and the reads on what it kept.
+pub fn open_wal_segment(segment: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+    let dir = std::env::temp_dir().join(format!("synapse-fuzz-wal-{}", std::process::id()));
+    let wal_dir = dir.join(crate::wal::WAL_DIR);
+    let _ = std::fs::remove_dir_all(&wal_dir);
+    std::fs::create_dir_all(&wal_dir)?;
+    std::fs::write(wal_dir.join(crate::wal::segment_name(1, 1)), segment)?;
+    let (wal, _) = crate::wal::Wal::open(&dir, 1, true)?;
+    let (Some(first), Some(last)) = (wal.first_index(), wal.last_index()) else {
+        return Ok(Vec::new());
+    };
+    let values = wal.read(first, last + 1)?;
+    Ok((first..).zip(values).collect())
+}
+
+/// One record of a segment file (header, then `value`), for seeds.
+pub fn encode_wal_record(index: u64, value: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+    [&crate::wal::header(len, index)[..], value].concat()
+}

@@ -21,6 +21,7 @@
 //! `MemStorage` panics on misuse we return an error: library code does not
 //! panic on input.
 
+use std::fs::File;
 use std::path::Path;
 use std::sync::MutexGuard;
 
@@ -203,7 +204,7 @@ pub(crate) fn load_bounds(
             "removed raft log segments replaced by a snapshot"
         );
     }
-    migrate_legacy_log(db, &mut wal)?;
+    migrate_legacy_log(db, &mut wal, dir, simulation)?;
     // Entries up to the truncation point stay on disk until their whole
     // segment can go.
     if let Some(first) = wal.first_index() {
@@ -211,6 +212,13 @@ pub(crate) fn load_bounds(
             return Err(corrupt(format!(
                 "raft log entries {}..{first} missing (truncated at {truncated_index})",
                 truncated_index + 1
+            )));
+        }
+    }
+    if let Some(last) = wal.last_index() {
+        if last < truncated_index {
+            return Err(corrupt(format!(
+                "raft log ends at entry {last}, before its truncation point {truncated_index}"
             )));
         }
     }
@@ -232,7 +240,12 @@ pub(crate) fn load_bounds(
 /// before the segment files) into the segment files, then drops the tree.
 /// Idempotent: a crash midway leaves the tree, and the next open clears
 /// the partial copy and starts over.
-fn migrate_legacy_log(db: &sled::Db, wal: &mut Wal) -> Result<(), StorageError> {
+fn migrate_legacy_log(
+    db: &sled::Db,
+    wal: &mut Wal,
+    dir: &Path,
+    simulation: bool,
+) -> Result<(), StorageError> {
     if !db
         .tree_names()
         .iter()
@@ -266,7 +279,13 @@ fn migrate_legacy_log(db: &sled::Db, wal: &mut Wal) -> Result<(), StorageError> 
     }
     drop(old);
     db.drop_tree(TREE_RAFT_LOG)?;
+    // Durable before anything is appended to the segment files: a crash
+    // that brought the tree back would have the next open copy it over
+    // newer entries.
     db.flush()?;
+    if !simulation {
+        File::open(dir.join("db"))?.sync_data()?;
+    }
     Ok(())
 }
 
