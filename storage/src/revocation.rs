@@ -3,8 +3,9 @@
 //!
 //! They live in the *state* tree, not a tree of their own, for two reasons
 //! that both matter for security: the apply batch that records a revocation
-//! is one atomic sled batch together with the applied index (so a crash can
-//! never leave "applied but not revoked"), and Raft snapshots and backups
+//! writes it before the applied index, and sled recovers a prefix of its
+//! writes (so a crash can never leave "applied but not revoked"; see
+//! `Store::commit_apply`), and Raft snapshots and backups
 //! (`snapshot_state`) carry them to new or lagging members without a second
 //! code path.
 //!
