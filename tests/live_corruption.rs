@@ -155,12 +155,24 @@ async fn follower_with_corrupt_checkpoints_refuses_them_and_repairs_from_peers()
     wait_converged(&addrs, &token).await;
 
     // Stop the follower, damage its records, writers carry on (2 of 3).
+    // A clean stop: the applied state is synced to sled only at shutdown,
+    // compaction or a term change (after a crash it is re-applied from the
+    // Raft log at start), and the records to damage must be on disk.
     let fdir = cluster.node(follower).dir.clone();
-    cluster.node_mut(follower).kill();
+    cluster.node_mut(follower).stop().await;
+    // An older retained version of w1 (it kept applying while it drained).
+    let w1_older = {
+        let store = synapse_storage::Store::open(&fdir, Default::default()).expect("open");
+        let head = store
+            .head("counter", "w1")
+            .expect("head")
+            .expect("w1 written");
+        head.version.saturating_sub(3).max(1)
+    };
     let damaged = [
         corrupt(&fdir, "counter/quiet", None),
         corrupt(&fdir, "counter/w0", None),
-        corrupt(&fdir, "counter/w1", Some(3)),
+        corrupt(&fdir, "counter/w1", Some(w1_older)),
         corrupt(&fdir, "counter/w2", None),
     ];
     println!("damaged on node {follower}: {damaged:?}");
@@ -294,7 +306,8 @@ async fn follower_with_corrupt_raft_records_repairs_them_from_peers_and_rejoins(
     }
     let (applied_before, _) = wait_converged(&addrs, &token).await;
     let fdir = cluster.node(follower).dir.clone();
-    cluster.node_mut(follower).kill();
+    // A clean stop, so the applied index on disk is the live one (see above).
+    cluster.node_mut(follower).stop().await;
     let damaged = [
         corrupt_raft_entry(&fdir, None),
         corrupt_raft_entry(&fdir, Some(applied_before.saturating_sub(5).max(2))),

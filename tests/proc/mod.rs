@@ -102,6 +102,19 @@ impl NodeProc {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// SIGTERM, then waits (bounded) for the shutdown path to finish: the
+    /// node's final sync leaves everything it applied in its data dir. For
+    /// tests that work on the stored state offline; a crash is `kill`.
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = self.pid().expect("node running").to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}: {sent}");
+        self.wait_exit("the node to stop on SIGTERM").await
+    }
+
     /// SIGKILL: no shutdown path runs.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
