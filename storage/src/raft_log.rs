@@ -31,7 +31,7 @@ use raft::{GetEntriesContext, RaftState, Storage};
 
 use crate::codec::{key_u64, open_value, seal_value, Reader, Writer, CHECKSUM_LEN};
 use crate::error::corrupt;
-use crate::store::{lock, Inner, TREE_RAFT_LOG};
+use crate::store::{has_tree, lock, Inner, TREE_RAFT_LOG};
 use crate::wal::Wal;
 use crate::{StorageError, Store};
 
@@ -246,11 +246,7 @@ fn migrate_legacy_log(
     dir: &Path,
     simulation: bool,
 ) -> Result<(), StorageError> {
-    if !db
-        .tree_names()
-        .iter()
-        .any(|n| n.as_ref() == TREE_RAFT_LOG.as_bytes())
-    {
+    if !has_tree(db, TREE_RAFT_LOG) {
         return Ok(());
     }
     let old = db.open_tree(TREE_RAFT_LOG)?;
@@ -1237,12 +1233,7 @@ mod tests {
             let store = open(dir.path());
             let log = store.raft_log();
             assert_eq!(log.read_entries(1, 7, None).unwrap(), all);
-            assert!(!store
-                .inner
-                .db
-                .tree_names()
-                .iter()
-                .any(|n| n.as_ref() == TREE_RAFT_LOG.as_bytes()));
+            assert!(!has_tree(&store.inner.db, TREE_RAFT_LOG));
         }
     }
 

@@ -504,6 +504,14 @@ fn open_sled_with_cache(
     }
 }
 
+/// Whether `db` has a tree named `name` (without creating it, as
+/// `open_tree` would): for migrations from older layouts.
+pub(crate) fn has_tree(db: &sled::Db, name: &str) -> bool {
+    db.tree_names()
+        .iter()
+        .any(|n| n.as_ref() == name.as_bytes())
+}
+
 /// Moves an audit tree left in the main database by an older version into
 /// the audit database, then drops it. Idempotent: a crash midway leaves the
 /// old tree in place, and the next open clears the partial copy and starts
@@ -515,11 +523,7 @@ fn migrate_audit_tree(
     audit_file: &File,
     audit: &sled::Tree,
 ) -> Result<(), StorageError> {
-    if !main
-        .tree_names()
-        .iter()
-        .any(|n| n.as_ref() == TREE_AUDIT.as_bytes())
-    {
+    if !has_tree(main, TREE_AUDIT) {
         return Ok(());
     }
     let old = main.open_tree(TREE_AUDIT)?;

@@ -854,6 +854,14 @@ mod tests {
         (segment_files(dir).pop().unwrap(), offsets)
     }
 
+    /// Zeros the disk sector that holds byte `at`, or the one after it.
+    fn zero_sector(bytes: &[u8], at: usize, next: bool) -> Vec<u8> {
+        let mut out = bytes.to_vec();
+        let sector = (at / SECTOR_BYTES + usize::from(next)) * SECTOR_BYTES;
+        out[sector..sector + SECTOR_BYTES].fill(0);
+        out
+    }
+
     #[test]
     fn damage_followed_by_intact_records_is_never_cut() {
         // A zeroed sector looks like a torn write, but an intact record 3
@@ -864,17 +872,13 @@ mod tests {
         let intact = std::fs::read(&file).unwrap();
         // In record 2's header: its length is lost, nothing after it can be
         // found, so the log is refused.
-        let mut bytes = intact.clone();
-        let sector = offsets[1] / SECTOR_BYTES * SECTOR_BYTES;
-        bytes[sector..sector + SECTOR_BYTES].fill(0);
+        let bytes = zero_sector(&intact, offsets[1], false);
         std::fs::write(&file, &bytes).unwrap();
         let err = Wal::open(d.path(), 1, false).unwrap_err();
         assert!(err.is_corrupt(), "{err}");
         assert_eq!(std::fs::read(&file).unwrap(), bytes, "nothing was cut");
         // In record 2's value: kept as a damaged entry, record 3 too.
-        let mut bytes = intact.clone();
-        let sector = (offsets[1] / SECTOR_BYTES + 1) * SECTOR_BYTES;
-        bytes[sector..sector + SECTOR_BYTES].fill(0);
+        let bytes = zero_sector(&intact, offsets[1], true);
         std::fs::write(&file, &bytes).unwrap();
         let (w, report) = Wal::open(d.path(), 1, false).unwrap();
         assert_eq!((w.last_index(), report.torn_bytes), (Some(3), 0));
@@ -887,9 +891,7 @@ mod tests {
         let (file, offsets) = three_records(d.path());
         let intact = std::fs::read(&file).unwrap();
         // A sector of the last record never written: torn, cut.
-        let mut bytes = intact.clone();
-        let sector = (offsets[2] / SECTOR_BYTES + 1) * SECTOR_BYTES;
-        bytes[sector..sector + SECTOR_BYTES].fill(0);
+        let bytes = zero_sector(&intact, offsets[2], true);
         std::fs::write(&file, &bytes).unwrap();
         let (w, report) = Wal::open(d.path(), 1, false).unwrap();
         assert_eq!(w.last_index(), Some(2));
