@@ -383,6 +383,11 @@ struct Driver<S: StateMachine, T: Transport> {
     conf_changes: HashMap<u64, Reply<ConfState>>,
     /// Read requests sent to raft, not yet answered with a read index.
     reads_pending: HashMap<u64, (Instant, Reply<u64>)>,
+    /// Contexts of reads in `reads_pending` not yet handed to raft-rs: a
+    /// leader that has not committed an entry of its term yet drops a
+    /// ReadIndex without an answer (raft-rs 0.7), so the read waits here
+    /// until it has (`issue_held_reads`). Expired like the others.
+    reads_held: Vec<Vec<u8>>,
     /// Reads that know their index and wait for apply to reach it.
     reads_ready: Vec<(u64, Reply<u64>)>,
     role: Role,
@@ -486,6 +491,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             proposals: HashMap::new(),
             conf_changes: HashMap::new(),
             reads_pending: HashMap::new(),
+            reads_held: Vec::new(),
             reads_ready: Vec::new(),
             role: Role::Follower,
             term: 0,
@@ -700,6 +706,7 @@ impl<S: StateMachine, T: Transport> SimDriver<S, T> {
             self.driver.ready_finish(ready)?;
             n += 1;
         }
+        self.driver.issue_held_reads();
         self.driver.release_reads();
         self.driver.publish_status();
         Ok(false)
@@ -941,7 +948,15 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                     return;
                 }
                 let (seq, ctx) = self.next_context();
-                self.raw.read_index(ctx);
+                if self.raw.raft.state == StateRole::Leader
+                    && !self.raw.raft.commit_to_current_term()
+                {
+                    // A new leader (at start, or after an election): the
+                    // entry of its term commits within a Ready or two.
+                    self.reads_held.push(ctx);
+                } else {
+                    self.raw.read_index(ctx);
+                }
                 self.reads_pending.insert(seq, (Instant::now(), reply));
             }
             Event::Step(msg) => {
@@ -1108,6 +1123,27 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         self.lease_renewal = Some((seq, Instant::now()));
     }
 
+    /// Hands the held reads to raft-rs once this leader has committed an
+    /// entry of its term; a node that stopped leading meanwhile passes them
+    /// on as a follower would (raft-rs forwards them to the leader).
+    fn issue_held_reads(&mut self) {
+        if self.reads_held.is_empty()
+            || (self.raw.raft.state == StateRole::Leader && !self.raw.raft.commit_to_current_term())
+        {
+            return;
+        }
+        for ctx in std::mem::take(&mut self.reads_held) {
+            if self.is_pending_read(&ctx) {
+                self.raw.read_index(ctx);
+            }
+        }
+    }
+
+    fn is_pending_read(&self, ctx: &[u8]) -> bool {
+        self.own_seq(ctx)
+            .is_some_and(|seq| self.reads_pending.contains_key(&seq))
+    }
+
     fn expire_reads(&mut self) {
         let timeout = self.config.read_timeout;
         let hint = self.leader_hint();
@@ -1122,6 +1158,11 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 let _ = reply.send(Err(ConsensusError::NotLeader { leader_hint: hint }));
             }
         }
+        let held = std::mem::take(&mut self.reads_held);
+        self.reads_held = held
+            .into_iter()
+            .filter(|ctx| self.is_pending_read(ctx))
+            .collect();
     }
 
     fn fail_all(&mut self, err: impl Fn() -> ConsensusError) {
@@ -1134,6 +1175,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         for (_, (_, r)) in self.reads_pending.drain() {
             let _ = r.send(Err(err()));
         }
+        self.reads_held.clear();
         for (_, r) in self.reads_ready.drain(..) {
             let _ = r.send(Err(err()));
         }
@@ -1247,6 +1289,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
             self.ready_finish(ready)?;
         }
+        self.issue_held_reads();
         self.release_reads();
         self.step_down_if_removed();
         Ok(())
@@ -1261,6 +1304,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
             self.ready_finish(ready)?;
         }
+        self.issue_held_reads();
         self.release_reads();
         self.step_down_if_removed();
         Ok(())
@@ -1568,6 +1612,40 @@ mod tests {
         assert!(
             !handle.status().running,
             "a panicked driver reads as stopped"
+        );
+    }
+
+    /// A read that reaches a new leader before the entry of its term has
+    /// committed is answered once it has, not dropped (raft-rs 0.7 ignores
+    /// such a ReadIndex, and the read used to time out after
+    /// `read_timeout`: seen as "no leader elected" right after a restart).
+    #[test]
+    fn a_read_before_the_new_leaders_first_commit_is_held_not_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = sim_store(&dir);
+        let mut d = SimDriver::new(
+            RaftConfig::cluster_member(1, vec![1]),
+            store.clone(),
+            AppliedIndexOnly(store),
+            Arc::new(NoNetwork),
+        )
+        .expect("driver");
+        assert_eq!(d.status().role, Role::Leader, "a sole voter leads at once");
+        let mut read = d.read_index();
+        assert!(
+            read.try_recv().is_err(),
+            "answered before anything committed"
+        );
+        for _ in 0..10 {
+            d.process().expect("process");
+        }
+        let index = read
+            .try_recv()
+            .expect("the read was answered")
+            .expect("the read succeeded");
+        assert!(
+            index >= 2,
+            "read index {index} covers the leader's first entry"
         );
     }
 
