@@ -1615,6 +1615,18 @@ mod tests {
         );
     }
 
+    /// A one-voter cluster on a simulation store in `dir`.
+    fn sole_voter(dir: &tempfile::TempDir) -> SimDriver<AppliedIndexOnly, NoNetwork> {
+        let store = sim_store(dir);
+        SimDriver::new(
+            RaftConfig::cluster_member(1, vec![1]),
+            store.clone(),
+            AppliedIndexOnly(store),
+            Arc::new(NoNetwork),
+        )
+        .expect("driver")
+    }
+
     /// A read that reaches a new leader before the entry of its term has
     /// committed is answered once it has, not dropped (raft-rs 0.7 ignores
     /// such a ReadIndex, and the read used to time out after
@@ -1622,14 +1634,7 @@ mod tests {
     #[test]
     fn a_read_before_the_new_leaders_first_commit_is_held_not_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = sim_store(&dir);
-        let mut d = SimDriver::new(
-            RaftConfig::cluster_member(1, vec![1]),
-            store.clone(),
-            AppliedIndexOnly(store),
-            Arc::new(NoNetwork),
-        )
-        .expect("driver");
+        let mut d = sole_voter(&dir);
         assert_eq!(d.status().role, Role::Leader, "a sole voter leads at once");
         let mut read = d.read_index();
         assert!(
@@ -1652,14 +1657,7 @@ mod tests {
     #[test]
     fn a_second_membership_change_while_one_is_unapplied_is_refused_not_lost() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = sim_store(&dir);
-        let mut d = SimDriver::new(
-            RaftConfig::cluster_member(1, vec![1]),
-            store.clone(),
-            AppliedIndexOnly(store),
-            Arc::new(NoNetwork),
-        )
-        .expect("driver");
+        let mut d = sole_voter(&dir);
         for _ in 0..100 {
             d.tick();
             d.process().expect("process");

@@ -384,7 +384,11 @@ impl Wal {
                 // reading it reports the damage (repairable from a peer).
             }
             let Record::Whole { index, len, .. } = record else {
-                unreachable!("a broken record either was cut or returned an error");
+                // A broken record was cut or refused above; never kept.
+                return Err(corrupt(format!(
+                    "{}: record damaged",
+                    where_(offset as u64)
+                )));
             };
             if self.locs.is_empty() {
                 self.first = index;
@@ -798,13 +802,8 @@ mod tests {
 
     #[test]
     fn torn_tail_of_the_last_segment_is_cut() {
-        let d = tempfile::tempdir().unwrap();
-        let mut w = open(d.path());
-        w.append(&[rec(1, 100), rec(2, 100), rec(3, 100)]).unwrap();
-        w.sync().unwrap();
-        drop(w);
-        let file = segment_files(d.path()).pop().unwrap();
-        let full = std::fs::metadata(&file).unwrap().len();
+        let (d, file, _, intact) = three_records(100);
+        let full = intact.len() as u64;
         // Every cut inside the last record (header or value) is torn.
         for cut in [full - 1, full - 50, full - 100, full - 110] {
             let f = OpenOptions::new().write(true).open(&file).unwrap();
@@ -829,13 +828,7 @@ mod tests {
 
     #[test]
     fn a_damaged_header_is_corrupt_not_truncated() {
-        let d = tempfile::tempdir().unwrap();
-        let mut w = open(d.path());
-        w.append(&[rec(1, 100), rec(2, 100), rec(3, 100)]).unwrap();
-        w.sync().unwrap();
-        drop(w);
-        let file = segment_files(d.path()).pop().unwrap();
-        let mut bytes = std::fs::read(&file).unwrap();
+        let (d, file, _, mut bytes) = three_records(100);
         bytes[HEADER_LEN + rec(1, 100).1.len() + 5] ^= 1; // header of entry 2
         std::fs::write(&file, &bytes).unwrap();
         let err = Wal::open(d.path(), 1, false).unwrap_err();
@@ -843,15 +836,18 @@ mod tests {
         assert_eq!(std::fs::read(&file).unwrap(), bytes, "nothing was cut");
     }
 
-    /// Three records of about 1 KiB (each spans sector boundaries), synced;
-    /// returns the segment file and the offset of each record.
-    fn three_records(dir: &Path) -> (PathBuf, Vec<usize>) {
-        let mut w = open(dir);
-        w.append(&[rec(1, 1000), rec(2, 1000), rec(3, 1000)])
-            .unwrap();
+    /// Three records with values of `len` bytes, synced in a new
+    /// directory; returns it, the segment file, the offset of each record
+    /// and the file's bytes.
+    fn three_records(len: usize) -> (tempfile::TempDir, PathBuf, Vec<usize>, Vec<u8>) {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = open(d.path());
+        w.append(&[rec(1, len), rec(2, len), rec(3, len)]).unwrap();
         w.sync().unwrap();
         let offsets = w.locs.iter().map(|l| l.offset as usize).collect();
-        (segment_files(dir).pop().unwrap(), offsets)
+        let file = segment_files(d.path()).pop().unwrap();
+        let intact = std::fs::read(&file).unwrap();
+        (d, file, offsets, intact)
     }
 
     /// Zeros the disk sector that holds byte `at`, or the one after it.
@@ -867,9 +863,8 @@ mod tests {
         // A zeroed sector looks like a torn write, but an intact record 3
         // follows: bit rot or a lost write, and cutting would drop
         // acknowledged entries.
-        let d = tempfile::tempdir().unwrap();
-        let (file, offsets) = three_records(d.path());
-        let intact = std::fs::read(&file).unwrap();
+        // Records of about 1 KiB span sector boundaries.
+        let (d, file, offsets, intact) = three_records(1000);
         // In record 2's header: its length is lost, nothing after it can be
         // found, so the log is refused.
         let bytes = zero_sector(&intact, offsets[1], false);
@@ -887,9 +882,8 @@ mod tests {
 
     #[test]
     fn the_last_record_torn_or_damaged() {
-        let d = tempfile::tempdir().unwrap();
-        let (file, offsets) = three_records(d.path());
-        let intact = std::fs::read(&file).unwrap();
+        // Records of about 1 KiB span sector boundaries.
+        let (d, file, offsets, intact) = three_records(1000);
         // A sector of the last record never written: torn, cut.
         let bytes = zero_sector(&intact, offsets[2], true);
         std::fs::write(&file, &bytes).unwrap();
