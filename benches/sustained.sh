@@ -11,7 +11,8 @@
 #
 # Both sample every node's VmRSS, RssAnon, active-instance gauge and data-dir
 # size every SAMPLE_SECONDS into OUT_DIR/rss-<mode>.csv, keep the load
-# generator's JSON (per-second p50/p99 timeline), and print a report:
+# generator's JSON (per-second p50/p99 timeline), CPU ticks per node and thread
+# name into OUT_DIR/rss-<mode>-threads.csv, and print a report:
 #   sustained: RSS growth from WARM_SECONDS to the end (target < 5 %), and
 #              per-minute throughput and p50/p99, last full minute over the
 #              first (drift);
@@ -83,6 +84,21 @@ def active(url):
         return next((int(float(l.split()[1])) for l in body.splitlines() if l.startswith("synapse_active_instances ")), 0)
     except Exception:
         return -1
+def thread_ticks(pid):
+    """CPU ticks (user+system) per thread name: which thread saturates when."""
+    ticks = {}
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                raw = open(f"/proc/{pid}/task/{tid}/stat").read()
+            except OSError:
+                continue
+            name = raw[raw.index("(") + 1:raw.rindex(")")].rstrip("0123456789-")
+            fields = raw[raw.rindex(")") + 2:].split()
+            ticks[name] = ticks.get(name, 0) + int(fields[11]) + int(fields[12])
+    except OSError:
+        pass
+    return ticks
 def du_kib(path):
     total = 0
     for d, _, files in os.walk(path):
@@ -90,6 +106,8 @@ def du_kib(path):
             try: total += os.stat(os.path.join(d, f)).st_blocks // 2
             except OSError: pass
     return total
+threads = open(csv[:-4] + "-threads.csv", "w")
+threads.write("elapsed_s,node,thread,cpu_ticks\n")
 with open(csv, "w") as out:
     out.write("elapsed_s,load1," + ",".join(f"{n}_rss_kib,{n}_anon_kib,{n}_active,{n}_disk_kib" for n, *_ in specs) + "\n")
     start = time.monotonic()
@@ -97,8 +115,11 @@ with open(csv, "w") as out:
         if os.path.exists(stop):
             break
         row = [str(round(time.monotonic() - start)), open("/proc/loadavg").read().split()[0]]
-        for _, pid, url, data in specs:
+        for node, pid, url, data in specs:
             row += [str(status(pid, "VmRSS")), str(status(pid, "RssAnon")), str(active(url)), str(du_kib(data))]
+            for name, t in sorted(thread_ticks(pid).items()):
+                threads.write(f"{row[0]},{node},{name},{t}\n")
+        threads.flush()
         out.write(",".join(row) + "\n"); out.flush()
         # next sample on the grid, however long this one took
         time.sleep(max(0.0, start + (k + 1) * every - time.monotonic()))

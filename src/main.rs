@@ -305,7 +305,8 @@ fn debug_corrupt(
 /// `synapse debug storage-stats`: where a data dir's bytes are. Keys in
 /// `state` are grouped by their leading tag byte (checkpoint, head,
 /// request, cluster, ...), so growth can be attributed to a record kind;
-/// `raft_log` is the segment files (retained entries, bytes on disk).
+/// `raft_log` and `audit` are segment files (records retained, bytes on
+/// disk).
 fn debug_storage_stats(data_dir: &std::path::Path, output: Output) -> Result<(), Failure> {
     let err = |e: synapse_storage::StorageError| Failure::from(e.to_string());
     let store = synapse_storage::Store::open(data_dir, Default::default()).map_err(err)?;
@@ -314,7 +315,9 @@ fn debug_storage_stats(data_dir: &std::path::Path, output: Output) -> Result<(),
     // are the record headers).
     let (_, log_bytes, log_entries) = store.raft_log().disk_usage();
     rows.push(("raft_log".to_string(), log_entries, 0, log_bytes));
-    for tree_name in ["state", "raft_meta", "audit"] {
+    let (_, audit_bytes, audit_records) = store.audit_disk_usage();
+    rows.push(("audit".to_string(), audit_records, 0, audit_bytes));
+    for tree_name in ["state", "raft_meta"] {
         let tree = store.raw_tree(tree_name).map_err(err)?;
         let mut groups: std::collections::BTreeMap<String, (u64, u64, u64)> = Default::default();
         for item in tree.iter() {

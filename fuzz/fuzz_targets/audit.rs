@@ -1,5 +1,5 @@
-//! The audit record decoder, alone and as read from its tree (key must
-//! match seq). Input: 8 bytes of key, one mode byte (1 = append the body's
+//! The audit record decoder, alone and as read from its segment files (the
+//! position must match seq). Input: 8 bytes of key, one mode byte (1 = append the body's
 //! SHA-256 so the parser is reached), then the record. Property: what
 //! decodes re-encodes to the same bytes.
 #![no_main]

@@ -1,10 +1,11 @@
 //! The capability audit trail's writer. Every guard decision is pushed onto
 //! a bounded queue; one dedicated thread drains it and appends the records
-//! to the store's hash chain in batches (one sled batch per drain). A
-//! request therefore pays for building the record and one queue push, not
-//! for a SHA-256 and a tree write, and never for an fsync: the writer makes
-//! each batch durable itself (`Store::audit_sync`: the trail has its own
-//! database), so records arriving during that fsync form the next batch.
+//! to the store's hash chain in batches (one segment-file write per drain).
+//! A request therefore pays for building the record and one queue push,
+//! not for a SHA-256 and a disk write, and never for an fsync: the writer
+//! makes each batch durable itself (`Store::audit_sync`: the trail has its
+//! own segment files), so records arriving during that fsync form the next
+//! batch.
 //!
 //! Owns: the queue, its bound, the writer thread and retention pruning.
 //! Must never: block a request on the disk (a full queue is refused, not
@@ -31,8 +32,8 @@ use crate::metrics::Metrics;
 /// decision goes unrecorded because the recorder is behind).
 pub const AUDIT_QUEUE_CAPACITY: usize = 16_384;
 
-/// Most records written in one sled batch: large enough to amortize the
-/// tree write, small enough that a flush waiter is not held behind a huge
+/// Most records written in one batch: large enough to amortize the write
+/// and its fsync, small enough that a flush waiter is not held behind a huge
 /// batch.
 pub const MAX_AUDIT_BATCH: usize = 1_024;
 
@@ -43,12 +44,13 @@ pub const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// few records under load (about 190 fsyncs/s on a leader at 2 800
 /// writes/s, against 40/s for its Raft log), and each wake-up of the writer
 /// was a futex call on the node thread that queued the record. Waiting this
-/// long lets one sled batch and one fsync carry the records of that window;
+/// long lets one write and one fsync carry the records of that window;
 /// the queue holds far more than 5 ms of any load this node can serve.
 pub const AUDIT_SYNC_MIN_INTERVAL: Duration = Duration::from_millis(5);
 
-/// Retention is enforced every this many records (a prune is a range scan
-/// and one batch delete; per record it would dominate the writer).
+/// Retention is enforced every this many records (a prune may delete
+/// segment files and writes a marker to sled; per record it would dominate
+/// the writer).
 const AUDIT_PRUNE_EVERY: u64 = 10_000;
 
 // Records travel inline (no allocation per decision); the channel's buffer

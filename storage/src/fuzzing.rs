@@ -3,7 +3,7 @@
 //! read from disk, plus the sealing helpers a fuzzer needs to get past the
 //! integrity checks into the parsers. None may panic.
 
-use crate::audit::{decode_at, AuditRecord};
+use crate::audit::{decode_stored, AuditRecord};
 use crate::error::StorageError;
 
 /// A raft log record as stored under key `index` (checksum, then the
@@ -23,9 +23,13 @@ pub fn decode_audit_record(bytes: &[u8]) -> Result<AuditRecord, StorageError> {
     AuditRecord::decode(bytes)
 }
 
-/// An audit record as read from the tree: the key must match its seq.
+/// An audit record as read from position `key` (u64 big-endian) of its
+/// segment files: `value` is sealed here first, so fuzzed bytes reach the
+/// parser and the position check rather than stopping at the checksum.
 pub fn decode_audit_at(key: &[u8], value: &[u8]) -> Result<AuditRecord, StorageError> {
-    decode_at(key, value)
+    let seq = crate::codec::key_u64(key)
+        .ok_or_else(|| crate::error::corrupt("audit record position is not 8 bytes"))?;
+    decode_stored(seq, &crate::codec::seal_value(value))
 }
 
 /// The stored encoding of an audit record (for seeds and round trips).

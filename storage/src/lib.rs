@@ -1,6 +1,6 @@
-//! Synapse storage: everything this node keeps on disk: two sled databases
-//! (state and Raft metadata; the audit trail in its own, see
-//! `Store::audit_sync`) and the Raft log's segment files (`wal`).
+//! Synapse storage: everything this node keeps on disk: one sled database
+//! (state and Raft metadata) and two sets of segment files (`wal`): the
+//! Raft log's and the audit trail's.
 //!
 //! This crate owns:
 //! * **checkpoint hash chains**: per skill instance, versioned state records
@@ -13,7 +13,8 @@
 //!   must pass to repair one (`RaftLog::repair_entry`);
 //! * **revoked capability ids**, replicated and part of snapshots;
 //! * the **audit trail**: append-only, hash-chained capability decisions, in
-//!   its own database with its own durability barrier (`Store::audit_sync`);
+//!   segment files of its own with their own durability barrier
+//!   (`Store::audit_sync`);
 //! * the **request-id table**: what each applied request produced, so
 //!   retries are answered instead of applied twice;
 //! * the durability barriers: `RaftLog::sync` once per Raft Ready (the log's
@@ -40,7 +41,7 @@ mod sim_disk;
 mod store;
 mod wal;
 
-pub use audit::{AuditFilter, AuditRecord, MAX_AUDIT_PRUNE_BATCH, MAX_AUDIT_SCAN};
+pub use audit::{AuditFilter, AuditRecord, MAX_AUDIT_SCAN};
 pub use checkpoint::{Checkpoint, Hash, Timestamp, ZERO_HASH};
 pub use error::StorageError;
 pub use raft_log::RaftLog;

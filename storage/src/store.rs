@@ -72,22 +72,6 @@ const MAX_PRUNE_PER_PUT: usize = 64;
 /// instance state is also cached by the actors above us.
 const SLED_CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
 
-/// The audit trail lives in its own sled database, `<dir>/audit/`. In the
-/// main one its records (long-lived, only ever growing until retention)
-/// shared log segments with the Raft log (rewritten and truncated within
-/// seconds), and every segment holding one live audit page stayed pinned:
-/// 500 k records of ~190 bytes next to a churning log took 570 MiB on disk
-/// and slowed every write, against 191 MiB alone (see benches/README.md).
-pub(crate) const AUDIT_DB_DIR: &str = "audit";
-
-/// The audit database's page cache: it is appended to and read only by
-/// operator queries, newest first; a hot tail is all that needs caching.
-const AUDIT_CACHE_CAPACITY_BYTES: u64 = 16 * 1024 * 1024;
-
-/// Records copied per batch when moving an audit tree from the main
-/// database (data dirs written before `AUDIT_DB_DIR` existed).
-const AUDIT_MIGRATION_BATCH: usize = 10_000;
-
 const SNAPSHOT_DOMAIN: &[u8] = b"synapse.state-snapshot.v1";
 const STATE_HASH_DOMAIN: &[u8] = b"synapse.state-hash.v1";
 
@@ -238,23 +222,18 @@ pub(crate) struct Inner {
     pub(crate) db: sled::Db,
     pub(crate) state: sled::Tree,
     pub(crate) raft_meta: sled::Tree,
-    /// The audit trail's own database (see `AUDIT_DB_DIR`) and its tree.
-    audit_db: sled::Db,
-    pub(crate) audit: sled::Tree,
+    /// The audit trail's segment files (`crate::audit`).
+    pub(crate) audit: Mutex<crate::audit::AuditLog>,
     retention: u64,
     simulation: bool,
     /// sled's log file, kept open for `sync_data()`.
     db_file: File,
-    /// The audit database's log file, for `audit_sync()`.
-    audit_db_file: File,
     /// Blob files already fsynced (sled writes blobs without fsync).
     synced_blobs: Mutex<HashSet<OsString>>,
     /// Serializes state-tree writers against whole-tree readers
     /// (`state_hash`, `snapshot_state`) and `latest()`, so they see one
     /// applied index, never half of one.
     apply_lock: RwLock<()>,
-    /// (seq, hash) of the newest audit record; `None` until first loaded.
-    pub(crate) audit_head: Mutex<Option<(u64, Hash)>>,
     /// Cached Raft log bounds; the mutex also serializes Raft log writers.
     pub(crate) raft_bounds: Mutex<LogBounds>,
     /// Simulated disk (durable image), simulation stores only.
@@ -512,48 +491,6 @@ pub(crate) fn has_tree(db: &sled::Db, name: &str) -> bool {
         .any(|n| n.as_ref() == name.as_bytes())
 }
 
-/// Moves an audit tree left in the main database by an older version into
-/// the audit database, then drops it. Idempotent: a crash midway leaves the
-/// old tree in place, and the next open clears the partial copy and starts
-/// over, so no record is lost or duplicated.
-fn migrate_audit_tree(
-    main: &sled::Db,
-    main_file: &File,
-    audit_db: &sled::Db,
-    audit_file: &File,
-    audit: &sled::Tree,
-) -> Result<(), StorageError> {
-    if !has_tree(main, TREE_AUDIT) {
-        return Ok(());
-    }
-    let old = main.open_tree(TREE_AUDIT)?;
-    if !old.is_empty() {
-        audit.clear()?;
-        let mut batch = sled::Batch::default();
-        let mut in_batch = 0;
-        for item in old.iter() {
-            let (k, v) = item?;
-            batch.insert(k, v);
-            in_batch += 1;
-            if in_batch == AUDIT_MIGRATION_BATCH {
-                audit.apply_batch(std::mem::take(&mut batch))?;
-                in_batch = 0;
-            }
-        }
-        audit.apply_batch(batch)?;
-        audit_db.flush()?;
-        audit_file.sync_data()?;
-        tracing::info!(
-            records = audit.len(),
-            "moved the audit trail into its own database"
-        );
-    }
-    main.drop_tree(TREE_AUDIT)?;
-    main.flush()?;
-    main_file.sync_data()?;
-    Ok(())
-}
-
 impl Store {
     /// Opens (or creates) the database in `dir`. Waits up to
     /// `OPEN_LOCK_WAIT` for a previous instance in this process to release
@@ -572,15 +509,11 @@ impl Store {
     fn with_db(dir: &Path, db: sled::Db, opts: StoreOptions) -> Result<Store, StorageError> {
         let state = db.open_tree(TREE_STATE)?;
         let raft_meta = db.open_tree(TREE_RAFT_META)?;
-        let audit_dir = dir.join(AUDIT_DB_DIR);
-        let audit_db = open_sled_with_cache(&audit_dir, &opts, AUDIT_CACHE_CAPACITY_BYTES)?;
-        let audit = audit_db.open_tree(TREE_AUDIT)?;
         // sled 0.34 keeps its whole log (all segments) in `<dir>/db`.
         let db_file = File::open(dir.join("db"))?;
-        let audit_db_file = File::open(audit_dir.join("db"))?;
-        migrate_audit_tree(&db, &db_file, &audit_db, &audit_db_file, &audit)?;
+        crate::audit::migrate_legacy_audit(dir, &db, &db_file, opts.simulation)?;
+        let audit = crate::audit::AuditLog::open(dir, &db, opts.simulation)?;
         // Make the directory entries sled just created durable, once.
-        File::open(&audit_dir)?.sync_all()?;
         File::open(dir)?.sync_all()?;
         let bounds = load_bounds(&db, &raft_meta, dir, opts.simulation)?;
         Ok(Store {
@@ -589,15 +522,12 @@ impl Store {
                 db,
                 state,
                 raft_meta,
-                audit_db,
-                audit,
+                audit: Mutex::new(audit),
                 retention: opts.retention_versions,
                 simulation: opts.simulation,
                 db_file,
-                audit_db_file,
                 synced_blobs: Mutex::new(HashSet::new()),
                 apply_lock: RwLock::new(()),
-                audit_head: Mutex::new(None),
                 raft_bounds: Mutex::new(bounds),
                 sim_disk: Mutex::new(Default::default()),
             }),
@@ -654,6 +584,7 @@ impl Store {
             ..Default::default()
         };
         lock(&self.inner.raft_bounds).wal.copy_durable_to(dir)?;
+        lock(&self.inner.audit).copy_durable_to(dir)?;
         let db = open_sled(dir, &opts)?;
         crate::sim_disk::restore(&db, &image)?;
         let store = Self::with_db(dir, db, opts)?;
@@ -710,18 +641,6 @@ impl Store {
         lock(&self.inner.raft_bounds).wal.sync()
     }
 
-    /// Durability barrier for the audit trail alone (it has its own
-    /// database, see `AUDIT_DB_DIR`): one flush and one fdatasync. Audit
-    /// records are small, so sled never writes them as blobs.
-    pub fn audit_sync(&self) -> Result<(), StorageError> {
-        if self.inner.simulation {
-            return Ok(());
-        }
-        self.inner.audit_db.flush()?;
-        self.inner.audit_db_file.sync_data()?;
-        Ok(())
-    }
-
     fn sync_blobs(&self) -> Result<(), StorageError> {
         let blob_dir = self.inner.dir.join("blobs");
         let entries = match std::fs::read_dir(&blob_dir) {
@@ -776,7 +695,10 @@ impl Store {
                     .into(),
             )),
             TREE_RAFT_META => Ok(self.inner.raft_meta.clone()),
-            TREE_AUDIT => Ok(self.inner.audit.clone()),
+            TREE_AUDIT => Err(StorageError::Invalid(
+                "the audit trail is kept in segment files, not a tree: use Store::debug_audit_record"
+                    .into(),
+            )),
             other => Err(StorageError::Invalid(format!("unknown tree {other:?}"))),
         }
     }

@@ -104,6 +104,10 @@ struct Segment {
 #[derive(Debug)]
 pub(crate) struct Wal {
     dir: PathBuf,
+    /// Name of `dir` inside the data directory (`copy_durable_to`).
+    dir_name: &'static str,
+    /// What the records are, for messages: "raft log", "audit trail".
+    label: &'static str,
     generation: u64,
     /// Ascending by `seq`; never empty; the last is the active segment.
     segments: Vec<Segment>,
@@ -275,7 +279,19 @@ impl Wal {
         generation: u64,
         simulation: bool,
     ) -> Result<(Wal, OpenReport), StorageError> {
-        let dir = data_dir.join(WAL_DIR);
+        Wal::open_in(data_dir, WAL_DIR, "raft log", generation, simulation)
+    }
+
+    /// [`Wal::open`] for another sequence of records (the audit trail) in
+    /// `data_dir/dir_name`; `label` names them in messages.
+    pub(crate) fn open_in(
+        data_dir: &Path,
+        dir_name: &'static str,
+        label: &'static str,
+        generation: u64,
+        simulation: bool,
+    ) -> Result<(Wal, OpenReport), StorageError> {
+        let dir = data_dir.join(dir_name);
         if !dir.exists() {
             std::fs::create_dir_all(&dir)?;
             // The new name must survive a crash like the files in it.
@@ -291,7 +307,7 @@ impl Wal {
             };
             if g > generation {
                 return Err(corrupt(format!(
-                    "raft log segment {} is of generation {g}, newer than the metadata's {generation}",
+                    "{label} segment {} is of generation {g}, newer than the metadata's {generation}",
                     item.path().display()
                 )));
             }
@@ -308,6 +324,8 @@ impl Wal {
         found.sort();
         let mut wal = Wal {
             dir,
+            dir_name,
+            label,
             generation,
             segments: Vec::new(),
             locs: VecDeque::new(),
@@ -336,8 +354,8 @@ impl Wal {
         let file = open_rw(&path, false)?;
         let bytes = std::fs::read(&path)?;
         let file_len = bytes.len() as u64;
-        let where_ =
-            |offset: u64| format!("raft log segment {} at offset {offset}", path.display());
+        let label = self.label;
+        let where_ = |offset: u64| format!("{label} segment {} at offset {offset}", path.display());
         let mut first_index = self.last_index().map(|l| l + 1);
         let mut offset = 0usize;
         let mut torn = 0u64;
@@ -369,7 +387,8 @@ impl Wal {
                         segment = %path.display(),
                         offset,
                         bytes = torn,
-                        "cut a torn tail off the raft log (a write interrupted by a crash)"
+                        log = self.label,
+                        "cut a torn tail off a log (a write interrupted by a crash)"
                     );
                     break;
                 }
@@ -441,7 +460,7 @@ impl Wal {
         self.segments
             .binary_search_by_key(&seq, |s| s.seq)
             .map(|i| &self.segments[i])
-            .map_err(|_| corrupt(format!("raft log segment {seq} missing")))
+            .map_err(|_| corrupt(format!("{} segment {seq} missing", self.label)))
     }
 
     pub(crate) fn first_index(&self) -> Option<u64> {
@@ -450,6 +469,12 @@ impl Wal {
 
     pub(crate) fn last_index(&self) -> Option<u64> {
         (!self.locs.is_empty()).then(|| self.first + self.locs.len() as u64 - 1)
+    }
+
+    /// Index the next append must have (any, while nothing was ever
+    /// appended or forgotten: then 0).
+    pub(crate) fn next_index(&self) -> u64 {
+        self.first + self.locs.len() as u64
     }
 
     /// Length of the stored value of entry `index`.
@@ -472,21 +497,24 @@ impl Wal {
         if let Some(last) = self.last_index() {
             if *first != last + 1 {
                 return Err(StorageError::Invalid(format!(
-                    "raft log append at {first} does not follow {last}"
+                    "{} append at {first} does not follow {last}",
+                    self.label
                 )));
             }
         }
         if records.windows(2).any(|w| w[1].0 != w[0].0 + 1) {
-            return Err(StorageError::Invalid(
-                "raft log append: records are not consecutive".into(),
-            ));
+            return Err(StorageError::Invalid(format!(
+                "{} append: records are not consecutive",
+                self.label
+            )));
         }
         if records
             .iter()
             .any(|(_, v)| v.len() > MAX_RECORD_VALUE_BYTES as usize)
         {
             return Err(StorageError::Invalid(format!(
-                "raft log entry larger than {MAX_RECORD_VALUE_BYTES} bytes"
+                "{} record larger than {MAX_RECORD_VALUE_BYTES} bytes",
+                self.label
             )));
         }
         if self.active().len >= SEGMENT_TARGET_BYTES {
@@ -607,7 +635,7 @@ impl Wal {
         while index < hi {
             let first = self
                 .loc(index)
-                .ok_or_else(|| corrupt(format!("raft log entry {index} missing")))?;
+                .ok_or_else(|| corrupt(format!("{} entry {index} missing", self.label)))?;
             // One read for the run of records in the same segment.
             let mut last = first;
             let mut end_index = index + 1;
@@ -627,7 +655,8 @@ impl Wal {
                 .map_err(|e| {
                     if e.kind() == std::io::ErrorKind::UnexpectedEof {
                         corrupt(format!(
-                            "raft log entry {index}: segment shorter than its index"
+                            "{} entry {index}: segment shorter than its index",
+                            self.label
                         ))
                     } else {
                         e.into()
@@ -641,7 +670,8 @@ impl Wal {
                     Ok(Some((len, got))) if got == i => len as usize,
                     _ => {
                         return Err(corrupt(format!(
-                            "raft log entry {i}: record header damaged"
+                            "{} entry {i}: record header damaged",
+                            self.label
                         )))
                     }
                 };
@@ -660,7 +690,8 @@ impl Wal {
         let loc = self.loc(index).ok_or(StorageError::Unavailable { index })?;
         if value.len() != loc.len as usize {
             return Err(StorageError::Invalid(format!(
-                "raft log entry {index}: replacement is {} bytes, the record {}",
+                "{} entry {index}: replacement is {} bytes, the record {}",
+                self.label,
                 value.len(),
                 loc.len
             )));
@@ -700,8 +731,8 @@ impl Wal {
     pub(crate) fn reset(&mut self, generation: u64) -> Result<(), StorageError> {
         if generation <= self.generation {
             return Err(StorageError::Invalid(format!(
-                "raft log generation {generation} is not after {}",
-                self.generation
+                "{} generation {generation} is not after {}",
+                self.label, self.generation
             )));
         }
         let previous = self.generation;
@@ -733,7 +764,7 @@ impl Wal {
     /// persist some unsynced writes. Which prefix is a pure function of the
     /// lengths, so a seed replays.
     pub(crate) fn copy_durable_to(&self, data_dir: &Path) -> Result<(), StorageError> {
-        let to = data_dir.join(WAL_DIR);
+        let to = data_dir.join(self.dir_name);
         std::fs::create_dir_all(&to)?;
         for s in &self.segments {
             let keep = s.synced_len + (s.len - s.synced_len) / 2;
