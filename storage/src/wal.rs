@@ -68,22 +68,36 @@ const MAX_RECORD_VALUE_BYTES: u32 = 512 << 20;
 
 const HEADER_LEN: usize = 16;
 
-/// Where one entry's record is.
+/// Where one entry's record is in its segment; which segment follows from
+/// the segments' first indexes. Eight bytes per retained record, because
+/// the audit trail retains a million of them by default (its index was
+/// 24 bytes a record, 23 MiB, the leader's RSS growth in a sustained run).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Loc {
-    /// Sequence number of its segment.
-    seq: u64,
     /// Offset of the record (its header) in the segment.
-    offset: u64,
+    offset: u32,
     /// Length of the value.
     len: u32,
 }
 
-impl Loc {
+/// A record's location, resolved: the segment's position in `segments`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Found {
+    pos: usize,
+    offset: u64,
+    len: u32,
+}
+
+impl Found {
     fn end(&self) -> u64 {
         self.offset + HEADER_LEN as u64 + u64::from(self.len)
     }
 }
+
+/// Most bytes a segment may hold: `Loc` keeps offsets in 32 bits. A batch
+/// that would cross it continues in a new segment; a longer file at open is
+/// damage.
+const MAX_SEGMENT_BYTES: u64 = u32::MAX as u64;
 
 #[derive(Debug)]
 struct Segment {
@@ -116,6 +130,8 @@ pub(crate) struct Wal {
     first: u64,
     /// A simulation store: `sync` records durability without fdatasync.
     simulation: bool,
+    /// `MAX_SEGMENT_BYTES`, lowered by tests to reach the split path.
+    max_segment_bytes: u64,
 }
 
 /// What `Wal::open` found and did, for the log line and the tests.
@@ -327,6 +343,7 @@ impl Wal {
             dir_name,
             label,
             generation,
+            max_segment_bytes: MAX_SEGMENT_BYTES,
             segments: Vec::new(),
             locs: VecDeque::new(),
             first: 0,
@@ -352,6 +369,14 @@ impl Wal {
         is_last: bool,
     ) -> Result<u64, StorageError> {
         let file = open_rw(&path, false)?;
+        let on_disk = file.metadata()?.len();
+        if on_disk > MAX_SEGMENT_BYTES {
+            return Err(corrupt(format!(
+                "{} segment {} is {on_disk} bytes, more than a segment can hold",
+                self.label,
+                path.display()
+            )));
+        }
         let bytes = std::fs::read(&path)?;
         let file_len = bytes.len() as u64;
         let label = self.label;
@@ -414,8 +439,8 @@ impl Wal {
             }
             first_index.get_or_insert(index);
             self.locs.push_back(Loc {
-                seq,
-                offset: offset as u64,
+                // The file is at most MAX_SEGMENT_BYTES (checked above).
+                offset: offset as u32,
                 len,
             });
             offset += HEADER_LEN + len as usize;
@@ -456,13 +481,6 @@ impl Wal {
         &mut self.segments[last]
     }
 
-    fn segment(&self, seq: u64) -> Result<&Segment, StorageError> {
-        self.segments
-            .binary_search_by_key(&seq, |s| s.seq)
-            .map(|i| &self.segments[i])
-            .map_err(|_| corrupt(format!("{} segment {seq} missing", self.label)))
-    }
-
     pub(crate) fn first_index(&self) -> Option<u64> {
         (!self.locs.is_empty()).then_some(self.first)
     }
@@ -482,9 +500,21 @@ impl Wal {
         self.loc(index).map(|l| l.len)
     }
 
-    fn loc(&self, index: u64) -> Option<Loc> {
+    fn loc(&self, index: u64) -> Option<Found> {
         let i = index.checked_sub(self.first)?;
-        self.locs.get(usize::try_from(i).ok()?).copied()
+        let l = *self.locs.get(usize::try_from(i).ok()?)?;
+        // The last segment starting at or before `index` holds it (only the
+        // active segment can be empty, and its first index is then past
+        // every record).
+        let pos = self
+            .segments
+            .partition_point(|s| s.first_index <= index)
+            .checked_sub(1)?;
+        Some(Found {
+            pos,
+            offset: u64::from(l.offset),
+            len: l.len,
+        })
     }
 
     /// Appends records `(index, value)`. The first index must follow the
@@ -517,20 +547,50 @@ impl Wal {
                 self.label
             )));
         }
-        if self.active().len >= SEGMENT_TARGET_BYTES {
-            self.rotate(*first)?;
+        let mut rest = records;
+        while let Some((next, _)) = rest.first() {
+            if self.active().len >= SEGMENT_TARGET_BYTES {
+                self.rotate(*next)?;
+            }
+            // As many records as fit below MAX_SEGMENT_BYTES: normally all.
+            let room = self.max_segment_bytes.saturating_sub(self.active().len);
+            let mut bytes = 0u64;
+            let fitting = rest
+                .iter()
+                .take_while(|(_, v)| {
+                    bytes += (HEADER_LEN + v.len()) as u64;
+                    bytes <= room
+                })
+                .count();
+            if fitting == 0 {
+                // Not even one more fits after what this segment holds; an
+                // empty segment takes any record (MAX_RECORD_VALUE_BYTES).
+                self.rotate(*next)?;
+                continue;
+            }
+            let (now, later) = rest.split_at(fitting);
+            self.write_records(now)?;
+            rest = later;
         }
+        Ok(())
+    }
+
+    /// Writes consecutive records that fit in the active segment.
+    fn write_records(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
+        let Some((first, _)) = records.first() else {
+            return Ok(());
+        };
         let size: usize = records.iter().map(|(_, v)| HEADER_LEN + v.len()).sum();
         let mut buf = Vec::with_capacity(size);
         let start = self.active().len;
-        let seq = self.active().seq;
+        debug_assert!(start + size as u64 <= self.max_segment_bytes);
         let mut locs = Vec::with_capacity(records.len());
         for (index, value) in records {
-            // Bounded by MAX_RECORD_VALUE_BYTES above.
+            // Bounded by MAX_RECORD_VALUE_BYTES and MAX_SEGMENT_BYTES
+            // (checked by the caller), so both fit in 32 bits.
             let len = value.len() as u32;
             locs.push(Loc {
-                seq,
-                offset: start + buf.len() as u64,
+                offset: (start + buf.len() as u64) as u32,
                 len,
             });
             buf.extend_from_slice(&header(len, *index));
@@ -564,7 +624,7 @@ impl Wal {
             return Ok(());
         };
         let mut removed = false;
-        while self.segments.last().is_some_and(|s| s.seq > loc.seq) {
+        while self.segments.len() > loc.pos + 1 {
             if let Some(s) = self.segments.pop() {
                 std::fs::remove_file(&s.path)?;
                 removed = true;
@@ -641,14 +701,14 @@ impl Wal {
             let mut end_index = index + 1;
             while end_index < hi {
                 match self.loc(end_index) {
-                    Some(l) if l.seq == first.seq && l.offset == last.end() => {
+                    Some(l) if l.pos == first.pos && l.offset == last.end() => {
                         last = l;
                         end_index += 1;
                     }
                     _ => break,
                 }
             }
-            let seg = self.segment(first.seq)?;
+            let seg = &self.segments[first.pos];
             let mut buf = vec![0u8; (last.end() - first.offset) as usize];
             seg.file
                 .read_exact_at(&mut buf, first.offset)
@@ -696,14 +756,12 @@ impl Wal {
                 loc.len
             )));
         }
-        let seg = self.segment(loc.seq)?;
+        let seg = &mut self.segments[loc.pos];
         seg.file
             .write_all_at(value, loc.offset + HEADER_LEN as u64)?;
         // The record may be in a sealed, synced segment: sync it at the next
         // barrier like the active one.
-        if let Ok(i) = self.segments.binary_search_by_key(&loc.seq, |s| s.seq) {
-            self.segments[i].rewritten = true;
-        }
+        seg.rewritten = true;
         Ok(())
     }
 
@@ -819,6 +877,40 @@ mod tests {
         assert_eq!(report, OpenReport::default());
         assert_eq!((w.first_index(), w.last_index()), (Some(5), Some(20)));
         assert_eq!(w.read(9, 10).unwrap(), vec![recs[4].1.clone()]);
+    }
+
+    /// A batch that would push a segment past what 32-bit offsets address
+    /// continues in new segments (the limit lowered to a few records here);
+    /// every record reads back, also after reopening, and truncating into
+    /// an earlier segment drops the later ones.
+    #[test]
+    fn a_batch_past_the_segment_limit_continues_in_new_segments() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = open(d.path());
+        w.max_segment_bytes = 3 * (HEADER_LEN as u64 + 8 + 40);
+        let recs: Vec<_> = (1..=10).map(|i| rec(i, 40)).collect();
+        w.append(&recs[..1]).unwrap();
+        w.append(&recs[1..]).unwrap();
+        w.sync().unwrap();
+        assert_eq!(segment_files(d.path()).len(), 4, "3 + 3 + 3 + 1 records");
+        let values: Vec<_> = recs.iter().map(|r| r.1.clone()).collect();
+        assert_eq!(w.read(1, 11).unwrap(), values);
+        assert_eq!(w.value_len(7), Some(48));
+        drop(w);
+        let mut w = open(d.path());
+        assert_eq!((w.first_index(), w.last_index()), (Some(1), Some(10)));
+        assert_eq!(w.read(2, 9).unwrap(), values[1..8].to_vec());
+        w.truncate_from(5).unwrap();
+        assert_eq!(segment_files(d.path()).len(), 2);
+        assert_eq!(w.last_index(), Some(4));
+        w.append(&[rec(5, 40)]).unwrap();
+        assert_eq!(
+            w.read(4, 6).unwrap(),
+            vec![values[3].clone(), values[4].clone()]
+        );
+        drop(w);
+        let w = open(d.path());
+        assert_eq!((w.first_index(), w.last_index()), (Some(1), Some(5)));
     }
 
     #[test]
