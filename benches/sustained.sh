@@ -59,17 +59,54 @@ mkdir -p "$OUT_DIR"
 synapse_bin
 
 # sampler CSV NODES: a background python process that appends one row every
-# SAMPLE_SECONDS (elapsed s, 1-min load average, then per node VmRSS KiB,
-# RssAnon KiB, synapse_active_instances, data-dir KiB) until $WORK/stop-sampler
-# exists; bounded to one day of samples. Its pid goes into PIDS.
+# SAMPLE_SECONDS (elapsed s, 1-min load average, the machine's busy / iowait /
+# steal CPU % and the median and worst 4 KiB write + fdatasync in the data
+# dirs' filesystem over the interval (a probe every 200 ms), then per node
+# VmRSS KiB, RssAnon KiB, synapse_active_instances, data-dir KiB) until
+# $WORK/stop-sampler exists; bounded to one day of samples. The machine
+# columns tell a slow host or disk from a slow Synapse when a run falls
+# behind. Its pid goes into PIDS.
 sampler() {
     local csv=$1 n=$2 i specs=()
     for i in $(seq 1 "$n"); do
         specs+=("n$i=${SYN_PIDS[$((i - 1))]}=http://127.0.0.1:${HTTP_PORTS[$((i - 1))]}/metrics=$WORK/n$i")
     done
     python3 - "$csv" "$SAMPLE_SECONDS" "$WORK/stop-sampler" "${specs[@]}" <<'PY' &
-import os, sys, time, urllib.request
+import os, statistics, sys, threading, time, urllib.request
 csv, every, stop, specs = sys.argv[1], float(sys.argv[2]), sys.argv[3], [s.split("=", 3) for s in sys.argv[4:]]
+fsync_us, fsync_lock = [], threading.Lock()
+def fsync_probe():
+    # 4 KiB rewritten in place and fdatasync'd every 200 ms until stop:
+    # what one Raft barrier waits for, sampled beside the load.
+    path = os.path.join(os.path.dirname(stop), "fsync-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    block = os.urandom(4096)
+    for _ in range(int(86400 / 0.2)):
+        if os.path.exists(stop):
+            break
+        t = time.monotonic()
+        os.pwrite(fd, block, 0)
+        os.fdatasync(fd)
+        with fsync_lock:
+            fsync_us.append((time.monotonic() - t) * 1e6)
+        time.sleep(0.2)
+    os.close(fd)
+threading.Thread(target=fsync_probe, daemon=True).start()
+def cpu_times():
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+    return sum(f), f[3] + f[4], f[4], f[7]  # total, idle+iowait, iowait, steal
+last_cpu = cpu_times()
+def machine_cols():
+    global last_cpu
+    now = cpu_times()
+    d = [b - a for a, b in zip(last_cpu, now)]
+    last_cpu = now
+    total = max(d[0], 1)
+    with fsync_lock:
+        lat = fsync_us[:]
+        fsync_us.clear()
+    return [f"{100*(total-d[1])/total:.0f}", f"{100*d[2]/total:.0f}", f"{100*d[3]/total:.0f}",
+            f"{statistics.median(lat):.0f}" if lat else "0", f"{max(lat):.0f}" if lat else "0"]
 def status(pid, key):
     try:
         for line in open(f"/proc/{pid}/status"):
@@ -109,12 +146,12 @@ def du_kib(path):
 threads = open(csv[:-4] + "-threads.csv", "w")
 threads.write("elapsed_s,node,thread,cpu_ticks\n")
 with open(csv, "w") as out:
-    out.write("elapsed_s,load1," + ",".join(f"{n}_rss_kib,{n}_anon_kib,{n}_active,{n}_disk_kib" for n, *_ in specs) + "\n")
+    out.write("elapsed_s,load1,cpu_busy_pct,cpu_iowait_pct,cpu_steal_pct,fsync_p50_us,fsync_max_us," + ",".join(f"{n}_rss_kib,{n}_anon_kib,{n}_active,{n}_disk_kib" for n, *_ in specs) + "\n")
     start = time.monotonic()
     for k in range(int(86400 / every) + 1):
         if os.path.exists(stop):
             break
-        row = [str(round(time.monotonic() - start)), open("/proc/loadavg").read().split()[0]]
+        row = [str(round(time.monotonic() - start)), open("/proc/loadavg").read().split()[0]] + machine_cols()
         for node, pid, url, data in specs:
             row += [str(status(pid, "VmRSS")), str(status(pid, "RssAnon")), str(active(url)), str(du_kib(data))]
             for name, t in sorted(thread_ticks(pid).items()):
@@ -171,15 +208,21 @@ minutes = {}
 for s in run["timeline"]:
     minutes.setdefault(s["second"] // 60, []).append(s)
 print()
-print("| minute | ops/s | median of per-second p50 (ms) | median of per-second p99 (ms) | worst second max (ms) | load1 (sampled) |")
-print("|---:|---:|---:|---:|---:|---:|")
-def load_in(m):
-    l = [float(r["load1"]) for r in rows if m * 60 <= int(r["elapsed_s"]) < (m + 1) * 60]
-    return f"{statistics.median(l):.1f}" if l else "-"
+print("| minute | ops/s | median of per-second p50 (ms) | median of per-second p99 (ms) | worst second max (ms) | load1 | CPU busy % | steal % | iowait % | fdatasync p50 / max (ms) |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+def machine_in(m):
+    # sample rows cover the SAMPLE_SECONDS before their elapsed_s
+    rs = [r for r in rows if m * 60 < int(r["elapsed_s"]) <= (m + 1) * 60]
+    if not rs:
+        return "- | - | - | - | -"
+    med = lambda k: statistics.median(float(r[k]) for r in rs)
+    return (f"{med('load1'):.1f} | {med('cpu_busy_pct'):.0f} | {max(float(r['cpu_steal_pct']) for r in rs):.0f}"
+            f" | {max(float(r['cpu_iowait_pct']) for r in rs):.0f}"
+            f" | {med('fsync_p50_us')/1000:.2f} / {max(float(r['fsync_max_us']) for r in rs)/1000:.1f}")
 for m, secs in sorted(minutes.items()):
     span = min(60, max(s["second"] for s in secs) - 60 * m + 1)  # a partial last minute
     print(f"| {m} | {sum(s['ops'] for s in secs)/span:.0f} | {statistics.median(s['p50_us'] for s in secs)/1000:.2f}"
-          f" | {statistics.median(s['p99_us'] for s in secs)/1000:.2f} | {max(s['max_us'] for s in secs)/1000:.1f} | {load_in(m)} |")
+          f" | {statistics.median(s['p99_us'] for s in secs)/1000:.2f} | {max(s['max_us'] for s in secs)/1000:.1f} | {machine_in(m)} |")
 full = [m for m, secs in sorted(minutes.items()) if len(secs) >= 50]
 print()
 if len(full) >= 2:
