@@ -13,7 +13,7 @@ use std::path::Path;
 use crate::codec::{key_u64, open_value, seal_value, sha256, u64_key, Reader, Writer};
 use crate::error::corrupt;
 use crate::store::lock;
-use crate::wal::Wal;
+use crate::wal::{OpenReport, Wal};
 use crate::{Hash, StorageError, Store, Timestamp, ZERO_HASH};
 
 const AUDIT_DOMAIN: &[u8] = b"synapse.audit.v1";
@@ -203,6 +203,18 @@ const AUDIT_READ_CHUNK: u64 = 1_024;
 /// (which was the leader's RSS growth in a sustained run).
 const AUDIT_INDEX_STRIDE: u64 = 64;
 
+/// The trail's segment files in `dir`, with the trail's sparse index.
+fn open_audit_wal(dir: &Path, simulation: bool) -> Result<(Wal, OpenReport), StorageError> {
+    Wal::open_in(
+        dir,
+        AUDIT_LOG_DIR,
+        "audit trail",
+        0,
+        simulation,
+        AUDIT_INDEX_STRIDE,
+    )
+}
+
 /// The trail's segment files and its cached chain head. Behind one mutex:
 /// the single writer, pruning and each chunk of a query take turns.
 pub(crate) struct AuditLog {
@@ -221,14 +233,7 @@ impl AuditLog {
         db: &sled::Db,
         simulation: bool,
     ) -> Result<AuditLog, StorageError> {
-        let (mut wal, report) = Wal::open_in(
-            dir,
-            AUDIT_LOG_DIR,
-            "audit trail",
-            0,
-            simulation,
-            AUDIT_INDEX_STRIDE,
-        )?;
+        let (mut wal, report) = open_audit_wal(dir, simulation)?;
         if report.torn_bytes > 0 {
             tracing::warn!(
                 bytes = report.torn_bytes,
@@ -266,14 +271,7 @@ impl AuditLog {
         if path.exists() {
             std::fs::remove_dir_all(&path)?;
         }
-        let (mut wal, _) = Wal::open_in(
-            dir,
-            AUDIT_LOG_DIR,
-            "audit trail",
-            0,
-            simulation,
-            AUDIT_INDEX_STRIDE,
-        )?;
+        let (mut wal, _) = open_audit_wal(dir, simulation)?;
         let mut chunk: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut count = 0u64;
         for item in records {
