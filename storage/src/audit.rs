@@ -546,6 +546,11 @@ impl Store {
         if log.wal.first_index().is_none_or(|first| first >= keep_from) {
             return Ok(());
         }
+        // The records first, then the marker: a marker that reached disk
+        // ahead of records it counts past would leave a gap after a crash
+        // cut them as a torn tail (refused at the next open). The writer
+        // has normally synced them already; then this costs nothing.
+        log.wal.sync()?;
         // Numbering and the hash chain must continue past what is
         // forgotten, even if that is everything.
         log.head()?;
@@ -676,6 +681,42 @@ mod tests {
         );
         store.audit_prune(0).unwrap();
         assert!(store.audit_recent(100).unwrap().is_empty());
+    }
+
+    /// A prune of records the writer had not synced yet (its sync failed)
+    /// makes them durable before its marker: a crash then cannot cut them
+    /// as a torn tail behind a marker that counts past them, which would
+    /// leave a gap (unreadable at once, refused at the next open). Fails
+    /// without the sync in `audit_prune`.
+    #[test]
+    fn a_prune_never_gets_ahead_of_the_records_on_disk() {
+        let (d1, d2, d3) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let store = crate::sim_disk::tracked_store(d1.path());
+        store
+            .audit_append_batch((1..=200).map(rec).collect())
+            .unwrap();
+        store.audit_prune(100).unwrap();
+        // Something else makes sled durable (the marker with it).
+        store.sync().unwrap();
+        let after = store.sim_crash(d2.path()).unwrap();
+        let seqs = |s: &Store| -> Vec<u64> {
+            s.audit_recent(1_000)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect()
+        };
+        assert_eq!(seqs(&after), (101..=200).rev().collect::<Vec<_>>());
+        after.audit_append(rec(201)).unwrap();
+        after.audit_sync().unwrap();
+        after.sync().unwrap();
+        assert_eq!(seqs(&after)[..2], [201, 200]);
+        let again = after.sim_crash(d3.path()).unwrap();
+        assert_eq!(seqs(&again).len(), 101);
     }
 
     /// The encoded records of a store's trail, oldest first, as an older

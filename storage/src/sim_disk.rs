@@ -55,8 +55,22 @@ pub(crate) fn restore(db: &sled::Db, image: &Image) -> Result<(), sled::Error> {
     Ok(())
 }
 
+/// Tests: a simulation store in `dir` with durability tracking on, ready
+/// for `Store::sim_crash`.
+#[cfg(test)]
+pub(crate) fn tracked_store(dir: &std::path::Path) -> crate::Store {
+    let opts = crate::StoreOptions {
+        simulation: true,
+        ..Default::default()
+    };
+    let store = crate::Store::open(dir, opts).unwrap();
+    store.sim_track_durability().unwrap();
+    store
+}
+
 #[cfg(test)]
 mod tests {
+    use super::tracked_store;
     use crate::{ApplyBatch, Store, StoreOptions};
 
     fn applied(store: &Store, index: u64) {
@@ -72,12 +86,7 @@ mod tests {
             tempfile::tempdir().unwrap(),
             tempfile::tempdir().unwrap(),
         );
-        let opts = StoreOptions {
-            simulation: true,
-            ..Default::default()
-        };
-        let store = Store::open(d1.path(), opts).unwrap();
-        store.sim_track_durability().unwrap();
+        let store = tracked_store(d1.path());
         applied(&store, 5);
         store.sync().unwrap();
         applied(&store, 9);
