@@ -424,6 +424,7 @@ fn spec(full: &str, skills: &[Target]) -> Option<Kind> {
         "synapse.v1.Capabilities/Audit" => caps("audit", false),
         "synapse.v1.Peer/Raft"
         | "synapse.v1.Peer/ForwardInvoke"
+        | "synapse.v1.Peer/ForwardStream"
         | "synapse.v1.Peer/ClockSample"
         | "synapse.v1.Peer/FetchCheckpoint"
         | "synapse.v1.Peer/FetchLogEntries" => Kind::Peer,
@@ -656,6 +657,34 @@ async fn call(
             .await?
             .into_inner(),
         ),
+        "synapse.v1.Peer/ForwardStream" => {
+            let batch = pb::ForwardBatch {
+                calls: vec![pb::ForwardedInvoke {
+                    id: 1,
+                    call: Some(pb::ForwardInvokeRequest {
+                        request: Some(invoke_req),
+                        token: ctx.client_token.clone(),
+                    }),
+                }],
+            };
+            let stream = tonic::codegen::tokio_stream::iter(vec![batch]);
+            let mut replies = bounded(peer.forward_stream(auth.apply(stream)))
+                .await?
+                .into_inner();
+            let batch = bounded(replies.message())
+                .await?
+                .ok_or_else(|| Status::internal("forward stream ended without a reply"))?;
+            let [reply] = <[pb::ForwardedReply; 1]>::try_from(batch.replies)
+                .map_err(|r| Status::internal(format!("{} replies to one call", r.len())))?;
+            assert_eq!(reply.id, 1, "the reply names the call it answers");
+            match reply.outcome {
+                Some(pb::forwarded_reply::Outcome::Response(r)) => Reply::Invoke(r),
+                Some(pb::forwarded_reply::Outcome::Error(e)) => {
+                    return Err(Status::new(Code::from_i32(e.code), e.message))
+                }
+                None => return Err(Status::internal("empty forwarded reply")),
+            }
+        }
         "synapse.v1.Peer/ClockSample" => {
             bounded(peer.clock_sample(auth.apply(pb::ClockSampleRequest {
                 from: 7,
@@ -1449,7 +1478,10 @@ async fn run_matrix(opts: Opts) {
         let before = snapshot(&ch, &root, &targets).await;
         let r = call(&ch, full, &fwd_target, &cred, &ctx).await;
         let summary = match (full.as_str(), r) {
-            ("synapse.v1.Peer/ForwardInvoke", Ok(Reply::Invoke(r))) => {
+            (
+                "synapse.v1.Peer/ForwardInvoke" | "synapse.v1.Peer/ForwardStream",
+                Ok(Reply::Invoke(r)),
+            ) => {
                 let after = snapshot(&ch, &root, &targets).await;
                 assert_ne!(
                     before.state_hash, after.state_hash,

@@ -84,6 +84,21 @@ fn invoke_response(r: crate::actor::InvokeResult) -> Result<pb::InvokeResponse, 
     })
 }
 
+/// A wire Invoke as the core takes it (payload decoded and bounded).
+fn invoke_request(
+    req: pb::InvokeRequest,
+    max_payload_bytes: usize,
+) -> Result<InvokeRequest, RuntimeError> {
+    Ok(InvokeRequest {
+        payload: decode_payload(&req.payload, max_payload_bytes)?,
+        skill: req.skill,
+        instance: req.instance,
+        method: req.method,
+        request_id: req.request_id,
+        expected_version: req.expected_version,
+    })
+}
+
 /// An Invoke payload: bounded in size, JSON, empty meaning `null`.
 pub(crate) fn decode_payload(
     payload: &[u8],
@@ -194,6 +209,23 @@ impl Api {
         Api { core }
     }
 
+    /// An Invoke forwarded by a follower (unary or on a stream), run here
+    /// or nowhere.
+    async fn run_forwarded(
+        &self,
+        fwd: pb::ForwardInvokeRequest,
+    ) -> Result<pb::InvokeResponse, Status> {
+        let req = fwd
+            .request
+            .ok_or_else(|| Status::invalid_argument("forwarded request is empty"))?;
+        // The same limit as a direct Invoke: the peer frame bound is far
+        // larger than the payload limit.
+        let req = invoke_request(req, self.core.config().max_payload_bytes)?;
+        let token = (!fwd.token.is_empty()).then_some(fwd.token);
+        let result = self.core.invoke_forwarded(token.as_deref(), req).await?;
+        invoke_response(result)
+    }
+
     /// Every Peer RPC starts here: see `cluster::authorize_peer`.
     fn authorize_peer<T>(&self, request: &Request<T>, rpc: &str) -> Result<(), Status> {
         crate::cluster::authorize_peer(
@@ -231,21 +263,10 @@ impl pb::skills_server::Skills for Api {
         };
         let token = token(&request)?;
         let req = request.into_inner();
-        let payload = decode_payload(&req.payload, self.core.config().max_payload_bytes)?;
+        let req = invoke_request(req, self.core.config().max_payload_bytes)?;
         let result = self
             .core
-            .invoke_admitted(
-                permit,
-                token.as_deref(),
-                InvokeRequest {
-                    skill: req.skill,
-                    instance: req.instance,
-                    method: req.method,
-                    payload,
-                    request_id: req.request_id,
-                    expected_version: req.expected_version,
-                },
-            )
+            .invoke_admitted(permit, token.as_deref(), req)
             .await?;
         Ok(Response::new(invoke_response(result)?))
     }
@@ -661,29 +682,59 @@ impl pb::peer_server::Peer for Api {
         request: Request<pb::ForwardInvokeRequest>,
     ) -> Result<Response<pb::InvokeResponse>, Status> {
         self.authorize_peer(&request, "forward_invoke")?;
-        let fwd = request.into_inner();
-        let req = fwd
-            .request
-            .ok_or_else(|| Status::invalid_argument("forwarded request is empty"))?;
-        // The same limit as a direct Invoke: the peer frame bound is far
-        // larger than the payload limit.
-        let payload = decode_payload(&req.payload, self.core.config().max_payload_bytes)?;
-        let token = (!fwd.token.is_empty()).then_some(fwd.token);
-        let result = self
-            .core
-            .invoke_forwarded(
-                token.as_deref(),
-                InvokeRequest {
-                    skill: req.skill,
-                    instance: req.instance,
-                    method: req.method,
-                    payload,
-                    request_id: req.request_id,
-                    expected_version: req.expected_version,
-                },
-            )
-            .await?;
-        Ok(Response::new(invoke_response(result)?))
+        Ok(Response::new(
+            self.run_forwarded(request.into_inner()).await?,
+        ))
+    }
+
+    type ForwardStreamStream = crate::forward::ReplyBatches;
+
+    async fn forward_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::ForwardBatch>>,
+    ) -> Result<Response<Self::ForwardStreamStream>, Status> {
+        self.authorize_peer(&request, "forward_stream")?;
+        let mut inbound = request.into_inner();
+        let (replies, outbound) = tokio::sync::mpsc::channel(crate::forward::MAX_PENDING_CALLS);
+        // One slot per call from its arrival to its reply: the peer cannot
+        // make this node hold more calls than that, whatever it sends.
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            crate::forward::MAX_PENDING_CALLS,
+        ));
+        let api = self.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(batch)) = inbound.message().await {
+                for call in batch.calls {
+                    let Ok(slot) = slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let api = api.clone();
+                    let replies = replies.clone();
+                    tokio::spawn(async move {
+                        let outcome = match call.call {
+                            Some(c) => match api.run_forwarded(c).await {
+                                Ok(r) => pb::forwarded_reply::Outcome::Response(r),
+                                Err(s) => pb::forwarded_reply::Outcome::Error(
+                                    crate::forward::error_to_wire(&s),
+                                ),
+                            },
+                            None => {
+                                pb::forwarded_reply::Outcome::Error(crate::forward::error_to_wire(
+                                    &Status::invalid_argument("forwarded call is empty"),
+                                ))
+                            }
+                        };
+                        let reply = pb::ForwardedReply {
+                            id: call.id,
+                            outcome: Some(outcome),
+                        };
+                        let _ = replies.send(reply).await;
+                        drop(slot);
+                    });
+                }
+            }
+        });
+        Ok(Response::new(crate::forward::ReplyBatches::new(outbound)))
     }
 }
 

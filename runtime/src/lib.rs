@@ -23,6 +23,7 @@ pub mod cluster;
 mod command;
 pub mod config;
 pub mod error;
+pub mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grpc;

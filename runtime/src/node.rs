@@ -87,6 +87,8 @@ pub struct Core {
     pub(crate) transport: Option<Arc<GrpcTransport>>,
     pub(crate) clock: Arc<ClockService>,
     pub(crate) channels: PeerChannels,
+    /// Streams of Invokes forwarded to the leader (`crate::forward`).
+    pub(crate) forwarder: crate::forward::Forwarder,
     /// Certificate, key and CA when TLS is on (`None`: plaintext, dev only).
     pub(crate) tls: Option<crate::tls::TlsMaterial>,
     /// Where every capability decision is recorded (batched, off the
@@ -667,12 +669,11 @@ impl Core {
             }),
             token: token.unwrap_or_default().to_string(),
         };
-        let mut client = pb::peer_client::PeerClient::new(self.channels.get(&address)?);
-        let r = client
-            .forward_invoke(self.channels.peer_request(request))
+        let r = self
+            .forwarder
+            .call(&self.channels, &address, request)
             .await
-            .map_err(error_from_status)?
-            .into_inner();
+            .map_err(error_from_status)?;
         let ts = r.timestamp.unwrap_or_default();
         Ok(InvokeResult {
             reply: serde_json::from_slice(&r.reply).map_err(|e| {
@@ -1712,6 +1713,7 @@ async fn open_core(
         metrics,
         transport,
         channels: PeerChannels::new(tls.as_ref().map(|t| t.client_config()), credential),
+        forwarder: crate::forward::Forwarder::new(tokio::runtime::Handle::current()),
         tls,
         clock,
         audit,
