@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use synapse_proto::v1 as pb;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::transport::Channel;
@@ -67,6 +67,9 @@ enum Answer {
     Replied(Reply),
     /// The leader does not serve `ForwardStream`: the call, never sent.
     NotServed(pb::ForwardInvokeRequest),
+    /// The link ended before the call left: the call, never sent, to be
+    /// tried on a new link (never reported as "may have run").
+    NotSent(pb::ForwardInvokeRequest),
 }
 
 struct Queued {
@@ -104,13 +107,13 @@ impl Forwarder {
         mut call: pb::ForwardInvokeRequest,
     ) -> Reply {
         if call.encoded_len() > MAX_STREAMED_CALL_BYTES {
-            return unary(channels, address, call).await;
+            return self.unary(channels, address, call).await;
         }
         // Twice at most: a link can end between the lookup and the send
         // (its stream broke), and then one new link is tried.
         for _ in 0..2 {
             let Some(queue) = self.link(channels, address)? else {
-                return unary(channels, address, call).await;
+                return self.unary(channels, address, call).await;
             };
             let (tx, rx) = oneshot::channel();
             match queue.try_send(Queued { call, reply: tx }) {
@@ -126,17 +129,23 @@ impl Forwarder {
                     continue;
                 }
             }
-            return match rx.await {
-                Ok(Answer::Replied(reply)) => reply,
+            match rx.await {
+                Ok(Answer::Replied(reply)) => return reply,
                 Ok(Answer::NotServed(call)) => {
                     // The leader predates ForwardStream; the call never left.
                     self.fall_back_to_unary(address);
-                    unary(channels, address, call).await
+                    return self.unary(channels, address, call).await;
                 }
-                Err(_) => Err(Status::unavailable(format!(
-                    "the link to the leader at {address} closed before it answered: the call may or may not have run"
-                ))),
-            };
+                Ok(Answer::NotSent(unsent)) => {
+                    self.forget(address);
+                    call = unsent;
+                }
+                Err(_) => {
+                    return Err(Status::unavailable(format!(
+                        "the link to the leader at {address} closed before it answered: the call may or may not have run"
+                    )))
+                }
+            }
         }
         Err(Status::unavailable(format!(
             "no forward stream to the leader at {address}"
@@ -159,7 +168,12 @@ impl Forwarder {
             Some(Link::Unary { until }) if Instant::now() < *until => return Ok(None),
             _ => {}
         }
-        let channel = channels.get(address).map_err(Status::from)?;
+        // A new channel starts its connection worker on the current
+        // runtime: make that the node's, which outlives any caller's.
+        let channel = {
+            let _node_runtime = self.runtime.enter();
+            channels.get(address).map_err(Status::from)?
+        };
         let (tx, rx) = mpsc::channel(LINK_QUEUE_CALLS);
         let (batches, outbound) = mpsc::channel(STREAM_BUFFER_BATCHES);
         let request = channels.peer_request(ReceiverStream::new(outbound));
@@ -196,12 +210,22 @@ impl Forwarder {
     }
 }
 
-async fn unary(channels: &PeerChannels, address: &str, call: pb::ForwardInvokeRequest) -> Reply {
-    let mut client = pb::peer_client::PeerClient::new(channels.get(address).map_err(Status::from)?);
-    client
-        .forward_invoke(channels.peer_request(call))
-        .await
-        .map(tonic::Response::into_inner)
+impl Forwarder {
+    async fn unary(
+        &self,
+        channels: &PeerChannels,
+        address: &str,
+        call: pb::ForwardInvokeRequest,
+    ) -> Reply {
+        let channel = {
+            let _node_runtime = self.runtime.enter();
+            channels.get(address).map_err(Status::from)?
+        };
+        pb::peer_client::PeerClient::new(channel)
+            .forward_invoke(channels.peer_request(call))
+            .await
+            .map(tonic::Response::into_inner)
+    }
 }
 
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Answer>>>>>;
@@ -225,8 +249,10 @@ async fn run_link(
         Ok(response) => response.into_inner(),
         Err(status) => {
             debug!(%address, %status, "forward stream did not open");
+            // After `close`, `recv` also returns calls whose senders held a
+            // slot when it closed, then `None`: none is lost.
             queue.close();
-            while let Ok(q) = queue.try_recv() {
+            while let Some(q) = queue.recv().await {
                 let answer = if status.code() == Code::Unimplemented {
                     Answer::NotServed(q.call)
                 } else {
@@ -238,7 +264,8 @@ async fn run_link(
         }
     };
     let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
-    let writer = tokio::spawn(write_batches(queue, batches, pending.clone()));
+    let (stop, stopped) = watch::channel(false);
+    let writer = tokio::spawn(write_batches(queue, batches, pending.clone(), stopped));
     let end = loop {
         match inbound.message().await {
             Ok(Some(batch)) => {
@@ -258,7 +285,11 @@ async fn run_link(
             Err(status) => break status,
         }
     };
-    writer.abort();
+    // The writer stops first, handing back every call it had not given to
+    // the stream (so those are retried, not reported as possibly run);
+    // only then is what was sent and not answered failed.
+    let _ = stop.send(true);
+    let _ = writer.await;
     let waiting = pending.lock().ok().and_then(|mut g| g.take());
     if let Some(waiting) = waiting {
         if !waiting.is_empty() {
@@ -278,41 +309,88 @@ async fn write_batches(
     mut queue: mpsc::Receiver<Queued>,
     batches: mpsc::Sender<pb::ForwardBatch>,
     pending: Pending,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut next_id: u64 = 0;
-    while let Some(first) = queue.recv().await {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            q = queue.recv() => match q {
+                Some(q) => q,
+                // Every sender is gone: the link was dropped. Ending the
+                // request stream lets the leader finish and close.
+                None => return,
+            },
+        };
         let mut batch = pb::ForwardBatch::default();
         let mut bytes = 0;
         let mut item = Some(first);
         while let Some(q) = item.take() {
             bytes += q.call.encoded_len();
             let Ok(mut guard) = pending.lock() else {
-                return;
+                let _ = q.reply.send(Answer::NotSent(q.call));
+                break;
             };
-            let Some(waiting) = guard.as_mut() else {
-                return;
-            };
-            if waiting.len() >= MAX_PENDING_CALLS {
-                let _ = q
-                    .reply
-                    .send(Answer::Replied(Err(Status::resource_exhausted(format!(
-                        "{MAX_PENDING_CALLS} forwarded calls already wait for the leader"
-                    )))));
-            } else {
-                next_id += 1;
-                waiting.insert(next_id, q.reply);
-                batch.calls.push(pb::ForwardedInvoke {
-                    id: next_id,
-                    call: Some(q.call),
-                });
+            match guard.as_mut() {
+                Some(waiting) if waiting.len() < MAX_PENDING_CALLS => {
+                    next_id += 1;
+                    waiting.insert(next_id, q.reply);
+                    batch.calls.push(pb::ForwardedInvoke {
+                        id: next_id,
+                        call: Some(q.call),
+                    });
+                }
+                Some(_) => {
+                    let _ =
+                        q.reply
+                            .send(Answer::Replied(Err(Status::resource_exhausted(format!(
+                                "{MAX_PENDING_CALLS} forwarded calls already wait for the leader"
+                            )))));
+                }
+                None => {
+                    let _ = q.reply.send(Answer::NotSent(q.call));
+                }
             }
             drop(guard);
             if batch.calls.len() < MAX_CALLS_PER_BATCH && bytes < MAX_BATCH_BYTES {
                 item = queue.try_recv().ok();
             }
         }
-        if !batch.calls.is_empty() && batches.send(batch).await.is_err() {
-            return;
+        if batch.calls.is_empty() {
+            continue;
+        }
+        let slot = tokio::select! {
+            biased;
+            _ = stop.changed() => None,
+            slot = batches.reserve() => slot.ok(),
+        };
+        match slot {
+            Some(slot) => slot.send(batch),
+            None => {
+                hand_back(batch, &pending);
+                break;
+            }
+        }
+    }
+    queue.close();
+    while let Some(q) = queue.recv().await {
+        let _ = q.reply.send(Answer::NotSent(q.call));
+    }
+}
+
+/// The calls of a batch that never reached the stream go back to their
+/// callers as not sent.
+fn hand_back(batch: pb::ForwardBatch, pending: &Pending) {
+    let Ok(mut guard) = pending.lock() else {
+        return;
+    };
+    let Some(waiting) = guard.as_mut() else {
+        return;
+    };
+    for c in batch.calls {
+        if let (Some(reply), Some(call)) = (waiting.remove(&c.id), c.call) {
+            let _ = reply.send(Answer::NotSent(call));
         }
     }
 }
@@ -361,12 +439,43 @@ fn reply_from_wire(outcome: Option<pb::forwarded_reply::Outcome>) -> Reply {
     }
 }
 
-/// The leader's reply stream: whatever replies are ready, in one batch.
-pub struct ReplyBatches(mpsc::Receiver<pb::ForwardedReply>);
+/// Largest single reply the leader puts on a stream: the follower decodes
+/// frames of at most `MAX_PEER_FRAME_BYTES`. A larger one is answered
+/// OUT_OF_RANGE instead, what the unary call's decoder answered, so it fails
+/// alone instead of breaking the stream shared with other calls.
+pub const MAX_REPLY_BYTES: usize = synapse_consensus::MAX_PEER_FRAME_BYTES - 64 * 1024;
+
+/// A reply as it goes on the stream: `MAX_REPLY_BYTES` at most.
+pub(crate) fn bounded_reply(reply: pb::ForwardedReply) -> pb::ForwardedReply {
+    let size = reply.encoded_len();
+    if size <= MAX_REPLY_BYTES {
+        return reply;
+    }
+    pb::ForwardedReply {
+        id: reply.id,
+        outcome: Some(pb::forwarded_reply::Outcome::Error(error_to_wire(
+            &Status::out_of_range(format!(
+                "the reply is {size} bytes, over the {MAX_REPLY_BYTES}-byte limit between members"
+            )),
+        ))),
+    }
+}
+
+/// The leader's reply stream: whatever replies are ready, in batches of at
+/// most `MAX_CALLS_PER_BATCH` replies and `MAX_BATCH_BYTES` (a batch holds
+/// more only when it is one reply, itself at most `MAX_REPLY_BYTES`).
+pub struct ReplyBatches {
+    replies: mpsc::Receiver<pb::ForwardedReply>,
+    /// A reply that did not fit the previous batch: first in the next.
+    held: Option<pb::ForwardedReply>,
+}
 
 impl ReplyBatches {
     pub(crate) fn new(replies: mpsc::Receiver<pb::ForwardedReply>) -> Self {
-        ReplyBatches(replies)
+        ReplyBatches {
+            replies,
+            held: None,
+        }
     }
 }
 
@@ -374,19 +483,27 @@ impl Stream for ReplyBatches {
     type Item = Result<pb::ForwardReplyBatch, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let first = match self.0.poll_recv(cx) {
-            Poll::Ready(Some(r)) => r,
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
+        let first = match self.held.take() {
+            Some(r) => r,
+            None => match self.replies.poll_recv(cx) {
+                Poll::Ready(Some(r)) => r,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            },
         };
+        let mut bytes = first.encoded_len();
         let mut batch = pb::ForwardReplyBatch {
             replies: vec![first],
         };
-        let mut bytes = 0;
-        while batch.replies.len() < MAX_CALLS_PER_BATCH && bytes < MAX_BATCH_BYTES {
-            match self.0.poll_recv(cx) {
+        while batch.replies.len() < MAX_CALLS_PER_BATCH {
+            match self.replies.poll_recv(cx) {
                 Poll::Ready(Some(r)) => {
-                    bytes += r.encoded_len();
+                    let size = r.encoded_len();
+                    if bytes + size > MAX_BATCH_BYTES {
+                        self.held = Some(r);
+                        break;
+                    }
+                    bytes += size;
                     batch.replies.push(r);
                 }
                 _ => break,
@@ -439,6 +556,71 @@ mod tests {
     fn an_empty_reply_is_an_internal_error_not_a_success() {
         let r = reply_from_wire(None);
         assert_eq!(r.unwrap_err().code(), Code::Internal);
+    }
+
+    fn reply_of(id: u64, bytes: usize) -> pb::ForwardedReply {
+        pb::ForwardedReply {
+            id,
+            outcome: Some(pb::forwarded_reply::Outcome::Response(pb::InvokeResponse {
+                reply: vec![b'x'; bytes],
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// Replies of every size come out in order, in batches that stay under
+    /// the byte bound unless they hold a single reply, which itself stays
+    /// under the frame limit the follower decodes with.
+    #[tokio::test]
+    async fn reply_batches_stay_under_the_frame_limit_whatever_the_reply_sizes() {
+        use tokio_stream::StreamExt as _;
+        let sizes = [
+            10,
+            300_000,
+            900_000,
+            2_500_000,
+            2_500_000,
+            10,
+            MAX_REPLY_BYTES + 1,
+            1_000_000,
+            20,
+        ];
+        let (tx, rx) = mpsc::channel(sizes.len());
+        for (i, n) in sizes.iter().enumerate() {
+            tx.send(bounded_reply(reply_of(i as u64, *n)))
+                .await
+                .expect("queue");
+        }
+        drop(tx);
+        let mut batches = ReplyBatches::new(rx);
+        let mut ids = Vec::new();
+        while let Some(batch) = batches.next().await {
+            let batch = batch.expect("batch");
+            let size = batch.encoded_len();
+            assert!(
+                size <= synapse_consensus::MAX_PEER_FRAME_BYTES,
+                "a batch of {size} bytes would not decode"
+            );
+            assert!(
+                batch.replies.len() == 1 || size <= MAX_BATCH_BYTES + 64,
+                "{} replies in {size} bytes",
+                batch.replies.len()
+            );
+            ids.extend(batch.replies.iter().map(|r| r.id));
+            for r in &batch.replies {
+                let over = r.id == 6;
+                let is_error = matches!(r.outcome, Some(pb::forwarded_reply::Outcome::Error(_)));
+                assert_eq!(is_error, over, "reply {} (over the limit: {over})", r.id);
+            }
+        }
+        assert_eq!(ids, (0..sizes.len() as u64).collect::<Vec<_>>());
+        let over = bounded_reply(reply_of(6, MAX_REPLY_BYTES + 1));
+        match over.outcome {
+            Some(pb::forwarded_reply::Outcome::Error(e)) => {
+                assert_eq!(Code::from_i32(e.code), Code::OutOfRange)
+            }
+            other => panic!("an oversized reply went out as {other:?}"),
+        }
     }
 
     /// How the fake leader answers a forward stream.

@@ -202,11 +202,83 @@ where
 #[derive(Clone)]
 pub struct Api {
     core: Arc<Core>,
+    /// One slot per open `Peer/ForwardStream` (see [`MAX_FORWARD_STREAMS`]).
+    forward_streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// Forward streams served at once. An honest member keeps one per leader
+/// it has forwarded to; this bounds what a peer (even one holding a valid
+/// credential) can make the node hold: streams times
+/// `forward::MAX_PENDING_CALLS` calls.
+pub const MAX_FORWARD_STREAMS: usize = 64;
 
 impl Api {
     pub fn new(core: Arc<Core>) -> Self {
-        Api { core }
+        Api {
+            core,
+            forward_streams: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARD_STREAMS)),
+        }
+    }
+
+    /// Runs the calls of one forward stream, each in its own task, at most
+    /// `forward::MAX_PENDING_CALLS` at once (a full set holds the stream
+    /// back through HTTP/2 flow control). When the follower ends the
+    /// stream, the calls still running finish and are answered; when the
+    /// stream breaks, they are dropped, as a unary call's handler is when
+    /// its caller goes away (an Invoke may be dropped at any await).
+    async fn serve_forwarded(
+        self,
+        mut inbound: tonic::Streaming<pb::ForwardBatch>,
+        replies: tokio::sync::mpsc::Sender<pb::ForwardedReply>,
+        _stream_slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let call_slots = Arc::new(tokio::sync::Semaphore::new(
+            crate::forward::MAX_PENDING_CALLS,
+        ));
+        let mut calls = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(batch)) => {
+                        for call in batch.calls {
+                            let Ok(slot) = call_slots.clone().acquire_owned().await else {
+                                return;
+                            };
+                            let api = self.clone();
+                            let replies = replies.clone();
+                            calls.spawn(async move {
+                                let reply = api.answer_forwarded(call).await;
+                                let _ = replies.send(reply).await;
+                                drop(slot);
+                            });
+                        }
+                    }
+                    Ok(None) => {
+                        while calls.join_next().await.is_some() {}
+                        return;
+                    }
+                    Err(_) => return,
+                },
+                Some(_) = calls.join_next(), if !calls.is_empty() => {}
+            }
+        }
+    }
+
+    async fn answer_forwarded(&self, call: pb::ForwardedInvoke) -> pb::ForwardedReply {
+        use pb::forwarded_reply::Outcome;
+        let outcome = match call.call {
+            Some(c) => match self.run_forwarded(c).await {
+                Ok(r) => Outcome::Response(r),
+                Err(s) => Outcome::Error(crate::forward::error_to_wire(&s)),
+            },
+            None => Outcome::Error(crate::forward::error_to_wire(&Status::invalid_argument(
+                "forwarded call is empty",
+            ))),
+        };
+        crate::forward::bounded_reply(pb::ForwardedReply {
+            id: call.id,
+            outcome: Some(outcome),
+        })
     }
 
     /// An Invoke forwarded by a follower (unary or on a stream), run here
@@ -694,46 +766,18 @@ impl pb::peer_server::Peer for Api {
         request: Request<tonic::Streaming<pb::ForwardBatch>>,
     ) -> Result<Response<Self::ForwardStreamStream>, Status> {
         self.authorize_peer(&request, "forward_stream")?;
-        let mut inbound = request.into_inner();
+        let stream_slot = self
+            .forward_streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "{MAX_FORWARD_STREAMS} forward streams already open on this node"
+                ))
+            })?;
+        let inbound = request.into_inner();
         let (replies, outbound) = tokio::sync::mpsc::channel(crate::forward::MAX_PENDING_CALLS);
-        // One slot per call from its arrival to its reply: the peer cannot
-        // make this node hold more calls than that, whatever it sends.
-        let slots = Arc::new(tokio::sync::Semaphore::new(
-            crate::forward::MAX_PENDING_CALLS,
-        ));
-        let api = self.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(batch)) = inbound.message().await {
-                for call in batch.calls {
-                    let Ok(slot) = slots.clone().acquire_owned().await else {
-                        return;
-                    };
-                    let api = api.clone();
-                    let replies = replies.clone();
-                    tokio::spawn(async move {
-                        let outcome = match call.call {
-                            Some(c) => match api.run_forwarded(c).await {
-                                Ok(r) => pb::forwarded_reply::Outcome::Response(r),
-                                Err(s) => pb::forwarded_reply::Outcome::Error(
-                                    crate::forward::error_to_wire(&s),
-                                ),
-                            },
-                            None => {
-                                pb::forwarded_reply::Outcome::Error(crate::forward::error_to_wire(
-                                    &Status::invalid_argument("forwarded call is empty"),
-                                ))
-                            }
-                        };
-                        let reply = pb::ForwardedReply {
-                            id: call.id,
-                            outcome: Some(outcome),
-                        };
-                        let _ = replies.send(reply).await;
-                        drop(slot);
-                    });
-                }
-            }
-        });
+        tokio::spawn(self.clone().serve_forwarded(inbound, replies, stream_slot));
         Ok(Response::new(crate::forward::ReplyBatches::new(outbound)))
     }
 }
