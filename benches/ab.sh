@@ -13,6 +13,8 @@
 # Environment knobs:
 #   LOADGEN [BINARY]   the `synapse bench` binary (keep it fixed across an A/B)
 #   LEADER_ONLY [0]    1 = every client connects to the leader (no forwarding)
+#   FOLLOWER_ONLY [0]  1 = every client connects to one follower (every write
+#                      forwarded)
 #   PROFILE [none]     all = `perf record -a` for 5 s from second 5 into
 #                      $WORK/all.data (use KEEP=1); syscalls = per-node
 #                      syscall counts for 5 s (`perf stat` tracepoints)
@@ -37,6 +39,7 @@ start_synapse 3 GRPC HTTP "$@"
 cpu_ticks() { for p in "${SYN_PIDS[@]}"; do awk '{print $14+$15}' "/proc/$p/stat"; done | paste -sd' '; }
 endpoints=$SYN_EPS
 if [ "${LEADER_ONLY:-0}" = 1 ]; then endpoints="http://127.0.0.1:${GRPC[$((LEADER - 1))]}"; fi
+if [ "${FOLLOWER_ONLY:-0}" = 1 ]; then endpoints="http://127.0.0.1:${GRPC[$((LEADER % 3))]}"; fi
 
 before=$(cpu_ticks)
 "${LOADGEN:-$B}" bench --endpoints "$endpoints" --token-file "$SYN_TOKEN" --clients "$CLIENTS" \
