@@ -429,18 +429,21 @@ impl RaftLog {
                 }
             }
         }
-        let mut out: Vec<Entry> = Vec::new();
+        let mut out: Vec<Entry> = Vec::with_capacity(read_to.saturating_sub(low) as usize);
         let mut size = 0u64;
-        for (index, raw) in (low..).zip(b.wal.read(low, read_to)?) {
-            let e = decode_entry(index, &raw)?;
-            size += u64::from(e.compute_size());
-            if let Some(max) = limit {
-                if !out.is_empty() && size > max {
-                    break;
-                }
+        let mut full = false;
+        b.wal.read_each(low, read_to, |index, raw| {
+            if full {
+                return Ok(());
             }
-            out.push(e);
-        }
+            let e = decode_entry(index, raw)?;
+            size += u64::from(e.compute_size());
+            match limit {
+                Some(max) if !out.is_empty() && size > max => full = true,
+                _ => out.push(e),
+            }
+            Ok(())
+        })?;
         Ok(out)
     }
 
