@@ -962,7 +962,13 @@ impl Wal {
                         }
                     };
                     at += HEADER_LEN;
-                    f(i, &buf[at..at + len])?;
+                    let value = buf.get(at..at + len).ok_or_else(|| {
+                        corrupt(format!(
+                            "{} entry {i}: record runs past its index",
+                            self.label
+                        ))
+                    })?;
+                    f(i, value)?;
                     at += len;
                 }
                 Ok(())
@@ -1087,6 +1093,9 @@ fn with_read_buffer<T>(
     READ_BUFFER.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
+                // Exactly: doubling would keep up to twice the cap.
+                let grow = len - buf.len();
+                buf.reserve_exact(grow);
                 buf.resize(len, 0);
             }
             f(&mut buf[..len])
@@ -1326,6 +1335,30 @@ mod tests {
         drop(f);
         let (w, report) = Wal::open(d.path(), 1, false).unwrap();
         assert_eq!((w.last_index(), report.torn_bytes), (Some(3), 64));
+    }
+
+    /// The read buffer a thread keeps is reused across reads: a shorter
+    /// read after a longer one sees only its own bytes, and a segment cut
+    /// short under a live log reads as damage, not as an earlier read's
+    /// leftovers.
+    #[test]
+    fn a_reused_read_buffer_never_shows_an_earlier_reads_bytes() {
+        let (d, file, _, _) = three_records(3000);
+        let w = open(d.path());
+        assert_eq!(
+            w.read(1, 4).unwrap(),
+            vec![rec(1, 3000).1, rec(2, 3000).1, rec(3, 3000).1]
+        );
+        assert_eq!(w.read(3, 4).unwrap(), vec![rec(3, 3000).1]);
+        let f = OpenOptions::new().write(true).open(&file).unwrap();
+        f.set_len(f.metadata().unwrap().len() - 10).unwrap();
+        drop(f);
+        assert_eq!(w.read(1, 2).unwrap(), vec![rec(1, 3000).1]);
+        let err = w.read(3, 4).unwrap_err();
+        assert!(
+            err.is_corrupt(),
+            "a short segment must read as damage, got {err:?}"
+        );
     }
 
     #[test]
