@@ -10,6 +10,7 @@
 //! three or four Raft nodes with 1 s election timeouts, and running them all
 //! at once on a small machine would mostly test the scheduler.
 
+mod scrape;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::future::Future;
@@ -1214,10 +1215,39 @@ async fn follower_read_and_unavailable_hint() {
         );
     }
 
-    // A follower with a leader forwards and answers; a follower answers
-    // UNAVAILABLE with the leader hint when it cannot forward is covered by
-    // the redirect in the membership test. Now kill both followers: the
-    // leader loses its quorum, steps down, and Invoke is UNAVAILABLE.
+    // A follower with a leader forwards and answers, every write on the
+    // one forward stream it opened to the leader.
+    const FORWARDED: u64 = 10;
+    let before = reply_value(
+        &invoke_once(&mut lc, incr_request("fwd", ""))
+            .await
+            .unwrap_or_else(|(c, s)| panic!("write on the leader: {c} {:?}", s.map(|s| show(&s))))
+            .reply,
+    );
+    for i in 0..FORWARDED {
+        let r = invoke_once(&mut fc[0], incr_request("fwd", &format!("fwd-{i}")))
+            .await
+            .unwrap_or_else(|(c, s)| panic!("forwarded write {i}: {c} {:?}", s.map(|s| show(&s))));
+        assert_eq!(
+            reply_value(&r.reply),
+            before + 1 + i as i64,
+            "forwarded write {i}"
+        );
+    }
+    let http = &cluster.node_mut(followers[0]).http;
+    let metric = |name: &str| scrape::metric(http, name, RPC_TIMEOUT).expect("scrape /metrics");
+    assert!(metric("synapse_forwarded_total") >= FORWARDED);
+    assert_eq!(
+        metric("synapse_forward_streams_opened_total"),
+        1,
+        "{FORWARDED} forwarded writes should share one stream"
+    );
+    assert_eq!(metric("synapse_forward_stream_breaks_total"), 0);
+
+    // A follower answers UNAVAILABLE with the leader hint when it cannot
+    // forward: covered by the redirect in the membership test. Now kill
+    // both followers: the leader loses its quorum, steps down, and Invoke is
+    // UNAVAILABLE.
     for f in &followers {
         cluster.node_mut(*f).kill();
     }

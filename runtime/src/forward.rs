@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -35,6 +36,7 @@ use tracing::debug;
 
 use crate::cluster::PeerChannels;
 use crate::error::{LEADER_ADDR_HEADER, LEADER_HINT_HEADER};
+use crate::metrics::Metrics;
 
 /// Calls queued for one link before new ones are refused. A follower holds
 /// at most `max_inflight_invokes` calls of its own anyway; this only keeps
@@ -88,13 +90,15 @@ pub(crate) struct Forwarder {
     /// Link tasks run on the node's runtime, not on the caller's (an
     /// embedder's runtime may be short-lived).
     runtime: tokio::runtime::Handle,
+    metrics: Arc<Metrics>,
 }
 
 impl Forwarder {
-    pub fn new(runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(runtime: tokio::runtime::Handle, metrics: Arc<Metrics>) -> Self {
         Forwarder {
             links: Mutex::new(HashMap::new()),
             runtime,
+            metrics,
         }
     }
 
@@ -106,6 +110,7 @@ impl Forwarder {
         address: &str,
         mut call: pb::ForwardInvokeRequest,
     ) -> Reply {
+        self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
         if call.encoded_len() > MAX_STREAMED_CALL_BYTES {
             return self.unary(channels, address, call).await;
         }
@@ -177,8 +182,14 @@ impl Forwarder {
         let (tx, rx) = mpsc::channel(LINK_QUEUE_CALLS);
         let (batches, outbound) = mpsc::channel(STREAM_BUFFER_BATCHES);
         let request = channels.peer_request(ReceiverStream::new(outbound));
-        self.runtime
-            .spawn(run_link(channel, request, batches, rx, address.to_string()));
+        self.runtime.spawn(run_link(
+            channel,
+            request,
+            batches,
+            rx,
+            address.to_string(),
+            self.metrics.clone(),
+        ));
         if links.len() >= MAX_LINKS {
             // Dropping a queue ends its link once its calls are answered.
             links.retain(|_, l| matches!(l, Link::Stream(q) if !q.is_closed()));
@@ -241,6 +252,7 @@ async fn run_link(
     batches: mpsc::Sender<pb::ForwardBatch>,
     mut queue: mpsc::Receiver<Queued>,
     address: String,
+    metrics: Arc<Metrics>,
 ) {
     let mut client = pb::peer_client::PeerClient::new(channel)
         .max_decoding_message_size(synapse_consensus::MAX_PEER_FRAME_BYTES)
@@ -263,9 +275,13 @@ async fn run_link(
             return;
         }
     };
+    metrics
+        .forward_streams_opened
+        .fetch_add(1, Ordering::Relaxed);
     let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
     let (stop, stopped) = watch::channel(false);
     let writer = tokio::spawn(write_batches(queue, batches, pending.clone(), stopped));
+    let mut clean = false;
     let end = loop {
         match inbound.message().await {
             Ok(Some(batch)) => {
@@ -281,7 +297,10 @@ async fn run_link(
                     }
                 }
             }
-            Ok(None) => break Status::unavailable("the leader closed the forward stream"),
+            Ok(None) => {
+                clean = true;
+                break Status::unavailable("the leader closed the forward stream");
+            }
             Err(status) => break status,
         }
     };
@@ -291,6 +310,12 @@ async fn run_link(
     let _ = stop.send(true);
     let _ = writer.await;
     let waiting = pending.lock().ok().and_then(|mut g| g.take());
+    let unanswered = waiting.as_ref().map_or(0, HashMap::len);
+    if !clean || unanswered > 0 {
+        metrics
+            .forward_stream_breaks
+            .fetch_add(1, Ordering::Relaxed);
+    }
     if let Some(waiting) = waiting {
         if !waiting.is_empty() {
             debug!(%address, status = %end, pending = waiting.len(), "forward stream ended");
@@ -785,7 +810,11 @@ mod tests {
     async fn concurrent_calls_share_one_stream_and_each_gets_its_own_reply() {
         let leader = fake(Leader::Reversed);
         let address = start(leader.clone()).await;
-        let forwarder = Arc::new(Forwarder::new(tokio::runtime::Handle::current()));
+        let metrics: Arc<Metrics> = Default::default();
+        let forwarder = Arc::new(Forwarder::new(
+            tokio::runtime::Handle::current(),
+            metrics.clone(),
+        ));
         let channels = Arc::new(channels());
         let calls: Vec<_> = (1..=500u64)
             .map(|n| {
@@ -814,7 +843,8 @@ mod tests {
     async fn a_broken_stream_fails_its_calls_unavailable_and_the_next_call_reopens() {
         let leader = fake(Leader::HangsUpWithoutAnswering);
         let address = start(leader.clone()).await;
-        let forwarder = Forwarder::new(tokio::runtime::Handle::current());
+        let metrics: Arc<Metrics> = Default::default();
+        let forwarder = Forwarder::new(tokio::runtime::Handle::current(), metrics.clone());
         let channels = channels();
         for n in 1..=3 {
             let r = tokio::time::timeout(
@@ -826,6 +856,8 @@ mod tests {
             assert_eq!(r.expect_err("no reply was sent").code(), Code::Unavailable);
         }
         assert_eq!(leader.streams.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(metrics.forward_streams_opened.load(Ordering::Relaxed), 3);
+        assert_eq!(metrics.forward_stream_breaks.load(Ordering::Relaxed), 3);
     }
 
     /// A leader that predates ForwardStream gets the same call as a unary
@@ -834,7 +866,7 @@ mod tests {
     async fn a_leader_without_the_stream_gets_unary_calls() {
         let leader = fake(Leader::UnaryOnly);
         let address = start(leader.clone()).await;
-        let forwarder = Forwarder::new(tokio::runtime::Handle::current());
+        let forwarder = Forwarder::new(tokio::runtime::Handle::current(), Default::default());
         let channels = channels();
         for n in 1..=3 {
             let r = forwarder.call(&channels, &address, call_numbered(n)).await;

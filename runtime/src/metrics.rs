@@ -36,6 +36,12 @@ pub struct Metrics {
     /// Audit records refused because the writer's queue was full (the
     /// request they belonged to was refused too) or the writer had stopped.
     pub audit_dropped: AtomicU64,
+    /// Invokes this node forwarded to the leader (on a stream or unary).
+    pub forwarded: AtomicU64,
+    /// `Peer/ForwardStream`s this node opened to a leader.
+    pub forward_streams_opened: AtomicU64,
+    /// Forward streams that ended with calls unanswered or on an error.
+    pub forward_stream_breaks: AtomicU64,
 }
 
 impl Metrics {
@@ -84,6 +90,21 @@ impl Metrics {
             "applied_checkpoints_total",
             "Checkpoints applied to the local store.",
             g(&self.applied_checkpoints),
+        );
+        counter(
+            "forwarded_total",
+            "Invokes this node forwarded to the leader.",
+            g(&self.forwarded),
+        );
+        counter(
+            "forward_streams_opened_total",
+            "Forward streams this node opened to a leader.",
+            g(&self.forward_streams_opened),
+        );
+        counter(
+            "forward_stream_breaks_total",
+            "Forward streams that ended with calls unanswered or on an error (those calls answered UNAVAILABLE).",
+            g(&self.forward_stream_breaks),
         );
         counter(
             "deduplicated_total",

@@ -1700,6 +1700,8 @@ async fn open_core(
     let clock = Arc::new(ClockService::new(Duration::from_millis(
         config.max_clock_offset_ms,
     )));
+    let forwarder =
+        crate::forward::Forwarder::new(tokio::runtime::Handle::current(), metrics.clone());
     Ok(Arc::new(Core {
         config,
         store,
@@ -1713,7 +1715,7 @@ async fn open_core(
         metrics,
         transport,
         channels: PeerChannels::new(tls.as_ref().map(|t| t.client_config()), credential),
-        forwarder: crate::forward::Forwarder::new(tokio::runtime::Handle::current()),
+        forwarder,
         tls,
         clock,
         audit,

@@ -4,10 +4,11 @@
 //! assertion).
 #![allow(dead_code)]
 
+#[path = "../scrape/mod.rs"]
+mod scrape;
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::future::Future;
-use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -135,25 +136,7 @@ impl NodeProc {
 
     /// One counter from `/metrics` (0 if absent).
     pub fn metric(&self, name: &str) -> Result<u64, String> {
-        let mut s = std::net::TcpStream::connect(&self.http).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(RPC_TIMEOUT)).ok();
-        write!(
-            s,
-            "GET /metrics HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.http
-        )
-        .map_err(|e| e.to_string())?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).map_err(|e| e.to_string())?;
-        Ok(body
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(name)
-                    .and_then(|rest| rest.strip_prefix(' '))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            })
-            .map(|v| v as u64)
-            .unwrap_or(0))
+        scrape::metric(&self.http, name, RPC_TIMEOUT)
     }
 }
 
