@@ -21,6 +21,7 @@
 #              keeps sampling for SETTLE_SECONDS after the last write.
 #
 # Knobs [defaults]: SUSTAIN_SECONDS [600] WARM_SECONDS [120] PEAK_SECONDS [20]
+#   LEADER_ONLY [0] (1: every client on the leader, no forwarding)
 #   SAMPLE_SECONDS [10] CLIENTS [64] FRACTION [0.7] MIX [put=100] RATE [from
 #   the peak run] INSTANCES [1000000] INSTANCES_SECONDS [1200] ACTIVE [10000]
 #   IDLE_MS [30000] SETTLE_SECONDS [60] NODE_TOML [""] (extra lines for every
@@ -177,6 +178,11 @@ if [ "$MODE" = sustained ]; then
     [ -z "${NODE_TOML:-}" ] || echo "node config: ${NODE_TOML}" | tee -a "$OUT_DIR/machine-sustained.txt" >&2
     printf '%s\n' "${NODE_TOML:-}" >"$WORK/node.toml"
     start_synapse 3 GRPC_PORTS HTTP_PORTS --config "$WORK/node.toml"
+    if [ "${LEADER_ONLY:-0}" = 1 ]; then
+        # Every client on the leader: no forwarding, followers serve no client.
+        SYN_EPS="http://127.0.0.1:${GRPC_PORTS[$((LEADER - 1))]}"
+        echo "clients: the leader only ($SYN_EPS)" | tee -a "$OUT_DIR/machine-sustained.txt" >&2
+    fi
     if [ -z "${RATE:-}" ]; then
         say "closed-loop peak: $CLIENTS clients, ${PEAK_SECONDS}s, mix $MIX (load $(cut -d' ' -f1 /proc/loadavg))"
         "$B" bench --endpoints "$SYN_EPS" --token-file "$SYN_TOKEN" --clients "$CLIENTS" --duration "${PEAK_SECONDS}s" \
