@@ -76,6 +76,8 @@ enum Answer {
 
 struct Queued {
     call: pb::ForwardInvokeRequest,
+    /// `call.encoded_len()`, measured once by the caller.
+    size: usize,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -111,7 +113,8 @@ impl Forwarder {
         mut call: pb::ForwardInvokeRequest,
     ) -> Reply {
         self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
-        if call.encoded_len() > MAX_STREAMED_CALL_BYTES {
+        let size = call.encoded_len();
+        if size > MAX_STREAMED_CALL_BYTES {
             return self.unary(channels, address, call).await;
         }
         // Twice at most: a link can end between the lookup and the send
@@ -121,7 +124,11 @@ impl Forwarder {
                 return self.unary(channels, address, call).await;
             };
             let (tx, rx) = oneshot::channel();
-            match queue.try_send(Queued { call, reply: tx }) {
+            match queue.try_send(Queued {
+                call,
+                size,
+                reply: tx,
+            }) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     return Err(Status::resource_exhausted(format!(
@@ -352,7 +359,7 @@ async fn write_batches(
         let mut bytes = 0;
         let mut item = Some(first);
         while let Some(q) = item.take() {
-            bytes += q.call.encoded_len();
+            bytes += q.size;
             let Ok(mut guard) = pending.lock() else {
                 let _ = q.reply.send(Answer::NotSent(q.call));
                 break;
