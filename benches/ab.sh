@@ -18,6 +18,10 @@
 #   PROFILE [none]     all = `perf record -a` for 5 s from second 5 into
 #                      $WORK/all.data (use KEEP=1); syscalls = per-node
 #                      syscall counts for 5 s (`perf stat` tracepoints)
+#   INSTANCES [1000]   instances the writes spread over; with 100, each one
+#                      passes the default retention (100 versions) within the
+#                      warm-up, so the run measures the steady state (every
+#                      write also prunes) rather than the growth phase
 #   MIX [put=100]  PORT_BASE [52100]  KEEP=1 keeps the data dirs
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,7 +47,7 @@ if [ "${FOLLOWER_ONLY:-0}" = 1 ]; then endpoints="http://127.0.0.1:${GRPC[$((LEA
 
 before=$(cpu_ticks)
 "${LOADGEN:-$B}" bench --endpoints "$endpoints" --token-file "$SYN_TOKEN" --clients "$CLIENTS" \
-    --duration "${SECONDS_RUN}s" --warmup 2s --mix "${MIX:-put=100}" --quiet \
+    --duration "${SECONDS_RUN}s" --warmup 2s --mix "${MIX:-put=100}" --instances "${INSTANCES:-1000}" --quiet \
     --json "$WORK/result.json" >"$WORK/bench.out" 2>&1 &
 bench_pid=$!
 PIDS+=("$bench_pid")

@@ -262,11 +262,6 @@ impl StateMachine for NodeStateMachine {
                 }
             }
 
-            if recorded_id {
-                batch.put_checkpoint(&cp, &reply);
-            } else {
-                batch.put_checkpoint_unrecorded(&cp);
-            }
             batch.observe_timestamp(cp.timestamp);
             self.hlc.observe(cp.timestamp);
             heads.insert(
@@ -277,22 +272,28 @@ impl StateMachine for NodeStateMachine {
                     timestamp: cp.timestamp,
                 },
             );
-            if recorded_id {
+            let record = if recorded_id {
                 requests.insert(
                     (cp.skill.clone(), cp.instance.clone(), cp.request_id.clone()),
                     RequestRecord {
                         version: cp.version,
                         hash: cp.hash,
                         timestamp: cp.timestamp,
-                        reply,
+                        reply: reply.clone(),
                     },
                 );
-            }
+                Some(reply)
+            } else {
+                None
+            };
             outcomes.push(ApplyOutcome::Applied {
                 version: cp.version,
                 hash: cp.hash,
                 timestamp: cp.timestamp,
             });
+            // One copy serves the store and the watchers.
+            let cp = Arc::new(cp);
+            batch.put_shared_checkpoint(Arc::clone(&cp), record);
             new_checkpoints.push(cp);
         }
 
@@ -331,7 +332,7 @@ impl StateMachine for NodeStateMachine {
         }
         for cp in new_checkpoints {
             // No receivers is the normal case; send never blocks.
-            let _ = self.watch.send(Arc::new(cp));
+            let _ = self.watch.send(cp);
         }
         Ok(outcomes)
     }

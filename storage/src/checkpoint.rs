@@ -128,6 +128,43 @@ impl Checkpoint {
         w.into_inner()
     }
 
+    /// `encode`, or `None` if `hash` is not the hash of the contents. One
+    /// canonical encoding serves both the check and the record, where
+    /// `compute_hash` followed by `encode` would build it twice (the apply
+    /// path does this for every write on every node).
+    pub fn encode_if_sealed(&self) -> Option<Vec<u8>> {
+        let mut w = self.canonical();
+        if sha256(w.as_slice()) != self.hash {
+            return None;
+        }
+        w.raw(&self.hash);
+        Some(w.into_inner())
+    }
+
+    /// The version and request id of a record written by `encode`, parsed
+    /// without checking its hash or copying its state: for pruning, which
+    /// only needs to find the version's request record and must not pay a
+    /// SHA-256 for a record it is about to delete. `Corrupt` if the record
+    /// does not parse.
+    pub fn peek_version_and_request_id(bytes: &[u8]) -> Result<(u64, String), StorageError> {
+        let body = bytes
+            .len()
+            .checked_sub(32)
+            .map(|n| &bytes[..n])
+            .ok_or_else(|| corrupt("checkpoint: truncated record"))?;
+        let mut r = Reader::new(body, "checkpoint");
+        r.tag(CHECKPOINT_DOMAIN)?;
+        r.bytes()?; // skill
+        r.bytes()?; // instance
+        let version = r.u64()?;
+        r.hash()?; // parent
+        r.bytes()?; // state
+        r.timestamp()?;
+        let request_id = r.string()?;
+        r.finish()?;
+        Ok((version, request_id))
+    }
+
     /// Parses and verifies a record written by `encode`. `Corrupt` on a hash
     /// mismatch, truncation or trailing bytes. Never panics on arbitrary bytes.
     ///
@@ -216,6 +253,41 @@ pub(crate) mod tests {
         let mut changed = cp.clone();
         changed.timestamp.logical += 1;
         assert!(changed.verify().is_err());
+    }
+
+    #[test]
+    fn encode_if_sealed_is_encode_for_a_sealed_checkpoint_only() {
+        let cp = sample();
+        assert_eq!(cp.encode_if_sealed(), Some(cp.encode()));
+        let mut changed = cp.clone();
+        changed.state.push(b'!');
+        assert_eq!(changed.encode_if_sealed(), None);
+        let mut unsealed = cp;
+        unsealed.hash = ZERO_HASH;
+        assert_eq!(unsealed.encode_if_sealed(), None);
+    }
+
+    #[test]
+    fn peek_reads_what_decode_reads_and_never_panics_on_a_cut_record() {
+        let cp = sample();
+        let record = cp.encode();
+        assert_eq!(
+            Checkpoint::peek_version_and_request_id(&record).unwrap(),
+            (3, "req-3".to_string())
+        );
+        // Not checking the hash is the point: a damaged parent-hash byte still
+        // peeks, while decode refuses the record.
+        let mut damaged = record.clone();
+        damaged[60] ^= 0xFF;
+        assert!(Checkpoint::decode(&damaged).is_err());
+        assert!(Checkpoint::peek_version_and_request_id(&damaged).is_ok());
+        for cut in 0..record.len() {
+            let err = Checkpoint::peek_version_and_request_id(&record[..cut]).unwrap_err();
+            assert!(err.is_corrupt(), "cut at {cut}: {err}");
+        }
+        let mut longer = record;
+        longer.insert(0, 0);
+        assert!(Checkpoint::peek_version_and_request_id(&longer).is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! Names never contain NUL (validated), so keys are unambiguous, and the
 //! big-endian version makes sled's byte order the version order.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -150,7 +150,9 @@ pub struct ChainReport {
 pub struct ApplyBatch {
     /// A checkpoint and the reply of its request record; `None` keeps no
     /// record (see [`ApplyBatch::put_checkpoint_unrecorded`]).
-    puts: Vec<(Checkpoint, Option<Vec<u8>>)>,
+    /// Shared, so the state machine hands over what it also publishes to
+    /// watchers without copying the state.
+    puts: Vec<(Arc<Checkpoint>, Option<Vec<u8>>)>,
     applied: Option<u64>,
     high_water: Option<Timestamp>,
     /// name → Some(value) to set, None to delete.
@@ -170,7 +172,7 @@ impl ApplyBatch {
     /// commit (idempotent replay); validating version and parent hash against
     /// the head is the state machine's job.
     pub fn put_checkpoint(&mut self, cp: &Checkpoint, reply: &[u8]) {
-        self.puts.push((cp.clone(), Some(reply.to_vec())));
+        self.puts.push((Arc::new(cp.clone()), Some(reply.to_vec())));
     }
 
     /// [`ApplyBatch::put_checkpoint`] without a request record: for a write
@@ -178,7 +180,14 @@ impl ApplyBatch {
     /// id, so the record would only cost an insert now and a delete when
     /// the version is pruned, on every node.
     pub fn put_checkpoint_unrecorded(&mut self, cp: &Checkpoint) {
-        self.puts.push((cp.clone(), None));
+        self.puts.push((Arc::new(cp.clone()), None));
+    }
+
+    /// [`ApplyBatch::put_checkpoint`] (with `Some(reply)`) or
+    /// [`ApplyBatch::put_checkpoint_unrecorded`] (with `None`) for a
+    /// checkpoint the caller already holds shared: no copy of its state.
+    pub fn put_shared_checkpoint(&mut self, cp: Arc<Checkpoint>, reply: Option<Vec<u8>>) {
+        self.puts.push((cp, reply));
     }
 
     /// Records the Raft index this batch brings the state machine up to.
@@ -394,23 +403,26 @@ impl<'t> Overlay<'t> {
         self.order.push(key.clone());
         self.writes.insert(key, None);
     }
-    /// Live keys in `[lo, hi]`, at most `max`, in order.
-    fn live_keys(&self, lo: &[u8], hi: &[u8], max: usize) -> Result<Vec<Vec<u8>>, StorageError> {
-        let mut keys = BTreeSet::new();
-        for k in self.tree.range(lo..=hi).keys().take(max) {
-            keys.insert(k?.to_vec());
+    /// Live entries in `[lo, hi]`, at most `max`, in key order, with their
+    /// values: one sled range read, not a range of keys and then a lookup
+    /// per key.
+    fn live_entries(&self, lo: &[u8], hi: &[u8], max: usize) -> Result<KvList, StorageError> {
+        let mut entries = BTreeMap::new();
+        for item in self.tree.range(lo..=hi).take(max) {
+            let (k, v) = item?;
+            entries.insert(k.to_vec(), v.to_vec());
         }
         for (k, v) in self.writes.range(lo.to_vec()..=hi.to_vec()) {
             match v {
-                Some(_) => {
-                    keys.insert(k.clone());
+                Some(v) => {
+                    entries.insert(k.clone(), v.clone());
                 }
                 None => {
-                    keys.remove(k);
+                    entries.remove(k);
                 }
             }
         }
-        Ok(keys.into_iter().take(max).collect())
+        Ok(entries.into_iter().take(max).collect())
     }
     /// Writes every pending key, one sled operation each, in the order of
     /// its last write. Not atomic like a `sled::Batch`, and does not need
@@ -726,13 +738,13 @@ impl Store {
         let mut high_water = batch.high_water;
         for (cp, reply) in &batch.puts {
             validate_names(&cp.skill, &cp.instance)?;
-            if cp.compute_hash() != cp.hash {
-                // Never let an unsealed or damaged checkpoint into the chain.
+            // Never let an unsealed or damaged checkpoint into the chain.
+            let Some(record) = cp.encode_if_sealed() else {
                 return Err(StorageError::Invalid(format!(
                     "checkpoint {}/{} v{} does not match its hash",
                     cp.skill, cp.instance, cp.version
                 )));
-            }
+            };
             let hk = head_key(&cp.skill, &cp.instance);
             if let Some(raw) = pending.get(&hk)? {
                 let head = decode_head(&raw)?;
@@ -745,10 +757,7 @@ impl Store {
                     continue;
                 }
             }
-            pending.put(
-                checkpoint_key(&cp.skill, &cp.instance, cp.version),
-                cp.encode(),
-            );
+            pending.put(checkpoint_key(&cp.skill, &cp.instance, cp.version), record);
             pending.put(hk, encode_head(cp.version, &cp.hash, &cp.timestamp));
             if let Some(reply) = reply.as_ref().filter(|_| !cp.request_id.is_empty()) {
                 let rec = RequestRecord {
@@ -1175,26 +1184,38 @@ fn prune_up_to(
 ) -> Result<(), StorageError> {
     let lo = checkpoint_key(&cp.skill, &cp.instance, 0);
     let hi = checkpoint_key(&cp.skill, &cp.instance, cutoff);
-    for key in pending.live_keys(&lo, &hi, MAX_PRUNE_PER_PUT)? {
-        if let Some(raw) = pending.get(&key)? {
-            match Checkpoint::decode(&raw) {
-                Ok(old) if !old.request_id.is_empty() => {
-                    let rk = request_key(&cp.skill, &cp.instance, &old.request_id);
-                    if let Some(rraw) = pending.get(&rk)? {
-                        // Only drop the record if it belongs to this version
-                        // (a request id re-used later must keep its record).
-                        match RequestRecord::decode(&rraw) {
-                            Ok(rec) if rec.version != old.version => {}
-                            _ => pending.remove(rk),
-                        }
+    for (key, raw) in pending.live_entries(&lo, &hi, MAX_PRUNE_PER_PUT)? {
+        // The hash is not checked: the record is being deleted, and the
+        // request record found through its id is only dropped if it names
+        // the version this key holds, so a damaged id cannot drop another
+        // version's record.
+        let parsed = version_of_key(&key, &cp.skill, &cp.instance).and_then(|version| {
+            let (stored, request_id) = Checkpoint::peek_version_and_request_id(&raw)?;
+            if stored == version {
+                Ok((version, request_id))
+            } else {
+                Err(corrupt(format!(
+                    "checkpoint under v{version} says v{stored}"
+                )))
+            }
+        });
+        match parsed {
+            Ok((version, request_id)) if !request_id.is_empty() => {
+                let rk = request_key(&cp.skill, &cp.instance, &request_id);
+                if let Some(rraw) = pending.get(&rk)? {
+                    // Only drop the record if it belongs to this version
+                    // (a request id re-used later must keep its record).
+                    match RequestRecord::decode(&rraw) {
+                        Ok(rec) if rec.version != version => {}
+                        _ => pending.remove(rk),
                     }
                 }
-                Ok(_) => {}
-                Err(e) => warn!(
-                    skill = %cp.skill, instance = %cp.instance, error = %e,
-                    "pruning a corrupt checkpoint; its request record (if any) stays"
-                ),
             }
+            Ok(_) => {}
+            Err(e) => warn!(
+                skill = %cp.skill, instance = %cp.instance, error = %e,
+                "pruning a corrupt checkpoint; its request record (if any) stays"
+            ),
         }
         pending.remove(key);
     }
@@ -1523,6 +1544,44 @@ pub(crate) mod tests {
         apply_all(&store, &cps, 3, 100);
         check_reads(&store, &cps);
         assert_eq!(store.applied_index().unwrap(), 108);
+    }
+
+    #[test]
+    fn pruning_a_damaged_record_never_drops_another_versions_request_record() {
+        // Pruning reads the doomed record's request id without checking its
+        // hash; a damaged or misplaced record must not cost a live version
+        // its request record.
+        let (_d, store) = open_tmp(3);
+        let cps = chain("counter", "alice", 6);
+        apply_all(&store, &cps[..3], 1, 0);
+        let raw = store.raw_tree(TREE_STATE).unwrap();
+        // v1's record now names v2's request id (hash no longer matches).
+        let mut renamed = cps[0].clone();
+        renamed.request_id = "req-2".into();
+        raw.insert(checkpoint_key("counter", "alice", 1), renamed.encode())
+            .unwrap();
+        // v2's key holds v3's record.
+        raw.insert(checkpoint_key("counter", "alice", 2), cps[2].encode())
+            .unwrap();
+        apply_all(&store, &cps[3..5], 1, 3);
+        for v in [1, 2] {
+            assert!(
+                raw.get(checkpoint_key("counter", "alice", v))
+                    .unwrap()
+                    .is_none(),
+                "v{v} was not pruned"
+            );
+        }
+        for v in [2, 3] {
+            let rec = store
+                .request("counter", "alice", &format!("req-{v}"))
+                .unwrap();
+            assert_eq!(rec.map(|r| r.version), Some(v), "req-{v}");
+        }
+        // The next pruned version, stored intact, takes its record with it.
+        apply_all(&store, &cps[5..], 1, 5);
+        assert_eq!(store.get("counter", "alice", 3).unwrap(), None);
+        assert_eq!(store.request("counter", "alice", "req-3").unwrap(), None);
     }
 
     #[test]
