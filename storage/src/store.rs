@@ -403,19 +403,27 @@ impl<'t> Overlay<'t> {
         self.order.push(key.clone());
         self.writes.insert(key, None);
     }
-    /// Live entries in `[lo, hi]`, at most `max`, in key order, with their
-    /// values: one sled range read, not a range of keys and then a lookup
-    /// per key.
-    fn live_entries(&self, lo: &[u8], hi: &[u8], max: usize) -> Result<KvList, StorageError> {
+    /// Live entries in `[lo, hi]`, at most `max`, in key order, each as
+    /// its key and what `summarize` makes of its key and value: one sled
+    /// range read, not a range of keys and then a lookup per key, and no
+    /// copy of the values (up to `max` of them, each possibly megabytes).
+    fn live_entries<T>(
+        &self,
+        lo: &[u8],
+        hi: &[u8],
+        max: usize,
+        summarize: impl Fn(&[u8], &[u8]) -> T,
+    ) -> Result<Vec<(Vec<u8>, T)>, StorageError> {
         let mut entries = BTreeMap::new();
         for item in self.tree.range(lo..=hi).take(max) {
             let (k, v) = item?;
-            entries.insert(k.to_vec(), v.to_vec());
+            let summary = summarize(&k, &v);
+            entries.insert(k.to_vec(), summary);
         }
         for (k, v) in self.writes.range(lo.to_vec()..=hi.to_vec()) {
             match v {
                 Some(v) => {
-                    entries.insert(k.clone(), v.clone());
+                    entries.insert(k.clone(), summarize(k, v));
                 }
                 None => {
                     entries.remove(k);
@@ -1184,30 +1192,29 @@ fn prune_up_to(
 ) -> Result<(), StorageError> {
     let lo = checkpoint_key(&cp.skill, &cp.instance, 0);
     let hi = checkpoint_key(&cp.skill, &cp.instance, cutoff);
-    for (key, raw) in pending.live_entries(&lo, &hi, MAX_PRUNE_PER_PUT)? {
-        // The hash is not checked: the record is being deleted, and the
-        // request record found through its id is only dropped if it names
-        // the version this key holds, so a damaged id cannot drop another
-        // version's record.
-        let parsed = version_of_key(&key, &cp.skill, &cp.instance).and_then(|version| {
-            let (stored, request_id) = Checkpoint::peek_version_and_request_id(&raw)?;
-            if stored == version {
-                Ok((version, request_id))
-            } else {
-                Err(corrupt(format!(
-                    "checkpoint under v{version} says v{stored}"
-                )))
-            }
-        });
+    // The hash is not checked: the record is being deleted. Its request id
+    // is only followed if the record names the version its key holds, and
+    // the request record found is only dropped if it decodes and names
+    // that version, so a damaged id cannot drop any other record (a request
+    // id re-used by a later version keeps its record, too).
+    let peek = |key: &[u8], raw: &[u8]| {
+        let version = version_of_key(key, &cp.skill, &cp.instance)?;
+        let (stored, request_id) = Checkpoint::peek_version_and_request_id(raw)?;
+        if stored == version {
+            Ok((version, request_id))
+        } else {
+            Err(corrupt(format!(
+                "checkpoint under v{version} says v{stored}"
+            )))
+        }
+    };
+    for (key, parsed) in pending.live_entries(&lo, &hi, MAX_PRUNE_PER_PUT, peek)? {
         match parsed {
             Ok((version, request_id)) if !request_id.is_empty() => {
                 let rk = request_key(&cp.skill, &cp.instance, &request_id);
                 if let Some(rraw) = pending.get(&rk)? {
-                    // Only drop the record if it belongs to this version
-                    // (a request id re-used later must keep its record).
-                    match RequestRecord::decode(&rraw) {
-                        Ok(rec) if rec.version != version => {}
-                        _ => pending.remove(rk),
+                    if RequestRecord::decode(&rraw).is_ok_and(|rec| rec.version == version) {
+                        pending.remove(rk);
                     }
                 }
             }
@@ -1679,6 +1686,15 @@ pub(crate) mod tests {
             .map(|c| c.version)
             .collect();
         assert_eq!(versions, vec![30, 29]);
+        // The drained versions take their request records with them.
+        for v in 1..=28 {
+            let rec = store.request("s", "i", &format!("req-{v}")).unwrap();
+            assert_eq!(rec, None, "req-{v}");
+        }
+        for v in [29, 30] {
+            let rec = store.request("s", "i", &format!("req-{v}")).unwrap();
+            assert_eq!(rec.map(|r| r.version), Some(v));
+        }
     }
 
     #[test]
