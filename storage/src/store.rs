@@ -172,7 +172,7 @@ impl ApplyBatch {
     /// commit (idempotent replay); validating version and parent hash against
     /// the head is the state machine's job.
     pub fn put_checkpoint(&mut self, cp: &Checkpoint, reply: &[u8]) {
-        self.puts.push((Arc::new(cp.clone()), Some(reply.to_vec())));
+        self.put_shared_checkpoint(Arc::new(cp.clone()), Some(reply.to_vec()));
     }
 
     /// [`ApplyBatch::put_checkpoint`] without a request record: for a write
@@ -180,7 +180,7 @@ impl ApplyBatch {
     /// id, so the record would only cost an insert now and a delete when
     /// the version is pruned, on every node.
     pub fn put_checkpoint_unrecorded(&mut self, cp: &Checkpoint) {
-        self.puts.push((Arc::new(cp.clone()), None));
+        self.put_shared_checkpoint(Arc::new(cp.clone()), None);
     }
 
     /// [`ApplyBatch::put_checkpoint`] (with `Some(reply)`) or
