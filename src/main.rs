@@ -266,6 +266,15 @@ enum CorruptTarget {
     RaftEntry,
 }
 
+/// How the debug tools open a data dir: with the retention it was written
+/// with, so that inspecting a node's data never rewrites its history.
+fn inspect_options() -> synapse_storage::StoreOptions {
+    synapse_storage::StoreOptions {
+        retention_as_stored: true,
+        ..Default::default()
+    }
+}
+
 /// `synapse debug corrupt`: flips one byte of a stored record in place.
 fn debug_corrupt(
     data_dir: &std::path::Path,
@@ -275,7 +284,7 @@ fn debug_corrupt(
     index: Option<u64>,
 ) -> Result<(), Failure> {
     let err = |e: synapse_storage::StorageError| Failure::from(e.to_string());
-    let store = synapse_storage::Store::open(data_dir, Default::default()).map_err(err)?;
+    let store = synapse_storage::Store::open(data_dir, inspect_options()).map_err(err)?;
     let what = match what {
         CorruptTarget::Checkpoint => {
             let target = target.ok_or_else(|| Failure::from("--target is required".to_string()))?;
@@ -309,7 +318,7 @@ fn debug_corrupt(
 /// disk).
 fn debug_storage_stats(data_dir: &std::path::Path, output: Output) -> Result<(), Failure> {
     let err = |e: synapse_storage::StorageError| Failure::from(e.to_string());
-    let store = synapse_storage::Store::open(data_dir, Default::default()).map_err(err)?;
+    let store = synapse_storage::Store::open(data_dir, inspect_options()).map_err(err)?;
     let mut rows: Vec<(String, u64, u64, u64)> = Vec::new();
     // The Raft log is in segment files: entries and bytes on disk (keys
     // are the record headers).

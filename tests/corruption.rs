@@ -96,7 +96,10 @@ async fn corrupt_latest_checkpoint_is_data_loss_and_not_served() {
     flip_byte(
         n.node.core().store(),
         "state",
-        &checkpoint_key("counter", "alice", 3),
+        &n.node
+            .core()
+            .store()
+            .debug_checkpoint_key("counter", "alice", 3),
         40,
     );
     let before = n.state_hash();
@@ -151,7 +154,10 @@ async fn corrupt_checkpoint_of_an_active_instance_is_not_served() {
     flip_byte(
         n.node.core().store(),
         "state",
-        &checkpoint_key("counter", "alice", 3),
+        &n.node
+            .core()
+            .store()
+            .debug_checkpoint_key("counter", "alice", 3),
         40,
     );
     let before = n.state_hash();
@@ -211,7 +217,10 @@ async fn corrupt_older_checkpoint_fails_verify_and_history() {
     flip_byte(
         n.node.core().store(),
         "state",
-        &checkpoint_key("counter", "alice", 2),
+        &n.node
+            .core()
+            .store()
+            .debug_checkpoint_key("counter", "alice", 2),
         0,
     );
     let before = n.state_hash();
@@ -342,7 +351,9 @@ async fn corrupt_unapplied_raft_log_record_is_never_applied() {
         let store = open_store(&dir);
         let state = store.raw_tree("state").unwrap();
         // Also forget v2 so a re-apply would be visible.
-        state.remove(checkpoint_key("counter", "alice", 2)).unwrap();
+        state
+            .remove(store.debug_checkpoint_key("counter", "alice", 2))
+            .unwrap();
         state.insert(b"m/applied", old_applied).unwrap();
         drop(state);
         // Find the entry of the second write: the last one whose payload

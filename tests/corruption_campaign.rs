@@ -125,14 +125,6 @@ fn mutate(rng: &mut StdRng, bytes: &[u8], m: Mutation) -> Option<Vec<u8>> {
     (out != bytes).then_some(out)
 }
 
-fn checkpoint_key(instance: &str, version: u64) -> Vec<u8> {
-    let mut k = b"ccounter\0".to_vec();
-    k.extend_from_slice(instance.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&version.to_be_bytes());
-    k
-}
-
 fn is_corrupt<T: std::fmt::Debug>(r: &Result<T, StorageError>) -> bool {
     matches!(r, Err(StorageError::Corrupt { .. }))
 }
@@ -227,7 +219,7 @@ fn random_corruption_is_always_detected_never_served_and_repairable() {
             0 => {
                 let instance = format!("i{}", rng.gen_range(0..INSTANCES));
                 let version = rng.gen_range(1..=VERSIONS);
-                let key = checkpoint_key(&instance, version);
+                let key = node.debug_checkpoint_key("counter", &instance, version);
                 let original = state.get(&key).unwrap().expect("record").to_vec();
                 let Some(bad) = mutate(&mut rng, &original, m) else {
                     continue;

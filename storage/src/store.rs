@@ -11,15 +11,17 @@
 //! | key | value |
 //! |---|---|
 //! | `h` skill `\0` instance `\0` | head: checksum ++ version u64 ++ hash |
-//! | `c` skill `\0` instance `\0` version(u64 BE) | `Checkpoint::encode()` |
+//! | `s` skill `\0` instance `\0` slot(u64 BE) | `Checkpoint::encode()` of version ≡ slot (mod retention) |
 //! | `r` skill `\0` instance `\0` request_id | checksum ++ `RequestRecord` |
 //! | `m/applied` | checksum ++ u64 |
 //! | `m/clock` | checksum ++ timestamp |
 //! | `x` name | checksum ++ cluster metadata value |
 //! | `v` revocation id | checksum ++ revocation (see `revocation.rs`) |
 //!
-//! Names never contain NUL (validated), so keys are unambiguous, and the
-//! big-endian version makes sled's byte order the version order.
+//! Names never contain NUL (validated), so keys are unambiguous. Which
+//! version a slot holds follows from the head (`store/ring.rs`). Snapshots
+//! and stores written before the ring carry checkpoints under
+//! `c` skill `\0` instance `\0` version(u64 BE) instead.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
@@ -61,12 +63,6 @@ pub(crate) const TREE_AUDIT: &str = "audit";
 /// and time-travel reads, while bounding disk use per instance.
 pub const DEFAULT_RETENTION_VERSIONS: u64 = 100;
 
-/// At most this many stale versions are removed per put. Normally exactly one
-/// version leaves the window per put; a larger backlog only exists after
-/// `retention_versions` was lowered, and this bounds the size of one apply
-/// batch while that backlog drains.
-const MAX_PRUNE_PER_PUT: usize = 64;
-
 /// sled's page cache limit. sled's default (1 GiB) is far too much for the
 /// 2 vCPU VMs we target; the cache only speeds up reads of hot pages and
 /// instance state is also cached by the actors above us.
@@ -78,8 +74,14 @@ const STATE_HASH_DOMAIN: &[u8] = b"synapse.state-hash.v1";
 /// Options for `Store::open`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreOptions {
-    /// Versions kept per instance (default 100, minimum 1).
+    /// Versions kept per instance (default 100, minimum 1): the size of
+    /// each instance's ring of slots. Opening an existing store with a
+    /// different value rewrites its history once (`store/ring.rs`).
     pub retention_versions: u64,
+    /// Keep the retention the data was written with, and use
+    /// `retention_versions` only for a new store: for tools that inspect a
+    /// node's data dir and must not rewrite its history.
+    pub retention_as_stored: bool,
     /// sled's background flush interval. `None` (the default) turns it off:
     /// durability comes from explicit `Store::sync()` calls, one per Raft
     /// Ready, and a background flusher would only add competing I/O.
@@ -94,6 +96,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             retention_versions: DEFAULT_RETENTION_VERSIONS,
+            retention_as_stored: false,
             flush_every_ms: None,
             simulation: false,
         }
@@ -164,8 +167,9 @@ pub struct ApplyBatch {
 impl ApplyBatch {
     /// Puts the checkpoint as its instance's new head and records the
     /// `RequestRecord` for `cp.request_id` (if non-empty) with `reply`. At
-    /// commit, version `cp.version - retention` and older, with their request
-    /// records, are pruned so history and the request-id table stay bounded.
+    /// commit, the checkpoint takes the slot of version
+    /// `cp.version - retention`, whose request record goes with it, so
+    /// history and the request-id table stay bounded.
     /// The checkpoint's timestamp is also observed (clock high water).
     ///
     /// A checkpoint older than the instance's current head is ignored at
@@ -403,34 +407,14 @@ impl<'t> Overlay<'t> {
         self.order.push(key.clone());
         self.writes.insert(key, None);
     }
-    /// Live entries in `[lo, hi]`, at most `max`, in key order, each as
-    /// its key and what `summarize` makes of its key and value: one sled
-    /// range read, not a range of keys and then a lookup per key, and no
-    /// copy of the values (up to `max` of them, each possibly megabytes).
-    fn live_entries<T>(
-        &self,
-        lo: &[u8],
-        hi: &[u8],
-        max: usize,
-        summarize: impl Fn(&[u8], &[u8]) -> T,
-    ) -> Result<Vec<(Vec<u8>, T)>, StorageError> {
-        let mut entries = BTreeMap::new();
-        for item in self.tree.range(lo..=hi).take(max) {
-            let (k, v) = item?;
-            let summary = summarize(&k, &v);
-            entries.insert(k.to_vec(), summary);
+    /// What `f` makes of the pending or stored value of `key`, without
+    /// copying it (a checkpoint's state may be megabytes).
+    fn peek<T>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>, StorageError> {
+        match self.writes.get(key) {
+            Some(Some(v)) => Ok(Some(f(v))),
+            Some(None) => Ok(None),
+            None => Ok(self.tree.get(key)?.map(|v| f(&v))),
         }
-        for (k, v) in self.writes.range(lo.to_vec()..=hi.to_vec()) {
-            match v {
-                Some(v) => {
-                    entries.insert(k.clone(), summarize(k, v));
-                }
-                None => {
-                    entries.remove(k);
-                }
-            }
-        }
-        Ok(entries.into_iter().take(max).collect())
     }
     /// Writes every pending key, one sled operation each, in the order of
     /// its last write. Not atomic like a `sled::Batch`, and does not need
@@ -536,6 +520,11 @@ impl Store {
         // Make the directory entries sled just created durable, once.
         File::open(dir)?.sync_all()?;
         let bounds = load_bounds(&db, &raft_meta, dir, opts.simulation)?;
+        let retention = match ring::stored_slots(&db)? {
+            Some(stored) if opts.retention_as_stored => stored,
+            _ => opts.retention_versions,
+        };
+        ring::relayout(&db, &state, retention)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -543,7 +532,7 @@ impl Store {
                 state,
                 raft_meta,
                 audit: Mutex::new(audit),
-                retention: opts.retention_versions,
+                retention,
                 simulation: opts.simulation,
                 db_file,
                 synced_blobs: Mutex::new(HashSet::new()),
@@ -765,7 +754,13 @@ impl Store {
                     continue;
                 }
             }
-            pending.put(checkpoint_key(&cp.skill, &cp.instance, cp.version), record);
+            let slot = slot_key(&cp.skill, &cp.instance, cp.version, self.inner.retention);
+            // The slot's occupant leaves the window; its request record is
+            // removed first, so a crash that keeps only a prefix of these
+            // writes never keeps the new record but loses track of the old
+            // one's request record.
+            drop_request_record_of_occupant(&mut pending, cp, &slot, self.inner.retention)?;
+            pending.put(slot, record);
             pending.put(hk, encode_head(cp.version, &cp.hash, &cp.timestamp));
             if let Some(reply) = reply.as_ref().filter(|_| !cp.request_id.is_empty()) {
                 let rec = RequestRecord {
@@ -780,9 +775,6 @@ impl Store {
                 );
             }
             high_water = high_water.max(Some(cp.timestamp));
-            if cp.version > self.inner.retention {
-                prune_up_to(&mut pending, cp, cp.version - self.inner.retention)?;
-            }
         }
         for (name, value) in &batch.cluster_meta {
             if name.is_empty() || name.len() > MAX_CLUSTER_META_NAME {
@@ -913,7 +905,9 @@ impl Store {
         Ok(Some(cp))
     }
 
-    /// One version, verified.
+    /// One version, verified; `None` if it is not retained. The record in
+    /// its slot is verified whichever version it holds, so a damaged slot is
+    /// `Corrupt` rather than taken for a pruned version.
     pub fn get(
         &self,
         skill: &str,
@@ -921,13 +915,34 @@ impl Store {
         version: u64,
     ) -> Result<Option<Checkpoint>, StorageError> {
         validate_names(skill, instance)?;
-        match self
+        let retention = self.inner.retention;
+        let Some(raw) = self
             .inner
             .state
-            .get(checkpoint_key(skill, instance, version))?
+            .get(slot_key(skill, instance, version, retention))?
+        else {
+            return Ok(None);
+        };
+        let cp = Checkpoint::decode(&raw)
+            .map_err(|e| corrupt(format!("{skill}/{instance} v{version}: {e}")))?;
+        if cp.skill != skill
+            || cp.instance != instance
+            || cp.version % retention != version % retention
         {
-            Some(raw) => decode_checkpoint_at(&raw, skill, instance, version).map(Some),
-            None => Ok(None),
+            return Err(corrupt(format!(
+                "{skill}/{instance} v{version}: slot holds {}/{} v{}",
+                cp.skill, cp.instance, cp.version
+            )));
+        }
+        Ok((cp.version == version).then_some(cp))
+    }
+
+    /// The retained records of an instance, oldest first, with the head
+    /// they were read against (`None`: no head, so nothing is retained).
+    fn retained(&self, skill: &str, instance: &str) -> Result<Vec<SlotRecord>, StorageError> {
+        match self.inner.head_record(skill, instance)? {
+            Some(head) => self.inner.retained_records(skill, instance, head.version),
+            None => Ok(Vec::new()),
         }
     }
 
@@ -949,15 +964,15 @@ impl Store {
         } else {
             before_version
         };
-        let lo = checkpoint_key(skill, instance, 0);
-        let hi = checkpoint_key(skill, instance, upper);
-        let mut out = Vec::new();
-        for item in self.inner.state.range(lo..=hi).rev().take(limit) {
-            let (k, v) = item?;
-            let version = version_of_key(&k, skill, instance)?;
-            out.push(decode_checkpoint_at(&v, skill, instance, version)?);
-        }
-        Ok(out)
+        // Under the apply lock, so the head and the slots agree.
+        let _guard = read(&self.inner.apply_lock);
+        self.retained(skill, instance)?
+            .iter()
+            .rev()
+            .filter(|r| r.version <= upper)
+            .take(limit)
+            .map(|r| decode_checkpoint_at(&r.raw, skill, instance, r.version))
+            .collect()
     }
 
     /// Latest retained checkpoint with timestamp <= `ts` (time-travel reads).
@@ -969,14 +984,11 @@ impl Store {
         ts: Timestamp,
     ) -> Result<Option<Checkpoint>, StorageError> {
         validate_names(skill, instance)?;
-        let lo = checkpoint_key(skill, instance, 0);
-        let hi = checkpoint_key(skill, instance, u64::MAX);
+        let _guard = read(&self.inner.apply_lock);
         // Timestamps strictly increase with the version, so the first match
         // walking backwards is the answer.
-        for item in self.inner.state.range(lo..=hi).rev() {
-            let (k, v) = item?;
-            let version = version_of_key(&k, skill, instance)?;
-            let cp = decode_checkpoint_at(&v, skill, instance, version)?;
+        for r in self.retained(skill, instance)?.iter().rev() {
+            let cp = decode_checkpoint_at(&r.raw, skill, instance, r.version)?;
             if cp.timestamp <= ts {
                 return Ok(Some(cp));
             }
@@ -1003,19 +1015,40 @@ impl Store {
             head_hash: ZERO_HASH,
             problem: None,
         };
-        let prefix = instance_prefix(TAG_CHECKPOINT, skill, instance);
+        let _guard = read(&self.inner.apply_lock);
+        let head = match self.inner.state.get(head_key(skill, instance))? {
+            None => None,
+            Some(raw) => match decode_head(&raw) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    return Ok(chain_problem(
+                        report,
+                        skill,
+                        instance,
+                        format!("head record: {e}"),
+                    ));
+                }
+            },
+        };
+        let Some(head) = head else {
+            let prefix = instance_prefix(TAG_SLOT, skill, instance);
+            if self.inner.state.scan_prefix(&prefix).next().is_some() {
+                return Ok(chain_problem(
+                    report,
+                    skill,
+                    instance,
+                    "checkpoints exist but the head record is missing".into(),
+                ));
+            }
+            return Ok(report);
+        };
         let mut prev: Option<Checkpoint> = None;
         let mut problem = None;
-        for item in self.inner.state.scan_prefix(&prefix) {
-            let (k, v) = item?;
-            let Some(key_version) = key_u64(&k[prefix.len()..]) else {
-                problem = Some("malformed checkpoint key".to_string());
-                break;
-            };
-            let cp = match decode_checkpoint_at(&v, skill, instance, key_version) {
+        for r in self.inner.retained_records(skill, instance, head.version)? {
+            let cp = match decode_checkpoint_at(&r.raw, skill, instance, r.version) {
                 Ok(cp) => cp,
                 Err(e) => {
-                    problem = Some(format!("version {key_version}: {e}"));
+                    problem = Some(format!("version {}: {e}", r.version));
                     break;
                 }
             };
@@ -1047,30 +1080,18 @@ impl Store {
             report.head_hash = cp.hash;
             prev = Some(cp);
         }
-        if problem.is_none() {
-            problem = match self.inner.state.get(head_key(skill, instance))? {
-                None if report.versions_checked > 0 => {
-                    Some("checkpoints exist but the head record is missing".into())
-                }
-                None => None,
-                Some(raw) => match decode_head(&raw) {
-                    Err(e) => Some(format!("head record: {e}")),
-                    Ok(h) if h.version != report.latest_version || h.hash != report.head_hash => {
-                        Some(format!(
-                            "head says v{} but newest retained checkpoint is v{}",
-                            h.version, report.latest_version
-                        ))
-                    }
-                    Ok(_) => None,
-                },
-            };
+        if problem.is_none()
+            && (head.version != report.latest_version || head.hash != report.head_hash)
+        {
+            problem = Some(format!(
+                "head says v{} but newest retained checkpoint is v{}",
+                head.version, report.latest_version
+            ));
         }
-        if let Some(p) = problem {
-            warn!(skill, instance, problem = %p, "checkpoint chain verification failed");
-            report.ok = false;
-            report.problem = Some(p);
-        }
-        Ok(report)
+        Ok(match problem {
+            Some(p) => chain_problem(report, skill, instance, p),
+            None => report,
+        })
     }
 
     /// What `request_id` produced, if it was applied and is still retained.
@@ -1139,8 +1160,27 @@ impl Store {
         let count_pos = w.len();
         w.u64(0);
         let mut count = 0u64;
+        // Checkpoints first, under their version keys (tag `c` sorts before
+        // every other tag): the snapshot keeps the key-per-version layout,
+        // so the receiver's ring size need not be the sender's.
+        for item in self.inner.state.scan_prefix([TAG_HEAD]) {
+            let (k, v) = item?;
+            let (skill, instance, _) = split_instance_key(&k)
+                .filter(|(_, _, rest)| rest.is_empty())
+                .ok_or_else(|| corrupt("malformed head key"))?;
+            let head = decode_head(&v)?;
+            for r in self.inner.retained_records(skill, instance, head.version)? {
+                w.bytes(&checkpoint_key(skill, instance, r.version))
+                    .bytes(&r.raw);
+                count += 1;
+            }
+        }
         for item in self.inner.state.iter() {
             let (k, v) = item?;
+            if k.first() == Some(&TAG_SLOT) {
+                continue;
+            }
+            debug_assert_ne!(k.first(), Some(&TAG_CHECKPOINT), "relayout at open");
             w.bytes(&k).bytes(&v);
             count += 1;
         }
@@ -1150,7 +1190,9 @@ impl Store {
         Ok((applied, w.into_inner()))
     }
 
-    /// Replaces the whole state tree with a dump from `snapshot_state`.
+    /// Replaces the whole state tree with a dump from `snapshot_state`,
+    /// keeping of each instance's versions what this store's retention
+    /// keeps (the sender's may differ).
     ///
     /// Everything is verified BEFORE anything is touched: the dump's digest,
     /// every checkpoint hash (and that it sits under its own key), every
@@ -1163,7 +1205,7 @@ impl Store {
     /// across a crash: never a mix of old and new state. The price is holding
     /// the whole batch in memory, which the dump already is.
     pub fn restore_state(&self, data: &[u8]) -> Result<(), StorageError> {
-        let entries = parse_and_validate_snapshot(data)?;
+        let entries = into_ring(parse_and_validate_snapshot(data)?, self.inner.retention)?;
         let _guard = write(&self.inner.apply_lock);
         let mut batch = sled::Batch::default();
         for key in self.inner.state.iter().keys() {
@@ -1183,57 +1225,63 @@ impl Store {
     }
 }
 
-/// Removes versions `<= cutoff` of `cp`'s instance (at most
-/// `MAX_PRUNE_PER_PUT`) and the request records they created.
-fn prune_up_to(
+/// Removes the request record of the version in `slot` that `cp` is about
+/// to overwrite. The occupant's hash is not checked (it is being
+/// overwritten); its request id is only followed if it names a version
+/// below `cp` that belongs in this slot, and the request record found is
+/// only dropped if it decodes and names that version, so a damaged id
+/// cannot drop any other record (a request id re-used by a later version
+/// keeps its record, too).
+fn drop_request_record_of_occupant(
     pending: &mut Overlay<'_>,
     cp: &Checkpoint,
-    cutoff: u64,
+    slot: &[u8],
+    slots: u64,
 ) -> Result<(), StorageError> {
-    let lo = checkpoint_key(&cp.skill, &cp.instance, 0);
-    let hi = checkpoint_key(&cp.skill, &cp.instance, cutoff);
-    // The hash is not checked: the record is being deleted. Its request id
-    // is only followed if the record names the version its key holds, and
-    // the request record found is only dropped if it decodes and names
-    // that version, so a damaged id cannot drop any other record (a request
-    // id re-used by a later version keeps its record, too).
-    let peek = |key: &[u8], raw: &[u8]| {
-        let version = version_of_key(key, &cp.skill, &cp.instance)?;
-        let (stored, request_id) = Checkpoint::peek_version_and_request_id(raw)?;
-        if stored == version {
-            Ok((version, request_id))
-        } else {
-            Err(corrupt(format!(
-                "checkpoint under v{version} says v{stored}"
-            )))
+    let Some(occupant) = pending.peek(slot, Checkpoint::peek_version_and_request_id)? else {
+        return Ok(());
+    };
+    let (version, request_id) = match occupant {
+        Ok((v, _)) if v == cp.version => return Ok(()),
+        Ok((v, id)) if v < cp.version && v % slots == cp.version % slots => (v, id),
+        Ok((v, _)) => {
+            warn!(
+                skill = %cp.skill, instance = %cp.instance, version = cp.version, occupant = v,
+                "overwriting a slot that holds a version that does not belong there"
+            );
+            return Ok(());
+        }
+        Err(e) => {
+            warn!(
+                skill = %cp.skill, instance = %cp.instance, version = cp.version, error = %e,
+                "overwriting a corrupt checkpoint; its request record (if any) stays"
+            );
+            return Ok(());
         }
     };
-    for (key, parsed) in pending.live_entries(&lo, &hi, MAX_PRUNE_PER_PUT, peek)? {
-        match parsed {
-            Ok((version, request_id)) if !request_id.is_empty() => {
-                let rk = request_key(&cp.skill, &cp.instance, &request_id);
-                if let Some(rraw) = pending.get(&rk)? {
-                    if RequestRecord::decode(&rraw).is_ok_and(|rec| rec.version == version) {
-                        pending.remove(rk);
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(e) => warn!(
-                skill = %cp.skill, instance = %cp.instance, error = %e,
-                "pruning a corrupt checkpoint; its request record (if any) stays"
-            ),
-        }
-        pending.remove(key);
+    if request_id.is_empty() {
+        return Ok(());
+    }
+    let rk = request_key(&cp.skill, &cp.instance, &request_id);
+    let names_occupant = pending.peek(&rk, |raw| {
+        RequestRecord::decode(raw).is_ok_and(|rec| rec.version == version)
+    })?;
+    if names_occupant == Some(true) {
+        pending.remove(rk);
     }
     Ok(())
 }
 
-fn version_of_key(key: &[u8], skill: &str, instance: &str) -> Result<u64, StorageError> {
-    let prefix_len = instance_prefix(TAG_CHECKPOINT, skill, instance).len();
-    key.get(prefix_len..)
-        .and_then(key_u64)
-        .ok_or_else(|| corrupt(format!("{skill}/{instance}: malformed checkpoint key")))
+fn chain_problem(
+    mut report: ChainReport,
+    skill: &str,
+    instance: &str,
+    problem: String,
+) -> ChainReport {
+    warn!(skill, instance, problem = %problem, "checkpoint chain verification failed");
+    report.ok = false;
+    report.problem = Some(problem);
+    report
 }
 
 /// Decodes (verifying the hash) and checks that the checkpoint is the one
@@ -1256,6 +1304,51 @@ fn decode_checkpoint_at(
 }
 
 type KvList = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A validated snapshot's entries as this store keeps them: checkpoints in
+/// a ring of `slots` per instance, versions that fall out of that window
+/// (and their request records) dropped, sorted by key. Checkpoints of an
+/// instance without a head are unreachable and dropped too.
+fn into_ring(entries: KvList, slots: u64) -> Result<KvList, StorageError> {
+    let mut heads: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+    for (k, v) in &entries {
+        if k.first() == Some(&TAG_HEAD) {
+            heads.insert(k[1..].to_vec(), decode_head(v)?.version);
+        }
+    }
+    let retained = |instance_key: &[u8], version: u64| {
+        heads
+            .get(instance_key)
+            .is_some_and(|&head| version <= head && version + slots > head)
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for (k, v) in entries {
+        match k.first() {
+            Some(&TAG_CHECKPOINT) => {
+                let (skill, instance, rest) = split_instance_key(&k)
+                    .ok_or_else(|| corrupt("state snapshot: malformed checkpoint key"))?;
+                let version = key_u64(rest)
+                    .ok_or_else(|| corrupt("state snapshot: malformed checkpoint key"))?;
+                let instance_key = &k[1..k.len() - rest.len()];
+                if retained(instance_key, version) {
+                    out.push((slot_key(skill, instance, version, slots), v));
+                }
+            }
+            Some(&TAG_REQUEST) => {
+                let (_, _, rest) = split_instance_key(&k)
+                    .ok_or_else(|| corrupt("state snapshot: malformed request key"))?;
+                let instance_key = &k[1..k.len() - rest.len()];
+                let version = RequestRecord::decode(&v)?.version;
+                if !heads.contains_key(instance_key) || retained(instance_key, version) {
+                    out.push((k, v));
+                }
+            }
+            _ => out.push((k, v)),
+        }
+    }
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
 
 fn parse_and_validate_snapshot(data: &[u8]) -> Result<KvList, StorageError> {
     if data.len() < SNAPSHOT_DOMAIN.len() + 16 + 32 {
@@ -1342,7 +1435,9 @@ fn parse_and_validate_snapshot(data: &[u8]) -> Result<KvList, StorageError> {
 }
 
 mod repair;
+mod ring;
 pub use repair::RepairOutcome;
+use ring::{slot_key, SlotRecord, TAG_SLOT};
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -1381,7 +1476,7 @@ pub(crate) mod tests {
         out
     }
 
-    fn apply_all(store: &Store, cps: &[Checkpoint], per_batch: usize, first_index: u64) {
+    pub(crate) fn apply_all(store: &Store, cps: &[Checkpoint], per_batch: usize, first_index: u64) {
         let mut index = first_index;
         for group in cps.chunks(per_batch) {
             let mut b = ApplyBatch::default();
@@ -1555,9 +1650,9 @@ pub(crate) mod tests {
 
     #[test]
     fn pruning_a_damaged_record_never_drops_another_versions_request_record() {
-        // Pruning reads the doomed record's request id without checking its
-        // hash; a damaged or misplaced record must not cost a live version
-        // its request record.
+        // Overwriting a slot reads its occupant's request id without checking
+        // its hash; a damaged or misplaced occupant must not cost a live
+        // version its request record.
         let (_d, store) = open_tmp(3);
         let cps = chain("counter", "alice", 6);
         apply_all(&store, &cps[..3], 1, 0);
@@ -1565,30 +1660,40 @@ pub(crate) mod tests {
         // v1's record now names v2's request id (hash no longer matches).
         let mut renamed = cps[0].clone();
         renamed.request_id = "req-2".into();
-        raw.insert(checkpoint_key("counter", "alice", 1), renamed.encode())
-            .unwrap();
-        // v2's key holds v3's record.
-        raw.insert(checkpoint_key("counter", "alice", 2), cps[2].encode())
-            .unwrap();
+        raw.insert(
+            store.debug_checkpoint_key("counter", "alice", 1),
+            renamed.encode(),
+        )
+        .unwrap();
+        // v2's slot holds v3's record.
+        raw.insert(
+            store.debug_checkpoint_key("counter", "alice", 2),
+            cps[2].encode(),
+        )
+        .unwrap();
         apply_all(&store, &cps[3..5], 1, 3);
         for v in [1, 2] {
-            assert!(
-                raw.get(checkpoint_key("counter", "alice", v))
-                    .unwrap()
-                    .is_none(),
-                "v{v} was not pruned"
-            );
+            assert_eq!(store.get("counter", "alice", v).unwrap(), None, "v{v}");
         }
+        assert_eq!(
+            store.get("counter", "alice", 4).unwrap().as_ref(),
+            Some(&cps[3])
+        );
+        assert_eq!(
+            store.get("counter", "alice", 5).unwrap().as_ref(),
+            Some(&cps[4])
+        );
         for v in [2, 3] {
             let rec = store
                 .request("counter", "alice", &format!("req-{v}"))
                 .unwrap();
             assert_eq!(rec.map(|r| r.version), Some(v), "req-{v}");
         }
-        // The next pruned version, stored intact, takes its record with it.
+        // The next overwritten version, stored intact, takes its record with it.
         apply_all(&store, &cps[5..], 1, 5);
         assert_eq!(store.get("counter", "alice", 3).unwrap(), None);
         assert_eq!(store.request("counter", "alice", "req-3").unwrap(), None);
+        assert!(store.verify_chain("counter", "alice").unwrap().ok);
     }
 
     #[test]
@@ -1656,7 +1761,8 @@ pub(crate) mod tests {
         );
         // Count raw keys too: nothing else lingers.
         let raw = store.raw_tree("state").unwrap();
-        assert_eq!(raw.scan_prefix([TAG_CHECKPOINT]).count(), 5);
+        assert_eq!(raw.scan_prefix([TAG_SLOT]).count(), 5);
+        assert_eq!(raw.scan_prefix([TAG_CHECKPOINT]).count(), 0);
         assert_eq!(raw.scan_prefix([TAG_REQUEST]).count(), 5);
     }
 
@@ -1823,7 +1929,7 @@ pub(crate) mod tests {
         apply_all(&store, &cps, 1, 0);
         let raw = store.raw_tree("state").unwrap();
         for v in [3u64, 5] {
-            let key = checkpoint_key("counter", "alice", v);
+            let key = store.debug_checkpoint_key("counter", "alice", v);
             let mut bytes = raw.get(&key).unwrap().unwrap().to_vec();
             let mid = bytes.len() / 2;
             bytes[mid] ^= 0x20;
@@ -1855,7 +1961,7 @@ pub(crate) mod tests {
         let cps = chain("s", "i", 3);
         apply_all(&store, &cps, 1, 0);
         let raw = store.raw_tree("state").unwrap();
-        raw.insert(checkpoint_key("s", "i", 2), cps[0].encode())
+        raw.insert(store.debug_checkpoint_key("s", "i", 2), cps[0].encode())
             .unwrap();
         assert!(store.get("s", "i", 2).unwrap_err().is_corrupt());
         assert!(!store.verify_chain("s", "i").unwrap().ok);
@@ -1876,7 +1982,7 @@ pub(crate) mod tests {
             cps[2].timestamp,
             "req-3".into(),
         );
-        raw.insert(checkpoint_key("s", "i", 3), forged.encode())
+        raw.insert(store.debug_checkpoint_key("s", "i", 3), forged.encode())
             .unwrap();
         // The record itself is valid...
         assert_eq!(store.get("s", "i", 3).unwrap().unwrap(), forged);
@@ -1915,7 +2021,7 @@ pub(crate) mod tests {
         store
             .raw_tree("state")
             .unwrap()
-            .remove(checkpoint_key("s", "i", 2))
+            .remove(store.debug_checkpoint_key("s", "i", 2))
             .unwrap();
         let report = store.verify_chain("s", "i").unwrap();
         assert!(!report.ok);
@@ -2031,7 +2137,7 @@ pub(crate) mod tests {
         apply_all(&b, &chain("s", "mine", 2), 1, 0);
         let before = b.snapshot_state().unwrap();
         let raw = a.raw_tree("state").unwrap();
-        let key = checkpoint_key("s", "one", 2);
+        let key = a.debug_checkpoint_key("s", "one", 2);
         let mut bytes = raw.get(&key).unwrap().unwrap().to_vec();
         bytes[30] ^= 1;
         raw.insert(key, bytes).unwrap();

@@ -223,18 +223,6 @@ pub fn assert_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, 
     }
 }
 
-/// Locates a key in the raw `state` tree: checkpoint keys are
-/// `b'c' skill 0 instance 0 version(u64 BE)`.
-pub fn checkpoint_key(skill: &str, instance: &str, version: u64) -> Vec<u8> {
-    let mut k = vec![b'c'];
-    k.extend_from_slice(skill.as_bytes());
-    k.push(0);
-    k.extend_from_slice(instance.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&version.to_be_bytes());
-    k
-}
-
 /// Flips one byte of the stored value at `key` in the raw sled tree
 /// `tree` ("state", "raft_log", ...); panics if the key is absent. The
 /// tree handle is dropped before returning.

@@ -38,30 +38,20 @@ impl Store {
     pub fn damaged_versions(&self, skill: &str, instance: &str) -> Result<Vec<u64>, StorageError> {
         validate_names(skill, instance)?;
         let _guard = read(&self.inner.apply_lock);
-        let Some(raw) = self.inner.state.get(head_key(skill, instance))? else {
+        let Some(head) = self.inner.head_record(skill, instance)? else {
             return Ok(Vec::new());
         };
-        let head = decode_head(&raw)?;
-        let prefix = instance_prefix(TAG_CHECKPOINT, skill, instance);
         let mut damaged = Vec::new();
         let mut expected: Option<u64> = None;
-        for item in self.inner.state.scan_prefix(&prefix) {
-            let (k, v) = item?;
-            let Some(version) = key_u64(&k[prefix.len()..]) else {
-                continue;
-            };
-            if version > head.version {
-                // Cannot be committed here: not ours to judge or repair.
-                break;
-            }
+        for r in self.inner.retained_records(skill, instance, head.version)? {
             if let Some(next) = expected {
                 // A hole in the retained range is a lost record.
-                damaged.extend(next..version);
+                damaged.extend(next..r.version);
             }
-            if decode_checkpoint_at(&v, skill, instance, version).is_err() {
-                damaged.push(version);
+            if decode_checkpoint_at(&r.raw, skill, instance, r.version).is_err() {
+                damaged.push(r.version);
             }
-            expected = Some(version + 1);
+            expected = Some(r.version + 1);
         }
         match expected {
             Some(next) if next <= head.version => damaged.extend(next..=head.version),
@@ -74,48 +64,26 @@ impl Store {
     }
 
     /// Instances with at least one checkpoint record that fails verification
-    /// (or a head pointing at a missing record), at most `max`: the
-    /// background scrub after a restart. Reads the whole state tree, so the
-    /// caller runs it off the serving thread.
+    /// or is missing (a head pointing at a missing record included), at most
+    /// `max`: the background scrub after a restart. Reads the whole state
+    /// tree, so the caller runs it off the serving thread. An instance whose
+    /// head record is damaged is left out: every read of it reports that,
+    /// and it cannot be repaired here.
     pub fn damaged_instances(&self, max: usize) -> Result<Vec<(String, String)>, StorageError> {
         let mut out: Vec<(String, String)> = Vec::new();
-        for item in self.inner.state.scan_prefix([TAG_CHECKPOINT]) {
-            if out.len() >= max {
-                break;
-            }
-            let (k, v) = item?;
-            let Some((skill, instance, rest)) = split_instance_key(&k) else {
-                continue;
-            };
-            let Some(version) = key_u64(rest) else {
-                continue;
-            };
-            if decode_checkpoint_at(&v, skill, instance, version).is_err()
-                && !out.iter().any(|(s, i)| s == skill && i == instance)
-            {
-                out.push((skill.to_owned(), instance.to_owned()));
-            }
-        }
         for item in self.inner.state.scan_prefix([TAG_HEAD]) {
             if out.len() >= max {
                 break;
             }
-            let (k, v) = item?;
+            let (k, _) = item?;
             let Some((skill, instance, _)) = split_instance_key(&k) else {
                 continue;
             };
-            let Ok(head) = decode_head(&v) else {
-                // Reported by every read of the instance; not repairable here.
-                continue;
-            };
-            if self
-                .inner
-                .state
-                .get(checkpoint_key(skill, instance, head.version))?
-                .is_none()
-                && !out.iter().any(|(s, i)| s == skill && i == instance)
-            {
-                out.push((skill.to_owned(), instance.to_owned()));
+            match self.damaged_versions(skill, instance) {
+                Ok(v) if v.is_empty() => {}
+                Ok(_) => out.push((skill.to_owned(), instance.to_owned())),
+                Err(StorageError::Corrupt { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(out)
@@ -162,18 +130,23 @@ impl Store {
         if version + self.inner.retention <= head.version {
             return Ok(RepairOutcome::Superseded);
         }
-        let key = checkpoint_key(skill, instance, version);
+        let slots = self.inner.retention;
+        let key = slot_key(skill, instance, version, slots);
         let existing = state.get(&key)?;
+        // The record in the slot may be intact but hold another version (a
+        // pruned one, or one written ahead of a lost head): that is a hole.
+        let mut hole = existing.is_none();
         if let Some(raw) = &existing {
             if decode_checkpoint_at(raw, skill, instance, version).is_ok() {
                 return Ok(RepairOutcome::AlreadyIntact);
             }
+            hole = Checkpoint::decode(raw).is_ok_and(|cp| cp.version != version);
         }
         let anchor = if version == head.version {
             head.hash
         } else {
             let child = state
-                .get(checkpoint_key(skill, instance, version + 1))?
+                .get(slot_key(skill, instance, version + 1, slots))?
                 .ok_or_else(|| {
                     corrupt(format!(
                         "{skill}/{instance} v{}: missing, so v{version} has no anchor",
@@ -191,15 +164,18 @@ impl Store {
                 hex::encode(anchor)
             )));
         }
-        if existing.is_none() && version != head.version {
+        if hole && version != head.version {
             // A hole below the head: only refill it if the version below is
             // retained too (otherwise it was pruned, not lost).
-            let below = version
-                .checked_sub(1)
-                .map(|v| state.get(checkpoint_key(skill, instance, v)))
-                .transpose()?
-                .flatten();
-            if below.is_none() {
+            let below_retained = match version.checked_sub(1) {
+                Some(below) if below >= 1 && below + slots > head.version => state
+                    .get(slot_key(skill, instance, below, slots))?
+                    .is_some_and(|raw| {
+                        Checkpoint::peek_version_and_request_id(&raw).is_ok_and(|(v, _)| v == below)
+                    }),
+                _ => false,
+            };
+            if !below_retained {
                 return Ok(RepairOutcome::Superseded);
             }
         }
@@ -231,11 +207,14 @@ impl Store {
                 decode_head(&raw)?.version
             }
         };
-        let key = checkpoint_key(skill, instance, version);
+        let key = slot_key(skill, instance, version, self.inner.retention);
         let mut raw = self
             .inner
             .state
             .get(&key)?
+            .filter(|raw| {
+                Checkpoint::peek_version_and_request_id(raw).is_ok_and(|(v, _)| v == version)
+            })
             .ok_or(StorageError::NotFound)?
             .to_vec();
         let pos = raw.len().saturating_sub(1) / 2;
@@ -334,7 +313,7 @@ mod tests {
         let before = node
             .raw_tree("state")
             .unwrap()
-            .get(checkpoint_key("counter", "a", 5));
+            .get(node.debug_checkpoint_key("counter", "a", 5));
         // A validly sealed v5 that is not the committed one (a diverged or
         // lying peer): its own hash verifies, the anchor does not.
         let other = chain("counter", "a", 5);
@@ -355,7 +334,7 @@ mod tests {
         let after = node
             .raw_tree("state")
             .unwrap()
-            .get(checkpoint_key("counter", "a", 5));
+            .get(node.debug_checkpoint_key("counter", "a", 5));
         assert_eq!(
             before.unwrap(),
             after.unwrap(),
@@ -388,7 +367,7 @@ mod tests {
         let (_d1, node, _d2, peer) = pair();
         node.raw_tree("state")
             .unwrap()
-            .remove(checkpoint_key("counter", "a", 3))
+            .remove(node.debug_checkpoint_key("counter", "a", 3))
             .unwrap();
         assert_eq!(node.damaged_versions("counter", "a").unwrap(), vec![3]);
         let v3 = peer.encoded_checkpoint("counter", "a", 3).unwrap().unwrap();

@@ -1,0 +1,476 @@
+//! Where an instance's retained versions live: a ring of `retention` slots.
+//!
+//! Version `v` of an instance is stored under the slot key
+//! `s skill \0 instance \0 (v % retention)`, so a write in the steady state
+//! overwrites the version leaving the window instead of inserting a new key
+//! and deleting an old one. sled 0.34 copies a leaf on every insert and
+//! splits it at 16 entries; a key per version made every write pay for a
+//! new key and a delete, about 80 µs of cluster CPU per write
+//! (`benches/README.md`, "The apply path and what history costs").
+//!
+//! A slot does not say which version it holds; the head does. With head
+//! version `H`, slot `s` must hold the newest version `v <= H` with
+//! `v % retention == s` ([`expected_version`]), or be empty (never written,
+//! or below the oldest version kept). Reads name a version by that rule,
+//! never by what the record claims, so a record whose version field was
+//! damaged is reported as `Corrupt` under the version it should be, and a
+//! valid record in the wrong slot is caught as well. The one legitimate
+//! exception is a write that got ahead of its head: a crash can keep a
+//! slot's new record but lose the head written after it (sled recovers a
+//! prefix of the writes); such a record verifies, lies above `H` and is
+//! skipped until the entry is re-applied from the Raft log.
+//!
+//! The ring size is the store's `retention_versions`, persisted in sled's
+//! default tree. Opening a store with another retention, or one written
+//! with a key per version (tag `c`, before this layout), rewrites each
+//! instance's history into the ring once ([`relayout`]); snapshots keep the
+//! key-per-version layout on the wire, so nodes with different retention
+//! settings, or versions of this code, can exchange them.
+
+use std::collections::BTreeSet;
+
+use tracing::{info, warn};
+
+use super::*;
+
+/// Tag of slot keys in the state tree.
+pub(super) const TAG_SLOT: u8 = b's';
+
+/// The ring size the state tree was written with, in sled's default tree
+/// (not the state tree: snapshots replace that one wholesale).
+const KEY_RING_SLOTS: &[u8] = b"synapse/state/ring-slots";
+
+pub(super) fn slot_key(skill: &str, instance: &str, version: u64, slots: u64) -> Vec<u8> {
+    debug_assert!(slots >= 1);
+    let mut k = instance_prefix(TAG_SLOT, skill, instance);
+    k.extend_from_slice(&(version % slots).to_be_bytes());
+    k
+}
+
+/// The version slot `slot` must hold when the head is at `head`, or `None`
+/// if no version up to `head` maps to it.
+pub(super) fn expected_version(slot: u64, head: u64, slots: u64) -> Option<u64> {
+    if slot >= slots {
+        return None;
+    }
+    let offset = (head % slots + slots - slot) % slots;
+    head.checked_sub(offset).filter(|&v| v >= 1)
+}
+
+/// The ring size a store was written with, if it has been opened with the
+/// ring layout before.
+pub(super) fn stored_slots(db: &sled::Db) -> Result<Option<u64>, StorageError> {
+    db.get(KEY_RING_SLOTS)?
+        .map(|raw| decode_u64_meta(&raw, "ring size"))
+        .transpose()
+}
+
+/// One retained version read from its slot, not yet verified.
+pub(super) struct SlotRecord {
+    pub(super) version: u64,
+    pub(super) raw: sled::IVec,
+}
+
+impl Inner {
+    /// The records of one instance's retained versions, oldest first, each
+    /// under the version its slot must hold for head `head` (module docs).
+    /// Not verified: callers decode with `decode_checkpoint_at`, which
+    /// reports a damaged or misplaced record as `Corrupt`. Values are
+    /// sled's shared buffers, not copies.
+    pub(super) fn retained_records(
+        &self,
+        skill: &str,
+        instance: &str,
+        head: u64,
+    ) -> Result<Vec<SlotRecord>, StorageError> {
+        let prefix = instance_prefix(TAG_SLOT, skill, instance);
+        let mut out = Vec::new();
+        for item in self.state.scan_prefix(&prefix) {
+            let (k, raw) = item?;
+            let Some(slot) = key_u64(&k[prefix.len()..]) else {
+                warn!(skill, instance, "skipping a malformed slot key");
+                continue;
+            };
+            let Some(version) = expected_version(slot, head, self.retention) else {
+                continue;
+            };
+            if self.is_ahead_of_head(&raw, slot, head) {
+                continue;
+            }
+            out.push(SlotRecord { version, raw });
+        }
+        out.sort_unstable_by_key(|r| r.version);
+        Ok(out)
+    }
+
+    /// Whether `raw` is a write that got ahead of its head (module docs):
+    /// it must verify, so a damaged version field is never taken for one.
+    fn is_ahead_of_head(&self, raw: &[u8], slot: u64, head: u64) -> bool {
+        match Checkpoint::peek_version_and_request_id(raw) {
+            Ok((v, _)) if v > head && v % self.retention == slot => Checkpoint::decode(raw).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// The decoded head of an instance, if it has one.
+    pub(super) fn head_record(
+        &self,
+        skill: &str,
+        instance: &str,
+    ) -> Result<Option<Head>, StorageError> {
+        self.state
+            .get(head_key(skill, instance))?
+            .map(|raw| decode_head(&raw))
+            .transpose()
+    }
+}
+
+impl Store {
+    /// Test and debug tool: the key of the slot that holds (or would hold)
+    /// `version` in the raw "state" tree (`Store::raw_tree`), for tests
+    /// that damage stored records.
+    #[doc(hidden)]
+    pub fn debug_checkpoint_key(&self, skill: &str, instance: &str, version: u64) -> Vec<u8> {
+        slot_key(skill, instance, version, self.inner.retention)
+    }
+
+    /// Versions kept per instance: the ring size this store uses.
+    pub fn retention_versions(&self) -> u64 {
+        self.inner.retention
+    }
+}
+
+/// Rewrites the state tree into a ring of `slots` slots per instance if it
+/// was written with another ring size or with a key per version, then
+/// records `slots`. One atomic sled batch per instance, so a crash leaves
+/// every instance in one layout or the other and the next open finishes
+/// the job (an instance's versions are placed by what each record says,
+/// whatever slot or key it came from). Time is proportional to the
+/// checkpoints stored: this runs once after an upgrade or a change of
+/// `retention_versions`.
+pub(super) fn relayout(db: &sled::Db, state: &sled::Tree, slots: u64) -> Result<(), StorageError> {
+    assert!(slots >= 1, "ring size is validated at open");
+    let stored = stored_slots(db)?;
+    let legacy = state.scan_prefix([TAG_CHECKPOINT]).next().is_some();
+    if stored == Some(slots) && !legacy {
+        return Ok(());
+    }
+    let mut instances = BTreeSet::new();
+    let mut tags = vec![TAG_CHECKPOINT];
+    if stored != Some(slots) {
+        tags.push(TAG_SLOT);
+    }
+    for tag in tags {
+        for key in state.scan_prefix([tag]).keys() {
+            let key = key?;
+            if let Some((skill, instance, _)) = split_instance_key(&key) {
+                instances.insert((skill.to_owned(), instance.to_owned()));
+            }
+        }
+    }
+    if !instances.is_empty() {
+        info!(
+            instances = instances.len(),
+            from = ?stored,
+            to = slots,
+            legacy,
+            "rewriting checkpoint history into a ring of retention slots"
+        );
+    }
+    let mut dropped = 0u64;
+    for (skill, instance) in &instances {
+        dropped += relayout_instance(state, skill, instance, stored, slots)?;
+    }
+    if !instances.is_empty() {
+        info!(
+            instances = instances.len(),
+            versions_dropped = dropped,
+            "checkpoint history rewritten"
+        );
+    }
+    state.flush()?;
+    db.insert(KEY_RING_SLOTS, seal_value(&slots.to_be_bytes()))?;
+    db.flush()?;
+    Ok(())
+}
+
+/// One instance of [`relayout`]; returns the versions dropped (older than
+/// the new window).
+fn relayout_instance(
+    state: &sled::Tree,
+    skill: &str,
+    instance: &str,
+    stored: Option<u64>,
+    slots: u64,
+) -> Result<u64, StorageError> {
+    let head = match state.get(head_key(skill, instance))? {
+        Some(raw) => decode_head(&raw).ok().map(|h| h.version),
+        None => None,
+    };
+    // (source key, record, version it holds)
+    let mut found: Vec<(sled::IVec, sled::IVec, Option<u64>)> = Vec::new();
+    let legacy_prefix = instance_prefix(TAG_CHECKPOINT, skill, instance);
+    for item in state.scan_prefix(&legacy_prefix) {
+        let (k, v) = item?;
+        // A legacy key names its version; that is what reads trusted.
+        let version = key_u64(&k[legacy_prefix.len()..]);
+        found.push((k, v, version));
+    }
+    let slot_prefix = instance_prefix(TAG_SLOT, skill, instance);
+    for item in state.scan_prefix(&slot_prefix) {
+        let (k, v) = item?;
+        let claimed = Checkpoint::peek_version_and_request_id(&v)
+            .ok()
+            .map(|p| p.0);
+        // A record too damaged to say its version keeps the one its old
+        // slot implies, so it stays where repair and verification see it.
+        let version = claimed.or_else(|| {
+            let slot = key_u64(&k[slot_prefix.len()..])?;
+            expected_version(slot, head?, stored?)
+        });
+        found.push((k, v, version));
+    }
+    let newest = head.or_else(|| found.iter().filter_map(|f| f.2).max());
+    let mut batch = sled::Batch::default();
+    let mut placed = BTreeSet::new();
+    let mut dropped = 0u64;
+    for (key, _, _) in &found {
+        batch.remove(key.clone());
+    }
+    for (_, raw, version) in &found {
+        let keep = match (version, newest) {
+            (Some(v), Some(h)) => *v >= 1 && *v <= h && v + slots > h,
+            _ => false,
+        };
+        match version {
+            Some(v) if keep => {
+                if placed.insert(*v) {
+                    batch.insert(slot_key(skill, instance, *v, slots), raw.clone());
+                }
+            }
+            _ => {
+                dropped += 1;
+                if let (Some(v), Ok((claimed, request_id))) =
+                    (version, Checkpoint::peek_version_and_request_id(raw))
+                {
+                    if claimed == *v && !request_id.is_empty() {
+                        let rk = request_key(skill, instance, &request_id);
+                        if let Some(rraw) = state.get(&rk)? {
+                            if RequestRecord::decode(&rraw).is_ok_and(|r| r.version == *v) {
+                                batch.remove(rk);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    state.apply_batch(batch)?;
+    Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{apply_all, chain};
+    use super::*;
+
+    fn open(dir: &std::path::Path, retention: u64) -> Store {
+        Store::open(
+            dir,
+            StoreOptions {
+                retention_versions: retention,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn versions(store: &Store, instance: &str) -> Vec<u64> {
+        let mut v: Vec<u64> = store
+            .history("s", instance, 0, 1000)
+            .unwrap()
+            .iter()
+            .map(|c| c.version)
+            .collect();
+        v.reverse();
+        v
+    }
+
+    fn requests(store: &Store, instance: &str, upto: u64) -> Vec<u64> {
+        (1..=upto)
+            .filter(|v| {
+                store
+                    .request("s", instance, &format!("req-{v}"))
+                    .unwrap()
+                    .is_some_and(|r| r.version == *v)
+            })
+            .collect()
+    }
+
+    /// Rewrites a ring store into the layout before the ring: a key per
+    /// version (tag `c`) and no recorded ring size.
+    fn make_legacy(store: &Store) {
+        let inner = &store.inner;
+        for item in inner.state.scan_prefix([TAG_SLOT]) {
+            let (k, v) = item.unwrap();
+            let (skill, instance, _) = split_instance_key(&k).unwrap();
+            let version = Checkpoint::peek_version_and_request_id(&v).unwrap().0;
+            inner
+                .state
+                .insert(checkpoint_key(skill, instance, version), v)
+                .unwrap();
+            inner.state.remove(k).unwrap();
+        }
+        inner.db.remove(KEY_RING_SLOTS).unwrap();
+        store.sync().unwrap();
+    }
+
+    #[test]
+    fn a_store_with_a_key_per_version_is_rewritten_into_the_ring_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let cps = chain("s", "i", 30);
+        let other = chain("s", "j", 3);
+        let before = {
+            let store = open(dir.path(), 100);
+            apply_all(&store, &cps[..29], 1, 0);
+            apply_all(&store, &other, 1, 29);
+            make_legacy(&store);
+            // Damage one legacy record: it must stay detectable where it was.
+            let key = checkpoint_key("s", "j", 2);
+            let mut raw = store.inner.state.get(&key).unwrap().unwrap().to_vec();
+            raw[40] ^= 1;
+            store.inner.state.insert(key, raw).unwrap();
+            store.sync().unwrap();
+            assert_eq!(store.inner.state.scan_prefix([TAG_SLOT]).count(), 0);
+            store.state_hash().unwrap()
+        };
+        let store = open(dir.path(), 10);
+        assert_eq!(store.state_hash().unwrap(), before, "heads are untouched");
+        assert_eq!(store.inner.state.scan_prefix([TAG_CHECKPOINT]).count(), 0);
+        assert_eq!(versions(&store, "i"), (20..=29).collect::<Vec<_>>());
+        assert_eq!(requests(&store, "i", 30), (20..=29).collect::<Vec<_>>());
+        assert_eq!(store.damaged_versions("s", "j").unwrap(), vec![2]);
+        assert!(store.get("s", "j", 2).unwrap_err().is_corrupt());
+        assert_eq!(store.get("s", "j", 3).unwrap().as_ref(), Some(&other[2]));
+        apply_all(&store, &cps[29..], 1, 32);
+        assert_eq!(versions(&store, "i"), (21..=30).collect::<Vec<_>>());
+        assert_eq!(requests(&store, "i", 30), (21..=30).collect::<Vec<_>>());
+        let report = store.verify_chain("s", "i").unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(stored_slots(&store.inner.db).unwrap(), Some(10));
+    }
+
+    #[test]
+    fn changing_retention_rewrites_the_ring_and_keeps_what_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let cps = chain("s", "i", 40);
+        {
+            let store = open(dir.path(), 5);
+            apply_all(&store, &cps[..20], 1, 0);
+            store.sync().unwrap();
+        }
+        {
+            // Raised: nothing older comes back, and the window fills up.
+            let store = open(dir.path(), 8);
+            assert_eq!(versions(&store, "i"), (16..=20).collect::<Vec<_>>());
+            apply_all(&store, &cps[20..25], 1, 20);
+            assert_eq!(versions(&store, "i"), (18..=25).collect::<Vec<_>>());
+            assert_eq!(requests(&store, "i", 40), (18..=25).collect::<Vec<_>>());
+            assert!(store.verify_chain("s", "i").unwrap().ok);
+            assert!(store.damaged_versions("s", "i").unwrap().is_empty());
+            store.sync().unwrap();
+        }
+        {
+            // An inspecting tool keeps the ring as it is.
+            let store = Store::open(
+                dir.path(),
+                StoreOptions {
+                    retention_versions: 2,
+                    retention_as_stored: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(store.retention_versions(), 8);
+            assert_eq!(versions(&store, "i"), (18..=25).collect::<Vec<_>>());
+        }
+        // Lowered: the oldest versions and their request records go.
+        let store = open(dir.path(), 3);
+        assert_eq!(versions(&store, "i"), vec![23, 24, 25]);
+        assert_eq!(requests(&store, "i", 40), vec![23, 24, 25]);
+        apply_all(&store, &cps[25..], 1, 25);
+        assert_eq!(versions(&store, "i"), vec![38, 39, 40]);
+        assert_eq!(requests(&store, "i", 40), vec![38, 39, 40]);
+        assert_eq!(store.inner.state.scan_prefix([TAG_SLOT]).count(), 3);
+        assert_eq!(store.inner.state.scan_prefix([TAG_REQUEST]).count(), 3);
+    }
+
+    #[test]
+    fn a_snapshot_moves_between_stores_with_different_retention() {
+        let (_d1, a) = super::super::tests::open_tmp(10);
+        let (_d2, b) = super::super::tests::open_tmp(4);
+        let (_d3, c) = super::super::tests::open_tmp(10);
+        apply_all(&a, &chain("s", "i", 20), 1, 0);
+        apply_all(&a, &chain("s", "j", 2), 1, 20);
+        b.restore_state(&a.snapshot_state().unwrap()).unwrap();
+        assert_eq!(b.state_hash().unwrap(), a.state_hash().unwrap());
+        assert_eq!(versions(&b, "i"), (17..=20).collect::<Vec<_>>());
+        assert_eq!(requests(&b, "i", 20), (17..=20).collect::<Vec<_>>());
+        assert_eq!(versions(&b, "j"), vec![1, 2]);
+        assert!(b.verify_chain("s", "i").unwrap().ok);
+        c.restore_state(&b.snapshot_state().unwrap()).unwrap();
+        assert_eq!(c.state_hash().unwrap(), a.state_hash().unwrap());
+        assert_eq!(versions(&c, "i"), (17..=20).collect::<Vec<_>>());
+        // Same retention: the snapshot round-trips byte for byte.
+        let (_d4, d) = super::super::tests::open_tmp(10);
+        d.restore_state(&a.snapshot_state().unwrap()).unwrap();
+        assert_eq!(d.snapshot_state().unwrap(), a.snapshot_state().unwrap());
+    }
+
+    #[test]
+    fn a_record_written_ahead_of_a_lost_head_is_skipped_until_reapplied() {
+        // A crash kept the new record of v8 in v3's slot, and the removal of
+        // v3's request record before it, but lost the head and the rest.
+        let (_d, store) = super::super::tests::open_tmp(5);
+        let cps = chain("s", "i", 8);
+        apply_all(&store, &cps[..7], 1, 0);
+        let state = &store.inner.state;
+        state
+            .insert(store.debug_checkpoint_key("s", "i", 8), cps[7].encode())
+            .unwrap();
+        state.remove(request_key("s", "i", "req-3")).unwrap();
+        assert_eq!(versions(&store, "i"), vec![4, 5, 6, 7]);
+        assert!(store.verify_chain("s", "i").unwrap().ok);
+        assert!(store.damaged_versions("s", "i").unwrap().is_empty());
+        assert_eq!(store.latest("s", "i").unwrap().as_ref(), Some(&cps[6]));
+        // Re-applied from the Raft log: as if the crash never happened.
+        apply_all(&store, &cps[7..], 1, 7);
+        assert_eq!(versions(&store, "i"), vec![4, 5, 6, 7, 8]);
+        assert_eq!(requests(&store, "i", 8), vec![4, 5, 6, 7, 8]);
+        // A damaged record never passes for one written ahead: it claims
+        // v13 (in v8's slot, above the head) but does not verify.
+        let mut ahead = cps[6].clone();
+        ahead.version = 13;
+        state
+            .insert(store.debug_checkpoint_key("s", "i", 8), ahead.encode())
+            .unwrap();
+        assert!(store.history("s", "i", 0, 10).unwrap_err().is_corrupt());
+        assert_eq!(store.damaged_versions("s", "i").unwrap(), vec![8]);
+    }
+
+    #[test]
+    fn expected_version_is_the_newest_version_up_to_head_in_that_slot() {
+        for slots in 1..=7u64 {
+            for head in 0..=30u64 {
+                for slot in 0..slots + 2 {
+                    let brute = (1..=head).rev().find(|v| v % slots == slot);
+                    assert_eq!(
+                        expected_version(slot, head, slots),
+                        brute,
+                        "slot {slot} head {head} slots {slots}"
+                    );
+                }
+            }
+        }
+    }
+}
