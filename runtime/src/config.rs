@@ -206,8 +206,8 @@ impl NodeConfig {
                 "node_id must not be 0 (0 asks the cluster for an id, only with join or seed)",
             ),
             (
-                self.retention_versions >= 1,
-                "retention_versions must be >= 1",
+                (1..=synapse_storage::MAX_RETENTION_VERSIONS).contains(&self.retention_versions),
+                "retention_versions must be between 1 and 2^48",
             ),
             (
                 self.max_payload_bytes >= 1,

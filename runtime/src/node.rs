@@ -1819,7 +1819,19 @@ pub fn restore_backup(
     std::fs::create_dir_all(data_dir).map_err(|e| {
         RuntimeError::Internal(format!("cannot create {}: {e}", data_dir.display()))
     })?;
-    let store = Store::open(data_dir, StoreOptions::default())?;
+    // Keep every version the backup holds; the node's own retention applies
+    // when it starts.
+    let retention = Store::snapshot_versions_per_instance(backup)?.clamp(
+        synapse_storage::DEFAULT_RETENTION_VERSIONS,
+        synapse_storage::MAX_RETENTION_VERSIONS,
+    );
+    let store = Store::open(
+        data_dir,
+        StoreOptions {
+            retention_versions: retention,
+            ..Default::default()
+        },
+    )?;
     store.restore_state(backup)?;
     let applied = store.applied_index()?.max(1);
     // The Raft log of the new cluster starts right after the restored state:

@@ -63,6 +63,11 @@ pub(crate) const TREE_AUDIT: &str = "audit";
 /// and time-travel reads, while bounding disk use per instance.
 pub const DEFAULT_RETENTION_VERSIONS: u64 = 100;
 
+/// Largest `retention_versions`: slot arithmetic (`head % slots + slots`)
+/// stays far from overflow, and no instance reaches 2^48 versions (a
+/// million writes a second for nine years), so "keep everything" is this.
+pub const MAX_RETENTION_VERSIONS: u64 = 1 << 48;
+
 /// sled's page cache limit. sled's default (1 GiB) is far too much for the
 /// 2 vCPU VMs we target; the cache only speeds up reads of hot pages and
 /// instance state is also cached by the actors above us.
@@ -416,6 +421,20 @@ impl<'t> Overlay<'t> {
             None => Ok(self.tree.get(key)?.map(|v| f(&v))),
         }
     }
+    /// Writes every pending key in one atomic `sled::Batch`: for the rare
+    /// apply that must not be cut part-way (`overwrites_a_head_it_writes`).
+    fn write_atomically(self) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in self.writes {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
     /// Writes every pending key, one sled operation each, in the order of
     /// its last write. Not atomic like a `sled::Batch`, and does not need
     /// to be: sled recovers a prefix of its writes in order, so a crash
@@ -501,10 +520,10 @@ impl Store {
     /// sled's file lock; another live `Store` on the same directory makes
     /// this fail after that wait.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StorageError> {
-        if opts.retention_versions == 0 {
-            return Err(StorageError::Invalid(
-                "retention_versions must be at least 1".into(),
-            ));
+        if !(1..=MAX_RETENTION_VERSIONS).contains(&opts.retention_versions) {
+            return Err(StorageError::Invalid(format!(
+                "retention_versions must be between 1 and {MAX_RETENTION_VERSIONS}"
+            )));
         }
         let db = open_sled(dir, &opts)?;
         Self::with_db(dir, db, opts)
@@ -520,11 +539,14 @@ impl Store {
         // Make the directory entries sled just created durable, once.
         File::open(dir)?.sync_all()?;
         let bounds = load_bounds(&db, &raft_meta, dir, opts.simulation)?;
-        let retention = match ring::stored_slots(&db)? {
-            Some(stored) if opts.retention_as_stored => stored,
-            _ => opts.retention_versions,
+        let stored = ring::stored_slots(&db);
+        let retention = if opts.retention_as_stored {
+            // Inspecting: never rewrite, read the ring as it was written.
+            stored.unwrap_or(opts.retention_versions)
+        } else {
+            ring::relayout(&db, &state, stored, opts.retention_versions)?;
+            opts.retention_versions
         };
-        ring::relayout(&db, &state, retention)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -733,6 +755,7 @@ impl Store {
             order: Vec::new(),
         };
         let mut high_water = batch.high_water;
+        let atomic = overwrites_a_head_it_writes(&batch.puts, self.inner.retention);
         for (cp, reply) in &batch.puts {
             validate_names(&cp.skill, &cp.instance)?;
             // Never let an unsealed or damaged checkpoint into the chain.
@@ -809,7 +832,11 @@ impl Store {
         if let Some(index) = batch.applied {
             pending.put(KEY_APPLIED.to_vec(), seal_value(&index.to_be_bytes()));
         }
-        pending.write_in_order()
+        if atomic {
+            pending.write_atomically()
+        } else {
+            pending.write_in_order()
+        }
     }
 
     /// The instance's chain head (version, hash, timestamp) from its small
@@ -833,6 +860,26 @@ impl Store {
     /// without touching any store: check a backup before creating anything.
     pub fn verify_snapshot_data(data: &[u8]) -> Result<(), StorageError> {
         parse_and_validate_snapshot(data).map(|_| ())
+    }
+
+    /// The most versions any one instance has in a state snapshot (verified
+    /// first): the retention that restores it without dropping history.
+    pub fn snapshot_versions_per_instance(data: &[u8]) -> Result<u64, StorageError> {
+        let mut most = 0u64;
+        let mut current: Option<(Vec<u8>, u64)> = None;
+        for (k, _) in parse_and_validate_snapshot(data)? {
+            if k.first() != Some(&TAG_CHECKPOINT) {
+                continue;
+            }
+            let instance = k[..k.len().saturating_sub(8)].to_vec();
+            let n = match current.take() {
+                Some((prev, n)) if prev == instance => n + 1,
+                _ => 1,
+            };
+            most = most.max(n);
+            current = Some((instance, n));
+        }
+        Ok(most)
     }
 
     /// Replicated cluster metadata by name (checksum verified).
@@ -890,12 +937,15 @@ impl Store {
             return Ok(None);
         };
         let head = decode_head(&raw)?;
-        let cp = self.get(skill, instance, head.version)?.ok_or_else(|| {
-            corrupt(format!(
-                "{skill}/{instance}: head points to missing version {}",
-                head.version
-            ))
-        })?;
+        let cp = self
+            .inner
+            .get_retained(skill, instance, head.version, head.version)?
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "{skill}/{instance}: head points to missing version {}",
+                    head.version
+                ))
+            })?;
         if cp.hash != head.hash {
             return Err(corrupt(format!(
                 "{skill}/{instance}: head hash differs from checkpoint v{}",
@@ -905,9 +955,9 @@ impl Store {
         Ok(Some(cp))
     }
 
-    /// One version, verified; `None` if it is not retained. The record in
-    /// its slot is verified whichever version it holds, so a damaged slot is
-    /// `Corrupt` rather than taken for a pruned version.
+    /// One version, verified; `None` if it is not retained (outside the
+    /// head's window, or a hole in it, which `damaged_versions` reports).
+    /// A record in its slot that is not this version is `Corrupt`.
     pub fn get(
         &self,
         skill: &str,
@@ -915,34 +965,12 @@ impl Store {
         version: u64,
     ) -> Result<Option<Checkpoint>, StorageError> {
         validate_names(skill, instance)?;
-        let retention = self.inner.retention;
-        let Some(raw) = self
-            .inner
-            .state
-            .get(slot_key(skill, instance, version, retention))?
-        else {
-            return Ok(None);
-        };
-        let cp = Checkpoint::decode(&raw)
-            .map_err(|e| corrupt(format!("{skill}/{instance} v{version}: {e}")))?;
-        if cp.skill != skill
-            || cp.instance != instance
-            || cp.version % retention != version % retention
-        {
-            return Err(corrupt(format!(
-                "{skill}/{instance} v{version}: slot holds {}/{} v{}",
-                cp.skill, cp.instance, cp.version
-            )));
-        }
-        Ok((cp.version == version).then_some(cp))
-    }
-
-    /// The retained records of an instance, oldest first, with the head
-    /// they were read against (`None`: no head, so nothing is retained).
-    fn retained(&self, skill: &str, instance: &str) -> Result<Vec<SlotRecord>, StorageError> {
+        let _guard = read(&self.inner.apply_lock);
         match self.inner.head_record(skill, instance)? {
-            Some(head) => self.inner.retained_records(skill, instance, head.version),
-            None => Ok(Vec::new()),
+            Some(head) => self
+                .inner
+                .get_retained(skill, instance, version, head.version),
+            None => Ok(None),
         }
     }
 
@@ -966,13 +994,12 @@ impl Store {
         };
         // Under the apply lock, so the head and the slots agree.
         let _guard = read(&self.inner.apply_lock);
-        self.retained(skill, instance)?
-            .iter()
-            .rev()
-            .filter(|r| r.version <= upper)
-            .take(limit)
-            .map(|r| decode_checkpoint_at(&r.raw, skill, instance, r.version))
-            .collect()
+        let mut out = Vec::new();
+        self.inner.walk_down(skill, instance, upper, |v, raw| {
+            out.push(decode_checkpoint_at(raw, skill, instance, v)?);
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
     }
 
     /// Latest retained checkpoint with timestamp <= `ts` (time-travel reads).
@@ -987,13 +1014,16 @@ impl Store {
         let _guard = read(&self.inner.apply_lock);
         // Timestamps strictly increase with the version, so the first match
         // walking backwards is the answer.
-        for r in self.retained(skill, instance)?.iter().rev() {
-            let cp = decode_checkpoint_at(&r.raw, skill, instance, r.version)?;
+        let mut found = None;
+        self.inner.walk_down(skill, instance, u64::MAX, |v, raw| {
+            let cp = decode_checkpoint_at(raw, skill, instance, v)?;
             if cp.timestamp <= ts {
-                return Ok(Some(cp));
+                found = Some(cp);
+                return Ok(false);
             }
-        }
-        Ok(None)
+            Ok(true)
+        })?;
+        Ok(found)
     }
 
     /// Walks every retained version oldest → newest: each hash verifies,
@@ -1272,6 +1302,25 @@ fn drop_request_record_of_occupant(
     Ok(())
 }
 
+/// Whether some instance gets at least `slots` puts in `puts`: then a slot
+/// is overwritten while it holds the version the stored head names (with
+/// one slot, every put does), and a crash after that write but before the
+/// head's would leave the head pointing at a record that is gone. Such a
+/// batch is written atomically instead of key by key.
+fn overwrites_a_head_it_writes(puts: &[(Arc<Checkpoint>, Option<Vec<u8>>)], slots: u64) -> bool {
+    if (puts.len() as u64) < slots {
+        return false;
+    }
+    let mut per_instance: std::collections::HashMap<(&str, &str), u64> = Default::default();
+    puts.iter().any(|(cp, _)| {
+        let n = per_instance
+            .entry((cp.skill.as_str(), cp.instance.as_str()))
+            .or_default();
+        *n += 1;
+        *n >= slots
+    })
+}
+
 fn chain_problem(
     mut report: ChainReport,
     skill: &str,
@@ -1319,7 +1368,7 @@ fn into_ring(entries: KvList, slots: u64) -> Result<KvList, StorageError> {
     let retained = |instance_key: &[u8], version: u64| {
         heads
             .get(instance_key)
-            .is_some_and(|&head| version <= head && version + slots > head)
+            .is_some_and(|&head| version <= head && head - version < slots)
     };
     let mut out = Vec::with_capacity(entries.len());
     for (k, v) in entries {
@@ -1437,7 +1486,7 @@ fn parse_and_validate_snapshot(data: &[u8]) -> Result<KvList, StorageError> {
 mod repair;
 mod ring;
 pub use repair::RepairOutcome;
-use ring::{slot_key, SlotRecord, TAG_SLOT};
+use ring::{slot_key, TAG_SLOT};
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -53,16 +53,33 @@ pub(super) fn expected_version(slot: u64, head: u64, slots: u64) -> Option<u64> 
     if slot >= slots {
         return None;
     }
-    let offset = (head % slots + slots - slot) % slots;
+    let head_slot = head % slots;
+    let offset = if head_slot >= slot {
+        head_slot - slot
+    } else {
+        head_slot + (slots - slot)
+    };
     head.checked_sub(offset).filter(|&v| v >= 1)
 }
 
 /// The ring size a store was written with, if it has been opened with the
-/// ring layout before.
-pub(super) fn stored_slots(db: &sled::Db) -> Result<Option<u64>, StorageError> {
-    db.get(KEY_RING_SLOTS)?
-        .map(|raw| decode_u64_meta(&raw, "ring size"))
-        .transpose()
+/// ring layout before and no rewrite was cut short. A marker that cannot
+/// be read counts as none: the next rewrite places every record again.
+pub(super) fn stored_slots(db: &sled::Db) -> Option<u64> {
+    let raw = match db.get(KEY_RING_SLOTS) {
+        Ok(raw) => raw?,
+        Err(e) => {
+            warn!(error = %e, "cannot read the ring size marker");
+            return None;
+        }
+    };
+    match decode_u64_meta(&raw, "ring size") {
+        Ok(slots) if (1..=MAX_RETENTION_VERSIONS).contains(&slots) => Some(slots),
+        other => {
+            warn!(marker = ?other, "ignoring a damaged ring size marker");
+            None
+        }
+    }
 }
 
 /// One retained version read from its slot, not yet verified.
@@ -94,7 +111,7 @@ impl Inner {
             let Some(version) = expected_version(slot, head, self.retention) else {
                 continue;
             };
-            if self.is_ahead_of_head(&raw, slot, head) {
+            if self.is_ahead_of_head(&raw, skill, instance, slot, head) {
                 continue;
             }
             out.push(SlotRecord { version, raw });
@@ -103,11 +120,73 @@ impl Inner {
         Ok(out)
     }
 
+    /// Version `version`, verified, if the window of head `head` holds it
+    /// and its slot is not empty (caller holds the apply lock).
+    pub(super) fn get_retained(
+        &self,
+        skill: &str,
+        instance: &str,
+        version: u64,
+        head: u64,
+    ) -> Result<Option<Checkpoint>, StorageError> {
+        if version == 0 || version > head || head - version >= self.retention {
+            return Ok(None);
+        }
+        match self
+            .state
+            .get(slot_key(skill, instance, version, self.retention))?
+        {
+            Some(raw) => decode_checkpoint_at(&raw, skill, instance, version).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Calls `visit` with each retained version `<= upper` and its record,
+    /// newest first, until it returns `false`: one slot read per version,
+    /// so a read of the newest few does not touch the whole ring.
+    pub(super) fn walk_down(
+        &self,
+        skill: &str,
+        instance: &str,
+        upper: u64,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<bool, StorageError>,
+    ) -> Result<(), StorageError> {
+        let Some(head) = self.head_record(skill, instance)? else {
+            return Ok(());
+        };
+        let top = head.version.min(upper);
+        let bottom = head.version.saturating_sub(self.retention - 1).max(1);
+        for version in (bottom..=top).rev() {
+            let key = slot_key(skill, instance, version, self.retention);
+            let Some(raw) = self.state.get(&key)? else {
+                continue;
+            };
+            let slot = version % self.retention;
+            if self.is_ahead_of_head(&raw, skill, instance, slot, head.version) {
+                continue;
+            }
+            if !visit(version, &raw)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `raw` is a write that got ahead of its head (module docs):
-    /// it must verify, so a damaged version field is never taken for one.
-    fn is_ahead_of_head(&self, raw: &[u8], slot: u64, head: u64) -> bool {
+    /// it must verify and be this instance's, so neither a damaged version
+    /// field nor another instance's record is taken for one.
+    fn is_ahead_of_head(
+        &self,
+        raw: &[u8],
+        skill: &str,
+        instance: &str,
+        slot: u64,
+        head: u64,
+    ) -> bool {
         match Checkpoint::peek_version_and_request_id(raw) {
-            Ok((v, _)) if v > head && v % self.retention == slot => Checkpoint::decode(raw).is_ok(),
+            Ok((v, _)) if v > head && v % self.retention == slot => {
+                Checkpoint::decode(raw).is_ok_and(|cp| cp.skill == skill && cp.instance == instance)
+            }
             _ => false,
         }
     }
@@ -141,16 +220,24 @@ impl Store {
 }
 
 /// Rewrites the state tree into a ring of `slots` slots per instance if it
-/// was written with another ring size or with a key per version, then
-/// records `slots`. One atomic sled batch per instance, so a crash leaves
-/// every instance in one layout or the other and the next open finishes
-/// the job (an instance's versions are placed by what each record says,
-/// whatever slot or key it came from). Time is proportional to the
+/// was written with another ring size (`stored`), or with a key per
+/// version, then records `slots`. The marker is removed first and each
+/// instance is one atomic sled batch, so a crash part-way leaves no marker
+/// and the next open places every record again, whatever the retention
+/// then (an instance's records are placed by the versions they hold,
+/// whatever slot or key they came from). Time is proportional to the
 /// checkpoints stored: this runs once after an upgrade or a change of
 /// `retention_versions`.
-pub(super) fn relayout(db: &sled::Db, state: &sled::Tree, slots: u64) -> Result<(), StorageError> {
-    assert!(slots >= 1, "ring size is validated at open");
-    let stored = stored_slots(db)?;
+pub(super) fn relayout(
+    db: &sled::Db,
+    state: &sled::Tree,
+    stored: Option<u64>,
+    slots: u64,
+) -> Result<(), StorageError> {
+    assert!(
+        (1..=MAX_RETENTION_VERSIONS).contains(&slots),
+        "ring size is validated at open"
+    );
     let legacy = state.scan_prefix([TAG_CHECKPOINT]).next().is_some();
     if stored == Some(slots) && !legacy {
         return Ok(());
@@ -176,15 +263,20 @@ pub(super) fn relayout(db: &sled::Db, state: &sled::Tree, slots: u64) -> Result<
             legacy,
             "rewriting checkpoint history into a ring of retention slots"
         );
+        db.remove(KEY_RING_SLOTS)?;
+        db.flush()?;
     }
-    let mut dropped = 0u64;
+    let mut totals = RelayoutTotals::default();
     for (skill, instance) in &instances {
-        dropped += relayout_instance(state, skill, instance, stored, slots)?;
+        relayout_instance(state, skill, instance, stored, slots, &mut totals)?;
     }
     if !instances.is_empty() {
         info!(
             instances = instances.len(),
-            versions_dropped = dropped,
+            versions_kept = totals.kept,
+            versions_dropped = totals.dropped,
+            unverified_dropped = totals.unverified_dropped,
+            left_alone = totals.left_alone,
             "checkpoint history rewritten"
         );
     }
@@ -194,79 +286,112 @@ pub(super) fn relayout(db: &sled::Db, state: &sled::Tree, slots: u64) -> Result<
     Ok(())
 }
 
-/// One instance of [`relayout`]; returns the versions dropped (older than
-/// the new window).
+#[derive(Default)]
+struct RelayoutTotals {
+    kept: u64,
+    /// Versions older than the new window.
+    dropped: u64,
+    /// Records that do not verify and whose version could not be told, or
+    /// whose slot a verified record of the same version took.
+    unverified_dropped: u64,
+    /// Instances whose head record does not decode: without the anchor
+    /// nothing can be placed, and every read of them reports it.
+    left_alone: u64,
+}
+
+/// One instance of [`relayout`].
 fn relayout_instance(
     state: &sled::Tree,
     skill: &str,
     instance: &str,
     stored: Option<u64>,
     slots: u64,
-) -> Result<u64, StorageError> {
+    totals: &mut RelayoutTotals,
+) -> Result<(), StorageError> {
     let head = match state.get(head_key(skill, instance))? {
-        Some(raw) => decode_head(&raw).ok().map(|h| h.version),
+        Some(raw) => match decode_head(&raw) {
+            Ok(h) => Some(h.version),
+            Err(e) => {
+                warn!(skill, instance, error = %e, "head record is damaged: history left as it is");
+                totals.left_alone += 1;
+                return Ok(());
+            }
+        },
         None => None,
     };
-    // (source key, record, version it holds)
-    let mut found: Vec<(sled::IVec, sled::IVec, Option<u64>)> = Vec::new();
+    // (source key, record, version it holds, whether the record verifies)
+    let mut found: Vec<(sled::IVec, sled::IVec, Option<u64>, bool)> = Vec::new();
+    let verifies = |raw: &[u8], version: u64| {
+        Checkpoint::decode(raw)
+            .is_ok_and(|cp| cp.skill == skill && cp.instance == instance && cp.version == version)
+    };
     let legacy_prefix = instance_prefix(TAG_CHECKPOINT, skill, instance);
     for item in state.scan_prefix(&legacy_prefix) {
         let (k, v) = item?;
         // A legacy key names its version; that is what reads trusted.
         let version = key_u64(&k[legacy_prefix.len()..]);
-        found.push((k, v, version));
+        let ok = version.is_some_and(|version| verifies(&v, version));
+        found.push((k, v, version, ok));
     }
     let slot_prefix = instance_prefix(TAG_SLOT, skill, instance);
     for item in state.scan_prefix(&slot_prefix) {
         let (k, v) = item?;
+        let slot = key_u64(&k[slot_prefix.len()..]);
         let claimed = Checkpoint::peek_version_and_request_id(&v)
             .ok()
             .map(|p| p.0);
-        // A record too damaged to say its version keeps the one its old
-        // slot implies, so it stays where repair and verification see it.
-        let version = claimed.or_else(|| {
-            let slot = key_u64(&k[slot_prefix.len()..])?;
-            expected_version(slot, head?, stored?)
-        });
-        found.push((k, v, version));
+        let ok = claimed.is_some_and(|version| verifies(&v, version));
+        // A record that does not verify keeps the version its old slot
+        // implies, so it stays where repair and verification see it.
+        let version = if ok {
+            claimed
+        } else {
+            slot.zip(head)
+                .zip(stored)
+                .and_then(|((slot, head), stored)| expected_version(slot, head, stored))
+        };
+        found.push((k, v, version, ok));
     }
-    let newest = head.or_else(|| found.iter().filter_map(|f| f.2).max());
+    // Verified records are placed first, so damage never displaces them.
+    found.sort_by_key(|f| !f.3);
+    let newest = head.or_else(|| found.iter().filter(|f| f.3).filter_map(|f| f.2).max());
     let mut batch = sled::Batch::default();
     let mut placed = BTreeSet::new();
-    let mut dropped = 0u64;
-    for (key, _, _) in &found {
+    for (key, _, _, _) in &found {
         batch.remove(key.clone());
     }
-    for (_, raw, version) in &found {
-        let keep = match (version, newest) {
-            (Some(v), Some(h)) => *v >= 1 && *v <= h && v + slots > h,
-            _ => false,
+    for (_, raw, version, ok) in &found {
+        let (Some(v), Some(h)) = (*version, newest) else {
+            totals.unverified_dropped += 1;
+            continue;
         };
-        match version {
-            Some(v) if keep => {
-                if placed.insert(*v) {
-                    batch.insert(slot_key(skill, instance, *v, slots), raw.clone());
-                }
+        if v >= 1 && v <= h && h - v < slots {
+            if placed.insert(v) {
+                batch.insert(slot_key(skill, instance, v, slots), raw.clone());
+                totals.kept += 1;
+            } else {
+                totals.unverified_dropped += 1;
             }
-            _ => {
-                dropped += 1;
-                if let (Some(v), Ok((claimed, request_id))) =
-                    (version, Checkpoint::peek_version_and_request_id(raw))
-                {
-                    if claimed == *v && !request_id.is_empty() {
-                        let rk = request_key(skill, instance, &request_id);
-                        if let Some(rraw) = state.get(&rk)? {
-                            if RequestRecord::decode(&rraw).is_ok_and(|r| r.version == *v) {
-                                batch.remove(rk);
-                            }
-                        }
+            continue;
+        }
+        totals.dropped += 1;
+        if !ok {
+            continue;
+        }
+        // Out of the window: its request record goes with it.
+        if let Ok((_, request_id)) = Checkpoint::peek_version_and_request_id(raw) {
+            if !request_id.is_empty() {
+                let rk = request_key(skill, instance, &request_id);
+                if let Some(rraw) = state.get(&rk)? {
+                    if RequestRecord::decode(&rraw).is_ok_and(|r| r.version == v) {
+                        batch.remove(rk);
                     }
                 }
             }
         }
     }
     state.apply_batch(batch)?;
-    Ok(dropped)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -357,7 +482,7 @@ mod tests {
         assert_eq!(requests(&store, "i", 30), (21..=30).collect::<Vec<_>>());
         let report = store.verify_chain("s", "i").unwrap();
         assert!(report.ok, "{report:?}");
-        assert_eq!(stored_slots(&store.inner.db).unwrap(), Some(10));
+        assert_eq!(stored_slots(&store.inner.db), Some(10));
     }
 
     #[test]
@@ -425,6 +550,140 @@ mod tests {
         let (_d4, d) = super::super::tests::open_tmp(10);
         d.restore_state(&a.snapshot_state().unwrap()).unwrap();
         assert_eq!(d.snapshot_state().unwrap(), a.snapshot_state().unwrap());
+    }
+
+    #[test]
+    fn a_valid_record_in_the_wrong_slot_is_corrupt_not_missing() {
+        let (_d, store) = super::super::tests::open_tmp(5);
+        let cps = chain("s", "i", 12);
+        apply_all(&store, &cps, 1, 0);
+        let state = &store.inner.state;
+        // v10's slot holds v5 (same slot, older): v10 is retained, so damage.
+        state
+            .insert(store.debug_checkpoint_key("s", "i", 10), cps[4].encode())
+            .unwrap();
+        assert!(store.get("s", "i", 10).unwrap_err().is_corrupt());
+        assert_eq!(store.get("s", "i", 5).unwrap(), None, "v5 is not retained");
+        assert!(store.history("s", "i", 0, 10).unwrap_err().is_corrupt());
+        assert_eq!(store.damaged_versions("s", "i").unwrap(), vec![10]);
+        // Another instance's valid record above the head is no write ahead.
+        let other = chain("s", "other", 14);
+        state
+            .insert(store.debug_checkpoint_key("s", "i", 9), other[13].encode())
+            .unwrap();
+        assert!(store
+            .at_or_before("s", "i", cps[8].timestamp)
+            .unwrap_err()
+            .is_corrupt());
+        assert!(store.damaged_versions("s", "i").unwrap().contains(&9));
+        assert!(!store.verify_chain("s", "i").unwrap().ok);
+    }
+
+    #[test]
+    fn a_batch_that_overwrites_the_stored_heads_slot_is_written_atomically() {
+        let cps = chain("s", "i", 4);
+        let other = chain("s", "j", 4);
+        let puts = |cps: &[Checkpoint]| -> Vec<(Arc<Checkpoint>, Option<Vec<u8>>)> {
+            cps.iter().map(|c| (Arc::new(c.clone()), None)).collect()
+        };
+        assert!(overwrites_a_head_it_writes(&puts(&cps[..1]), 1));
+        assert!(!overwrites_a_head_it_writes(&puts(&cps[..2]), 3));
+        assert!(overwrites_a_head_it_writes(&puts(&cps[..3]), 3));
+        let mixed: Vec<Checkpoint> = vec![
+            cps[0].clone(),
+            other[0].clone(),
+            cps[1].clone(),
+            other[1].clone(),
+        ];
+        assert!(!overwrites_a_head_it_writes(&puts(&mixed), 3));
+        // And the store stays right with one slot, a put at a time or all at once.
+        for per_batch in [1, 4] {
+            let (_d, store) = super::super::tests::open_tmp(1);
+            apply_all(&store, &cps, per_batch, 0);
+            assert_eq!(versions(&store, "i"), vec![4]);
+            assert_eq!(requests(&store, "i", 4), vec![4]);
+            assert!(store.verify_chain("s", "i").unwrap().ok);
+        }
+    }
+
+    #[test]
+    fn relayout_keeps_damage_where_it_was_and_finishes_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let cps = chain("s", "i", 12);
+        let others = chain("s", "j", 12);
+        {
+            let store = open(dir.path(), 5);
+            apply_all(&store, &cps, 1, 0);
+            apply_all(&store, &others, 1, 12);
+            // v9's record claims v12 and no longer verifies.
+            let key = store.debug_checkpoint_key("s", "i", 9);
+            let mut damaged = cps[8].clone();
+            damaged.version = 12;
+            store.inner.state.insert(key, damaged.encode()).unwrap();
+            store.sync().unwrap();
+        }
+        {
+            // The old ring size is known: the damaged record keeps v9's place.
+            let store = open(dir.path(), 7);
+            assert_eq!(store.damaged_versions("s", "i").unwrap(), vec![9]);
+            assert!(store.get("s", "i", 9).unwrap_err().is_corrupt());
+            for v in [8, 10, 11, 12] {
+                let cp = store.get("s", "i", v).unwrap();
+                assert_eq!(cp.as_ref(), Some(&cps[v as usize - 1]));
+            }
+            // A crash cut a rewrite to 6 slots short: j is in the new ring,
+            // i in the old one, and the marker is gone.
+            let mut totals = RelayoutTotals::default();
+            relayout_instance(&store.inner.state, "s", "j", Some(7), 6, &mut totals).unwrap();
+            assert_eq!(totals.kept, 5);
+            store.inner.db.remove(KEY_RING_SLOTS).unwrap();
+            store.sync().unwrap();
+        }
+        let store = open(dir.path(), 5);
+        assert_eq!(versions(&store, "j"), (8..=12).collect::<Vec<_>>());
+        assert!(store.verify_chain("s", "j").unwrap().ok);
+        // With no marker the damaged record's version cannot be told, so it
+        // is not placed; the hole it leaves is still reported.
+        assert_eq!(store.damaged_versions("s", "i").unwrap(), vec![9]);
+        assert!(!store.verify_chain("s", "i").unwrap().ok);
+        for v in [8, 10, 11, 12] {
+            let cp = store.get("s", "i", v).unwrap();
+            assert_eq!(cp.as_ref(), Some(&cps[v as usize - 1]));
+        }
+        assert_eq!(stored_slots(&store.inner.db), Some(5));
+    }
+
+    #[test]
+    fn retention_is_bounded_and_large_retention_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in [0, MAX_RETENTION_VERSIONS + 1, u64::MAX] {
+            assert!(open_err(dir.path(), bad));
+        }
+        let store = open(dir.path(), MAX_RETENTION_VERSIONS);
+        let cps = chain("s", "i", 20);
+        apply_all(&store, &cps, 3, 0);
+        assert_eq!(versions(&store, "i"), (1..=20).collect::<Vec<_>>());
+        assert!(store.verify_chain("s", "i").unwrap().ok);
+        let (_d, small) = super::super::tests::open_tmp(4);
+        small
+            .restore_state(&store.snapshot_state().unwrap())
+            .unwrap();
+        assert_eq!(versions(&small, "i"), (17..=20).collect::<Vec<_>>());
+        assert_eq!(
+            Store::snapshot_versions_per_instance(&store.snapshot_state().unwrap()).unwrap(),
+            20
+        );
+    }
+
+    fn open_err(dir: &std::path::Path, retention: u64) -> bool {
+        Store::open(
+            dir,
+            StoreOptions {
+                retention_versions: retention,
+                ..Default::default()
+            },
+        )
+        .is_err()
     }
 
     #[test]
