@@ -445,7 +445,10 @@ impl<'t> Overlay<'t> {
     /// cost two IO buffer writes on sled's thread pool per apply (it seals
     /// the buffer before and after the batch): the largest remaining share
     /// of a 1-client write's CPU once the Raft log left sled.
-    fn write_in_order(self) -> Result<(), StorageError> {
+    ///
+    /// Writes at most `limit` keys (`usize::MAX`: all; less only for the
+    /// crash tests).
+    fn write_in_order(self, limit: usize) -> Result<(), StorageError> {
         let mut seen = HashSet::new();
         let mut keys: Vec<&Vec<u8>> = self
             .order
@@ -454,7 +457,7 @@ impl<'t> Overlay<'t> {
             .filter(|k| seen.insert(*k))
             .collect();
         keys.reverse();
-        for k in keys {
+        for k in keys.into_iter().take(limit) {
             match self.writes.get(k) {
                 Some(Some(v)) => {
                     self.tree.insert(k.as_slice(), v.as_slice())?;
@@ -749,6 +752,40 @@ impl Store {
             return Ok(());
         }
         let _guard = write(&self.inner.apply_lock);
+        let (pending, atomic) = self.stage_apply(&batch)?;
+        if atomic {
+            pending.write_atomically()
+        } else {
+            pending.write_in_order(usize::MAX)
+        }
+    }
+
+    /// Tests: `commit_apply` as a crash cuts it, keeping what sled would
+    /// recover, the first `keep` of its writes in order, or none of an
+    /// atomic one. Returns whether it was cut (fewer writes kept than made).
+    #[cfg(test)]
+    pub(crate) fn commit_apply_cut(
+        &self,
+        batch: ApplyBatch,
+        keep: usize,
+    ) -> Result<bool, StorageError> {
+        let _guard = write(&self.inner.apply_lock);
+        let (pending, atomic) = self.stage_apply(&batch)?;
+        let total = pending.writes.len();
+        if atomic {
+            if keep >= total {
+                pending.write_atomically()?;
+            }
+        } else {
+            pending.write_in_order(keep)?;
+        }
+        Ok(keep < total)
+    }
+
+    /// Validates a whole batch and stages its writes (nothing written);
+    /// also says whether they must be written atomically. The caller holds
+    /// the apply lock.
+    fn stage_apply(&self, batch: &ApplyBatch) -> Result<(Overlay<'_>, bool), StorageError> {
         let mut pending = Overlay {
             tree: &self.inner.state,
             writes: BTreeMap::new(),
@@ -832,11 +869,7 @@ impl Store {
         if let Some(index) = batch.applied {
             pending.put(KEY_APPLIED.to_vec(), seal_value(&index.to_be_bytes()));
         }
-        if atomic {
-            pending.write_atomically()
-        } else {
-            pending.write_in_order()
-        }
+        Ok((pending, atomic))
     }
 
     /// The instance's chain head (version, hash, timestamp) from its small
