@@ -545,7 +545,17 @@ impl Store {
         let stored = ring::stored_slots(&db);
         let retention = if opts.retention_as_stored {
             // Inspecting: never rewrite, read the ring as it was written.
-            stored.unwrap_or(opts.retention_versions)
+            match stored {
+                Some(slots) => slots,
+                None if ring::holds_checkpoints(&state) => {
+                    return Err(StorageError::Invalid(
+                        "this data dir records no ring size (written before the ring, or a \
+                         rewrite was cut short): start the node once to rewrite its history"
+                            .into(),
+                    ))
+                }
+                None => opts.retention_versions,
+            }
         } else {
             ring::relayout(&db, &state, stored, opts.retention_versions)?;
             opts.retention_versions
@@ -895,22 +905,30 @@ impl Store {
         parse_and_validate_snapshot(data).map(|_| ())
     }
 
-    /// The most versions any one instance has in a state snapshot (verified
-    /// first): the retention that restores it without dropping history.
+    /// The widest span of versions (newest − oldest + 1) any one instance
+    /// has in a state snapshot (verified first): the retention that
+    /// restores it without dropping history, holes included.
     pub fn snapshot_versions_per_instance(data: &[u8]) -> Result<u64, StorageError> {
         let mut most = 0u64;
+        // (instance key prefix, oldest version); versions ascend per instance.
         let mut current: Option<(Vec<u8>, u64)> = None;
         for (k, _) in parse_and_validate_snapshot(data)? {
             if k.first() != Some(&TAG_CHECKPOINT) {
                 continue;
             }
-            let instance = k[..k.len().saturating_sub(8)].to_vec();
-            let n = match current.take() {
-                Some((prev, n)) if prev == instance => n + 1,
-                _ => 1,
+            let Some((instance, version)) = k
+                .len()
+                .checked_sub(8)
+                .and_then(|n| Some((k[..n].to_vec(), key_u64(&k[n..])?)))
+            else {
+                continue;
             };
-            most = most.max(n);
-            current = Some((instance, n));
+            let oldest = match &current {
+                Some((prev, oldest)) if *prev == instance => *oldest,
+                _ => version,
+            };
+            most = most.max(version.saturating_sub(oldest).saturating_add(1));
+            current = Some((instance, oldest));
         }
         Ok(most)
     }
@@ -1231,7 +1249,16 @@ impl Store {
             let (skill, instance, _) = split_instance_key(&k)
                 .filter(|(_, _, rest)| rest.is_empty())
                 .ok_or_else(|| corrupt("malformed head key"))?;
-            let head = decode_head(&v)?;
+            let head = match decode_head(&v) {
+                Ok(head) => head,
+                Err(e) => {
+                    // The raw head still goes into the dump (below), so the
+                    // receiver refuses it; failing here would stop raft-rs,
+                    // which treats a snapshot error as fatal.
+                    warn!(skill, instance, error = %e, "snapshot: damaged head, its checkpoints left out");
+                    continue;
+                }
+            };
             for r in self.inner.retained_records(skill, instance, head.version)? {
                 w.bytes(&checkpoint_key(skill, instance, r.version))
                     .bytes(&r.raw);

@@ -133,14 +133,17 @@ impl Store {
         let slots = self.inner.retention;
         let key = slot_key(skill, instance, version, slots);
         let existing = state.get(&key)?;
-        // The record in the slot may be intact but hold another version (a
-        // pruned one, or one written ahead of a lost head): that is a hole.
+        // An empty slot, or one holding a record written ahead of a lost
+        // head, is a hole; any other record that is not this version is
+        // damage (a slot inside the window holds nothing else legitimately).
         let mut hole = existing.is_none();
         if let Some(raw) = &existing {
             if decode_checkpoint_at(raw, skill, instance, version).is_ok() {
                 return Ok(RepairOutcome::AlreadyIntact);
             }
-            hole = Checkpoint::decode(raw).is_ok_and(|cp| cp.version != version);
+            hole = self
+                .inner
+                .is_ahead_of_head(raw, skill, instance, version % slots, head.version);
         }
         let anchor = if version == head.version {
             head.hash

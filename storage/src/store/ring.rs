@@ -82,6 +82,13 @@ pub(super) fn stored_slots(db: &sled::Db) -> Option<u64> {
     }
 }
 
+/// Whether the state tree holds any checkpoint record, in either layout.
+pub(super) fn holds_checkpoints(state: &sled::Tree) -> bool {
+    [TAG_CHECKPOINT, TAG_SLOT]
+        .iter()
+        .any(|tag| state.scan_prefix([*tag]).next().is_some())
+}
+
 /// One retained version read from its slot, not yet verified.
 pub(super) struct SlotRecord {
     pub(super) version: u64,
@@ -132,10 +139,12 @@ impl Inner {
         if version == 0 || version > head || head - version >= self.retention {
             return Ok(None);
         }
+        let slot = version % self.retention;
         match self
             .state
             .get(slot_key(skill, instance, version, self.retention))?
         {
+            Some(raw) if self.is_ahead_of_head(&raw, skill, instance, slot, head) => Ok(None),
             Some(raw) => decode_checkpoint_at(&raw, skill, instance, version).map(Some),
             None => Ok(None),
         }
@@ -175,7 +184,7 @@ impl Inner {
     /// Whether `raw` is a write that got ahead of its head (module docs):
     /// it must verify and be this instance's, so neither a damaged version
     /// field nor another instance's record is taken for one.
-    fn is_ahead_of_head(
+    pub(super) fn is_ahead_of_head(
         &self,
         raw: &[u8],
         skill: &str,
@@ -340,19 +349,23 @@ fn relayout_instance(
         let claimed = Checkpoint::peek_version_and_request_id(&v)
             .ok()
             .map(|p| p.0);
-        let ok = claimed.is_some_and(|version| verifies(&v, version));
-        // A record that does not verify keeps the version its old slot
-        // implies, so it stays where repair and verification see it.
-        let version = if ok {
-            claimed
-        } else {
-            slot.zip(head)
-                .zip(stored)
-                .and_then(|((slot, head), stored)| expected_version(slot, head, stored))
-        };
-        found.push((k, v, version, ok));
+        let expected = slot
+            .zip(head)
+            .zip(stored)
+            .and_then(|((slot, head), stored)| expected_version(slot, head, stored));
+        // A record belongs where it is if it verifies and is the version
+        // its slot must hold (or one written ahead of the head); any other
+        // keeps the version its old slot implies, so its damage stays where
+        // repair and verification see it.
+        let belongs = claimed.is_some_and(|c| {
+            verifies(&v, c)
+                && (expected.is_none() || Some(c) == expected || head.is_some_and(|h| c > h))
+        });
+        let version = if belongs { claimed } else { expected };
+        found.push((k, v, version, belongs));
     }
-    // Verified records are placed first, so damage never displaces them.
+    // Records that verify and belong where they were are placed first, so
+    // damage never displaces them.
     found.sort_by_key(|f| !f.3);
     let newest = head.or_else(|| found.iter().filter(|f| f.3).filter_map(|f| f.2).max());
     let mut batch = sled::Batch::default();
@@ -360,7 +373,7 @@ fn relayout_instance(
     for (key, _, _, _) in &found {
         batch.remove(key.clone());
     }
-    for (_, raw, version, ok) in &found {
+    for (_, raw, version, _) in &found {
         let (Some(v), Some(h)) = (*version, newest) else {
             totals.unverified_dropped += 1;
             continue;
@@ -375,18 +388,16 @@ fn relayout_instance(
             continue;
         }
         totals.dropped += 1;
-        if !ok {
-            continue;
-        }
-        // Out of the window: its request record goes with it.
-        if let Ok((_, request_id)) = Checkpoint::peek_version_and_request_id(raw) {
-            if !request_id.is_empty() {
-                let rk = request_key(skill, instance, &request_id);
-                if let Some(rraw) = state.get(&rk)? {
-                    if RequestRecord::decode(&rraw).is_ok_and(|r| r.version == v) {
-                        batch.remove(rk);
-                    }
-                }
+    }
+    // Request records of versions outside the new window go, whatever
+    // became of their checkpoints (a damaged one cannot name its record).
+    if let Some(h) = newest {
+        for item in state.scan_prefix(instance_prefix(TAG_REQUEST, skill, instance)) {
+            let (rk, rraw) = item?;
+            if RequestRecord::decode(&rraw)
+                .is_ok_and(|r| !(r.version <= h && h - r.version < slots))
+            {
+                batch.remove(rk);
             }
         }
     }
@@ -843,6 +854,95 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_record_at_the_bottom_of_the_window_is_repaired_and_survives_relayout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_d, peer) = super::super::tests::open_tmp(5);
+        let cps = chain("s", "i", 12);
+        apply_all(&peer, &cps, 1, 0);
+        {
+            let store = open(dir.path(), 5);
+            apply_all(&store, &cps, 1, 0);
+            // The window is 8..=12; v8's slot holds v3, which verifies.
+            let key = store.debug_checkpoint_key("s", "i", 8);
+            store.inner.state.insert(&key, cps[2].encode()).unwrap();
+            assert!(store.get("s", "i", 8).unwrap_err().is_corrupt());
+            assert_eq!(store.damaged_versions("s", "i").unwrap(), vec![8]);
+            store.sync().unwrap();
+        }
+        {
+            // A rewrite keeps the damage where it was instead of pruning it.
+            let store = open(dir.path(), 6);
+            assert_eq!(store.damaged_versions("s", "i").unwrap(), vec![8]);
+            assert!(store.get("s", "i", 8).unwrap_err().is_corrupt());
+            // And repair fixes it: no check of the version below for damage.
+            let copy = peer.encoded_checkpoint("s", "i", 8).unwrap().unwrap();
+            assert_eq!(
+                store.repair_checkpoint("s", "i", 8, &copy).unwrap(),
+                RepairOutcome::Repaired
+            );
+            assert!(store.damaged_versions("s", "i").unwrap().is_empty());
+            assert!(store.verify_chain("s", "i").unwrap().ok);
+            store.sync().unwrap();
+        }
+        // A damaged record dropped by a rewrite takes its request record along.
+        let store = open(dir.path(), 5);
+        store.debug_corrupt_checkpoint("s", "i", Some(8)).unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let store = open(dir.path(), 3);
+        assert_eq!(stored_requests(&store, "i"), vec![10, 11, 12]);
+    }
+
+    #[test]
+    fn a_damaged_head_leaves_its_checkpoints_out_of_a_snapshot_instead_of_failing_it() {
+        let (_d, store) = super::super::tests::open_tmp(5);
+        apply_all(&store, &chain("s", "i", 3), 1, 0);
+        apply_all(&store, &chain("s", "j", 3), 1, 3);
+        let hk = head_key("s", "i");
+        let mut raw = store.inner.state.get(&hk).unwrap().unwrap().to_vec();
+        let mid = raw.len() / 2;
+        raw[mid] ^= 0x5a;
+        store.inner.state.insert(hk, raw).unwrap();
+        // raft-rs treats a snapshot error as fatal: the dump is produced...
+        let data = store.snapshot_state().unwrap();
+        // ...and every receiver refuses it, as before the ring.
+        let (_d2, other) = super::super::tests::open_tmp(5);
+        assert!(other.restore_state(&data).unwrap_err().is_corrupt());
+    }
+
+    #[test]
+    fn inspecting_a_store_without_a_ring_marker_is_refused_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path(), 5);
+            apply_all(&store, &chain("s", "i", 3), 1, 0);
+            make_legacy(&store);
+        }
+        let inspect = StoreOptions {
+            retention_as_stored: true,
+            ..Default::default()
+        };
+        let err = Store::open(dir.path(), inspect.clone()).unwrap_err();
+        assert!(err.to_string().contains("ring size"), "{err}");
+        // An empty data dir opens.
+        let empty = tempfile::tempdir().unwrap();
+        Store::open(empty.path(), inspect).unwrap();
+    }
+
+    #[test]
+    fn a_backup_with_a_hole_restores_its_whole_span() {
+        let (_d, store) = super::super::tests::open_tmp(10);
+        apply_all(&store, &chain("s", "i", 10), 1, 0);
+        store
+            .inner
+            .state
+            .remove(store.debug_checkpoint_key("s", "i", 4))
+            .unwrap();
+        let data = store.snapshot_state().unwrap();
+        assert_eq!(Store::snapshot_versions_per_instance(&data).unwrap(), 10);
+    }
+
+    #[test]
     fn a_record_written_ahead_of_a_lost_head_is_skipped_until_reapplied() {
         // A crash kept the new record of v8 in v3's slot, and the removal of
         // v3's request record before it, but lost the head and the rest.
@@ -855,6 +955,7 @@ mod tests {
             .unwrap();
         state.remove(request_key("s", "i", "req-3")).unwrap();
         assert_eq!(versions(&store, "i"), vec![4, 5, 6, 7]);
+        assert_eq!(store.get("s", "i", 3).unwrap(), None, "overwritten, not damaged");
         assert!(store.verify_chain("s", "i").unwrap().ok);
         assert!(store.damaged_versions("s", "i").unwrap().is_empty());
         assert_eq!(store.latest("s", "i").unwrap().as_ref(), Some(&cps[6]));
