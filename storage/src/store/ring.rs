@@ -955,7 +955,11 @@ mod tests {
             .unwrap();
         state.remove(request_key("s", "i", "req-3")).unwrap();
         assert_eq!(versions(&store, "i"), vec![4, 5, 6, 7]);
-        assert_eq!(store.get("s", "i", 3).unwrap(), None, "overwritten, not damaged");
+        assert_eq!(
+            store.get("s", "i", 3).unwrap(),
+            None,
+            "overwritten, not damaged"
+        );
         assert!(store.verify_chain("s", "i").unwrap().ok);
         assert!(store.damaged_versions("s", "i").unwrap().is_empty());
         assert_eq!(store.latest("s", "i").unwrap().as_ref(), Some(&cps[6]));
