@@ -609,6 +609,9 @@ struct ServeOpts {
     http_listen: Option<SocketAddr>,
     #[arg(long, env = "SYNAPSE_RETENTION_VERSIONS")]
     retention_versions: Option<u64>,
+    /// sled's page cache for instance state, in MiB (default 256).
+    #[arg(long, env = "SYNAPSE_STORAGE_CACHE_MIB")]
+    storage_cache_mib: Option<u64>,
     #[arg(long, env = "SYNAPSE_MAX_PAYLOAD_BYTES")]
     max_payload_bytes: Option<usize>,
     #[arg(long, env = "SYNAPSE_MAILBOX_CAPACITY")]
@@ -707,6 +710,7 @@ impl ServeOpts {
             node_id,
             data_dir,
             retention_versions,
+            storage_cache_mib,
             max_payload_bytes,
             mailbox_capacity,
             max_active_instances,

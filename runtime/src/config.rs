@@ -58,6 +58,10 @@ pub struct NodeConfig {
     pub http_listen: Option<SocketAddr>,
     /// Checkpoints kept per instance (and so the request-id dedup window).
     pub retention_versions: u64,
+    /// sled's page cache for instance state, in MiB. It bounds the pages
+    /// cached at their on-disk size; sled's own bookkeeping for every page
+    /// comes on top (`benches/README.md`, 1,000,000 instances).
+    pub storage_cache_mib: u64,
     /// Largest accepted Invoke payload, in bytes.
     pub max_payload_bytes: usize,
     /// Largest state a checkpoint may hold, in bytes: each write rewrites the
@@ -154,6 +158,7 @@ impl Default for NodeConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50052))),
             retention_versions: 100,
+            storage_cache_mib: synapse_storage::DEFAULT_CACHE_CAPACITY_BYTES >> 20,
             max_payload_bytes: 1024 * 1024,
             max_state_bytes: 4 * 1024 * 1024,
             mailbox_capacity: 256,
@@ -200,7 +205,9 @@ impl NodeConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 9] = [
+        let cache_mib = synapse_storage::MIN_CACHE_CAPACITY_BYTES >> 20
+            ..=synapse_storage::MAX_CACHE_CAPACITY_BYTES >> 20;
+        let checks: [(bool, &str); 10] = [
             (
                 self.node_id != 0 || self.join.is_some() || self.seed.is_some(),
                 "node_id must not be 0 (0 asks the cluster for an id, only with join or seed)",
@@ -208,6 +215,10 @@ impl NodeConfig {
             (
                 (1..=synapse_storage::MAX_RETENTION_VERSIONS).contains(&self.retention_versions),
                 "retention_versions must be between 1 and 2^48",
+            ),
+            (
+                cache_mib.contains(&self.storage_cache_mib),
+                "storage_cache_mib must be between 1 and 1048576 (1 TiB)",
             ),
             (
                 self.max_payload_bytes >= 1,
@@ -375,6 +386,29 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_cache_outside_its_bounds_is_refused_by_name() {
+        for mib in [
+            0,
+            (synapse_storage::MAX_CACHE_CAPACITY_BYTES >> 20) + 1,
+            u64::MAX,
+        ] {
+            let config = NodeConfig {
+                storage_cache_mib: mib,
+                ..NodeConfig::default()
+            };
+            let err = config.validate().expect_err("out-of-range cache accepted");
+            assert!(err.contains("storage_cache_mib"), "{mib}: {err}");
+        }
+        for mib in [1, 256, synapse_storage::MAX_CACHE_CAPACITY_BYTES >> 20] {
+            let config = NodeConfig {
+                storage_cache_mib: mib,
+                ..NodeConfig::default()
+            };
+            assert_eq!(config.validate(), Ok(()), "{mib}");
+        }
+    }
 
     #[test]
     fn probe_addresses_are_the_other_members_without_this_node() {

@@ -1567,6 +1567,7 @@ async fn open_core(
         &config.data_dir,
         StoreOptions {
             retention_versions: config.retention_versions,
+            cache_capacity_bytes: config.storage_cache_mib.saturating_mul(1 << 20),
             ..Default::default()
         },
     )?;

@@ -68,10 +68,18 @@ pub const DEFAULT_RETENTION_VERSIONS: u64 = 100;
 /// million writes a second for nine years), so "keep everything" is this.
 pub const MAX_RETENTION_VERSIONS: u64 = 1 << 48;
 
-/// sled's page cache limit. sled's default (1 GiB) is far too much for the
-/// 2 vCPU VMs we target; the cache only speeds up reads of hot pages and
-/// instance state is also cached by the actors above us.
-const SLED_CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
+/// sled's page cache limit by default. sled's own default (1 GiB) is far
+/// too much for the 2 vCPU VMs we target; the cache only speeds up reads of
+/// hot pages and instance state is also cached by the actors above us.
+pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Smallest cache a store opens with: below about a megabyte sled evicts,
+/// and pages back in, the leaves a single apply batch is still writing.
+pub const MIN_CACHE_CAPACITY_BYTES: u64 = 1024 * 1024;
+
+/// Largest cache a store opens with: more than any machine we target has,
+/// so a value past it is a unit mistake (bytes given as MiB twice over).
+pub const MAX_CACHE_CAPACITY_BYTES: u64 = 1 << 40;
 
 const SNAPSHOT_DOMAIN: &[u8] = b"synapse.state-snapshot.v1";
 const STATE_HASH_DOMAIN: &[u8] = b"synapse.state-hash.v1";
@@ -91,6 +99,11 @@ pub struct StoreOptions {
     /// durability comes from explicit `Store::sync()` calls, one per Raft
     /// Ready, and a background flusher would only add competing I/O.
     pub flush_every_ms: Option<u64>,
+    /// sled's page cache limit, in bytes, between `MIN_CACHE_CAPACITY_BYTES`
+    /// and `MAX_CACHE_CAPACITY_BYTES`. sled counts pages at their size on
+    /// disk, and keeps some state for every page, cached or not, so a
+    /// node's memory is more than this (`benches/README.md` measures it).
+    pub cache_capacity_bytes: u64,
     /// For deterministic simulation only: a temporary sled (deleted on drop)
     /// and a `sync()` that does nothing. A simulated crash there keeps the
     /// `Store` (it models the disk) and drops everything above it.
@@ -103,6 +116,7 @@ impl Default for StoreOptions {
             retention_versions: DEFAULT_RETENTION_VERSIONS,
             retention_as_stored: false,
             flush_every_ms: None,
+            cache_capacity_bytes: DEFAULT_CACHE_CAPACITY_BYTES,
             simulation: false,
         }
     }
@@ -480,19 +494,11 @@ const OPEN_LOCK_WAIT: Duration = Duration::from_secs(5);
 const OPEN_LOCK_POLL: Duration = Duration::from_millis(10);
 
 fn open_sled(dir: &Path, opts: &StoreOptions) -> Result<sled::Db, StorageError> {
-    open_sled_with_cache(dir, opts, SLED_CACHE_CAPACITY_BYTES)
-}
-
-fn open_sled_with_cache(
-    dir: &Path,
-    opts: &StoreOptions,
-    cache_bytes: u64,
-) -> Result<sled::Db, StorageError> {
     let deadline = Instant::now() + OPEN_LOCK_WAIT;
     loop {
         let result = sled::Config::new()
             .path(dir)
-            .cache_capacity(cache_bytes)
+            .cache_capacity(opts.cache_capacity_bytes)
             .flush_every_ms(opts.flush_every_ms)
             .temporary(opts.simulation)
             .open();
@@ -526,6 +532,14 @@ impl Store {
         if !(1..=MAX_RETENTION_VERSIONS).contains(&opts.retention_versions) {
             return Err(StorageError::Invalid(format!(
                 "retention_versions must be between 1 and {MAX_RETENTION_VERSIONS}"
+            )));
+        }
+        if !(MIN_CACHE_CAPACITY_BYTES..=MAX_CACHE_CAPACITY_BYTES)
+            .contains(&opts.cache_capacity_bytes)
+        {
+            return Err(StorageError::Invalid(format!(
+                "cache_capacity_bytes must be between {MIN_CACHE_CAPACITY_BYTES} and \
+                 {MAX_CACHE_CAPACITY_BYTES}"
             )));
         }
         let db = open_sled(dir, &opts)?;
@@ -1617,6 +1631,89 @@ pub(crate) mod tests {
             },
         );
         assert!(matches!(err, Err(StorageError::Invalid(_))));
+    }
+
+    #[test]
+    fn cache_capacity_outside_its_bounds_is_rejected_before_anything_is_created() {
+        for bytes in [
+            0,
+            MIN_CACHE_CAPACITY_BYTES - 1,
+            MAX_CACHE_CAPACITY_BYTES + 1,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let data = dir.path().join("data");
+            let err = Store::open(
+                &data,
+                StoreOptions {
+                    cache_capacity_bytes: bytes,
+                    ..Default::default()
+                },
+            );
+            assert!(
+                matches!(&err, Err(StorageError::Invalid(m)) if m.contains("cache_capacity_bytes")),
+                "{bytes}: {err:?}"
+            );
+            assert!(!data.exists(), "{bytes}: a refused open created {data:?}");
+        }
+    }
+
+    #[test]
+    fn the_smallest_cache_evicts_and_reads_back_every_retained_version() {
+        // 300 instances of 3 versions with 2 KiB states: several times the
+        // 1 MiB cache, so sled must page leaves out and back in.
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            retention_versions: 2,
+            cache_capacity_bytes: MIN_CACHE_CAPACITY_BYTES,
+            ..Default::default()
+        };
+        let instances: Vec<String> = (0..300).map(|i| format!("i{i}")).collect();
+        let chains: Vec<Vec<Checkpoint>> = instances
+            .iter()
+            .map(|name| {
+                let mut parent = ZERO_HASH;
+                (1..=3u64)
+                    .map(|v| {
+                        let cp = Checkpoint::seal(
+                            "kv".into(),
+                            name.clone(),
+                            v,
+                            parent,
+                            vec![v as u8; 2048],
+                            ts(v * 10),
+                            String::new(),
+                        );
+                        parent = cp.hash;
+                        cp
+                    })
+                    .collect()
+            })
+            .collect();
+        {
+            let store = Store::open(dir.path(), opts.clone()).unwrap();
+            let mut index = 1;
+            for v in 0..3 {
+                for chain in &chains {
+                    let mut b = ApplyBatch::default();
+                    b.put_checkpoint_unrecorded(&chain[v]);
+                    b.set_applied(index);
+                    index += 1;
+                    store.commit_apply(b).unwrap();
+                }
+            }
+            store.sync().unwrap();
+        }
+        let store = Store::open(dir.path(), opts).unwrap();
+        for (name, chain) in instances.iter().zip(&chains) {
+            assert_eq!(store.latest("kv", name).unwrap().as_ref(), Some(&chain[2]));
+            assert_eq!(store.get("kv", name, 2).unwrap().as_ref(), Some(&chain[1]));
+            assert_eq!(
+                store.get("kv", name, 1).unwrap(),
+                None,
+                "{name} v1 is past retention"
+            );
+        }
+        assert_eq!(store.applied_index().unwrap(), 900);
     }
 
     #[test]
