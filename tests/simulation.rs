@@ -72,7 +72,9 @@ fn summarize(label: &str, reports: &[Report], elapsed: std::time::Duration) {
          crash points: after a Ready {}, mid-Ready before sync {}, mid-Ready after sync {}\n  \
          leader kills {}, pauses > election timeout {}, rolling restarts {}, lossy links {}\n  \
          membership: {} seeds, {} changes committed, {} remove/re-add/promote cycles \
-         ({} wiped and rejoined under a new id)",
+         ({} wiped and rejoined under a new id)\n  \
+         retention: 1 slot in {} seeds, 2 in {}, 3 in {}, 8 in {}, everything in {}; \
+         retained chains checked {}",
         reports.len(),
         seeds_with(|r| r.nodes == 5),
         seeds_with(|r| r.compaction),
@@ -108,6 +110,12 @@ fn summarize(label: &str, reports: &[Report], elapsed: std::time::Duration) {
         sum(|r| r.membership_changes),
         sum(|r| r.membership_cycles),
         sum(|r| r.fresh_id_rejoins),
+        seeds_with(|r| r.retention == 1),
+        seeds_with(|r| r.retention == 2),
+        seeds_with(|r| r.retention == 3),
+        seeds_with(|r| r.retention == 8),
+        seeds_with(|r| r.retention > 8),
+        sum(|r| r.chains_checked),
     );
 }
 

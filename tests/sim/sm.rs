@@ -50,6 +50,10 @@ pub struct Ledger {
     /// node -> snapshots it restored (its state was replaced wholesale).
     pub restores: HashMap<u64, u64>,
     pub entries_applied: u64,
+    /// (instance, version) -> the hash of the checkpoint applied there, by
+    /// any node: what an acknowledged write is checked against once a small
+    /// ring has dropped it from a node's store.
+    pub versions: HashMap<(String, u64), Hash>,
     pub checkpoints_applied: u64,
     pub rejected: u64,
 }
@@ -142,6 +146,7 @@ impl StateMachine for SimSm {
         let mut heads: HashMap<String, Head> = HashMap::new();
         let mut out = Vec::with_capacity(entries.len());
         let (mut applied, mut rejected) = (0u64, 0u64);
+        let mut written: Vec<(String, u64, Hash)> = Vec::new();
         for e in entries {
             if e.data.is_empty() {
                 out.push(SimOutcome::Noop);
@@ -194,6 +199,7 @@ impl StateMachine for SimSm {
                 },
             );
             applied += 1;
+            written.push((cp.instance.clone(), cp.version, cp.hash));
             out.push(SimOutcome::Applied {
                 index: e.index,
                 version: cp.version,
@@ -205,6 +211,22 @@ impl StateMachine for SimSm {
         }
         self.store.commit_apply(batch)?;
         let mut l = lock(&self.ledger);
+        for (instance, version, hash) in written {
+            match l.versions.get(&(instance.clone(), version)) {
+                Some(first) if *first != hash => {
+                    let msg = format!(
+                        "node {} applied {SKILL}/{instance} v{version} with a hash other than \
+                         the one applied there before",
+                        self.node
+                    );
+                    l.violations.push(msg);
+                }
+                Some(_) => {}
+                None => {
+                    l.versions.insert((instance, version), hash);
+                }
+            }
+        }
         l.checkpoints_applied += applied;
         l.rejected += rejected;
         Ok(out)
