@@ -256,6 +256,7 @@ PY
 else
     say "1 node, max_active_instances $ACTIVE, idle_timeout_ms $IDLE_MS; $INSTANCES instances in sequence (bounded ${INSTANCES_SECONDS}s)"
     machine | tee "$OUT_DIR/machine-instances.txt" >&2
+    [ -z "${NODE_TOML:-}" ] || echo "node config: ${NODE_TOML}" | tee -a "$OUT_DIR/machine-instances.txt" >&2
     printf 'idle_timeout_ms = %d\n%s\n' "$IDLE_MS" "${NODE_TOML:-}" >"$WORK/node.toml"
     start_synapse 1 GRPC_PORTS HTTP_PORTS --config "$WORK/node.toml" --max-active-instances "$ACTIVE"
     sampler "$OUT_DIR/rss-instances.csv" 1
