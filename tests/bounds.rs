@@ -65,6 +65,35 @@ async fn active_instances_are_bounded_and_passivated_state_survives() {
     n.shutdown().await;
 }
 
+/// The storage cache a node's config names is the one its store is opened
+/// with, and a node with the smallest cache (and few active actors, so
+/// reads reactivate instances from disk) serves every write back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_storage_cache_reaches_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let tweak = |c: &mut synapse::NodeConfig| {
+        c.storage_cache_mib = 1;
+        c.max_active_instances = 4;
+    };
+    let n = start_with(dir.path(), tweak, |b| b).await;
+    assert_eq!(n.node.core().store().cache_capacity_bytes(), 1 << 20);
+    let mut c = n.root_client().await;
+    let value = "x".repeat(8 * 1024);
+    for i in 0..200 {
+        let put = json!({"key": "a", "value": value});
+        invoke(&mut c, "kv", &format!("k{i}"), "put", put)
+            .await
+            .expect("put");
+    }
+    for i in [0, 99, 199] {
+        let r = invoke(&mut c, "kv", &format!("k{i}"), "get", json!({"key": "a"}))
+            .await
+            .expect("get");
+        assert_eq!(reply_json(&r)["value"], value.as_str(), "k{i}");
+    }
+    n.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_instances_passivate_on_their_own() {
     let dir = tempfile::tempdir().unwrap();

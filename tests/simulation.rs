@@ -302,6 +302,7 @@ fn rejoining_wiped_under_the_same_id_is_caught() {
     let safety = [
         "persisted on a quorum",
         "log matching",
+        "hash other than",
         "two leaders",
         "not linearizable",
         "acknowledged",

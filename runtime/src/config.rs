@@ -207,7 +207,14 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), String> {
         let cache_mib = synapse_storage::MIN_CACHE_CAPACITY_BYTES >> 20
             ..=synapse_storage::MAX_CACHE_CAPACITY_BYTES >> 20;
-        let checks: [(bool, &str); 10] = [
+        if !cache_mib.contains(&self.storage_cache_mib) {
+            return Err(format!(
+                "storage_cache_mib must be between {} and {} (MiB)",
+                cache_mib.start(),
+                cache_mib.end()
+            ));
+        }
+        let checks: [(bool, &str); 9] = [
             (
                 self.node_id != 0 || self.join.is_some() || self.seed.is_some(),
                 "node_id must not be 0 (0 asks the cluster for an id, only with join or seed)",
@@ -215,10 +222,6 @@ impl NodeConfig {
             (
                 (1..=synapse_storage::MAX_RETENTION_VERSIONS).contains(&self.retention_versions),
                 "retention_versions must be between 1 and 2^48",
-            ),
-            (
-                cache_mib.contains(&self.storage_cache_mib),
-                "storage_cache_mib must be between 1 and 1048576 (1 TiB)",
             ),
             (
                 self.max_payload_bytes >= 1,
@@ -408,6 +411,14 @@ mod tests {
             };
             assert_eq!(config.validate(), Ok(()), "{mib}");
         }
+    }
+
+    #[test]
+    fn storage_cache_comes_from_the_config_file_or_defaults_to_256() {
+        let empty: NodeConfig = toml::from_str("").unwrap();
+        assert_eq!(empty.storage_cache_mib, 256);
+        let set: NodeConfig = toml::from_str("storage_cache_mib = 32").unwrap();
+        assert_eq!(set.storage_cache_mib, 32);
     }
 
     #[test]

@@ -257,6 +257,8 @@ pub(crate) struct Inner {
     /// The audit trail's segment files (`crate::audit`).
     pub(crate) audit: Mutex<crate::audit::AuditLog>,
     retention: u64,
+    /// sled's page cache limit this store was opened with.
+    cache_capacity_bytes: u64,
     simulation: bool,
     /// sled's log file, kept open for `sync_data()`.
     db_file: File,
@@ -493,15 +495,20 @@ impl<'t> Overlay<'t> {
 const OPEN_LOCK_WAIT: Duration = Duration::from_secs(5);
 const OPEN_LOCK_POLL: Duration = Duration::from_millis(10);
 
+/// What sled is opened with; its own function so that tests can see the
+/// options arrive.
+fn sled_config(dir: &Path, opts: &StoreOptions) -> sled::Config {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(opts.cache_capacity_bytes)
+        .flush_every_ms(opts.flush_every_ms)
+        .temporary(opts.simulation)
+}
+
 fn open_sled(dir: &Path, opts: &StoreOptions) -> Result<sled::Db, StorageError> {
     let deadline = Instant::now() + OPEN_LOCK_WAIT;
     loop {
-        let result = sled::Config::new()
-            .path(dir)
-            .cache_capacity(opts.cache_capacity_bytes)
-            .flush_every_ms(opts.flush_every_ms)
-            .temporary(opts.simulation)
-            .open();
+        let result = sled_config(dir, opts).open();
         match result {
             // sled reports a held lock only as this message (ErrorKind::Other).
             Err(sled::Error::Io(e))
@@ -582,6 +589,7 @@ impl Store {
                 raft_meta,
                 audit: Mutex::new(audit),
                 retention,
+                cache_capacity_bytes: opts.cache_capacity_bytes,
                 simulation: opts.simulation,
                 db_file,
                 synced_blobs: Mutex::new(HashSet::new()),
@@ -639,6 +647,7 @@ impl Store {
         let opts = StoreOptions {
             simulation: true,
             retention_versions: self.inner.retention,
+            cache_capacity_bytes: self.inner.cache_capacity_bytes,
             ..Default::default()
         };
         lock(&self.inner.raft_bounds).wal.copy_durable_to(dir)?;
@@ -652,6 +661,12 @@ impl Store {
             syncs,
         };
         Ok(store)
+    }
+
+    /// sled's page cache limit this store was opened with
+    /// (`StoreOptions::cache_capacity_bytes`).
+    pub fn cache_capacity_bytes(&self) -> u64 {
+        self.inner.cache_capacity_bytes
     }
 
     /// Durability barrier. Only after this returns may anything written
@@ -1658,9 +1673,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_configured_cache_is_what_sled_is_opened_with() {
+        let dir = tempfile::tempdir().unwrap();
+        for bytes in [
+            MIN_CACHE_CAPACITY_BYTES,
+            32 << 20,
+            DEFAULT_CACHE_CAPACITY_BYTES,
+        ] {
+            let opts = StoreOptions {
+                cache_capacity_bytes: bytes,
+                ..Default::default()
+            };
+            assert_eq!(sled_config(dir.path(), &opts).cache_capacity, bytes);
+        }
+        assert_eq!(
+            StoreOptions::default().cache_capacity_bytes,
+            DEFAULT_CACHE_CAPACITY_BYTES
+        );
+    }
+
+    #[test]
     fn the_smallest_cache_evicts_and_reads_back_every_retained_version() {
-        // 300 instances of 3 versions with 2 KiB states: several times the
-        // 1 MiB cache, so sled must page leaves out and back in.
+        // 300 instances of 3 versions with 16 KiB states: about 14 MiB
+        // written and 9 MiB retained, many times the 1 MiB cache, so sled
+        // pages leaves out while the store is open, and every read after
+        // the writes (before and after a reopen) pages them back in.
         let dir = tempfile::tempdir().unwrap();
         let opts = StoreOptions {
             retention_versions: 2,
@@ -1679,7 +1716,7 @@ pub(crate) mod tests {
                             name.clone(),
                             v,
                             parent,
-                            vec![v as u8; 2048],
+                            vec![v as u8; 16 * 1024],
                             ts(v * 10),
                             String::new(),
                         );
@@ -1689,6 +1726,22 @@ pub(crate) mod tests {
                     .collect()
             })
             .collect();
+        let check = |store: &Store| {
+            for (name, chain) in instances.iter().zip(&chains) {
+                assert_eq!(store.latest("kv", name).unwrap().as_ref(), Some(&chain[2]));
+                assert_eq!(store.get("kv", name, 2).unwrap().as_ref(), Some(&chain[1]));
+                assert_eq!(
+                    store.get("kv", name, 1).unwrap(),
+                    None,
+                    "{name} v1 is past retention"
+                );
+                // v3 overwrote v1's slot (retention 2): the slot holds v3.
+                let slot = store.debug_checkpoint_key("kv", name, 1);
+                let raw = store.inner.state.get(slot).unwrap().unwrap();
+                assert_eq!(Checkpoint::decode(&raw).unwrap(), chain[2], "{name}");
+            }
+            assert_eq!(store.applied_index().unwrap(), 900);
+        };
         {
             let store = Store::open(dir.path(), opts.clone()).unwrap();
             let mut index = 1;
@@ -1701,19 +1754,10 @@ pub(crate) mod tests {
                     store.commit_apply(b).unwrap();
                 }
             }
+            check(&store);
             store.sync().unwrap();
         }
-        let store = Store::open(dir.path(), opts).unwrap();
-        for (name, chain) in instances.iter().zip(&chains) {
-            assert_eq!(store.latest("kv", name).unwrap().as_ref(), Some(&chain[2]));
-            assert_eq!(store.get("kv", name, 2).unwrap().as_ref(), Some(&chain[1]));
-            assert_eq!(
-                store.get("kv", name, 1).unwrap(),
-                None,
-                "{name} v1 is past retention"
-            );
-        }
-        assert_eq!(store.applied_index().unwrap(), 900);
+        check(&Store::open(dir.path(), opts).unwrap());
     }
 
     #[test]
