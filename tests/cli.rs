@@ -15,12 +15,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_synapse");
 const START_GUARD: Duration = Duration::from_secs(30);
 const EXIT_GUARD: Duration = Duration::from_secs(20);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// Two distinct free ports (gRPC, HTTP): both listeners are held until
+/// both are bound, so the kernel cannot return the same port twice.
+fn free_port_pair() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = |l: &TcpListener| l.local_addr().expect("addr").port();
+    (port(&a), port(&b))
 }
 
 /// A running `synapse serve`; killed (SIGKILL) and reaped on drop, so a
@@ -35,7 +36,7 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path) -> Server {
-        let (grpc, http) = (free_port(), free_port());
+        let (grpc, http) = free_port_pair();
         let log = dir.with_extension(format!("serve-{grpc}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");

@@ -19,11 +19,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_synapse");
 /// Hang guard for every wait; the clock service samples once a second.
 const WAIT: Duration = Duration::from_secs(40);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// `n` distinct free ports: every listener is held until all are bound,
+/// so the kernel cannot hand the same ephemeral port out twice (binding
+/// and dropping one at a time did, and two nodes then fought over it).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
 }
 
 struct Cluster {
@@ -36,8 +42,8 @@ struct Cluster {
 impl Cluster {
     fn start() -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let grpc: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let http: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let ports = free_ports(6);
+        let (grpc, http) = (ports[..3].to_vec(), ports[3..].to_vec());
         let peers: Vec<String> = grpc
             .iter()
             .enumerate()

@@ -59,12 +59,13 @@ const PEER_SKILL: &str = "_peer";
 // A real server process
 // ---------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+/// Two distinct free ports (gRPC, HTTP): both listeners are held until
+/// both are bound, so the kernel cannot return the same port twice.
+fn free_port_pair() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let port = |l: &TcpListener| l.local_addr().expect("local addr").port();
+    (port(&a), port(&b))
 }
 
 /// `synapse serve` on loopback with its own data dir; SIGKILLed and reaped
@@ -100,7 +101,7 @@ impl Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("data");
         let log = tmp.path().join("serve.log");
-        let (grpc, http) = (free_port(), free_port());
+        let (grpc, http) = free_port_pair();
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let mut cmd = Command::new(BIN);
