@@ -2,8 +2,10 @@
 //! subcommands with `-w json`, a denied call, graceful SIGTERM, restart and
 //! crash (SIGKILL) durability.
 
+mod ports;
+use ports::free_ports;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -14,15 +16,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_synapse");
 /// Hang guards for waits on the child (never asserted as timings).
 const START_GUARD: Duration = Duration::from_secs(30);
 const EXIT_GUARD: Duration = Duration::from_secs(20);
-
-/// Two distinct free ports (gRPC, HTTP): both listeners are held until
-/// both are bound, so the kernel cannot return the same port twice.
-fn free_port_pair() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = |l: &TcpListener| l.local_addr().expect("addr").port();
-    (port(&a), port(&b))
-}
 
 /// A running `synapse serve`; killed (SIGKILL) and reaped on drop, so a
 /// failing test never leaks a server.
@@ -36,7 +29,10 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path) -> Server {
-        let (grpc, http) = free_port_pair();
+        let (grpc, http) = match free_ports(2)[..] {
+            [g, h] => (g, h),
+            _ => unreachable!("free_ports(2) returns two ports"),
+        };
         let log = dir.with_extension(format!("serve-{grpc}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");

@@ -7,8 +7,9 @@
 //! the resulting leader change; the node recovers when the skew is removed,
 //! including after a jump backwards.
 
+mod ports;
+use ports::free_ports;
 use std::io::Read as _;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,19 +19,6 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_synapse");
 /// Hang guard for every wait; the clock service samples once a second.
 const WAIT: Duration = Duration::from_secs(40);
-
-/// `n` distinct free ports: every listener is held until all are bound,
-/// so the kernel cannot hand the same ephemeral port out twice (binding
-/// and dropping one at a time did, and two nodes then fought over it).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
-}
 
 struct Cluster {
     dir: tempfile::TempDir,

@@ -10,11 +10,12 @@
 //! three or four Raft nodes with 1 s election timeouts, and running them all
 //! at once on a small machine would mostly test the scheduler.
 
+mod ports;
 mod scrape;
+use ports::free_ports;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,18 +39,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 // ---------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------
-
-/// Ports picked by binding port 0; all listeners are held until every port
-/// of the batch is known, then dropped.
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
-}
 
 struct NodeProc {
     id: u64,

@@ -27,8 +27,9 @@
 //!
 //! Every wait is bounded (hang guard); nothing asserts on wall-clock time.
 
+mod ports;
+use ports::free_ports;
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -58,15 +59,6 @@ const PEER_SKILL: &str = "_peer";
 // ---------------------------------------------------------------------------
 // A real server process
 // ---------------------------------------------------------------------------
-
-/// Two distinct free ports (gRPC, HTTP): both listeners are held until
-/// both are bound, so the kernel cannot return the same port twice.
-fn free_port_pair() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    let port = |l: &TcpListener| l.local_addr().expect("local addr").port();
-    (port(&a), port(&b))
-}
 
 /// `synapse serve` on loopback with its own data dir; SIGKILLed and reaped
 /// on drop (printing its log tail if the test is failing).
@@ -101,7 +93,10 @@ impl Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("data");
         let log = tmp.path().join("serve.log");
-        let (grpc, http) = free_port_pair();
+        let (grpc, http) = match free_ports(2)[..] {
+            [g, h] => (g, h),
+            _ => unreachable!("free_ports(2) returns two ports"),
+        };
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let mut cmd = Command::new(BIN);

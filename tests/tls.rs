@@ -7,10 +7,11 @@
 //! assertion); children are SIGKILLed when a test ends, and their log tails
 //! are printed when it fails. Tests run one at a time (file-wide lock).
 
+mod ports;
+use ports::free_ports;
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -30,16 +31,6 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 const PEER_CREDENTIAL_HEADER: &str = "x-synapse-peer-credential";
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
-}
 
 fn clean_env(cmd: &mut Command) {
     for (k, _) in std::env::vars() {

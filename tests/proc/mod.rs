@@ -4,12 +4,14 @@
 //! assertion).
 #![allow(dead_code)]
 
+#[path = "../ports/mod.rs"]
+mod ports;
 #[path = "../scrape/mod.rs"]
 mod scrape;
+use ports::free_ports;
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -27,16 +29,6 @@ pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Process tests of one binary run one at a time (3 Raft nodes each on a
 /// 2-core machine).
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
-}
 
 pub struct NodeProc {
     pub id: u64,
