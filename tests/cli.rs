@@ -29,10 +29,8 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path) -> Server {
-        let (grpc, http) = match free_ports(2)[..] {
-            [g, h] => (g, h),
-            _ => unreachable!("free_ports(2) returns two ports"),
-        };
+        let ports = free_ports(2);
+        let (grpc, http) = (ports[0], ports[1]);
         let log = dir.with_extension(format!("serve-{grpc}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");

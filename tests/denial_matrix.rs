@@ -93,10 +93,8 @@ impl Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("data");
         let log = tmp.path().join("serve.log");
-        let (grpc, http) = match free_ports(2)[..] {
-            [g, h] => (g, h),
-            _ => unreachable!("free_ports(2) returns two ports"),
-        };
+        let ports = free_ports(2);
+        let (grpc, http) = (ports[0], ports[1]);
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let mut cmd = Command::new(BIN);
