@@ -26,6 +26,7 @@ KNOWN = {
     "synapse_proposals_total", "synapse_raft_applied_index",
     "synapse_raft_commit_index", "synapse_raft_is_leader",
     "synapse_raft_leader_id", "synapse_raft_term", "synapse_reads_total",
+    "synapse_scrub_unrepairable",
     "synapse_watchers",
 }
 REQUIRED_ALERT_METRICS = {
@@ -33,7 +34,7 @@ REQUIRED_ALERT_METRICS = {
     "synapse_raft_commit_index", "synapse_raft_applied_index",
     "synapse_clock_offset_micros", "synapse_clock_healthy",
     "synapse_capability_denied_total", "synapse_data_loss_total",
-    "synapse_overloaded_total",
+    "synapse_overloaded_total", "synapse_scrub_unrepairable",
 }
 errors = []
 def names(expr):

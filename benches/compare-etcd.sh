@@ -42,17 +42,7 @@ mkdir -p "$OUT_DIR"
 command -v python3 >/dev/null || die "python3 is needed (measurements and the report)"
 
 # ---------------------------------------------------------------- etcd
-if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
-    say "installing etcd (Debian packages etcd-server, etcd-client)"
-    SUDO=""
-    [ "$(id -u)" = 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq || true
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-server etcd-client >/dev/null \
-        || die "could not install etcd-server/etcd-client"
-fi
-# `head` may close the pipe before etcd finishes writing: SIGPIPE must not
-# end the script under `set -o pipefail`.
-ETCD_VERSION=$(etcd --version 2>/dev/null | head -1 || true)
+ensure_etcd
 
 # ---------------------------------------------------------------- synapse
 synapse_bin
@@ -189,28 +179,7 @@ run_bench() {
 
 # ---------------------------------------------------------------- etcd run
 say "starting a 3-member etcd on loopback (fsync on, as by default)"
-CLUSTER=""
-for i in 0 1 2; do CLUSTER+="${CLUSTER:+,}e$((i+1))=http://127.0.0.1:${ETCD_PEER_PORTS[$i]}"; done
-ETCD_PIDS=()
-ETCD_EPS=""
-for i in 0 1 2; do
-    n=$((i+1))
-    etcd --name "e$n" --data-dir "$WORK/etcd$n" \
-        --listen-client-urls "http://127.0.0.1:${ETCD_CLIENT_PORTS[$i]}" \
-        --advertise-client-urls "http://127.0.0.1:${ETCD_CLIENT_PORTS[$i]}" \
-        --listen-peer-urls "http://127.0.0.1:${ETCD_PEER_PORTS[$i]}" \
-        --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER_PORTS[$i]}" \
-        --initial-cluster "$CLUSTER" --initial-cluster-state new \
-        --initial-cluster-token compare-etcd --logger zap --log-outputs stderr \
-        >"$WORK/etcd$n.log" 2>&1 &
-    ETCD_PIDS+=($!); PIDS+=($!)
-    ETCD_EPS+="${ETCD_EPS:+,}http://127.0.0.1:${ETCD_CLIENT_PORTS[$i]}"
-done
-for _ in $(seq 1 60); do
-    ETCDCTL_API=3 etcdctl --endpoints "$ETCD_EPS" endpoint health >/dev/null 2>&1 && break
-    sleep 0.5
-done
-ETCDCTL_API=3 etcdctl --endpoints "$ETCD_EPS" endpoint health >&2 || { tail -20 "$WORK"/etcd1.log >&2; die "etcd did not become healthy"; }
+start_etcd ETCD_CLIENT_PORTS ETCD_PEER_PORTS compare-etcd
 ETCD_LABELS="e1=${ETCD_PIDS[0]} e2=${ETCD_PIDS[1]} e3=${ETCD_PIDS[2]}"
 
 say "etcd: closed-loop sweep, clients $SWEEP"

@@ -7,6 +7,9 @@
 #   synapse_bin                   # B=$SYNAPSE_BIN, or a release build here
 #   start_synapse <n> <grpc-ports-array> <http-ports-array> [serve args...]
 #                                 # SYN_PIDS, SYN_EPS, SYN_TOKEN, LEADER
+#   ensure_etcd                   # etcd + etcdctl, from Debian if missing
+#   start_etcd <client-ports-array> <peer-ports-array> <token> [etcd flags...]
+#                                 # 3 members: ETCD_PIDS, ETCD_EPS
 #
 # Anything started in the background must be appended to PIDS; the EXIT trap
 # kills and reaps them, then removes WORK unless KEEP=1. A script may define
@@ -87,4 +90,56 @@ start_synapse() {
     done
     tail -20 "$WORK/n1.log" >&2
     die "synapse did not elect a leader and serve a write within 60 s (after $tries tries)"
+}
+
+# ensure_etcd: etcd and etcdctl on PATH, installed from Debian's etcd-server
+# and etcd-client if missing; ETCD_VERSION says which.
+ensure_etcd() {
+    if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
+        say "installing etcd (Debian packages etcd-server, etcd-client)"
+        local sudo=""
+        [ "$(id -u)" = 0 ] || sudo=sudo
+        $sudo apt-get update -qq || true
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq etcd-server etcd-client >/dev/null \
+            || die "could not install etcd-server/etcd-client"
+    fi
+    # `head` may close the pipe before etcd finishes writing: SIGPIPE must not
+    # end the script under `set -o pipefail`.
+    ETCD_VERSION=$(etcd --version 2>/dev/null | head -1 || true)
+}
+
+# start_etcd CLIENT_PORTS PEER_PORTS TOKEN [FLAGS...]: a 3-member etcd on
+# loopback with fsync on (its default), data in $WORK/etcd<i>, logs in
+# $WORK/etcd<i>.log, FLAGS added to every member's command line. Returns once
+# every member is healthy (bounded: 30 s). The port arguments are the names
+# of bash arrays.
+start_etcd() {
+    local -n _client=$1 _peer=$2
+    local token=$3 i n cluster=""
+    shift 3
+    for i in 0 1 2; do cluster+="${cluster:+,}e$((i + 1))=http://127.0.0.1:${_peer[$i]}"; done
+    ETCD_PIDS=()
+    ETCD_EPS=""
+    for i in 0 1 2; do
+        n=$((i + 1))
+        etcd --name "e$n" --data-dir "$WORK/etcd$n" \
+            --listen-client-urls "http://127.0.0.1:${_client[$i]}" \
+            --advertise-client-urls "http://127.0.0.1:${_client[$i]}" \
+            --listen-peer-urls "http://127.0.0.1:${_peer[$i]}" \
+            --initial-advertise-peer-urls "http://127.0.0.1:${_peer[$i]}" \
+            --initial-cluster "$cluster" --initial-cluster-state new \
+            --initial-cluster-token "$token" --logger zap --log-outputs stderr "$@" \
+            >"$WORK/etcd$n.log" 2>&1 &
+        ETCD_PIDS+=($!)
+        PIDS+=($!)
+        ETCD_EPS+="${ETCD_EPS:+,}http://127.0.0.1:${_client[$i]}"
+    done
+    for _ in $(seq 1 60); do
+        ETCDCTL_API=3 etcdctl --endpoints "$ETCD_EPS" endpoint health >/dev/null 2>&1 && return 0
+        sleep 0.5
+    done
+    ETCDCTL_API=3 etcdctl --endpoints "$ETCD_EPS" endpoint health >&2 || {
+        tail -20 "$WORK"/etcd1.log >&2
+        die "etcd did not become healthy within 30 s"
+    }
 }

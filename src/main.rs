@@ -240,7 +240,7 @@ enum DebugCommand {
         data_dir: PathBuf,
         #[arg(long, value_enum)]
         what: CorruptTarget,
-        /// `<skill>/<instance>` (for `checkpoint`).
+        /// `<skill>/<instance>` (for `checkpoint` and `head`).
         #[arg(long)]
         target: Option<String>,
         /// Checkpoint version (default: the head version).
@@ -263,6 +263,8 @@ enum DebugCommand {
 #[derive(Clone, Copy, ValueEnum)]
 enum CorruptTarget {
     Checkpoint,
+    /// An instance's head record: not repairable from peers.
+    Head,
     RaftEntry,
 }
 
@@ -284,16 +286,33 @@ fn debug_corrupt(
     index: Option<u64>,
 ) -> Result<(), Failure> {
     let err = |e: synapse_storage::StorageError| Failure::from(e.to_string());
-    let store = synapse_storage::Store::open(data_dir, inspect_options()).map_err(err)?;
-    let what = match what {
-        CorruptTarget::Checkpoint => {
-            let target = target.ok_or_else(|| Failure::from("--target is required".to_string()))?;
-            let (skill, instance) = split_target(target)?;
-            store
-                .debug_corrupt_checkpoint(&skill, &instance, version)
-                .map_err(err)?
+    // Arguments first, so that a bad one leaves the disk as it was.
+    let named = match (what, target, version) {
+        (CorruptTarget::RaftEntry, _, _) => None,
+        (_, None, _) => return Err(Failure::from("--target is required".to_string())),
+        (CorruptTarget::Head, Some(_), Some(_)) => {
+            return Err(Failure::from(
+                "--version is for `checkpoint`; a head record has none".to_string(),
+            ))
         }
-        CorruptTarget::RaftEntry => {
+        (_, Some(target), _) => Some(split_target(target)?),
+    };
+    if !data_dir.is_dir() {
+        return Err(Failure::from(format!(
+            "no data dir at {}",
+            data_dir.display()
+        )));
+    }
+    let store = synapse_storage::Store::open(data_dir, inspect_options()).map_err(err)?;
+    let what = match (what, named) {
+        (CorruptTarget::Head, Some((skill, instance))) => {
+            store.debug_corrupt_head(&skill, &instance).map_err(err)?
+        }
+        (_, Some((skill, instance))) => store
+            .debug_corrupt_checkpoint(&skill, &instance, version)
+            .map_err(err)?,
+        // `named` is `None` for `raft-entry` only.
+        (_, None) => {
             let index = match index {
                 Some(i) => i,
                 None => store.applied_index().map_err(err)?,

@@ -12,12 +12,7 @@ use tonic::Code;
 use common::{invoke, reply_json, start_with, HANG_GUARD};
 
 fn gauge(node: &common::TestNode, name: &str) -> u64 {
-    let text = node.node.core().metrics_text();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(&format!("{name} "))
-                .and_then(|v| v.trim().parse().ok())
-        })
+    node.metric(name)
         .unwrap_or_else(|| panic!("metric {name} missing"))
 }
 

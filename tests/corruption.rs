@@ -69,6 +69,19 @@ async fn seed(n: &TestNode) {
         .unwrap();
 }
 
+/// `synapse_scrub_unrepairable` once the scrub after a start has set it
+/// (polled, bounded: 30 s), or its last value.
+async fn scrub_unrepairable(n: &TestNode) -> Option<u64> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let gauge = n.metric("synapse_scrub_unrepairable");
+        if gauge.is_some_and(|g| g > 0) || std::time::Instant::now() > deadline {
+            return gauge;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Restarts so that no instance actor holds state in memory.
 async fn restart(n: TestNode) -> TestNode {
     let dir = n.shutdown().await;
@@ -140,6 +153,21 @@ async fn corrupt_latest_checkpoint_is_data_loss_and_not_served() {
     );
     assert_eq!(n.state_hash(), before, "corrupt instance: state changed");
     bob_still_served(&mut c).await;
+
+    // A single node has no peer to repair from: the scrub at the next start
+    // counts the damaged record as unrepairable.
+    let n = restart(n).await;
+    assert_eq!(
+        scrub_unrepairable(&n).await,
+        Some(1),
+        "scrub gauge after restart"
+    );
+    let mut c = n.root_client().await;
+    assert_code(
+        at_version(&mut c, 3).await,
+        Code::DataLoss,
+        "GetState v3 after the scrub",
+    );
     n.shutdown().await;
 }
 
@@ -255,11 +283,34 @@ async fn corrupt_head_record_is_data_loss() {
     let dir = tempfile::tempdir().unwrap();
     let n = start(dir.path()).await;
     seed(&n).await;
-    let n = restart(n).await;
-    n.settle().await;
-    // Head key: b'h' skill 0 instance 0.
-    let head_key = b"hcounter\0alice\0".to_vec();
-    flip_byte(n.node.core().store(), "state", &head_key, 0);
+    // Damaged offline with the operator's debug tool, as an operator drill
+    // would: the middle byte of the head record flips.
+    let dir = n.shutdown().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_synapse"))
+        .args([
+            "debug",
+            "corrupt",
+            "--what",
+            "head",
+            "--target",
+            "counter/alice",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .expect("run synapse debug corrupt");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("counter/alice head record"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // No `settle`: it reads the state hash, which the damaged head fails.
+    let n = start(&dir).await;
     let mut c = n.root_client().await;
     assert_code(
         get_state(&mut c, "counter", "alice").await,
@@ -273,6 +324,25 @@ async fn corrupt_head_record_is_data_loss() {
     );
     assert_verify_fails(&mut c, "alice").await;
     bob_still_served(&mut c).await;
+
+    // The scrub at the next start names it and counts it: no peer copy can
+    // repair a head, so the operator has to know to re-seed the node.
+    let n = restart(n).await;
+    assert_eq!(
+        scrub_unrepairable(&n).await,
+        Some(1),
+        "scrub gauge after restart"
+    );
+    let mut c = n.root_client().await;
+    assert_code(
+        get_state(&mut c, "counter", "alice").await,
+        Code::DataLoss,
+        "GetState with a corrupt head record, after the scrub",
+    );
+    let cp = get_state(&mut c, "counter", "bob")
+        .await
+        .expect("bob readable");
+    assert_eq!(state_json(&cp), json!({"value": 11}));
     n.shutdown().await;
 }
 

@@ -662,10 +662,7 @@ async fn clock_now_positive_and_rejections() {
 }
 
 fn counter_metric(n: &TestNode, name: &str) -> u64 {
-    let text = n.node.core().metrics_text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("synapse_{name} ")))
-        .and_then(|v| v.trim().parse().ok())
+    n.metric(&format!("synapse_{name}"))
         .unwrap_or_else(|| panic!("metric {name} missing"))
 }
 

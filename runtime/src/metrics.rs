@@ -29,6 +29,10 @@ pub struct Metrics {
     /// Repairs given up (no peer had a verified copy, or the anchor itself
     /// is damaged).
     pub repair_failures: AtomicU64,
+    /// Instances the scrub after the last start found damaged that this
+    /// node cannot repair from a peer: a damaged head record (or head key),
+    /// or, on a single node, which has no peer, any damaged record.
+    pub scrub_unrepairable: AtomicU64,
     pub leader_changes: AtomicU64,
     pub active_instances: AtomicU64,
     pub watchers: AtomicU64,
@@ -178,6 +182,11 @@ impl Metrics {
             g(&self.active_instances),
         );
         gauge("watchers", "Open Watch streams.", g(&self.watchers));
+        gauge(
+            "scrub_unrepairable",
+            "Instances the scrub after the last start found damaged beyond repair from a peer (a damaged head; on a single node any damage).",
+            g(&self.scrub_unrepairable),
+        );
         gauge(
             "guard_cache_entries",
             "Entries in the capability cache.",

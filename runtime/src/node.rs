@@ -2085,6 +2085,10 @@ async fn run_node(
             core.clone(),
             servers_stop_rx.clone(),
         ));
+    } else {
+        let core = core.clone();
+        let stop = servers_stop_rx.clone();
+        tokio::spawn(async move { crate::repair::scrub(&core, false, stop).await });
     }
     if config.join_address().is_some() {
         tokio::spawn(join_task(core.clone(), servers_stop_rx.clone()));

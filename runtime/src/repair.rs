@@ -15,7 +15,7 @@
 //! before and after).
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,8 +30,10 @@ use crate::node::Core;
 /// lost: every later read of a damaged instance reports it again.
 pub const REPAIR_QUEUE_CAPACITY: usize = 256;
 
-/// How many damaged instances the scrub after a restart queues at most (the
-/// queue's capacity; the rest are found when read).
+/// How many damaged instances the scrub after a restart names at most,
+/// repairable and unrepairable together: the repair queue's capacity, so
+/// that everything it finds repairable can be queued. The scan stops there;
+/// damage in the rest of the store is found when read.
 const SCRUB_MAX: usize = REPAIR_QUEUE_CAPACITY;
 
 /// Attempts per instance before giving up until the next report. Peers may
@@ -96,22 +98,7 @@ pub(crate) async fn repair_task(core: Arc<Core>, mut stop: tokio::sync::watch::R
     let Some(mut rx) = core.env.repair.take_receiver() else {
         return;
     };
-    let store = core.store.clone();
-    match tokio::task::spawn_blocking(move || store.damaged_instances(SCRUB_MAX)).await {
-        Ok(Ok(list)) => {
-            for (skill, instance) in list {
-                tracing::error!(
-                    skill,
-                    instance,
-                    "scrub: damaged checkpoint record; queued for repair"
-                );
-                core.metrics.data_loss.fetch_add(1, Ordering::Relaxed);
-                core.env.repair.report(&skill, &instance);
-            }
-        }
-        Ok(Err(e)) => tracing::error!(error = %e, "scrub failed"),
-        Err(e) => tracing::error!(error = %e, "scrub task failed"),
-    }
+    scrub(&core, true, stop.clone()).await;
     loop {
         let id = tokio::select! {
             id = rx.recv() => match id { Some(id) => id, None => return },
@@ -145,6 +132,84 @@ pub(crate) async fn repair_task(core: Arc<Core>, mut stop: tokio::sync::watch::R
             }
         }
         core.env.repair.done(&id);
+    }
+}
+
+/// The scrub after a start: finds damaged records, logs and counts them,
+/// and with `peers` queues the repairable ones for repair. A single node
+/// has no peer to repair from, so everything it finds is unrepairable
+/// there; it still has to be reported, since reads are the only other
+/// place damage shows. Stops early when `stop` changes.
+pub(crate) async fn scrub(
+    core: &Arc<Core>,
+    peers: bool,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let store = core.store.clone();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel_on_stop = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let _ = stop.changed().await;
+            cancel.store(true, Ordering::Relaxed);
+        })
+    };
+    let scanned = tokio::task::spawn_blocking(move || store.scrub(SCRUB_MAX, &cancel)).await;
+    cancel_on_stop.abort();
+    match scanned {
+        Ok(Ok(report)) => {
+            for (skill, instance) in &report.repairable {
+                if peers {
+                    tracing::error!(
+                        skill,
+                        instance,
+                        "scrub: damaged checkpoint record; queued for repair"
+                    );
+                    core.env.repair.report(skill, instance);
+                } else {
+                    tracing::error!(
+                        skill,
+                        instance,
+                        "scrub: damaged checkpoint record; no peer to repair it from \
+                         (operator: restore from a backup, see docs/verification-storage.md)"
+                    );
+                }
+                core.metrics.data_loss.fetch_add(1, Ordering::Relaxed);
+            }
+            for (skill, instance) in &report.damaged_heads {
+                tracing::error!(
+                    skill,
+                    instance,
+                    "scrub: damaged head record; no peer copy can be verified against it \
+                     (operator: re-seed this node, see docs/verification-storage.md)"
+                );
+            }
+            if report.unreadable_head_keys > 0 {
+                tracing::error!(
+                    keys = report.unreadable_head_keys,
+                    "scrub: head keys that name no instance (damaged key bytes; re-seed this node)"
+                );
+            }
+            let mut unrepairable = report.unrepairable();
+            core.metrics
+                .data_loss
+                .fetch_add(unrepairable, Ordering::Relaxed);
+            if !peers {
+                unrepairable += report.repairable.len() as u64;
+            }
+            core.metrics
+                .scrub_unrepairable
+                .store(unrepairable, Ordering::Relaxed);
+            if report.stopped_early {
+                tracing::warn!(
+                    max = SCRUB_MAX,
+                    "scrub stopped before the end of the store (at its bound of damaged \
+                     instances, or shutting down); damage in the rest is found when read"
+                );
+            }
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "scrub failed"),
+        Err(e) => tracing::error!(error = %e, "scrub task failed"),
     }
 }
 

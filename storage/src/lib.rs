@@ -47,7 +47,7 @@ pub use error::StorageError;
 pub use raft_log::RaftLog;
 pub use revocation::{Revocation, MAX_REVOCATION_ID_BYTES, MAX_REVOCATION_REASON_BYTES};
 pub use store::{
-    ApplyBatch, ChainReport, HeadInfo, RepairOutcome, RequestRecord, Store, StoreOptions,
-    DEFAULT_CACHE_CAPACITY_BYTES, DEFAULT_RETENTION_VERSIONS, MAX_CACHE_CAPACITY_BYTES,
-    MAX_RETENTION_VERSIONS, MIN_CACHE_CAPACITY_BYTES,
+    ApplyBatch, ChainReport, HeadInfo, RepairOutcome, RequestRecord, ScrubReport, Store,
+    StoreOptions, DEFAULT_CACHE_CAPACITY_BYTES, DEFAULT_RETENTION_VERSIONS,
+    MAX_CACHE_CAPACITY_BYTES, MAX_RETENTION_VERSIONS, MIN_CACHE_CAPACITY_BYTES,
 };

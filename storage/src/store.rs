@@ -1574,7 +1574,7 @@ fn parse_and_validate_snapshot(data: &[u8]) -> Result<KvList, StorageError> {
 
 mod repair;
 mod ring;
-pub use repair::RepairOutcome;
+pub use repair::{RepairOutcome, ScrubReport};
 use ring::{slot_key, TAG_SLOT};
 
 #[cfg(test)]

@@ -53,6 +53,14 @@ impl TestNode {
         mint_in(&self.dir, grants, expires_at)
     }
 
+    /// The value of one series (`synapse_...`, no labels) on this node's
+    /// `/metrics` page, `None` if it is not there.
+    pub fn metric(&self, name: &str) -> Option<u64> {
+        let text = self.node.core().metrics_text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     /// (applied index, state hash, instance count) straight from the store.
     pub fn state_hash(&self) -> (u64, [u8; 32], u64) {
         self.node

@@ -16,7 +16,35 @@
 //! to it; the operator procedure is to re-seed the node) and request-id
 //! records (they are checksummed and reported as DATA_LOSS if damaged).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::*;
+
+/// What `Store::scrub` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// `(skill, instance)` with a damaged or missing checkpoint record that a
+    /// verified peer copy can replace.
+    pub repairable: Vec<(String, String)>,
+    /// `(skill, instance)` whose head record fails verification (or whose
+    /// records sled itself could not read). Nothing local anchors a peer's
+    /// copy (module docs), so these are not repairable here: every read
+    /// reports them until the node is re-seeded.
+    pub damaged_heads: Vec<(String, String)>,
+    /// Head keys whose bytes do not name an instance (a damaged key): no
+    /// instance to name, so only counted.
+    pub unreadable_head_keys: u64,
+    /// The scan stopped before the end of the store (at `max` named
+    /// instances, or cancelled); damage in the rest is found when read.
+    pub stopped_early: bool,
+}
+
+impl ScrubReport {
+    /// Damaged records that no peer copy can fix.
+    pub fn unrepairable(&self) -> u64 {
+        self.damaged_heads.len() as u64 + self.unreadable_head_keys
+    }
+}
 
 /// What `Store::repair_checkpoint` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,30 +91,37 @@ impl Store {
         Ok(damaged)
     }
 
-    /// Instances with at least one checkpoint record that fails verification
-    /// or is missing (a head pointing at a missing record included), at most
-    /// `max`: the background scrub after a restart. Reads the whole state
-    /// tree, so the caller runs it off the serving thread. An instance whose
-    /// head record is damaged is left out: every read of it reports that,
-    /// and it cannot be repaired here.
-    pub fn damaged_instances(&self, max: usize) -> Result<Vec<(String, String)>, StorageError> {
-        let mut out: Vec<(String, String)> = Vec::new();
+    /// The background scrub after a restart: instances with a checkpoint
+    /// record that fails verification or is missing (a head pointing at a
+    /// missing record included), and instances whose head record itself is
+    /// damaged, at most `max` of both together. Reads the whole state tree,
+    /// so the caller runs it off the serving thread, and stops early once
+    /// `cancel` is set (a node shutting down must not wait for the scan).
+    pub fn scrub(&self, max: usize, cancel: &AtomicBool) -> Result<ScrubReport, StorageError> {
+        let mut report = ScrubReport::default();
         for item in self.inner.state.scan_prefix([TAG_HEAD]) {
-            if out.len() >= max {
+            if report.repairable.len() + report.damaged_heads.len() >= max
+                || cancel.load(Ordering::Relaxed)
+            {
+                report.stopped_early = true;
                 break;
             }
             let (k, _) = item?;
-            let Some((skill, instance, _)) = split_instance_key(&k) else {
+            let Some((skill, instance, _)) =
+                split_instance_key(&k).filter(|(_, _, rest)| rest.is_empty())
+            else {
+                report.unreadable_head_keys += 1;
                 continue;
             };
+            let id = (skill.to_owned(), instance.to_owned());
             match self.damaged_versions(skill, instance) {
                 Ok(v) if v.is_empty() => {}
-                Ok(_) => out.push((skill.to_owned(), instance.to_owned())),
-                Err(StorageError::Corrupt { .. }) => {}
+                Ok(_) => report.repairable.push(id),
+                Err(StorageError::Corrupt { .. }) => report.damaged_heads.push(id),
                 Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        Ok(report)
     }
 
     /// The stored encoding of one version, verified first, for a peer that
@@ -220,12 +255,30 @@ impl Store {
             })
             .ok_or(StorageError::NotFound)?
             .to_vec();
-        let pos = raw.len().saturating_sub(1) / 2;
-        if let Some(b) = raw.get_mut(pos) {
-            *b ^= 0x5a;
-        }
+        let pos = flip_middle_byte(&mut raw);
         self.inner.state.insert(key, raw)?;
         Ok(format!("{skill}/{instance} v{version}: byte {pos} flipped"))
+    }
+
+    /// Test and debug tool (`synapse debug corrupt --what head`): flips one
+    /// byte in the middle of an instance's head record, the damage no peer
+    /// copy can repair (module docs). Returns a description.
+    #[doc(hidden)]
+    pub fn debug_corrupt_head(&self, skill: &str, instance: &str) -> Result<String, StorageError> {
+        validate_names(skill, instance)?;
+        let _guard = write(&self.inner.apply_lock);
+        let key = head_key(skill, instance);
+        let mut raw = self
+            .inner
+            .state
+            .get(&key)?
+            .ok_or(StorageError::NotFound)?
+            .to_vec();
+        let pos = flip_middle_byte(&mut raw);
+        self.inner.state.insert(key, raw)?;
+        Ok(format!(
+            "{skill}/{instance} head record: byte {pos} flipped"
+        ))
     }
 
     /// Test and debug tool (`synapse debug corrupt --what raft-entry`, and
@@ -237,13 +290,20 @@ impl Store {
     pub fn debug_corrupt_raft_entry(&self, index: u64) -> Result<String, StorageError> {
         let log = self.raft_log();
         let mut raw = log.debug_record(index)?;
-        let pos = raw.len() / 2;
-        if let Some(b) = raw.get_mut(pos) {
-            *b ^= 0x5a;
-        }
+        let pos = flip_middle_byte(&mut raw);
         log.debug_overwrite_record(index, &raw)?;
         Ok(format!("raft log index {index}: byte {pos} flipped"))
     }
+}
+
+/// The debug tools' damage: one byte in the middle of a record, inside
+/// whatever its integrity check covers. Returns its position.
+fn flip_middle_byte(raw: &mut [u8]) -> usize {
+    let pos = raw.len().saturating_sub(1) / 2;
+    if let Some(b) = raw.get_mut(pos) {
+        *b ^= 0x5a;
+    }
+    pos
 }
 
 #[cfg(test)]
@@ -284,8 +344,11 @@ mod tests {
         assert!(node.latest("counter", "a").unwrap_err().is_corrupt());
         assert_eq!(node.damaged_versions("counter", "a").unwrap(), vec![5, 3]);
         assert_eq!(
-            node.damaged_instances(10).unwrap(),
-            vec![("counter".to_string(), "a".to_string())]
+            node.scrub(10, &AtomicBool::new(false)).unwrap(),
+            ScrubReport {
+                repairable: vec![("counter".to_string(), "a".to_string())],
+                ..ScrubReport::default()
+            }
         );
         for v in node.damaged_versions("counter", "a").unwrap() {
             let copy = peer.encoded_checkpoint("counter", "a", v).unwrap().unwrap();
@@ -379,5 +442,44 @@ mod tests {
             RepairOutcome::Repaired
         );
         assert!(node.verify_chain("counter", "a").unwrap().ok);
+    }
+
+    /// The scrub names instances it cannot repair as well as those it can:
+    /// a damaged head used to be skipped without a trace.
+    #[test]
+    fn the_scrub_reports_damaged_heads_apart_from_repairable_records() {
+        let (_d, node) = open_tmp(100);
+        for instance in ["a", "b", "c", "d"] {
+            apply(&node, &chain("counter", instance, 3));
+        }
+        node.debug_corrupt_checkpoint("counter", "b", Some(2))
+            .unwrap();
+        node.debug_corrupt_head("counter", "c").unwrap();
+        assert!(node.latest("counter", "c").unwrap_err().is_corrupt());
+        // Key bytes that name no instance (no separator after the skill).
+        let state = node.raw_tree("state").unwrap();
+        let head = state.get(head_key("counter", "d")).unwrap().unwrap();
+        state.insert([TAG_HEAD, b'x'], head).unwrap();
+
+        let report = node.scrub(10, &AtomicBool::new(false)).unwrap();
+        let id = |i: &str| ("counter".to_string(), i.to_string());
+        assert_eq!(report.repairable, vec![id("b")]);
+        assert_eq!(report.damaged_heads, vec![id("c")]);
+        assert_eq!(report.unreadable_head_keys, 1);
+        assert_eq!(report.unrepairable(), 2);
+        assert!(!report.stopped_early);
+
+        // Bounded: it stops at `max` named instances and says so.
+        let first = node.scrub(1, &AtomicBool::new(false)).unwrap();
+        assert_eq!(first.repairable, vec![id("b")]);
+        assert!(first.damaged_heads.is_empty());
+        assert!(first.stopped_early);
+        // Cancelled: it stops at once.
+        let cancelled = node.scrub(10, &AtomicBool::new(true)).unwrap();
+        assert_eq!(
+            cancelled.repairable.len() + cancelled.damaged_heads.len(),
+            0
+        );
+        assert!(cancelled.stopped_early);
     }
 }
