@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # Long-running memory and latency checks (issue #7), bounded in time and ops:
 #
-#   benches/sustained.sh sustained   # 3 nodes on loopback: closed-loop peak
-#                                    # (PEAK_SECONDS), then open loop at
-#                                    # FRACTION of it for SUSTAIN_SECONDS
+#   benches/sustained.sh sustained   # 3 nodes on loopback: closed loop for
+#                                    # PEAK_SECONDS, whose last
+#                                    # PEAK_TAIL_SECONDS give the steady peak,
+#                                    # then open loop at FRACTION of it for
+#                                    # SUSTAIN_SECONDS
+#   SYSTEM=etcd benches/sustained.sh sustained
+#                                    # the same against a 3-member etcd (the
+#                                    # reference: how much of a drift is the
+#                                    # host's), same load generator and report;
+#                                    # etcd compacts to its last
+#                                    # ETCD_KEEP_REVISIONS, as Synapse keeps
+#                                    # 100 versions of each of 1000 instances
 #   benches/sustained.sh instances   # 1 node: INSTANCES distinct instances
 #                                    # created one after another (one write
 #                                    # each), at most ACTIVE in memory, idle
@@ -20,13 +29,20 @@
 #              created over the second half, and the configured bounds; it
 #              keeps sampling for SETTLE_SECONDS after the last write.
 #
-# Knobs [defaults]: SUSTAIN_SECONDS [600] WARM_SECONDS [120] PEAK_SECONDS [20]
-#   LEADER_ONLY [0] (1: every client on the leader, no forwarding)
+# Knobs [defaults]: SUSTAIN_SECONDS [600] WARM_SECONDS [120] PEAK_SECONDS [300]
+#   PEAK_TAIL_SECONDS [60] (the peak is the mean of the closed loop's last
+#   PEAK_TAIL_SECONDS: a fresh cluster has not filled its retention ring nor
+#   started compacting its Raft log; until 2026-12-03 the peak came from the
+#   first 20 s of a fresh cluster)
+#   SYSTEM [synapse] (or etcd: sustained mode only; installs etcd if missing)
+#   ETCD_KEEP_REVISIONS [100000] LEADER_ONLY [0] (1: every client on the
+#   leader, no forwarding; synapse only)
 #   SAMPLE_SECONDS [10] CLIENTS [64] FRACTION [0.7] MIX [put=100] RATE [from
 #   the peak run] INSTANCES [1000000] INSTANCES_SECONDS [1200] ACTIVE [10000]
 #   IDLE_MS [30000] SETTLE_SECONDS [60] NODE_TOML [""] (extra lines for every
 #   node's --config file, e.g. 'audit_max_records = 20000') PORT_BASE [51400] (uses PORT_BASE+1..3
-#   for gRPC, PORT_BASE+101..103 for HTTP) OUT_DIR [target/sustained]
+#   for gRPC, PORT_BASE+101..103 for HTTP, PORT_BASE+201..203 and +211..213
+#   for etcd's client and peer URLs) OUT_DIR [target/sustained]
 #   SYNAPSE_BIN [built here, release] KEEP=1 keeps the data dirs.
 # Everything it starts is stopped on exit (trap), whatever happens.
 set -euo pipefail
@@ -38,7 +54,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODE=${1:-sustained}
 SUSTAIN_SECONDS=${SUSTAIN_SECONDS:-600}
 WARM_SECONDS=${WARM_SECONDS:-120}
-PEAK_SECONDS=${PEAK_SECONDS:-20}
+PEAK_SECONDS=${PEAK_SECONDS:-300}
+PEAK_TAIL_SECONDS=${PEAK_TAIL_SECONDS:-60}
 SAMPLE_SECONDS=${SAMPLE_SECONDS:-10}
 CLIENTS=${CLIENTS:-64}
 FRACTION=${FRACTION:-0.7}
@@ -52,25 +69,33 @@ PORT_BASE=${PORT_BASE:-51400}
 OUT_DIR=${OUT_DIR:-$ROOT/target/sustained}
 GRPC_PORTS=($((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 3)))
 HTTP_PORTS=($((PORT_BASE + 101)) $((PORT_BASE + 102)) $((PORT_BASE + 103)))
+ETCD_CLIENT_PORTS=($((PORT_BASE + 201)) $((PORT_BASE + 202)) $((PORT_BASE + 203)))
+ETCD_PEER_PORTS=($((PORT_BASE + 211)) $((PORT_BASE + 212)) $((PORT_BASE + 213)))
+SYSTEM=${SYSTEM:-synapse}
+ETCD_KEEP_REVISIONS=${ETCD_KEEP_REVISIONS:-100000}
 
 case "$MODE" in sustained | instances) ;; *) die "mode must be sustained or instances" ;; esac
+case "$SYSTEM" in synapse | etcd) ;; *) die "SYSTEM must be synapse or etcd" ;; esac
+[ "$SYSTEM" = synapse ] || [ "$MODE" = sustained ] || die "SYSTEM=etcd needs mode sustained"
+[ "$SYSTEM" = synapse ] || [ "${LEADER_ONLY:-0}" = 0 ] || die "LEADER_ONLY is for SYSTEM=synapse"
 command -v python3 >/dev/null || die "python3 is needed for sampling and the report"
 bench_init synapse-sustained
 mkdir -p "$OUT_DIR"
 synapse_bin
 
-# sampler CSV NODES: a background python process that appends one row every
+# sampler CSV: a background python process that appends one row every
 # SAMPLE_SECONDS (elapsed s, 1-min load average, the machine's busy / iowait /
 # steal CPU % and the median and worst 4 KiB write + fdatasync in the data
 # dirs' filesystem over the interval (a probe every 200 ms), then per node
-# VmRSS KiB, RssAnon KiB, synapse_active_instances, data-dir KiB) until
-# $WORK/stop-sampler exists; bounded to one day of samples. The machine
-# columns tell a slow host or disk from a slow Synapse when a run falls
-# behind. Its pid goes into PIDS.
+# VmRSS KiB, RssAnon KiB, synapse_active_instances (0 for etcd), data-dir
+# KiB) until $WORK/stop-sampler exists; bounded to one day of samples. The
+# machine columns tell a slow host or disk from a slow system when a run
+# falls behind. The nodes are SAMPLE_PIDS, with their metrics URLs in
+# SAMPLE_URLS and data dirs in SAMPLE_DIRS. Its pid goes into PIDS.
 sampler() {
-    local csv=$1 n=$2 i specs=()
-    for i in $(seq 1 "$n"); do
-        specs+=("n$i=${SYN_PIDS[$((i - 1))]}=http://127.0.0.1:${HTTP_PORTS[$((i - 1))]}/metrics=$WORK/n$i")
+    local csv=$1 i specs=()
+    for i in "${!SAMPLE_PIDS[@]}"; do
+        specs+=("n$((i + 1))=${SAMPLE_PIDS[$i]}=${SAMPLE_URLS[$i]}=${SAMPLE_DIRS[$i]}")
     done
     python3 - "$csv" "$SAMPLE_SECONDS" "$WORK/stop-sampler" "${specs[@]}" <<'PY' &
 import os, statistics, sys, threading, time, urllib.request
@@ -169,32 +194,68 @@ bench_cleanup_hook() { touch "$WORK/stop-sampler" 2>/dev/null || true; }
 machine() {
     echo "machine: $(nproc) × $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
     echo "synapse: $B ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' + local changes'))"
+    [ "$SYSTEM" = synapse ] || echo "system: $ETCD_VERSION (3 members, keeping $ETCD_KEEP_REVISIONS revisions; synapse is the load generator only)"
     echo "load average $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) at $(date -u +%FT%TZ)"
 }
 
-if [ "$MODE" = sustained ]; then
+# TARGET_ARGS: the target-specific part of a `synapse bench` command line;
+# the workload flags are the same for both targets.
+if [ "$MODE" = sustained ] && [ "$SYSTEM" = etcd ]; then
+    ensure_etcd
+    say "3-member etcd on client ports ${ETCD_CLIENT_PORTS[*]}"
+    machine | tee "$OUT_DIR/machine-sustained.txt" >&2
+    # Revision mode compacts every 5 minutes down to the last N revisions.
+    start_etcd ETCD_CLIENT_PORTS ETCD_PEER_PORTS sustained \
+        --auto-compaction-mode revision --auto-compaction-retention "$ETCD_KEEP_REVISIONS"
+    TARGET_ARGS=(--target etcd --endpoints "$ETCD_EPS")
+    SAMPLE_PIDS=("${ETCD_PIDS[@]}")
+    SAMPLE_URLS=() SAMPLE_DIRS=()
+    for i in 0 1 2; do
+        SAMPLE_URLS+=("http://127.0.0.1:${ETCD_CLIENT_PORTS[$i]}/metrics")
+        SAMPLE_DIRS+=("$WORK/etcd$((i + 1))")
+    done
+elif [ "$MODE" = sustained ]; then
     say "3-node cluster on ports ${GRPC_PORTS[*]}"
     machine | tee "$OUT_DIR/machine-sustained.txt" >&2
     [ -z "${NODE_TOML:-}" ] || echo "node config: ${NODE_TOML}" | tee -a "$OUT_DIR/machine-sustained.txt" >&2
     printf '%s\n' "${NODE_TOML:-}" >"$WORK/node.toml"
     start_synapse 3 GRPC_PORTS HTTP_PORTS --config "$WORK/node.toml"
+    TARGET_ARGS=(--endpoints "$SYN_EPS" --token-file "$SYN_TOKEN")
+    SAMPLE_PIDS=("${SYN_PIDS[@]}")
+    SAMPLE_URLS=() SAMPLE_DIRS=()
+    for i in 0 1 2; do
+        SAMPLE_URLS+=("http://127.0.0.1:${HTTP_PORTS[$i]}/metrics")
+        SAMPLE_DIRS+=("$WORK/n$((i + 1))")
+    done
     if [ "${LEADER_ONLY:-0}" = 1 ]; then
         # Every client on the leader: no forwarding, followers serve no client.
-        SYN_EPS="http://127.0.0.1:${GRPC_PORTS[$((LEADER - 1))]}"
-        echo "clients: the leader only ($SYN_EPS)" | tee -a "$OUT_DIR/machine-sustained.txt" >&2
+        TARGET_ARGS=(--endpoints "http://127.0.0.1:${GRPC_PORTS[$((LEADER - 1))]}" --token-file "$SYN_TOKEN")
+        echo "clients: the leader only (${TARGET_ARGS[1]})" | tee -a "$OUT_DIR/machine-sustained.txt" >&2
     fi
+fi
+
+if [ "$MODE" = sustained ]; then
     if [ -z "${RATE:-}" ]; then
-        say "closed-loop peak: $CLIENTS clients, ${PEAK_SECONDS}s, mix $MIX (load $(cut -d' ' -f1 /proc/loadavg))"
-        "$B" bench --endpoints "$SYN_EPS" --token-file "$SYN_TOKEN" --clients "$CLIENTS" --duration "${PEAK_SECONDS}s" \
+        say "closed-loop peak: $CLIENTS clients, ${PEAK_SECONDS}s, the last ${PEAK_TAIL_SECONDS}s count, mix $MIX (load $(cut -d' ' -f1 /proc/loadavg))"
+        "$B" bench "${TARGET_ARGS[@]}" --clients "$CLIENTS" --duration "${PEAK_SECONDS}s" \
             --warmup 3s --mix "$MIX" --json "$OUT_DIR/peak.json" --quiet >&2
-        PEAK=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"][0]["throughput_ops_s"])' "$OUT_DIR/peak.json")
+        # The steady peak: the mean of the last PEAK_TAIL_SECONDS full
+        # seconds; the first as many are printed beside it.
+        PEAK=$(python3 - "$OUT_DIR/peak.json" "$PEAK_TAIL_SECONDS" <<'PY'
+import json, sys
+tl = [s["ops"] for s in json.load(open(sys.argv[1]))["runs"][0]["timeline"]][:-1]
+n = max(1, min(int(sys.argv[2]), len(tl) // 2))
+print(f"first {n}s: {sum(tl[:n]) / n:.0f} ops/s; last {n}s: {sum(tl[-n:]) / n:.0f} ops/s", file=sys.stderr)
+print(round(sum(tl[-n:]) / n, 1))
+PY
+)
         RATE=$(python3 -c "print(max(1, round($PEAK * $FRACTION)))")
     else
         PEAK="(not measured: RATE given)"
     fi
     say "peak $PEAK ops/s; open loop at $RATE ops/s for ${SUSTAIN_SECONDS}s (load $(cut -d' ' -f1 /proc/loadavg))"
-    sampler "$OUT_DIR/rss-sustained.csv" 3
-    "$B" bench --endpoints "$SYN_EPS" --token-file "$SYN_TOKEN" --clients "$CLIENTS" --rate "$RATE" \
+    sampler "$OUT_DIR/rss-sustained.csv"
+    "$B" bench "${TARGET_ARGS[@]}" --clients "$CLIENTS" --rate "$RATE" \
         --duration "${SUSTAIN_SECONDS}s" --warmup 0s --timeout 5s --mix "$MIX" \
         --json "$OUT_DIR/sustained.json" --quiet >&2 || echo "(bench exited non-zero)" >&2
     touch "$WORK/stop-sampler"
@@ -259,7 +320,8 @@ else
     [ -z "${NODE_TOML:-}" ] || echo "node config: ${NODE_TOML}" | tee -a "$OUT_DIR/machine-instances.txt" >&2
     printf 'idle_timeout_ms = %d\n%s\n' "$IDLE_MS" "${NODE_TOML:-}" >"$WORK/node.toml"
     start_synapse 1 GRPC_PORTS HTTP_PORTS --config "$WORK/node.toml" --max-active-instances "$ACTIVE"
-    sampler "$OUT_DIR/rss-instances.csv" 1
+    SAMPLE_PIDS=("${SYN_PIDS[0]}") SAMPLE_URLS=("http://127.0.0.1:${HTTP_PORTS[0]}/metrics") SAMPLE_DIRS=("$WORK/n1")
+    sampler "$OUT_DIR/rss-instances.csv"
     "$B" bench --endpoints "$SYN_EPS" --token-file "$SYN_TOKEN" --clients "$CLIENTS" \
         --instance-order sequential --instances "$INSTANCES" --ops "$INSTANCES" --prefix inst \
         --duration "${INSTANCES_SECONDS}s" --warmup 0s --timeout 10s --mix incr=100 \

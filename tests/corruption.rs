@@ -69,6 +69,19 @@ async fn seed(n: &TestNode) {
         .unwrap();
 }
 
+/// Restarts, waits for the scrub to count `expected` unrepairable
+/// instances, and returns the node with a root client.
+async fn restart_expecting_unrepairable(n: TestNode, expected: u64) -> (TestNode, Client) {
+    let n = restart(n).await;
+    assert_eq!(
+        scrub_unrepairable(&n).await,
+        Some(expected),
+        "scrub gauge after restart"
+    );
+    let c = n.root_client().await;
+    (n, c)
+}
+
 /// `synapse_scrub_unrepairable` once the scrub after a start has set it
 /// (polled, bounded: 30 s), or its last value.
 async fn scrub_unrepairable(n: &TestNode) -> Option<u64> {
@@ -156,13 +169,7 @@ async fn corrupt_latest_checkpoint_is_data_loss_and_not_served() {
 
     // A single node has no peer to repair from: the scrub at the next start
     // counts the damaged record as unrepairable.
-    let n = restart(n).await;
-    assert_eq!(
-        scrub_unrepairable(&n).await,
-        Some(1),
-        "scrub gauge after restart"
-    );
-    let mut c = n.root_client().await;
+    let (n, mut c) = restart_expecting_unrepairable(n, 1).await;
     assert_code(
         at_version(&mut c, 3).await,
         Code::DataLoss,
@@ -327,13 +334,7 @@ async fn corrupt_head_record_is_data_loss() {
 
     // The scrub at the next start names it and counts it: no peer copy can
     // repair a head, so the operator has to know to re-seed the node.
-    let n = restart(n).await;
-    assert_eq!(
-        scrub_unrepairable(&n).await,
-        Some(1),
-        "scrub gauge after restart"
-    );
-    let mut c = n.root_client().await;
+    let (n, mut c) = restart_expecting_unrepairable(n, 1).await;
     assert_code(
         get_state(&mut c, "counter", "alice").await,
         Code::DataLoss,
