@@ -33,12 +33,12 @@
 #   PEAK_TAIL_SECONDS [60] (the peak is the mean of the closed loop's last
 #   PEAK_TAIL_SECONDS: a fresh cluster has not filled its retention ring nor
 #   started compacting its Raft log; until 2026-12-03 the peak came from the
-#   first 20 s of a fresh cluster)
+#   first 20 s of a fresh cluster). RATE [from the peak run] skips the
+#   closed loop: the open loop then starts on a fresh cluster
 #   SYSTEM [synapse] (or etcd: sustained mode only; installs etcd if missing)
 #   ETCD_KEEP_REVISIONS [100000] LEADER_ONLY [0] (1: every client on the
 #   leader, no forwarding; synapse only)
-#   SAMPLE_SECONDS [10] CLIENTS [64] FRACTION [0.7] MIX [put=100] RATE [from
-#   the peak run] INSTANCES [1000000] INSTANCES_SECONDS [1200] ACTIVE [10000]
+#   SAMPLE_SECONDS [10] CLIENTS [64] FRACTION [0.7] MIX [put=100] INSTANCES [1000000] INSTANCES_SECONDS [1200] ACTIVE [10000]
 #   IDLE_MS [30000] SETTLE_SECONDS [60] NODE_TOML [""] (extra lines for every
 #   node's --config file, e.g. 'audit_max_records = 20000') PORT_BASE [51400] (uses PORT_BASE+1..3
 #   for gRPC, PORT_BASE+101..103 for HTTP, PORT_BASE+201..203 and +211..213
@@ -241,14 +241,18 @@ if [ "$MODE" = sustained ]; then
             --warmup 3s --mix "$MIX" --json "$OUT_DIR/peak.json" --quiet >&2
         # The steady peak: the mean of the last PEAK_TAIL_SECONDS full
         # seconds; the first as many are printed beside it.
-        PEAK=$(python3 - "$OUT_DIR/peak.json" "$PEAK_TAIL_SECONDS" <<'PY'
+        PEAK_OUT=$(python3 - "$OUT_DIR/peak.json" "$PEAK_TAIL_SECONDS" <<'PY'
 import json, sys
 tl = [s["ops"] for s in json.load(open(sys.argv[1]))["runs"][0]["timeline"]][:-1]
+if len(tl) < 2 or sum(tl) == 0:
+    sys.exit("the closed loop recorded no throughput")
 n = max(1, min(int(sys.argv[2]), len(tl) // 2))
-print(f"first {n}s: {sum(tl[:n]) / n:.0f} ops/s; last {n}s: {sum(tl[-n:]) / n:.0f} ops/s", file=sys.stderr)
 print(round(sum(tl[-n:]) / n, 1))
+print(f"closed loop: first {n}s {sum(tl[:n]) / n:.0f} ops/s, last {n}s {sum(tl[-n:]) / n:.0f} ops/s")
 PY
-)
+) || die "no peak from $OUT_DIR/peak.json"
+        PEAK=${PEAK_OUT%%$'\n'*}
+        echo "${PEAK_OUT#*$'\n'}" | tee -a "$OUT_DIR/machine-sustained.txt" >&2
         RATE=$(python3 -c "print(max(1, round($PEAK * $FRACTION)))")
     else
         PEAK="(not measured: RATE given)"
