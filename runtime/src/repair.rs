@@ -156,6 +156,13 @@ pub(crate) async fn scrub(
     };
     let scanned = tokio::task::spawn_blocking(move || store.scrub(SCRUB_MAX, &cancel)).await;
     cancel_on_stop.abort();
+    // A cluster rebuilds a node from its peers; a single node holds the
+    // only copy.
+    let remedy = if peers {
+        "re-seed this node"
+    } else {
+        "restore from a backup"
+    };
     match scanned {
         Ok(Ok(report)) => {
             for (skill, instance) in &report.repairable {
@@ -171,7 +178,7 @@ pub(crate) async fn scrub(
                         skill,
                         instance,
                         "scrub: damaged checkpoint record; no peer to repair it from \
-                         (operator: restore from a backup, see docs/verification-storage.md)"
+                         (operator: {remedy}, see docs/verification-storage.md)"
                     );
                 }
                 core.metrics.data_loss.fetch_add(1, Ordering::Relaxed);
@@ -181,13 +188,13 @@ pub(crate) async fn scrub(
                     skill,
                     instance,
                     "scrub: damaged head record; no peer copy can be verified against it \
-                     (operator: re-seed this node, see docs/verification-storage.md)"
+                     (operator: {remedy}, see docs/verification-storage.md)"
                 );
             }
             if report.unreadable_head_keys > 0 {
                 tracing::error!(
                     keys = report.unreadable_head_keys,
-                    "scrub: head keys that name no instance (damaged key bytes; re-seed this node)"
+                    "scrub: head keys that name no instance (damaged key bytes; operator: {remedy})"
                 );
             }
             let mut unrepairable = report.unrepairable();
