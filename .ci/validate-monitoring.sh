@@ -27,7 +27,11 @@ KNOWN = {
     "synapse_raft_commit_index", "synapse_raft_is_leader",
     "synapse_raft_leader_id", "synapse_raft_term", "synapse_reads_total",
     "synapse_scrub_unrepairable",
-    "synapse_watchers",
+    "synapse_watchers", "synapse_raft_slow_readys_total",
+} | {
+    f"synapse_raft_{phase}_seconds_{part}"
+    for phase in ("persist", "apply", "ready")
+    for part in ("bucket", "sum", "count")
 }
 REQUIRED_ALERT_METRICS = {
     "synapse_leader_changes_total", "synapse_raft_leader_id",
@@ -35,6 +39,7 @@ REQUIRED_ALERT_METRICS = {
     "synapse_clock_offset_micros", "synapse_clock_healthy",
     "synapse_capability_denied_total", "synapse_data_loss_total",
     "synapse_overloaded_total", "synapse_scrub_unrepairable",
+    "synapse_raft_persist_seconds_bucket", "synapse_raft_apply_seconds_bucket",
 }
 errors = []
 def names(expr):

@@ -708,3 +708,64 @@ async fn with_lease_reads_off_every_read_pays_the_round() {
     assert_eq!(reads, 50);
     assert_eq!(leased, 0);
 }
+
+/// `(le, cumulative count)` of every bucket of histogram `name`, and its
+/// `_count`, as `/metrics` renders them.
+fn histogram_metric(n: &TestNode, name: &str) -> (Vec<(String, u64)>, u64) {
+    let text = n.node.core().metrics_text();
+    let prefix = format!("synapse_{name}_bucket{{le=\"");
+    let buckets: Vec<(String, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let (le, count) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
+            Some((le.to_string(), count.parse().ok()?))
+        })
+        .collect();
+    (buckets, counter_metric(n, &format!("{name}_count")))
+}
+
+/// Every acknowledged write on a single node was made durable in some
+/// Ready and applied in some Ready, so both histograms count at least one
+/// observation per sequential write, and the exposition is well formed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ready_histograms_count_every_durable_write() {
+    const WRITES: u64 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let n = start(dir.path()).await;
+    let (_, persisted_before) = histogram_metric(&n, "raft_persist_seconds");
+    let (_, applied_before) = histogram_metric(&n, "raft_apply_seconds");
+    let mut c = n.root_client().await;
+    for _ in 0..WRITES {
+        invoke(&mut c, "counter", "timed", "incr", json!({"by": 1}))
+            .await
+            .expect("incr");
+    }
+    for name in [
+        "raft_persist_seconds",
+        "raft_apply_seconds",
+        "raft_ready_seconds",
+    ] {
+        let (buckets, count) = histogram_metric(&n, name);
+        assert_eq!(buckets.len(), 17, "{name}: 16 bounds and +Inf");
+        assert_eq!(buckets.last(), Some(&("+Inf".to_string(), count)), "{name}");
+        assert!(
+            buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{name}: buckets must be cumulative: {buckets:?}"
+        );
+    }
+    let (_, persisted) = histogram_metric(&n, "raft_persist_seconds");
+    let (_, applied) = histogram_metric(&n, "raft_apply_seconds");
+    let (_, readys) = histogram_metric(&n, "raft_ready_seconds");
+    assert!(
+        persisted >= persisted_before + WRITES,
+        "{WRITES} sequential writes, {} durable writes",
+        persisted - persisted_before
+    );
+    assert!(
+        applied >= applied_before + WRITES,
+        "{WRITES} sequential writes, {} applies",
+        applied - applied_before
+    );
+    assert!(readys >= persisted, "every durable write is in a Ready");
+    n.shutdown().await;
+}

@@ -25,6 +25,7 @@ use raft::{RawNode, StateRole, Storage as _};
 use synapse_storage::{RaftLog, Store};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::timings::{ReadyBreakdown, ReadyTimings, SLOW_READY_LOG_INTERVAL};
 use crate::{lease_duration, tracing_logger, ConsensusError, ReadLease, Transport};
 
 /// One committed entry handed to the state machine.
@@ -271,6 +272,7 @@ pub struct RaftHandle<O> {
     events: mpsc::Sender<Event<O>>,
     status: Arc<Mutex<RaftStatus>>,
     lease: Arc<ReadLease>,
+    timings: Arc<ReadyTimings>,
 }
 
 impl<O> Clone for RaftHandle<O> {
@@ -279,6 +281,7 @@ impl<O> Clone for RaftHandle<O> {
             events: self.events.clone(),
             status: self.status.clone(),
             lease: self.lease.clone(),
+            timings: self.timings.clone(),
         }
     }
 }
@@ -353,6 +356,11 @@ impl<O: Send + 'static> RaftHandle<O> {
         self.enqueue(Event::TransferLeader(to))
     }
 
+    /// Where the driver's Readys spend their time.
+    pub fn timings(&self) -> &ReadyTimings {
+        &self.timings
+    }
+
     pub fn status(&self) -> RaftStatus {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
@@ -407,6 +415,11 @@ struct Driver<S: StateMachine, T: Transport> {
     /// Ticks since this driver started (saturating): vote requests are
     /// refused for the first `election_tick` of them ([`crate::lease`]).
     ticks_since_start: usize,
+    timings: Arc<ReadyTimings>,
+    /// Time spent in the state machine's `apply` during the current Ready.
+    apply_elapsed: Duration,
+    /// When the last slow-Ready warning went out.
+    slow_ready_logged_at: Option<Instant>,
 }
 
 impl<S: StateMachine, T: Transport> Driver<S, T> {
@@ -503,6 +516,9 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             lease_renewal: None,
             timeout_now_term: 0,
             ticks_since_start: 0,
+            timings: Arc::new(ReadyTimings::default()),
+            apply_elapsed: Duration::ZERO,
+            slow_ready_logged_at: None,
             config,
         };
         driver.lease.note_applied(applied);
@@ -543,6 +559,7 @@ where
         status.clone(),
         lease.clone(),
     )?;
+    let timings = driver.timings.clone();
     let stopped = MarkStoppedOnDrop(status.clone());
     let join = tokio::spawn(async move {
         let _stopped = stopped;
@@ -553,6 +570,7 @@ where
             events: tx,
             status,
             lease,
+            timings,
         },
         join,
     ))
@@ -754,6 +772,13 @@ impl PersistJob {
     /// proposal's Ready queued behind it (about half the 1-client latency).
     fn needs_sync(&self) -> bool {
         self.must_sync || !self.entries.is_empty() || self.compact_to.is_some()
+    }
+
+    /// [`PersistJob::run`], returning how long it took.
+    fn run_timed(self, log: &RaftLog) -> Result<Duration, ConsensusError> {
+        let started = Instant::now();
+        self.run(log)?;
+        Ok(started.elapsed())
     }
 
     fn run(self, log: &RaftLog) -> Result<(), ConsensusError> {
@@ -1276,23 +1301,66 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
     /// The Ready loop with the durable write on the blocking pool, so this
     /// thread keeps accepting requests (which the next Ready batches).
     async fn process_ready(&mut self) -> Result<(), ConsensusError> {
-        while let Some((ready, job)) = self.ready_begin()? {
-            if job.needs_sync() {
+        loop {
+            let started = Instant::now();
+            self.apply_elapsed = Duration::ZERO;
+            let Some((ready, job)) = self.ready_begin()? else {
+                break;
+            };
+            let entries = job.entries.len();
+            let persist = if job.needs_sync() {
                 let log = self.log.clone();
-                tokio::task::spawn_blocking(move || job.run(&log))
+                let persist = tokio::task::spawn_blocking(move || job.run_timed(&log))
                     .await
                     .map_err(|e| ConsensusError::Raft(format!("persist task failed: {e}")))??;
-            } else if !job.is_empty() {
+                Some(persist)
+            } else {
                 // No fdatasync: a sled insert of a few bytes, cheaper inline
                 // than the two thread wake-ups of the blocking pool.
-                job.run(&self.log)?;
-            }
+                if !job.is_empty() {
+                    job.run(&self.log)?;
+                }
+                None
+            };
             self.ready_finish(ready)?;
+            self.note_ready(ReadyBreakdown {
+                total: started.elapsed(),
+                persist,
+                apply: self.apply_elapsed,
+                entries,
+            });
         }
         self.issue_held_reads();
         self.release_reads();
         self.step_down_if_removed();
         Ok(())
+    }
+
+    /// Records one Ready's timings and warns, at most once per
+    /// [`SLOW_READY_LOG_INTERVAL`], when it was slow.
+    fn note_ready(&mut self, ready: ReadyBreakdown) {
+        if !self.timings.record(&ready) {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .slow_ready_logged_at
+            .is_some_and(|at| now.duration_since(at) < SLOW_READY_LOG_INTERVAL)
+        {
+            return;
+        }
+        self.slow_ready_logged_at = Some(now);
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::warn!(
+            node = self.config.id,
+            total_ms = ms(ready.total),
+            persist_ms = ready.persist.map(ms),
+            apply_ms = ms(ready.apply),
+            entries = ready.entries,
+            slow_readys_total = self.timings.slow_readys(),
+            "slow Raft Ready: every write behind it waited as long (persist = log write + \
+             fdatasync, apply = state machine, the rest = thread hand-offs and sending)"
+        );
     }
 
     /// The same loop with the write done inline: for the deterministic
@@ -1389,7 +1457,10 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 conf_change: change.as_ref(),
             })
             .collect();
-        let outputs = self.sm.apply(ctx, &committed)?;
+        let started = Instant::now();
+        let outputs = self.sm.apply(ctx, &committed);
+        self.apply_elapsed += started.elapsed();
+        let outputs = outputs?;
         debug_assert_eq!(
             outputs.len(),
             run.len(),

@@ -5,7 +5,8 @@
 //! raft-rs documents), proposal/read-index bookkeeping, the leader's read
 //! lease, the [`StateMachine`] trait that the runtime implements, the
 //! [`Transport`] trait and its implementations, log compaction behind
-//! snapshots, and the slog → tracing bridge for raft-rs's logs.
+//! snapshots, the timings of each Ready's phases ([`ReadyTimings`]), and the
+//! slog → tracing bridge for raft-rs's logs.
 //!
 //! Must never: know about skills, capabilities or gRPC clients; acknowledge a
 //! proposal before its entry is durable on a quorum and applied locally;
@@ -17,6 +18,7 @@ mod error;
 mod grpc_transport;
 mod lease;
 mod logger;
+mod timings;
 mod transport;
 
 pub use driver::{
@@ -30,6 +32,9 @@ pub use grpc_transport::{
 };
 pub use lease::{lease_duration, LeasedRead, ReadLease};
 pub use logger::tracing_logger;
+pub use timings::{
+    DurationHistogram, HistogramSnapshot, ReadyTimings, BUCKET_BOUNDS_SECONDS, SLOW_READY,
+};
 pub use transport::{NoopTransport, Transport};
 
 /// raft-rs types that users of this crate need, re-exported so that higher

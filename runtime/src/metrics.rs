@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use synapse_consensus::RaftStatus;
+use synapse_consensus::{HistogramSnapshot, RaftStatus, ReadyTimings};
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -52,6 +52,7 @@ impl Metrics {
     pub fn render(
         &self,
         raft: &RaftStatus,
+        ready_timings: &ReadyTimings,
         guard_cache_hits: u64,
         guard_cache_len: usize,
         clock: &crate::clock_service::ClockStatus,
@@ -170,6 +171,11 @@ impl Metrics {
             "Capability checks answered from cache.",
             guard_cache_hits,
         );
+        counter(
+            "raft_slow_readys_total",
+            "Raft Readys slower than 100 ms (each one is also logged, at most once a second, with its breakdown).",
+            ready_timings.slow_readys(),
+        );
         let mut gauge = |name: &str, help: &str, v: u64| {
             let _ = writeln!(
                 out,
@@ -249,6 +255,74 @@ impl Metrics {
                 p.age.as_secs_f64()
             );
         }
+        histogram(
+            &mut out,
+            "raft_persist_seconds",
+            "The durable write of one Raft Ready: appending its entries to the log, the fdatasync, and any compaction it carried.",
+            &ready_timings.persist.snapshot(),
+        );
+        histogram(
+            &mut out,
+            "raft_apply_seconds",
+            "Applying one Raft Ready's committed entries to the state machine (checkpoints into sled).",
+            &ready_timings.apply.snapshot(),
+        );
+        histogram(
+            &mut out,
+            "raft_ready_seconds",
+            "One whole Raft Ready, including the hand-off of its write to the blocking pool and back.",
+            &ready_timings.ready.snapshot(),
+        );
         out
+    }
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
+    let _ = writeln!(
+        out,
+        "# HELP synapse_{name} {help}\n# TYPE synapse_{name} histogram"
+    );
+    for (bound, count) in &h.cumulative {
+        let _ = writeln!(out, "synapse_{name}_bucket{{le=\"{bound}\"}} {count}");
+    }
+    let _ = writeln!(
+        out,
+        "synapse_{name}_bucket{{le=\"+Inf\"}} {count}\nsynapse_{name}_sum {sum}\nsynapse_{name}_count {count}",
+        count = h.count,
+        sum = h.sum_seconds
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use synapse_consensus::DurationHistogram;
+
+    use super::*;
+
+    #[test]
+    fn a_histogram_renders_cumulative_buckets_then_inf_sum_and_count() {
+        let h = DurationHistogram::default();
+        h.observe(Duration::from_micros(80));
+        h.observe(Duration::from_millis(2));
+        h.observe(Duration::from_secs(30));
+        let mut out = String::new();
+        histogram(&mut out, "x_seconds", "Help.", &h.snapshot());
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "# HELP synapse_x_seconds Help.");
+        assert_eq!(lines[1], "# TYPE synapse_x_seconds histogram");
+        assert_eq!(lines[2], "synapse_x_seconds_bucket{le=\"0.0001\"} 1");
+        assert!(lines.contains(&"synapse_x_seconds_bucket{le=\"0.001\"} 1"));
+        assert!(lines.contains(&"synapse_x_seconds_bucket{le=\"0.0025\"} 2"));
+        assert!(lines.contains(&"synapse_x_seconds_bucket{le=\"10\"} 2"));
+        let tail = &lines[lines.len() - 3..];
+        assert_eq!(tail[0], "synapse_x_seconds_bucket{le=\"+Inf\"} 3");
+        assert!(
+            tail[1].starts_with("synapse_x_seconds_sum 30.002"),
+            "{}",
+            tail[1]
+        );
+        assert_eq!(tail[2], "synapse_x_seconds_count 3");
     }
 }

@@ -216,8 +216,13 @@ impl Core {
             .guard()
             .map(|g| (g.cache_hits(), g.cache_len()))
             .unwrap_or((0, 0));
-        self.metrics
-            .render(&self.raft.status(), hits, len, &self.clock.status())
+        self.metrics.render(
+            &self.raft.status(),
+            self.raft.timings(),
+            hits,
+            len,
+            &self.clock.status(),
+        )
     }
 
     /// Ready to serve: the driver runs, a leader is known and the root key

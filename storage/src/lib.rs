@@ -36,6 +36,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod raft_log;
+mod reclaim;
 mod revocation;
 mod sim_disk;
 mod store;

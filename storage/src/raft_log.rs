@@ -31,6 +31,7 @@ use raft::{GetEntriesContext, RaftState, Storage};
 
 use crate::codec::{key_u64, open_value, seal_value, Reader, Writer, CHECKSUM_LEN};
 use crate::error::corrupt;
+use crate::reclaim::Reclaim;
 use crate::store::{has_tree, lock, Inner, TREE_RAFT_LOG};
 use crate::wal::Wal;
 use crate::{StorageError, Store};
@@ -622,9 +623,11 @@ impl RaftLog {
     /// The caller must not compact past the applied index.
     ///
     /// The entries leave memory at once and the disk a segment at a time:
-    /// when a whole segment lies before the new first index, sled is synced
-    /// (the truncation point, and the applied state that replaces the
-    /// entries) and only then is the segment deleted.
+    /// when a whole segment lies before the new first index, it is handed
+    /// to the reclaim thread ([`crate::reclaim`]), which syncs sled (the
+    /// truncation point, and the applied state that replaces the entries)
+    /// and only then deletes it. Deleting it here cost the Ready loop
+    /// 21–40 ms per segment under load.
     pub fn compact(&self, compact_index: u64) -> Result<(), StorageError> {
         let mut b = self.bounds();
         if compact_index <= b.truncated_index + 1 {
@@ -648,8 +651,12 @@ impl RaftLog {
         b.truncated_term = term;
         b.terms.compact(compact_index);
         if b.wal.has_segments_before(compact_index) {
-            self.store.sync_sled()?;
-            b.wal.remove_segments_before(compact_index)?;
+            let reclaim = Reclaim {
+                dir: b.wal.dir().to_path_buf(),
+                paths: b.wal.detach_segments_before(compact_index),
+            };
+            drop(b);
+            self.store.reclaim_log_segments(reclaim)?;
         }
         Ok(())
     }
@@ -1168,6 +1175,108 @@ mod tests {
         let log = open(dir.path()).raft_log();
         assert_eq!(log.last_index().unwrap(), 5);
         assert_eq!(log.term(5).unwrap(), 3);
+    }
+
+    /// An entry of 1 MiB, so that a few of them fill a log segment.
+    fn mib_entry(index: u64) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            data: vec![index as u8; 1 << 20].into(),
+            ..Default::default()
+        }
+    }
+
+    fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(dir.join(crate::wal::WAL_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Compaction past a segment boundary hands the sealed segment to the
+    /// reclaim thread: it is out of the log at once, off the disk once the
+    /// thread is done, and the log reopens from what is left.
+    #[test]
+    fn a_compacted_segment_is_deleted_by_the_reclaim_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let log = store.raft_log();
+        // 1 MiB entries: the 16 MiB segment seals after the 16th or 17th.
+        let entries: Vec<Entry> = (1..=20).map(mib_entry).collect();
+        // One Ready each: a segment seals between appends, not inside one.
+        for e in &entries {
+            log.append(std::slice::from_ref(e)).unwrap();
+        }
+        log.sync().unwrap();
+        let before = segment_files(dir.path());
+        assert_eq!(before.len(), 2, "{before:?}");
+        assert_eq!(log.disk_usage().0, 2);
+        log.compact(19).unwrap();
+        assert_eq!(log.disk_usage().0, 1, "the sealed segment left the log");
+        store.wait_for_log_reclaim();
+        let after = segment_files(dir.path());
+        assert_eq!(
+            after,
+            before[1..].to_vec(),
+            "the sealed segment's file is gone"
+        );
+        assert_eq!(
+            log.entries(19, 21, None, ctx()).unwrap(),
+            entries[18..].to_vec()
+        );
+        drop(log);
+        drop(store);
+        let log = open(dir.path()).raft_log();
+        assert_eq!(log.first_index().unwrap(), 19);
+        assert_eq!(log.last_index().unwrap(), 20);
+        assert_eq!(
+            log.entries(19, 21, None, ctx()).unwrap(),
+            entries[18..].to_vec()
+        );
+    }
+
+    /// Segments a crash left behind the truncation point (handed over, not
+    /// yet deleted) load as compacted, and the next compaction deletes them.
+    #[test]
+    fn segments_left_before_the_truncation_point_go_at_the_next_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<Entry> = (1..=40).map(mib_entry).collect();
+        {
+            let store = open(dir.path());
+            let log = store.raft_log();
+            for e in &entries[..20] {
+                log.append(std::slice::from_ref(e)).unwrap();
+            }
+            log.sync().unwrap();
+            let before = segment_files(dir.path());
+            assert_eq!(before.len(), 2);
+            // What a crash between the hand-over and the deletion leaves:
+            // the truncation point durable, the file still there.
+            let sealed = std::env::temp_dir().join(format!("kept-{}", std::process::id()));
+            std::fs::copy(&before[0], &sealed).unwrap();
+            log.compact(19).unwrap();
+            store.wait_for_log_reclaim();
+            store.sync().unwrap();
+            std::fs::rename(&sealed, &before[0]).unwrap();
+        }
+        let store = open(dir.path());
+        let log = store.raft_log();
+        assert_eq!(log.first_index().unwrap(), 19);
+        assert_eq!(log.disk_usage().0, 2, "the leftover loads as compacted");
+        for e in &entries[20..] {
+            log.append(std::slice::from_ref(e)).unwrap();
+        }
+        log.sync().unwrap();
+        log.compact(39).unwrap();
+        store.wait_for_log_reclaim();
+        assert_eq!(segment_files(dir.path()).len(), 1);
+        assert_eq!(
+            log.entries(39, 41, None, ctx()).unwrap(),
+            entries[38..].to_vec()
+        );
     }
 
     #[test]

@@ -24,7 +24,6 @@
 //! `c` skill `\0` instance `\0` version(u64 BE) instead.
 
 use std::collections::{BTreeMap, HashSet};
-use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -37,6 +36,7 @@ use crate::checkpoint::validate_names;
 use crate::codec::{key_u64, open_value, seal_value, sha256, Reader, Writer};
 use crate::error::corrupt;
 use crate::raft_log::{load_bounds, LogBounds};
+use crate::reclaim::{Reclaim, SegmentReclaimer, SledBarrier};
 use crate::revocation::{
     decode_revocation, encode_revocation, revocation_key, validate_revocation, TAG_REVOKED,
 };
@@ -250,6 +250,11 @@ impl ApplyBatch {
 }
 
 pub(crate) struct Inner {
+    /// Deletes compacted Raft log segments off the Ready loop's path; `None`
+    /// in a simulation, which does it inline so that a seed replays. First
+    /// so that it is dropped first: its queue drains while everything else
+    /// is still open.
+    reclaimer: Option<SegmentReclaimer>,
     dir: PathBuf,
     pub(crate) db: sled::Db,
     pub(crate) state: sled::Tree,
@@ -260,10 +265,8 @@ pub(crate) struct Inner {
     /// sled's page cache limit this store was opened with.
     cache_capacity_bytes: u64,
     simulation: bool,
-    /// sled's log file, kept open for `sync_data()`.
-    db_file: File,
-    /// Blob files already fsynced (sled writes blobs without fsync).
-    synced_blobs: Mutex<HashSet<OsString>>,
+    /// sled's durability barrier, shared with `reclaimer`.
+    sled_barrier: Arc<SledBarrier>,
     /// Serializes state-tree writers against whole-tree readers
     /// (`state_hash`, `snapshot_state`) and `latest()`, so they see one
     /// applied index, never half of one.
@@ -563,6 +566,17 @@ impl Store {
         // Make the directory entries sled just created durable, once.
         File::open(dir)?.sync_all()?;
         let bounds = load_bounds(&db, &raft_meta, dir, opts.simulation)?;
+        let sled_barrier = Arc::new(SledBarrier {
+            db: db.clone(),
+            db_file,
+            blob_dir: dir.join("blobs"),
+            synced_blobs: Mutex::new(HashSet::new()),
+        });
+        let reclaimer = if opts.simulation {
+            None
+        } else {
+            Some(SegmentReclaimer::start(sled_barrier.clone())?)
+        };
         let stored = ring::stored_slots(&db);
         let retention = if opts.retention_as_stored {
             // Inspecting: never rewrite, read the ring as it was written.
@@ -591,8 +605,8 @@ impl Store {
                 retention,
                 cache_capacity_bytes: opts.cache_capacity_bytes,
                 simulation: opts.simulation,
-                db_file,
-                synced_blobs: Mutex::new(HashSet::new()),
+                sled_barrier,
+                reclaimer,
                 apply_lock: RwLock::new(()),
                 raft_bounds: Mutex::new(bounds),
                 sim_disk: Mutex::new(Default::default()),
@@ -681,15 +695,7 @@ impl Store {
         self.sync_raft_wal()
     }
 
-    /// sled's durability barrier.
-    ///
-    /// sled's `flush()` writes its buffers and calls `sync_file_range`, which
-    /// does not flush the device's volatile cache and does not persist file
-    /// metadata; so we follow it with `sync_data()` (fdatasync) on sled's log
-    /// file `<dir>/db`, where sled 0.34 keeps every segment. Large values go
-    /// to `<dir>/blobs/<lsn>` files that sled writes without any sync: every
-    /// blob not yet synced is `sync_data()`ed, followed by the `blobs`
-    /// directory itself so the new names survive a crash.
+    /// sled's durability barrier ([`SledBarrier::sync`]).
     pub(crate) fn sync_sled(&self) -> Result<(), StorageError> {
         if self.inner.simulation {
             let mut d = lock(&self.inner.sim_disk);
@@ -699,9 +705,32 @@ impl Store {
             }
             return Ok(());
         }
-        self.inner.db.flush()?;
-        self.inner.db_file.sync_data()?;
-        self.sync_blobs()
+        self.inner.sled_barrier.sync()
+    }
+
+    /// Deletes compacted Raft log segments once sled's barrier has made
+    /// their replacement durable: on the reclaim thread ([`crate::reclaim`]),
+    /// or here when its queue is full or this is a simulation.
+    pub(crate) fn reclaim_log_segments(&self, reclaim: Reclaim) -> Result<(), StorageError> {
+        let reclaim = match &self.inner.reclaimer {
+            Some(reclaimer) => match reclaimer.submit(reclaim) {
+                Ok(()) => return Ok(()),
+                Err(reclaim) => reclaim,
+            },
+            None => reclaim,
+        };
+        self.sync_sled()?;
+        crate::wal::remove_segment_files(&reclaim.dir, &reclaim.paths)?;
+        Ok(())
+    }
+
+    /// Waits until the compacted log segments handed to the reclaim thread
+    /// so far are deleted. For tests and tools that look at the files.
+    #[doc(hidden)]
+    pub fn wait_for_log_reclaim(&self) {
+        if let Some(reclaimer) = &self.inner.reclaimer {
+            reclaimer.wait_idle();
+        }
     }
 
     /// The Raft log's durability barrier: one fdatasync of its active
@@ -712,38 +741,6 @@ impl Store {
             return Ok(());
         }
         lock(&self.inner.raft_bounds).wal.sync()
-    }
-
-    fn sync_blobs(&self) -> Result<(), StorageError> {
-        let blob_dir = self.inner.dir.join("blobs");
-        let entries = match std::fs::read_dir(&blob_dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut synced = lock(&self.inner.synced_blobs);
-        let mut present = HashSet::new();
-        let mut any_new = false;
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name();
-            if !synced.contains(&name) {
-                match File::open(entry.path()) {
-                    Ok(f) => f.sync_data()?,
-                    // sled removed it meanwhile: nothing to make durable.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e.into()),
-                }
-                any_new = true;
-            }
-            present.insert(name);
-        }
-        if any_new {
-            File::open(&blob_dir)?.sync_all()?;
-        }
-        // Forget deleted blobs so the set stays bounded by what is on disk.
-        *synced = present;
-        Ok(())
     }
 
     /// The Raft log and metadata on this database.
@@ -2167,7 +2164,7 @@ pub(crate) mod tests {
             .unwrap()
             .count();
         assert!(blobs > 0, "expected sled to store the value as a blob");
-        assert_eq!(lock(&store.inner.synced_blobs).len(), blobs);
+        assert_eq!(lock(&store.inner.sled_barrier.synced_blobs).len(), blobs);
         store.sync().unwrap();
         assert_eq!(store.latest("s", "i").unwrap().unwrap(), big);
     }

@@ -197,6 +197,24 @@ fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
     ))
 }
 
+/// Deletes segment files detached from their log, then fsyncs `dir` so
+/// the deletions survive a crash. A file already gone counts as deleted: a
+/// snapshot install may have removed its generation meanwhile.
+pub(crate) fn remove_segment_files(dir: &Path, paths: &[PathBuf]) -> Result<usize, StorageError> {
+    let mut removed = 0;
+    for path in paths {
+        match std::fs::remove_file(path) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !paths.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)?.sync_all()?;
     Ok(())
@@ -871,16 +889,26 @@ impl Wal {
     /// The caller has made the truncation point durable first: a crash
     /// after this must not need them.
     pub(crate) fn remove_segments_before(&mut self, index: u64) -> Result<usize, StorageError> {
-        let mut removed = 0;
+        let paths = self.detach_segments_before(index);
+        remove_segment_files(&self.dir, &paths)
+    }
+
+    /// Takes the sealed segments that hold only entries before `index` out
+    /// of this log and returns their paths; the files stay on disk for the
+    /// caller to delete ([`remove_segment_files`]) once the truncation point
+    /// is durable. Until then a crash finds them, before the truncation
+    /// point, and a later compaction deletes them.
+    pub(crate) fn detach_segments_before(&mut self, index: u64) -> Vec<PathBuf> {
+        let mut paths = Vec::new();
         while self.segments.len() > 1 && self.segments[1].first_index <= index {
-            let s = self.segments.remove(0);
-            std::fs::remove_file(&s.path)?;
-            removed += 1;
+            paths.push(self.segments.remove(0).path);
         }
-        if removed > 0 {
-            sync_dir(&self.dir)?;
-        }
-        Ok(removed)
+        paths
+    }
+
+    /// The directory of this log's segment files.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Values of entries `[lo, hi)`, each read with its header, which must
