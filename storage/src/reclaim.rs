@@ -11,18 +11,27 @@
 //! Order: a segment may go only once what replaces it is durable: the
 //! truncation point and the state applied from its entries. So each job
 //! runs sled's barrier first ([`SledBarrier::sync`]), then deletes the
-//! files, then fsyncs their directory. A crash with jobs pending leaves
-//! segments that lie before the truncation point; the log loads them as
-//! compacted and the next compaction deletes them.
+//! files, then fsyncs their directory.
+//!
+//! Deletions stay in log order, oldest segment first: at open every
+//! segment must continue where the one before it ended, so a segment
+//! deleted while an older one is kept would stop the next start. Hence a
+//! full queue makes the caller wait for the queue to drain before it
+//! deletes inline, and after a failed job nothing more is deleted until a
+//! restart. What a crash or a failure leaves is then always the oldest
+//! segments, wholly before the truncation point: the log loads them as
+//! compacted and the first compaction after the start deletes them.
 //!
 //! Owns: the reclaim thread and its bounded queue. Must never: delete a
-//! segment before the sled barrier that follows its truncation point, or
-//! outlive its store (dropping the reclaimer drains the queue and joins).
+//! segment before the sled barrier that follows its truncation point,
+//! delete out of log order, or outlive its store (dropping the reclaimer
+//! drains the queue and joins).
 
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -34,8 +43,8 @@ use crate::StorageError;
 /// Jobs that may wait for the thread. One job is one compacted segment, 16
 /// MiB of log: at 5 000 writes/s of 256 bytes that is one every few
 /// seconds, so a full queue means the disk cannot keep up, and then the
-/// caller deletes inline (as before this thread existed) instead of
-/// letting deleted-but-present segments pile up.
+/// caller waits for the queue and deletes inline (as before this thread
+/// existed) instead of letting compacted segments pile up.
 pub(crate) const RECLAIM_QUEUE: usize = 4;
 
 /// sled's durability barrier, shared by the store and the reclaim thread.
@@ -120,23 +129,51 @@ enum Job {
 pub(crate) struct SegmentReclaimer {
     jobs: Option<SyncSender<Job>>,
     thread: Option<JoinHandle<()>>,
+    /// Set when a job failed: from then on nothing is deleted (the files
+    /// stay, in order) until the store is opened again.
+    failed: Arc<AtomicBool>,
 }
 
 impl SegmentReclaimer {
     pub(crate) fn start(barrier: Arc<SledBarrier>) -> Result<Self, StorageError> {
         let (jobs, rx) = sync_channel(RECLAIM_QUEUE);
-        let thread = std::thread::Builder::new()
-            .name("synapse-reclaim".into())
-            .spawn(move || run(&barrier, rx))?;
+        let failed = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let failed = failed.clone();
+            std::thread::Builder::new()
+                .name("synapse-reclaim".into())
+                .spawn(move || run(&barrier, rx, &failed))?
+        };
         Ok(SegmentReclaimer {
             jobs: Some(jobs),
             thread: Some(thread),
+            failed,
+        })
+    }
+
+    /// Deletes the segments of `reclaim` after sled's barrier: on the
+    /// thread, or, when its queue is full or it has gone, here, after the
+    /// jobs queued before it, so that deletions stay in log order.
+    pub(crate) fn reclaim(
+        &self,
+        reclaim: Reclaim,
+        barrier: &SledBarrier,
+    ) -> Result<(), StorageError> {
+        let Err(reclaim) = self.submit(reclaim) else {
+            return Ok(());
+        };
+        self.wait_idle();
+        if self.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        reclaim.run(barrier).map(drop).inspect_err(|_| {
+            self.failed.store(true, Ordering::Release);
         })
     }
 
     /// Queues `reclaim`; hands it back when the queue is full or the thread
-    /// has gone, for the caller to run inline.
-    pub(crate) fn submit(&self, reclaim: Reclaim) -> Result<(), Reclaim> {
+    /// has gone.
+    fn submit(&self, reclaim: Reclaim) -> Result<(), Reclaim> {
         let Some(jobs) = &self.jobs else {
             return Err(reclaim);
         };
@@ -163,6 +200,9 @@ impl SegmentReclaimer {
 }
 
 impl Drop for SegmentReclaimer {
+    /// Blocks whoever drops the last handle of the store for what is
+    /// queued: at most [`RECLAIM_QUEUE`] jobs and the one running, each a
+    /// sled sync and an unlink (tens of ms under load).
     fn drop(&mut self) {
         // Closing the queue ends the thread once it has drained it.
         self.jobs = None;
@@ -172,19 +212,24 @@ impl Drop for SegmentReclaimer {
     }
 }
 
-fn run(barrier: &SledBarrier, jobs: Receiver<Job>) {
+fn run(barrier: &SledBarrier, jobs: Receiver<Job>, failed: &AtomicBool) {
     for job in jobs {
         match job {
+            // After a failure later segments are kept too: deleting them
+            // would leave a gap behind the ones that failed.
+            Job::Reclaim(_) if failed.load(Ordering::Acquire) => {}
             Job::Reclaim(reclaim) => {
                 if let Err(e) = reclaim.run(barrier) {
+                    failed.store(true, Ordering::Release);
                     // The files stay, before the truncation point: the next
-                    // start loads them as compacted and a later compaction
-                    // deletes them. Nothing is lost, only disk space.
+                    // start loads them as compacted and the first compaction
+                    // after it deletes them. Nothing is lost, only disk space.
                     tracing::warn!(
                         error = %e,
                         files = reclaim.paths.len(),
                         dir = %reclaim.dir.display(),
-                        "could not delete compacted raft log segments; they are retried after a restart"
+                        "could not delete compacted raft log segments; keeping them and every \
+                         later compacted segment until the next start, which deletes them"
                     );
                 }
             }
@@ -192,5 +237,87 @@ fn run(barrier: &SledBarrier, jobs: Receiver<Job>) {
                 let _ = done.send(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn barrier(dir: &Path) -> Arc<SledBarrier> {
+        let db = sled::Config::new().path(dir.join("sled")).open().unwrap();
+        Arc::new(SledBarrier {
+            db_file: File::open(dir.join("sled").join("db")).unwrap(),
+            db,
+            blob_dir: dir.join("sled").join("blobs"),
+            synced_blobs: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Segment-like files `seg-<i>` in `dir/wal`, one per job.
+    fn jobs(dir: &Path, n: usize) -> Vec<Reclaim> {
+        let wal = dir.join("wal");
+        std::fs::create_dir_all(&wal).unwrap();
+        (0..n)
+            .map(|i| {
+                let path = wal.join(format!("seg-{i}"));
+                std::fs::write(&path, b"entries").unwrap();
+                Reclaim {
+                    dir: wal.clone(),
+                    paths: vec![path],
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn more_jobs_than_the_queue_holds_are_all_deleted_and_drop_drains_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = barrier(dir.path());
+        let reclaimer = SegmentReclaimer::start(barrier.clone()).unwrap();
+        let jobs = jobs(dir.path(), 3 * RECLAIM_QUEUE);
+        let paths: Vec<PathBuf> = jobs.iter().map(|j| j.paths[0].clone()).collect();
+        for job in jobs {
+            reclaimer.reclaim(job, &barrier).unwrap();
+        }
+        // No `wait_idle`: dropping must finish what is queued.
+        drop(reclaimer);
+        let left: Vec<_> = paths.iter().filter(|p| p.exists()).collect();
+        assert!(left.is_empty(), "not deleted: {left:?}");
+    }
+
+    /// A job that fails stops all later deletions, on the thread and
+    /// inline: a later segment deleted while an earlier one stays would
+    /// leave a gap that the next open refuses.
+    #[test]
+    fn after_a_failed_job_later_segments_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = barrier(dir.path());
+        let reclaimer = SegmentReclaimer::start(barrier.clone()).unwrap();
+        // A directory with a file in it: `remove_file` fails on it.
+        let undeletable = dir.path().join("wal").join("seg-stuck");
+        std::fs::create_dir_all(&undeletable).unwrap();
+        std::fs::write(undeletable.join("x"), b"x").unwrap();
+        reclaimer
+            .reclaim(
+                Reclaim {
+                    dir: dir.path().join("wal"),
+                    paths: vec![undeletable.clone()],
+                },
+                &barrier,
+            )
+            .unwrap();
+        let later = jobs(dir.path(), 2 * RECLAIM_QUEUE);
+        let paths: Vec<PathBuf> = later.iter().map(|j| j.paths[0].clone()).collect();
+        for job in later {
+            reclaimer.reclaim(job, &barrier).unwrap();
+        }
+        reclaimer.wait_idle();
+        assert!(reclaimer.failed.load(Ordering::Acquire));
+        assert!(undeletable.exists());
+        let gone: Vec<_> = paths.iter().filter(|p| !p.exists()).collect();
+        assert!(gone.is_empty(), "deleted after a failure: {gone:?}");
     }
 }

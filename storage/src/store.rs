@@ -710,18 +710,17 @@ impl Store {
 
     /// Deletes compacted Raft log segments once sled's barrier has made
     /// their replacement durable: on the reclaim thread ([`crate::reclaim`]),
-    /// or here when its queue is full or this is a simulation.
+    /// or here, in log order, when its queue is full or this is a
+    /// simulation.
     pub(crate) fn reclaim_log_segments(&self, reclaim: Reclaim) -> Result<(), StorageError> {
-        let reclaim = match &self.inner.reclaimer {
-            Some(reclaimer) => match reclaimer.submit(reclaim) {
-                Ok(()) => return Ok(()),
-                Err(reclaim) => reclaim,
-            },
-            None => reclaim,
-        };
-        self.sync_sled()?;
-        crate::wal::remove_segment_files(&reclaim.dir, &reclaim.paths)?;
-        Ok(())
+        match &self.inner.reclaimer {
+            Some(reclaimer) => reclaimer.reclaim(reclaim, &self.inner.sled_barrier),
+            None => {
+                self.sync_sled()?;
+                crate::wal::remove_segment_files(&reclaim.dir, &reclaim.paths)?;
+                Ok(())
+            }
+        }
     }
 
     /// Waits until the compacted log segments handed to the reclaim thread

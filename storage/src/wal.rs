@@ -855,7 +855,7 @@ impl Wal {
     }
 
     /// Forgets entries before `index` (they stay on disk until
-    /// `remove_segments_before`). `index` may be past the last entry: the
+    /// `detach_segments_before` hands their segment over for deletion). `index` may be past the last entry: the
     /// log becomes empty.
     pub(crate) fn forget_before(&mut self, index: u64) {
         if index <= self.first {
