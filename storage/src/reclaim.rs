@@ -172,14 +172,23 @@ impl SegmentReclaimer {
     }
 
     /// Queues `reclaim`; hands it back when the queue is full or the thread
-    /// has gone.
+    /// has gone (and then marks this reclaimer failed).
     fn submit(&self, reclaim: Reclaim) -> Result<(), Reclaim> {
         let Some(jobs) = &self.jobs else {
             return Err(reclaim);
         };
         match jobs.try_send(Job::Reclaim(reclaim)) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => match job {
+            Err(TrySendError::Disconnected(job)) => {
+                // The thread died (a panic) with jobs it may not have done:
+                // deleting later segments could leave a gap behind them.
+                self.failed.store(true, Ordering::Release);
+                match job {
+                    Job::Reclaim(reclaim) => Err(reclaim),
+                    Job::Barrier(_) => Ok(()),
+                }
+            }
+            Err(TrySendError::Full(job)) => match job {
                 Job::Reclaim(reclaim) => Err(reclaim),
                 // Only a `Reclaim` was sent.
                 Job::Barrier(_) => Ok(()),
