@@ -10,7 +10,9 @@ mkdir -p "$OUT"
 GRPC=(52301 52302 52303); HTTP=(52311 52312 52313)
 start_synapse 3 GRPC HTTP
 echo "leader $LEADER" | tee "$OUT/leader.txt"
-"$B" bench --endpoints "$SYN_EPS" --token-file "$SYN_TOKEN" --clients 256 --rate "$RATE" \
+EPS=$SYN_EPS
+[ "${LEADER_ONLY:-0}" = 1 ] && EPS="http://127.0.0.1:${GRPC[$((LEADER-1))]}"
+"$B" bench --endpoints "$EPS" --token-file "$SYN_TOKEN" --clients 256 --rate "$RATE" \
    --duration "$DUR" --warmup 0s --mix put=100 --value-size 256 --instances 1000 --quiet \
    --json "$OUT/bench.json" > "$OUT/bench.txt" 2>&1 || true
 for i in 1 2 3; do
