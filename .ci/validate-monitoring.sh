@@ -32,6 +32,8 @@ KNOWN = {
     f"synapse_raft_{phase}_seconds_{part}"
     for phase in ("persist", "apply", "ready")
     for part in ("bucket", "sum", "count")
+} | {
+    f"synapse_invoke_stage_seconds_{part}" for part in ("bucket", "sum", "count")
 }
 REQUIRED_ALERT_METRICS = {
     "synapse_leader_changes_total", "synapse_raft_leader_id",

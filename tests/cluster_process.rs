@@ -1232,6 +1232,10 @@ async fn follower_read_and_unavailable_hint() {
         "{FORWARDED} forwarded writes should share one stream"
     );
     assert_eq!(metric("synapse_forward_stream_breaks_total"), 0);
+    assert!(
+        metric("synapse_invoke_stage_seconds_count{stage=\"forward\"}") >= FORWARDED,
+        "each forwarded write is timed in the forward stage"
+    );
 
     // A follower answers UNAVAILABLE with the leader hint when it cannot
     // forward: covered by the redirect in the membership test. Now kill

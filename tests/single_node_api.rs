@@ -712,8 +712,13 @@ async fn with_lease_reads_off_every_read_pays_the_round() {
 /// `(le, cumulative count)` of every bucket of histogram `name`, and its
 /// `_count`, as `/metrics` renders them.
 fn histogram_metric(n: &TestNode, name: &str) -> (Vec<(String, u64)>, u64) {
+    labelled_histogram_metric(n, name, "")
+}
+
+/// `labels` is empty or `key="value",` (the series' labels before `le`).
+fn labelled_histogram_metric(n: &TestNode, name: &str, labels: &str) -> (Vec<(String, u64)>, u64) {
     let text = n.node.core().metrics_text();
-    let prefix = format!("synapse_{name}_bucket{{le=\"");
+    let prefix = format!("synapse_{name}_bucket{{{labels}le=\"");
     let buckets: Vec<(String, u64)> = text
         .lines()
         .filter_map(|l| {
@@ -721,7 +726,13 @@ fn histogram_metric(n: &TestNode, name: &str) -> (Vec<(String, u64)>, u64) {
             Some((le.to_string(), count.parse().ok()?))
         })
         .collect();
-    (buckets, counter_metric(n, &format!("{name}_count")))
+    let plain = labels.trim_end_matches(',');
+    let count_name = if plain.is_empty() {
+        format!("{name}_count")
+    } else {
+        format!("{name}_count{{{plain}}}")
+    };
+    (buckets, counter_metric(n, &count_name))
 }
 
 /// Every acknowledged write on a single node was made durable in some
@@ -767,5 +778,71 @@ async fn the_ready_histograms_count_every_durable_write() {
         applied - applied_before
     );
     assert!(readys >= persisted, "every durable write is in a Ready");
+    n.shutdown().await;
+}
+
+/// The sum of one stage's histogram, in seconds.
+fn stage_sum(n: &TestNode, stage: &str) -> f64 {
+    let name = format!("synapse_invoke_stage_seconds_sum{{stage=\"{stage}\"}} ");
+    n.node
+        .core()
+        .metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sum for stage {stage}"))
+}
+
+/// Every call passes each stage it reaches once, and the stages nest: the
+/// whole call served holds the local run, which holds the actor's round
+/// trip, which holds the write's commit. A stage timed around the wrong
+/// span, or not at all, breaks a count or the order of the sums.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_invoke_is_timed_in_each_stage_it_passes() {
+    const WRITES: u64 = 12;
+    const READS: u64 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let n = start(dir.path()).await;
+    let stage = |stage: &str| {
+        labelled_histogram_metric(&n, "invoke_stage_seconds", &format!("stage=\"{stage}\","))
+    };
+    let all = [
+        "served",
+        "forward",
+        "local",
+        "guard",
+        "read_barrier",
+        "actor",
+        "mailbox",
+        "handler",
+        "commit",
+    ];
+    let before: Vec<u64> = all.iter().map(|s| stage(s).1).collect();
+    let mut c = n.root_client().await;
+    for _ in 0..WRITES {
+        invoke(&mut c, "counter", "staged", "incr", json!({"by": 1}))
+            .await
+            .expect("incr");
+    }
+    for _ in 0..READS {
+        invoke(&mut c, "counter", "staged", "get", json!(null))
+            .await
+            .expect("get");
+    }
+    let calls = WRITES + READS;
+    let expected = [calls, 0, calls, calls, READS, calls, calls, calls, WRITES];
+    for ((name, was), want) in all.iter().zip(&before).zip(expected) {
+        let (buckets, count) = stage(name);
+        assert_eq!(buckets.len(), 17, "{name}: 16 bounds and +Inf");
+        assert_eq!(buckets.last(), Some(&("+Inf".to_string(), count)), "{name}");
+        assert_eq!(count - was, want, "calls timed in stage {name}");
+    }
+    let sums: Vec<f64> = ["served", "local", "actor", "commit"]
+        .iter()
+        .map(|s| stage_sum(&n, s))
+        .collect();
+    assert!(
+        sums.windows(2).all(|w| w[0] >= w[1]) && sums[3] > 0.0,
+        "served ⊇ local ⊇ actor ⊇ commit, so their sums must not grow: {sums:?}"
+    );
     n.shutdown().await;
 }

@@ -86,6 +86,8 @@ pub(crate) struct Execute {
     /// The caller's capability expiry and revocation ids, for apply.
     pub fence: Arc<crate::guard::Fence>,
     pub reply: oneshot::Sender<Result<InvokeResult, RuntimeError>>,
+    /// When the caller sent it, for the mailbox stage's timing.
+    pub sent_at: Instant,
 }
 
 /// Stop now (eviction, leadership loss, snapshot install).
@@ -291,7 +293,12 @@ impl InstanceActor {
     }
 
     fn execute(&mut self, msg: Execute, ctx: &mut Context<Self>) {
-        self.last_active = Instant::now();
+        let started = Instant::now();
+        self.last_active = started;
+        let stages = &self.env.metrics.stages;
+        stages
+            .mailbox
+            .observe(started.saturating_duration_since(msg.sent_at));
         if let Err(e) = self.check_stored_head() {
             let _ = msg.reply.send(Err(e));
             return;
@@ -302,6 +309,7 @@ impl InstanceActor {
             expected_version,
             fence,
             reply,
+            sent_at: _,
         } = msg;
         let span = tracing::debug_span!("execute", instance = %self.id, request_id = %request_id);
         let _enter = span.enter();
@@ -333,6 +341,7 @@ impl InstanceActor {
                         request_id,
                     })
                 });
+            self.env.metrics.stages.handler.observe(started.elapsed());
             let _ = reply.send(result);
             return;
         }
@@ -408,8 +417,11 @@ impl InstanceActor {
         let raft = self.env.raft.clone();
         let metrics = self.env.metrics.clone();
         metrics.proposals.fetch_add(1, Ordering::Relaxed);
+        let proposed = Instant::now();
+        metrics.stages.handler.observe(proposed - started);
         let fut = async move { raft.propose(command).await };
         ctx.spawn(fut.into_actor(self).map(move |outcome, act, _ctx| {
+            metrics.stages.commit.observe(proposed.elapsed());
             act.in_flight -= 1;
             let result = match outcome {
                 Ok(ApplyOutcome::Applied {

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use synapse_consensus::{HistogramSnapshot, RaftStatus, ReadyTimings};
+use synapse_consensus::{DurationHistogram, HistogramSnapshot, RaftStatus, ReadyTimings};
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -46,6 +46,59 @@ pub struct Metrics {
     pub forward_streams_opened: AtomicU64,
     /// Forward streams that ended with calls unanswered or on an error.
     pub forward_stream_breaks: AtomicU64,
+    /// Where an Invoke's time goes on this node.
+    pub stages: InvokeStages,
+}
+
+/// Where an Invoke's time goes, stage by stage, on the node that serves it
+/// or forwards it. The Raft histograms say whether a Ready was slow; these
+/// say whether a slow request waited on Raft at all, or on the guard, the
+/// actor's mailbox, the forward stream or the hand-offs between them. A
+/// client's latency minus `served` is what gRPC, HTTP/2 and the scheduler
+/// cost outside the node's code.
+///
+/// Each stage is recorded for every call that reaches it, successful or
+/// not; a refused call stops early and is counted only where it went.
+#[derive(Debug, Default)]
+pub struct InvokeStages {
+    /// A client's Invoke on the node it reached, from admission to the
+    /// result: `local` on the leader, `forward` on a follower.
+    pub served: DurationHistogram,
+    /// A follower's round trip to the leader over the forward stream.
+    pub forward: DurationHistogram,
+    /// An Invoke run on this node, whether a client sent it here or a
+    /// follower forwarded it: validation, guard, barrier and actor.
+    pub local: DurationHistogram,
+    /// The capability guard's decision, audit record included.
+    pub guard: DurationHistogram,
+    /// A read's linearizable barrier: the lease check or a ReadIndex round.
+    pub read_barrier: DurationHistogram,
+    /// From sending the call to its actor to having the actor's reply:
+    /// `mailbox` + `handler` + `commit` + the hand-offs between them.
+    pub actor: DurationHistogram,
+    /// Waiting in the actor's mailbox, behind the calls ahead of it.
+    pub mailbox: DurationHistogram,
+    /// The skill's handler, plus sealing the checkpoint for a write.
+    pub handler: DurationHistogram,
+    /// A write's proposal until Raft has committed and applied it here.
+    pub commit: DurationHistogram,
+}
+
+impl InvokeStages {
+    /// `(label, histogram)` in the order a call meets them.
+    fn labelled(&self) -> [(&'static str, &DurationHistogram); 9] {
+        [
+            ("served", &self.served),
+            ("forward", &self.forward),
+            ("local", &self.local),
+            ("guard", &self.guard),
+            ("read_barrier", &self.read_barrier),
+            ("actor", &self.actor),
+            ("mailbox", &self.mailbox),
+            ("handler", &self.handler),
+            ("commit", &self.commit),
+        ]
+    }
 }
 
 impl Metrics {
@@ -273,21 +326,53 @@ impl Metrics {
             "One whole Raft Ready, including the hand-off of its write to the blocking pool and back.",
             &ready_timings.ready.snapshot(),
         );
+        histogram_header(
+            &mut out,
+            "invoke_stage_seconds",
+            "Time an Invoke spent in one stage on this node (stage: served, forward, local, guard, read_barrier, actor, mailbox, handler, commit).",
+        );
+        for (stage, h) in self.stages.labelled() {
+            histogram_series(
+                &mut out,
+                "invoke_stage_seconds",
+                &format!("stage=\"{stage}\","),
+                &h.snapshot(),
+            );
+        }
         out
     }
 }
 
 fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
+    histogram_header(out, name, help);
+    histogram_series(out, name, "", h);
+}
+
+fn histogram_header(out: &mut String, name: &str, help: &str) {
     let _ = writeln!(
         out,
         "# HELP synapse_{name} {help}\n# TYPE synapse_{name} histogram"
     );
+}
+
+/// One series of a histogram family. `labels` is empty or ends in a comma,
+/// so that `le` follows it.
+fn histogram_series(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
     for (bound, count) in &h.cumulative {
-        let _ = writeln!(out, "synapse_{name}_bucket{{le=\"{bound}\"}} {count}");
+        let _ = writeln!(
+            out,
+            "synapse_{name}_bucket{{{labels}le=\"{bound}\"}} {count}"
+        );
     }
+    let plain = labels.trim_end_matches(',');
+    let braces = if plain.is_empty() {
+        String::new()
+    } else {
+        format!("{{{plain}}}")
+    };
     let _ = writeln!(
         out,
-        "synapse_{name}_bucket{{le=\"+Inf\"}} {count}\nsynapse_{name}_sum {sum}\nsynapse_{name}_count {count}",
+        "synapse_{name}_bucket{{{labels}le=\"+Inf\"}} {count}\nsynapse_{name}_sum{braces} {sum}\nsynapse_{name}_count{braces} {count}",
         count = h.count,
         sum = h.sum_seconds
     );
@@ -324,5 +409,26 @@ mod tests {
             tail[1]
         );
         assert_eq!(tail[2], "synapse_x_seconds_count 3");
+    }
+
+    #[test]
+    fn a_labelled_series_puts_its_labels_before_le_and_on_sum_and_count() {
+        let h = DurationHistogram::default();
+        h.observe(Duration::from_millis(3));
+        let mut out = String::new();
+        histogram_series(&mut out, "x_seconds", "stage=\"commit\",", &h.snapshot());
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "synapse_x_seconds_bucket{stage=\"commit\",le=\"0.0001\"} 0"
+        );
+        assert!(lines.contains(&"synapse_x_seconds_bucket{stage=\"commit\",le=\"0.005\"} 1"));
+        let tail = &lines[lines.len() - 3..];
+        assert_eq!(
+            tail[0],
+            "synapse_x_seconds_bucket{stage=\"commit\",le=\"+Inf\"} 1"
+        );
+        assert_eq!(tail[1], "synapse_x_seconds_sum{stage=\"commit\"} 0.003");
+        assert_eq!(tail[2], "synapse_x_seconds_count{stage=\"commit\"} 1");
     }
 }

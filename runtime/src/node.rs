@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use synapse_consensus::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
@@ -514,6 +514,23 @@ impl Core {
         expected_version: Option<u64>,
         fence: Arc<Fence>,
     ) -> Result<InvokeResult, RuntimeError> {
+        let started = Instant::now();
+        let result = self
+            .send_to_actor_untimed(id, skill, op, request_id, expected_version, fence)
+            .await;
+        self.metrics.stages.actor.observe(started.elapsed());
+        result
+    }
+
+    async fn send_to_actor_untimed(
+        &self,
+        id: InstanceId,
+        skill: &Arc<dyn DynSkill>,
+        op: Op,
+        request_id: String,
+        expected_version: Option<u64>,
+        fence: Arc<Fence>,
+    ) -> Result<InvokeResult, RuntimeError> {
         let mailbox = self.instances.get_or_activate(&id, skill, &self.env)?;
         if mailbox.queued.fetch_add(1, Ordering::AcqRel) >= self.config.mailbox_capacity {
             mailbox.queued.fetch_sub(1, Ordering::AcqRel);
@@ -529,6 +546,7 @@ impl Core {
             expected_version,
             fence,
             reply: tx,
+            sent_at: Instant::now(),
         });
         if let Err(e) = sent {
             mailbox.queued.fetch_sub(1, Ordering::AcqRel);
@@ -569,7 +587,9 @@ impl Core {
         token: Option<&str>,
         req: InvokeRequest,
     ) -> Result<InvokeResult, RuntimeError> {
+        let started = Instant::now();
         let result = self.invoke_inner(token, req).await;
+        self.metrics.stages.served.observe(started.elapsed());
         drop(permit);
         match &result {
             Ok(r) => {
@@ -674,11 +694,10 @@ impl Core {
             }),
             token: token.unwrap_or_default().to_string(),
         };
-        let r = self
-            .forwarder
-            .call(&self.channels, &address, request)
-            .await
-            .map_err(error_from_status)?;
+        let started = Instant::now();
+        let r = self.forwarder.call(&self.channels, &address, request).await;
+        self.metrics.stages.forward.observe(started.elapsed());
+        let r = r.map_err(error_from_status)?;
         let ts = r.timestamp.unwrap_or_default();
         Ok(InvokeResult {
             reply: serde_json::from_slice(&r.reply).map_err(|e| {
@@ -705,6 +724,17 @@ impl Core {
         token: Option<&str>,
         req: InvokeRequest,
     ) -> Result<InvokeResult, RuntimeError> {
+        let started = Instant::now();
+        let result = self.invoke_local_untimed(token, req).await;
+        self.metrics.stages.local.observe(started.elapsed());
+        result
+    }
+
+    async fn invoke_local_untimed(
+        &self,
+        token: Option<&str>,
+        req: InvokeRequest,
+    ) -> Result<InvokeResult, RuntimeError> {
         validate_name("skill", &req.skill, MAX_SKILL_NAME)?;
         validate_name("instance", &req.instance, MAX_INSTANCE_NAME)?;
         validate_request_id(&req.request_id)?;
@@ -718,8 +748,11 @@ impl Core {
         } else {
             Operation::Write
         };
-        let (_, fence) =
-            self.authorize_fenced(token, &req.skill, &req.instance, &req.method, operation)?;
+        let guard_started = Instant::now();
+        let authorized =
+            self.authorize_fenced(token, &req.skill, &req.instance, &req.method, operation);
+        self.metrics.stages.guard.observe(guard_started.elapsed());
+        let (_, fence) = authorized?;
         let skill = known
             .ok_or_else(|| RuntimeError::NotFound(format!("unknown skill `{}`", req.skill)))?;
         let kind = kind.ok_or_else(|| {
@@ -742,7 +775,13 @@ impl Core {
         match kind {
             MethodKind::Read => {
                 if !debug_unsafe_stale_reads() {
-                    self.linearizable_barrier().await?;
+                    let barrier_started = Instant::now();
+                    let barrier = self.linearizable_barrier().await;
+                    self.metrics
+                        .stages
+                        .read_barrier
+                        .observe(barrier_started.elapsed());
+                    barrier?;
                 }
                 self.metrics.reads.fetch_add(1, Ordering::Relaxed);
                 self.send_to_actor(id, &skill, op, req.request_id, req.expected_version, fence)
