@@ -739,7 +739,16 @@ impl Store {
         if self.inner.simulation && lock(&self.inner.sim_disk).skip_sync {
             return Ok(());
         }
-        lock(&self.inner.raft_bounds).wal.sync()
+        // The fdatasync runs without the log's lock: the Raft driver takes
+        // it on the node's runtime thread for every term lookup and every
+        // append it sends or checks, and holding it across the sync stalled
+        // that whole thread (actors, gRPC, the driver) for the sync's
+        // length. Only the persist job appends, so nothing the sync covers
+        // changes meanwhile.
+        let pending = lock(&self.inner.raft_bounds).wal.begin_sync();
+        pending.run()?;
+        lock(&self.inner.raft_bounds).wal.finish_sync(&pending);
+        Ok(())
     }
 
     /// The Raft log and metadata on this database.

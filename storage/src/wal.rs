@@ -45,6 +45,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::codec::open_value;
 use crate::error::corrupt;
@@ -109,15 +110,50 @@ const SCAN_BLOCK_BYTES: u64 = 64 << 10;
 struct Segment {
     seq: u64,
     path: PathBuf,
-    file: File,
+    /// Shared with a [`PendingSync`], which syncs it without the log's lock.
+    file: Arc<File>,
     /// Bytes written.
     len: u64,
     /// Bytes known durable (fdatasynced, or in a simulation, "synced").
     synced_len: u64,
-    /// Rewritten in place below `synced_len` since the last sync.
-    rewritten: bool,
+    /// In-place rewrites of records, ever; the segment needs a sync while
+    /// this is ahead of `synced_rewrites` (a rewrite may lie below
+    /// `synced_len`).
+    rewrites: u64,
+    synced_rewrites: u64,
     /// Index of its first record, or of the next append if it has none.
     first_index: u64,
+}
+
+/// One segment a [`PendingSync`] will fdatasync, and what that covers.
+#[derive(Debug)]
+struct SyncTarget {
+    seq: u64,
+    file: Arc<File>,
+    len: u64,
+    rewrites: u64,
+}
+
+/// A durability barrier taken from a [`Wal`] ([`Wal::begin_sync`]) so that
+/// its fdatasyncs run without the lock that guards the log: readers of the
+/// log (the Raft driver's term lookups and sends, on the node's runtime
+/// thread) need that lock, and an fdatasync is the longest thing the log
+/// does.
+#[derive(Debug)]
+pub(crate) struct PendingSync {
+    simulation: bool,
+    segments: Vec<SyncTarget>,
+}
+
+impl PendingSync {
+    pub(crate) fn run(&self) -> Result<(), StorageError> {
+        if !self.simulation {
+            for t in &self.segments {
+                t.file.sync_data()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Segment files, the location of every retained entry, and the write cursor.
@@ -492,10 +528,11 @@ impl Wal {
         self.segments.push(Segment {
             seq,
             path,
-            file,
+            file: Arc::new(file),
             len,
             synced_len: len,
-            rewritten: false,
+            rewrites: 0,
+            synced_rewrites: 0,
             first_index: first_index.unwrap_or(0),
         });
         Ok(torn)
@@ -509,10 +546,11 @@ impl Wal {
         self.segments.push(Segment {
             seq,
             path,
-            file,
+            file: Arc::new(file),
             len: 0,
             synced_len: 0,
-            rewritten: false,
+            rewrites: 0,
+            synced_rewrites: 0,
             first_index,
         });
         Ok(())
@@ -1025,26 +1063,50 @@ impl Wal {
             .write_all_at(value, loc.offset + HEADER_LEN as u64)?;
         // The record may be in a sealed, synced segment: sync it at the next
         // barrier like the active one.
-        seg.rewritten = true;
+        seg.rewrites += 1;
         Ok(())
     }
 
     /// The durability barrier: every segment with unsynced bytes (normally
     /// just the active one) is fdatasynced.
     pub(crate) fn sync(&mut self) -> Result<(), StorageError> {
-        let simulation = self.simulation;
-        for s in self
-            .segments
-            .iter_mut()
-            .filter(|s| s.synced_len < s.len || s.rewritten)
-        {
-            if !simulation {
-                s.file.sync_data()?;
-            }
-            s.synced_len = s.len;
-            s.rewritten = false;
-        }
+        let pending = self.begin_sync();
+        pending.run()?;
+        self.finish_sync(&pending);
         Ok(())
+    }
+
+    /// The first half of [`Wal::sync`]: what the barrier must make durable,
+    /// as of now. Run it ([`PendingSync::run`]) without holding whatever
+    /// guards this log, then record it with [`Wal::finish_sync`]. Only
+    /// bytes written before this call count as synced afterwards.
+    pub(crate) fn begin_sync(&self) -> PendingSync {
+        PendingSync {
+            simulation: self.simulation,
+            segments: self
+                .segments
+                .iter()
+                .filter(|s| s.synced_len < s.len || s.rewrites != s.synced_rewrites)
+                .map(|s| SyncTarget {
+                    seq: s.seq,
+                    file: s.file.clone(),
+                    len: s.len,
+                    rewrites: s.rewrites,
+                })
+                .collect(),
+        }
+    }
+
+    /// Records a [`PendingSync`] that ran successfully. A segment cut
+    /// shorter meanwhile keeps the shorter length; one removed meanwhile is
+    /// skipped.
+    pub(crate) fn finish_sync(&mut self, done: &PendingSync) {
+        for t in &done.segments {
+            if let Some(s) = self.segments.iter_mut().find(|s| s.seq == t.seq) {
+                s.synced_len = s.synced_len.max(t.len.min(s.len));
+                s.synced_rewrites = s.synced_rewrites.max(t.rewrites);
+            }
+        }
     }
 
     /// Starts over, empty, under `generation`, with the next append at any
@@ -1176,6 +1238,33 @@ mod tests {
         assert_eq!(report, OpenReport::default());
         assert_eq!((w.first_index(), w.last_index()), (Some(5), Some(20)));
         assert_eq!(w.read(9, 10).unwrap(), vec![recs[4].1.clone()]);
+    }
+
+    /// A barrier covers what was written when it began: bytes appended while
+    /// its fdatasyncs ran stay unsynced, and a rewrite made meanwhile still
+    /// needs the next barrier.
+    #[test]
+    fn a_sync_counts_only_what_was_written_before_it_began() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = open(d.path());
+        let recs: Vec<_> = (1..=3).map(|i| rec(i, 20)).collect();
+        w.append(&recs[..2]).unwrap();
+        let pending = w.begin_sync();
+        w.append(&recs[2..]).unwrap();
+        w.overwrite(1, &recs[0].1).unwrap();
+        pending.run().unwrap();
+        w.finish_sync(&pending);
+        let active = w.segments.last().unwrap();
+        assert!(
+            active.synced_len < active.len,
+            "the third record was written after the barrier began"
+        );
+        assert_ne!(active.rewrites, active.synced_rewrites);
+        w.sync().unwrap();
+        let active = w.segments.last().unwrap();
+        assert_eq!(active.synced_len, active.len);
+        assert_eq!(active.rewrites, active.synced_rewrites);
+        assert!(w.begin_sync().segments.is_empty(), "nothing left to sync");
     }
 
     /// A batch that would push a segment past what 32-bit offsets address
