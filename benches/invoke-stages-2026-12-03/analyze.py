@@ -2,7 +2,7 @@
 """Lines up the client's per-second latency with each node's per-second
 Invoke-stage and Ready histograms (run.sh's scrape.jsonl).
 Usage: analyze.py DIR [SPIKE_MS (30)]"""
-import collections, json, re, sys
+import collections, gzip, json, os, re, sys
 
 d = sys.argv[1]
 spike_ms = float(sys.argv[2]) if len(sys.argv) > 2 else 30.0
@@ -10,7 +10,8 @@ run = json.load(open(f'{d}/bench.json'))['runs'][0]
 start = float(open(f'{d}/bench-start.txt').read())
 timeline = {x['second']: x for x in run['timeline']}
 scrapes = collections.defaultdict(list)
-for line in open(f'{d}/scrape.jsonl'):
+scrape = f'{d}/scrape.jsonl'
+for line in (open(scrape) if os.path.exists(scrape) else gzip.open(scrape + '.gz', 'rt')):
     s = json.loads(line)
     scrapes[s['node']].append(s)
 

@@ -341,10 +341,6 @@ impl AuditLog {
         (files, bytes, records)
     }
 
-    pub(crate) fn sync(&mut self) -> Result<(), StorageError> {
-        self.wal.sync()
-    }
-
     pub(crate) fn copy_durable_to(&self, data_dir: &Path) -> Result<(), StorageError> {
         self.wal.copy_durable_to(data_dir)
     }
@@ -580,9 +576,14 @@ impl Store {
     }
 
     /// Durability barrier for the audit trail alone: one fdatasync of its
-    /// active segment.
+    /// active segment. Run without the trail's lock, as the Raft log's is
+    /// (`Store::sync_raft_wal`), so that a reader of the trail does not wait
+    /// for the disk; only the audit writer appends, and it is the caller.
     pub fn audit_sync(&self) -> Result<(), StorageError> {
-        lock(&self.inner.audit).sync()
+        let pending = lock(&self.inner.audit).wal.begin_sync();
+        pending.run()?;
+        lock(&self.inner.audit).wal.finish_sync(&pending);
+        Ok(())
     }
 
     /// (segment files, bytes on disk, records retained), for
