@@ -295,8 +295,9 @@ impl InstanceActor {
     fn execute(&mut self, msg: Execute, ctx: &mut Context<Self>) {
         let started = Instant::now();
         self.last_active = started;
-        let stages = &self.env.metrics.stages;
-        stages
+        self.env
+            .metrics
+            .stages
             .mailbox
             .observe(started.saturating_duration_since(msg.sent_at));
         if let Err(e) = self.check_stored_head() {
@@ -350,6 +351,7 @@ impl InstanceActor {
         let (next_state, value, state_bytes) = match prepared {
             Ok(p) => p,
             Err(e) => {
+                self.env.metrics.stages.handler.observe(started.elapsed());
                 let _ = reply.send(Err(e));
                 return;
             }
