@@ -25,7 +25,7 @@ use crate::clock::Hlc;
 use crate::command::{ApplyOutcome, Command};
 use crate::config::NodeConfig;
 use crate::error::RuntimeError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StageTimer};
 use crate::skill::{AnyState, DynSkill, MethodKind};
 
 /// `skill/instance`.
@@ -295,11 +295,14 @@ impl InstanceActor {
     fn execute(&mut self, msg: Execute, ctx: &mut Context<Self>) {
         let started = Instant::now();
         self.last_active = started;
-        self.env
-            .metrics
-            .stages
+        let stage_metrics = self.env.metrics.clone();
+        let stages = &stage_metrics.stages;
+        stages
             .mailbox
             .observe(started.saturating_duration_since(msg.sent_at));
+        // Until the write is proposed, or the read answered; any early
+        // return (a refusal, a handler error) ends it too.
+        let handler = StageTimer::start(&stages.handler);
         if let Err(e) = self.check_stored_head() {
             let _ = msg.reply.send(Err(e));
             return;
@@ -342,7 +345,7 @@ impl InstanceActor {
                         request_id,
                     })
                 });
-            self.env.metrics.stages.handler.observe(started.elapsed());
+            drop(handler);
             let _ = reply.send(result);
             return;
         }
@@ -351,7 +354,7 @@ impl InstanceActor {
         let (next_state, value, state_bytes) = match prepared {
             Ok(p) => p,
             Err(e) => {
-                self.env.metrics.stages.handler.observe(started.elapsed());
+                drop(handler);
                 let _ = reply.send(Err(e));
                 return;
             }
@@ -419,8 +422,7 @@ impl InstanceActor {
         let raft = self.env.raft.clone();
         let metrics = self.env.metrics.clone();
         metrics.proposals.fetch_add(1, Ordering::Relaxed);
-        let proposed = Instant::now();
-        metrics.stages.handler.observe(proposed - started);
+        let proposed = handler.finish();
         let fut = async move { raft.propose(command).await };
         ctx.spawn(fut.into_actor(self).map(move |outcome, act, _ctx| {
             metrics.stages.commit.observe(proposed.elapsed());

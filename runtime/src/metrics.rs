@@ -57,12 +57,16 @@ pub struct Metrics {
 /// client's latency minus `served` is what gRPC, HTTP/2 and the scheduler
 /// cost outside the node's code.
 ///
-/// Each stage is recorded for every call that reaches it, successful or
-/// not; a refused call stops early and is counted only where it went.
+/// Each stage is recorded for every call that reaches it: successful,
+/// failed, or dropped midway (a client that gave up), through a
+/// [`StageTimer`] that records when it is dropped; a refused call stops
+/// early and is counted only where it went. The stages nest per call; on a
+/// leader `local` also counts the calls that followers forwarded.
 #[derive(Debug, Default)]
 pub struct InvokeStages {
-    /// A client's Invoke on the node it reached, from admission to the
-    /// result: `local` on the leader, `forward` on a follower.
+    /// A client's Invoke on the node it reached, from admission past the
+    /// front door (after the request was decoded) to the result: `local`
+    /// on the leader, `forward` on a follower.
     pub served: DurationHistogram,
     /// A follower's round trip to the leader over the forward stream.
     pub forward: DurationHistogram,
@@ -78,10 +82,43 @@ pub struct InvokeStages {
     pub actor: DurationHistogram,
     /// Waiting in the actor's mailbox, behind the calls ahead of it.
     pub mailbox: DurationHistogram,
-    /// The skill's handler, plus sealing the checkpoint for a write.
+    /// In the actor: checking the stored head, the skill's handler, and
+    /// sealing the checkpoint for a write.
     pub handler: DurationHistogram,
     /// A write's proposal until Raft has committed and applied it here.
     pub commit: DurationHistogram,
+}
+
+/// Times one stage from its creation until it is dropped or finished, so a
+/// call cut short (an error return, a cancelled future) is still counted.
+#[must_use = "a stage timer records when it is dropped"]
+pub struct StageTimer<'a> {
+    histogram: &'a DurationHistogram,
+    started: std::time::Instant,
+}
+
+impl<'a> StageTimer<'a> {
+    pub fn start(histogram: &'a DurationHistogram) -> Self {
+        StageTimer {
+            histogram,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Ends the stage now (at drop otherwise); returns when it ended.
+    pub fn finish(self) -> std::time::Instant {
+        let now = std::time::Instant::now();
+        self.histogram
+            .observe(now.saturating_duration_since(self.started));
+        std::mem::forget(self);
+        now
+    }
+}
+
+impl Drop for StageTimer<'_> {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed());
+    }
 }
 
 impl InvokeStages {

@@ -29,7 +29,7 @@ use crate::command::Command;
 use crate::config::NodeConfig;
 use crate::error::RuntimeError;
 use crate::guard::{Fence, Grant, Operation, Request, RootKey};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StageTimer};
 use crate::skill::{erase, DynSkill, MethodKind, Skill};
 use crate::skills::{Counter, Kv};
 use crate::state_machine::NodeStateMachine;
@@ -514,23 +514,7 @@ impl Core {
         expected_version: Option<u64>,
         fence: Arc<Fence>,
     ) -> Result<InvokeResult, RuntimeError> {
-        let started = Instant::now();
-        let result = self
-            .send_to_actor_untimed(id, skill, op, request_id, expected_version, fence)
-            .await;
-        self.metrics.stages.actor.observe(started.elapsed());
-        result
-    }
-
-    async fn send_to_actor_untimed(
-        &self,
-        id: InstanceId,
-        skill: &Arc<dyn DynSkill>,
-        op: Op,
-        request_id: String,
-        expected_version: Option<u64>,
-        fence: Arc<Fence>,
-    ) -> Result<InvokeResult, RuntimeError> {
+        let _stage = StageTimer::start(&self.metrics.stages.actor);
         let mailbox = self.instances.get_or_activate(&id, skill, &self.env)?;
         if mailbox.queued.fetch_add(1, Ordering::AcqRel) >= self.config.mailbox_capacity {
             mailbox.queued.fetch_sub(1, Ordering::AcqRel);
@@ -587,9 +571,9 @@ impl Core {
         token: Option<&str>,
         req: InvokeRequest,
     ) -> Result<InvokeResult, RuntimeError> {
-        let started = Instant::now();
+        let served = StageTimer::start(&self.metrics.stages.served);
         let result = self.invoke_inner(token, req).await;
-        self.metrics.stages.served.observe(started.elapsed());
+        drop(served);
         drop(permit);
         match &result {
             Ok(r) => {
@@ -694,9 +678,9 @@ impl Core {
             }),
             token: token.unwrap_or_default().to_string(),
         };
-        let started = Instant::now();
+        let forward = StageTimer::start(&self.metrics.stages.forward);
         let r = self.forwarder.call(&self.channels, &address, request).await;
-        self.metrics.stages.forward.observe(started.elapsed());
+        drop(forward);
         let r = r.map_err(error_from_status)?;
         let ts = r.timestamp.unwrap_or_default();
         Ok(InvokeResult {
@@ -724,17 +708,7 @@ impl Core {
         token: Option<&str>,
         req: InvokeRequest,
     ) -> Result<InvokeResult, RuntimeError> {
-        let started = Instant::now();
-        let result = self.invoke_local_untimed(token, req).await;
-        self.metrics.stages.local.observe(started.elapsed());
-        result
-    }
-
-    async fn invoke_local_untimed(
-        &self,
-        token: Option<&str>,
-        req: InvokeRequest,
-    ) -> Result<InvokeResult, RuntimeError> {
+        let _stage = StageTimer::start(&self.metrics.stages.local);
         validate_name("skill", &req.skill, MAX_SKILL_NAME)?;
         validate_name("instance", &req.instance, MAX_INSTANCE_NAME)?;
         validate_request_id(&req.request_id)?;
@@ -748,10 +722,10 @@ impl Core {
         } else {
             Operation::Write
         };
-        let guard_started = Instant::now();
+        let guard = StageTimer::start(&self.metrics.stages.guard);
         let authorized =
             self.authorize_fenced(token, &req.skill, &req.instance, &req.method, operation);
-        self.metrics.stages.guard.observe(guard_started.elapsed());
+        drop(guard);
         let (_, fence) = authorized?;
         let skill = known
             .ok_or_else(|| RuntimeError::NotFound(format!("unknown skill `{}`", req.skill)))?;
@@ -775,12 +749,9 @@ impl Core {
         match kind {
             MethodKind::Read => {
                 if !debug_unsafe_stale_reads() {
-                    let barrier_started = Instant::now();
+                    let stage = StageTimer::start(&self.metrics.stages.read_barrier);
                     let barrier = self.linearizable_barrier().await;
-                    self.metrics
-                        .stages
-                        .read_barrier
-                        .observe(barrier_started.elapsed());
+                    drop(stage);
                     barrier?;
                 }
                 self.metrics.reads.fetch_add(1, Ordering::Relaxed);

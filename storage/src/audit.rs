@@ -578,7 +578,7 @@ impl Store {
     /// Durability barrier for the audit trail alone: one fdatasync of its
     /// active segment. Run without the trail's lock, as the Raft log's is
     /// (`Store::sync_raft_wal`), so that a reader of the trail does not wait
-    /// for the disk; only the audit writer appends, and it is the caller.
+    /// for the disk.
     pub fn audit_sync(&self) -> Result<(), StorageError> {
         let pending = lock(&self.inner.audit).wal.begin_sync();
         pending.run()?;

@@ -743,8 +743,9 @@ impl Store {
         // it on the node's runtime thread for every term lookup and every
         // append it sends or checks, and holding it across the sync stalled
         // that whole thread (actors, gRPC, the driver) for the sync's
-        // length. Only the persist job appends, so nothing the sync covers
-        // changes meanwhile.
+        // length. Whatever changes the log meanwhile (another barrier, a
+        // cut, a reset) is accounted for by `finish_sync`, which credits
+        // only segments that are still the same file, uncut.
         let pending = lock(&self.inner.raft_bounds).wal.begin_sync();
         pending.run()?;
         lock(&self.inner.raft_bounds).wal.finish_sync(&pending);

@@ -121,6 +121,10 @@ struct Segment {
     /// `synced_len`).
     rewrites: u64,
     synced_rewrites: u64,
+    /// Times it was cut shorter (`truncate_from`). A barrier that began
+    /// before a cut credits no length: the bytes past the cut that it
+    /// synced are gone, and new ones may stand there.
+    cuts: u64,
     /// Index of its first record, or of the next append if it has none.
     first_index: u64,
 }
@@ -128,17 +132,20 @@ struct Segment {
 /// One segment a [`PendingSync`] will fdatasync, and what that covers.
 #[derive(Debug)]
 struct SyncTarget {
-    seq: u64,
+    /// The segment's own handle: a segment removed and another created
+    /// under the same sequence number (a cut, a reset) is not this one.
     file: Arc<File>,
     len: u64,
     rewrites: u64,
+    cuts: u64,
 }
 
 /// A durability barrier taken from a [`Wal`] ([`Wal::begin_sync`]) so that
 /// its fdatasyncs run without the lock that guards the log: readers of the
 /// log (the Raft driver's term lookups and sends, on the node's runtime
 /// thread) need that lock, and an fdatasync is the longest thing the log
-/// does.
+/// does. Writers may change the log meanwhile; [`Wal::finish_sync`]
+/// credits only what is still the same bytes.
 #[derive(Debug)]
 pub(crate) struct PendingSync {
     simulation: bool,
@@ -533,6 +540,7 @@ impl Wal {
             synced_len: len,
             rewrites: 0,
             synced_rewrites: 0,
+            cuts: 0,
             first_index: first_index.unwrap_or(0),
         });
         Ok(torn)
@@ -551,6 +559,7 @@ impl Wal {
             synced_len: 0,
             rewrites: 0,
             synced_rewrites: 0,
+            cuts: 0,
             first_index,
         });
         Ok(())
@@ -878,6 +887,7 @@ impl Wal {
         }
         active.len = loc.offset;
         active.synced_len = active.synced_len.min(loc.offset);
+        active.cuts += 1;
         if active.len == 0 {
             active.first_index = index;
         }
@@ -1088,24 +1098,33 @@ impl Wal {
                 .iter()
                 .filter(|s| s.synced_len < s.len || s.rewrites != s.synced_rewrites)
                 .map(|s| SyncTarget {
-                    seq: s.seq,
                     file: s.file.clone(),
                     len: s.len,
                     rewrites: s.rewrites,
+                    cuts: s.cuts,
                 })
                 .collect(),
         }
     }
 
-    /// Records a [`PendingSync`] that ran successfully. A segment cut
-    /// shorter meanwhile keeps the shorter length; one removed meanwhile is
-    /// skipped.
+    /// Records a [`PendingSync`] that ran successfully. Only a segment that
+    /// is still the same file and was not cut meanwhile gets credit, so a
+    /// barrier that overlapped a truncation, a reset or another barrier
+    /// never marks bytes durable that it did not sync.
     pub(crate) fn finish_sync(&mut self, done: &PendingSync) {
         for t in &done.segments {
-            if let Some(s) = self.segments.iter_mut().find(|s| s.seq == t.seq) {
-                s.synced_len = s.synced_len.max(t.len.min(s.len));
-                s.synced_rewrites = s.synced_rewrites.max(t.rewrites);
+            let Some(s) = self
+                .segments
+                .iter_mut()
+                .find(|s| Arc::ptr_eq(&s.file, &t.file))
+            else {
+                continue;
+            };
+            if s.cuts != t.cuts {
+                continue;
             }
+            s.synced_len = s.synced_len.max(t.len.min(s.len));
+            s.synced_rewrites = s.synced_rewrites.max(t.rewrites);
         }
     }
 
@@ -1265,6 +1284,48 @@ mod tests {
         assert_eq!(active.synced_len, active.len);
         assert_eq!(active.rewrites, active.synced_rewrites);
         assert!(w.begin_sync().segments.is_empty(), "nothing left to sync");
+    }
+
+    /// A barrier that overlaps a cut of its segment credits nothing: the
+    /// bytes written after the cut, at offsets it did sync before, are
+    /// still unsynced, and so is a segment created anew under a sequence
+    /// number the barrier saw.
+    #[test]
+    fn a_sync_overlapping_a_cut_or_a_new_segment_credits_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = open(d.path());
+        let recs: Vec<_> = (1..=4).map(|i| rec(i, 20)).collect();
+        w.append(&recs[..3]).unwrap();
+        let pending = w.begin_sync();
+        w.truncate_from(2).unwrap();
+        w.append(&[rec(2, 20), rec(3, 20)]).unwrap();
+        pending.run().unwrap();
+        w.finish_sync(&pending);
+        let active = w.segments.last().unwrap();
+        assert!(
+            active.synced_len < active.len,
+            "records rewritten after the cut must wait for the next barrier"
+        );
+        w.sync().unwrap();
+
+        let d = tempfile::tempdir().unwrap();
+        let mut w = open(d.path());
+        w.max_segment_bytes = 2 * (HEADER_LEN as u64 + 8 + 20);
+        let recs: Vec<_> = (1..=5).map(|i| rec(i, 20)).collect();
+        w.append(&recs).unwrap();
+        assert_eq!(w.segments.len(), 3, "two records per segment");
+        let pending = w.begin_sync();
+        w.truncate_from(3).unwrap();
+        assert_eq!(w.segments.len(), 2, "the cut removed the third segment");
+        w.append(&recs[2..]).unwrap();
+        assert_eq!(w.segments.len(), 3, "a new third segment, same number");
+        pending.run().unwrap();
+        w.finish_sync(&pending);
+        let third = w.segments.last().unwrap();
+        assert!(
+            third.len > 0 && third.synced_len == 0,
+            "the barrier synced the removed file, not this one"
+        );
     }
 
     /// A batch that would push a segment past what 32-bit offsets address
