@@ -60,8 +60,11 @@ pub struct Metrics {
 /// Each stage is recorded for every call that reaches it: successful,
 /// failed, or dropped midway (a client that gave up), through a
 /// [`StageTimer`] that records when it is dropped; a refused call stops
-/// early and is counted only where it went. The stages nest per call; on a
-/// leader `local` also counts the calls that followers forwarded.
+/// early and is counted only where it went. For a call that completes, the
+/// stages nest (`served` ⊇ `local` ⊇ `actor` ⊇ `commit`); on a leader
+/// `local` also counts the calls that followers forwarded. A call its
+/// client abandons ends its outer stages then, while the actor finishes
+/// (and times) its part later; a rollback is timed from `actor` inward.
 #[derive(Debug, Default)]
 pub struct InvokeStages {
     /// A client's Invoke on the node it reached, from admission past the

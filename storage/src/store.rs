@@ -746,9 +746,16 @@ impl Store {
         // length. Whatever changes the log meanwhile (another barrier, a
         // cut, a reset) is accounted for by `finish_sync`, which credits
         // only segments that are still the same file, uncut.
-        let pending = lock(&self.inner.raft_bounds).wal.begin_sync();
-        pending.run()?;
-        lock(&self.inner.raft_bounds).wal.finish_sync(&pending);
+        let pending = lock(&self.inner.raft_bounds).wal.begin_sync()?;
+        let synced = pending.run();
+        let mut bounds = lock(&self.inner.raft_bounds);
+        match synced {
+            Ok(()) => bounds.wal.finish_sync(&pending),
+            Err(e) => {
+                bounds.wal.fail_sync(&e);
+                return Err(e);
+            }
+        }
         Ok(())
     }
 

@@ -189,6 +189,10 @@ pub(crate) struct Wal {
     simulation: bool,
     /// `MAX_SEGMENT_BYTES`, lowered by tests to reach the split path.
     max_segment_bytes: u64,
+    /// Set by the first failed fdatasync. After one, the kernel may have
+    /// dropped the dirty pages, and a later fdatasync can succeed without
+    /// them; so no barrier succeeds again until the log is reopened.
+    sync_failed: Option<String>,
 }
 
 /// What `Wal::open` found and did, for the log line and the tests.
@@ -434,6 +438,7 @@ impl Wal {
             count: 0,
             stride: index_stride,
             simulation,
+            sync_failed: None,
         };
         let count = found.len();
         for (i, (seq, path)) in found.into_iter().enumerate() {
@@ -881,13 +886,15 @@ impl Wal {
         }
         let simulation = self.simulation;
         let active = self.active();
+        // Recorded before the fallible calls, so that a barrier in flight
+        // credits nothing of this segment even if the cut fails midway.
+        active.cuts += 1;
+        active.len = loc.offset;
+        active.synced_len = active.synced_len.min(loc.offset);
         active.file.set_len(loc.offset)?;
         if !simulation {
             active.file.sync_all()?;
         }
-        active.len = loc.offset;
-        active.synced_len = active.synced_len.min(loc.offset);
-        active.cuts += 1;
         if active.len == 0 {
             active.first_index = index;
         }
@@ -1080,18 +1087,37 @@ impl Wal {
     /// The durability barrier: every segment with unsynced bytes (normally
     /// just the active one) is fdatasynced.
     pub(crate) fn sync(&mut self) -> Result<(), StorageError> {
-        let pending = self.begin_sync();
-        pending.run()?;
+        let pending = self.begin_sync()?;
+        if let Err(e) = pending.run() {
+            self.fail_sync(&e);
+            return Err(e);
+        }
         self.finish_sync(&pending);
         Ok(())
     }
 
+    /// Records that a barrier's fdatasync failed: every later barrier
+    /// fails too (see `sync_failed`).
+    pub(crate) fn fail_sync(&mut self, e: &StorageError) {
+        if self.sync_failed.is_none() {
+            self.sync_failed = Some(e.to_string());
+        }
+    }
+
     /// The first half of [`Wal::sync`]: what the barrier must make durable,
     /// as of now. Run it ([`PendingSync::run`]) without holding whatever
-    /// guards this log, then record it with [`Wal::finish_sync`]. Only
-    /// bytes written before this call count as synced afterwards.
-    pub(crate) fn begin_sync(&self) -> PendingSync {
-        PendingSync {
+    /// guards this log, then record it with [`Wal::finish_sync`], or a
+    /// failure with [`Wal::fail_sync`]. Only bytes written before this call
+    /// count as synced afterwards. Fails once any barrier has failed.
+    pub(crate) fn begin_sync(&self) -> Result<PendingSync, StorageError> {
+        if let Some(first) = &self.sync_failed {
+            return Err(StorageError::Io(std::io::Error::other(format!(
+                "an earlier fdatasync of the {} failed ({first}); writes since then \
+                 cannot be made durable by this process: restart the node",
+                self.label
+            ))));
+        }
+        Ok(PendingSync {
             simulation: self.simulation,
             segments: self
                 .segments
@@ -1104,7 +1130,7 @@ impl Wal {
                     cuts: s.cuts,
                 })
                 .collect(),
-        }
+        })
     }
 
     /// Records a [`PendingSync`] that ran successfully. Only a segment that
@@ -1268,7 +1294,7 @@ mod tests {
         let mut w = open(d.path());
         let recs: Vec<_> = (1..=3).map(|i| rec(i, 20)).collect();
         w.append(&recs[..2]).unwrap();
-        let pending = w.begin_sync();
+        let pending = w.begin_sync().unwrap();
         w.append(&recs[2..]).unwrap();
         w.overwrite(1, &recs[0].1).unwrap();
         pending.run().unwrap();
@@ -1283,7 +1309,10 @@ mod tests {
         let active = w.segments.last().unwrap();
         assert_eq!(active.synced_len, active.len);
         assert_eq!(active.rewrites, active.synced_rewrites);
-        assert!(w.begin_sync().segments.is_empty(), "nothing left to sync");
+        assert!(
+            w.begin_sync().unwrap().segments.is_empty(),
+            "nothing left to sync"
+        );
     }
 
     /// A barrier that overlaps a cut of its segment credits nothing: the
@@ -1296,7 +1325,7 @@ mod tests {
         let mut w = open(d.path());
         let recs: Vec<_> = (1..=4).map(|i| rec(i, 20)).collect();
         w.append(&recs[..3]).unwrap();
-        let pending = w.begin_sync();
+        let pending = w.begin_sync().unwrap();
         w.truncate_from(2).unwrap();
         w.append(&[rec(2, 20), rec(3, 20)]).unwrap();
         pending.run().unwrap();
@@ -1314,7 +1343,7 @@ mod tests {
         let recs: Vec<_> = (1..=5).map(|i| rec(i, 20)).collect();
         w.append(&recs).unwrap();
         assert_eq!(w.segments.len(), 3, "two records per segment");
-        let pending = w.begin_sync();
+        let pending = w.begin_sync().unwrap();
         w.truncate_from(3).unwrap();
         assert_eq!(w.segments.len(), 2, "the cut removed the third segment");
         w.append(&recs[2..]).unwrap();
@@ -1326,6 +1355,39 @@ mod tests {
             third.len > 0 && third.synced_len == 0,
             "the barrier synced the removed file, not this one"
         );
+
+        // A reset starts a new generation whose first segment is numbered
+        // like the old first one, which the barrier covers.
+        let d = tempfile::tempdir().unwrap();
+        let mut w = open(d.path());
+        w.append(&[rec(1, 20)]).unwrap();
+        let pending = w.begin_sync().unwrap();
+        assert_eq!(pending.segments.len(), 1);
+        w.reset(2).unwrap();
+        w.append(&[rec(40, 20)]).unwrap();
+        pending.run().unwrap();
+        w.finish_sync(&pending);
+        let fresh = w.segments.last().unwrap();
+        assert!(
+            fresh.len > 0 && fresh.synced_len == 0,
+            "the barrier synced the old generation's files, not this one"
+        );
+    }
+
+    /// After one failed fdatasync no barrier succeeds again: the kernel may
+    /// have dropped the pages it could not write, and a later fdatasync
+    /// would report success without them.
+    #[test]
+    fn after_a_failed_sync_every_later_barrier_fails() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = open(d.path());
+        w.append(&[rec(1, 20)]).unwrap();
+        w.fail_sync(&StorageError::Invalid("simulated EIO".into()));
+        let err = w.sync().expect_err("a barrier after a failed one");
+        assert!(err.to_string().contains("simulated EIO"), "{err}");
+        assert!(w.begin_sync().is_err());
+        w.append(&[rec(2, 20)]).unwrap();
+        assert!(w.sync().is_err(), "still failing after more writes");
     }
 
     /// A batch that would push a segment past what 32-bit offsets address
