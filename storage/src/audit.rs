@@ -580,17 +580,7 @@ impl Store {
     /// (`Store::sync_raft_wal`), so that a reader of the trail does not wait
     /// for the disk.
     pub fn audit_sync(&self) -> Result<(), StorageError> {
-        let pending = lock(&self.inner.audit).wal.begin_sync()?;
-        let synced = pending.run();
-        let mut log = lock(&self.inner.audit);
-        match synced {
-            Ok(()) => log.wal.finish_sync(&pending),
-            Err(e) => {
-                log.wal.fail_sync(&e);
-                return Err(e);
-            }
-        }
-        Ok(())
+        crate::wal::sync_outside_lock(&self.inner.audit, |log| &mut log.wal)
     }
 
     /// (segment files, bytes on disk, records retained), for

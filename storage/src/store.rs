@@ -746,17 +746,7 @@ impl Store {
         // length. Whatever changes the log meanwhile (another barrier, a
         // cut, a reset) is accounted for by `finish_sync`, which credits
         // only segments that are still the same file, uncut.
-        let pending = lock(&self.inner.raft_bounds).wal.begin_sync()?;
-        let synced = pending.run();
-        let mut bounds = lock(&self.inner.raft_bounds);
-        match synced {
-            Ok(()) => bounds.wal.finish_sync(&pending),
-            Err(e) => {
-                bounds.wal.fail_sync(&e);
-                return Err(e);
-            }
-        }
-        Ok(())
+        crate::wal::sync_outside_lock(&self.inner.raft_bounds, |b| &mut b.wal)
     }
 
     /// The Raft log and metadata on this database.

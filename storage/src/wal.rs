@@ -163,6 +163,29 @@ impl PendingSync {
     }
 }
 
+/// A [`Wal`]'s durability barrier with its fdatasyncs run outside `guard`,
+/// the mutex that holds the log (`wal` picks the log out of it): begin
+/// under the lock, sync without it, then credit or record the failure under
+/// it again.
+pub(crate) fn sync_outside_lock<T>(
+    guard: &std::sync::Mutex<T>,
+    wal: impl Fn(&mut T) -> &mut Wal,
+) -> Result<(), StorageError> {
+    let pending = wal(&mut crate::store::lock(guard)).begin_sync()?;
+    let synced = pending.run();
+    let mut held = crate::store::lock(guard);
+    match synced {
+        Ok(()) => {
+            wal(&mut held).finish_sync(&pending);
+            Ok(())
+        }
+        Err(e) => {
+            wal(&mut held).fail_sync(&e);
+            Err(e)
+        }
+    }
+}
+
 /// Segment files, the location of every retained entry, and the write cursor.
 #[derive(Debug)]
 pub(crate) struct Wal {
