@@ -125,6 +125,7 @@ dc_compose_extra=("$override")
 
 rows=()          # summary rows
 failures=0
+failed_runs=()   # "tag: verdict" of each failed run, for the final message
 print_table() {
     (( ${#rows[@]} )) || return 0
     echo
@@ -369,6 +370,7 @@ run_class() {
         verdict=PASS
     fi
     rows+=("$class|$wl|$ops|$ok|$unknown|$rate|$recovery|$gap|$lost|$verdict")
+    [[ $verdict == PASS || $verdict == CAUGHT* ]] || failed_runs+=("$tag: $verdict")
     log "  $tag: $verdict"
 }
 
@@ -387,6 +389,6 @@ done
 print_table
 rows=()   # printed; the exit hook must not print them again
 if (( failures > 0 )); then
-    fail "$failures run(s) failed"
+    fail "$failures run(s) failed: $(printf '%s; ' "${failed_runs[@]}")"
 fi
 log "PASS: every run${planted:+ caught the planted bug}; total $(( $(date +%s) - t0 ))s"

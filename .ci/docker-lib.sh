@@ -17,7 +17,14 @@
 t0=${t0:-$(date +%s)}
 log_tag=${log_tag:-docker}
 log() { echo "[$log_tag +$(( $(date +%s) - t0 ))s] $*"; }
-fail() { echo "[$log_tag +$(( $(date +%s) - t0 ))s] FAIL: $*" >&2; exit 1; }
+# The reason is kept and printed again after the cluster's logs at exit: a
+# CI log is often read from its tail, and 60 lines per node bury it.
+fail_reason=""
+fail() {
+    fail_reason="$*"
+    echo "[$log_tag +$(( $(date +%s) - t0 ))s] FAIL: $*" >&2
+    exit 1
+}
 
 # dc_require_docker <what>: a missing engine is a loud skip, not a failure.
 dc_require_docker() {
@@ -57,11 +64,15 @@ compose() {
 dc_cleanup() {
     local rc=$? left
     set +e
-    if declare -F dc_cleanup_hook >/dev/null; then dc_cleanup_hook; fi
     if [[ $rc != 0 ]]; then
         echo "---- cluster state at failure ----" >&2
         compose ps >&2
         compose logs --no-color --tail=60 >&2
+    fi
+    # After the logs, so that a summary it prints is near the end.
+    if declare -F dc_cleanup_hook >/dev/null; then dc_cleanup_hook; fi
+    if [[ $rc != 0 ]]; then
+        echo "==== $log_tag FAILED (exit $rc) after $(( $(date +%s) - t0 ))s: ${fail_reason:-no reason recorded; see above} ====" >&2
     fi
     compose down -v --remove-orphans -t 10 >/dev/null 2>&1
     rm -rf "$work"
@@ -130,7 +141,20 @@ wait_until() {
         fi
         n=$((n + 1)); sleep 1
     done
-    fail "$what: not within ${limit}s"
+    # Each node's state says which part of the check was never true.
+    fail "$what: not within ${limit}s (now: $(state_summary))"
+}
+
+# One line per node (health, id, role, leader, voters, applied index, state
+# hash), for a failure message.
+state_summary() {
+    local svc h s out=""
+    for svc in synapse-0 synapse-1 synapse-2; do
+        h=$(docker inspect -f '{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$(ctr "$svc")" 2>/dev/null) || h=gone
+        s=$(status_json "$svc" 2>/dev/null | jq_py '"id=%s role=%s leader=%s voters=%s learners=%s applied=%s hash=%s" % (d["node_id"], d.get("role"), d["leader_id"], d["voters"], d["learners"], d["applied_index"], str(d.get("state_hash"))[:12])' 2>/dev/null) || s="no status"
+        out+="$svc $h $s; "
+    done
+    echo "${out%; }"
 }
 
 # Raft ids are not ordinals: a member removed and wiped rejoins under a
