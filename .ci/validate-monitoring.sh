@@ -19,6 +19,7 @@ KNOWN = {
     "synapse_forward_streams_opened_total", "synapse_forwarded_total",
     "synapse_guard_cache_entries",
     "synapse_guard_cache_hits_total", "synapse_handler_deadline_overruns_total",
+    "synapse_heap_allocated_bytes",
     "synapse_handler_panics_total", "synapse_invokes_failed_total",
     "synapse_invokes_ok_total", "synapse_leader_changes_total",
     "synapse_overloaded_total", "synapse_peer_clock_offset_micros",

@@ -10,6 +10,8 @@
 //!   check with that set, and the audit overhead per call (`Core::authorize`
 //!   with the batched audit writer, flushed, vs one unbatched append);
 //! * `clock/hlc_now`;
+//! * `heap/alloc_free_64B_{mimalloc,counted}`: one allocation and its free
+//!   through mimalloc, bare and inside the binary's live-heap counter;
 //! * `checkpoint/seal_{1KiB,64KiB,1MiB}`, `checkpoint/store_apply_1KiB`,
 //!   `storage/sync`;
 //! * `raft/round_3_nodes_in_memory`: one proposal through three drivers in
@@ -303,6 +305,34 @@ fn bench_clock(c: &mut Criterion) {
     let hlc = Hlc::new(1, Arc::new(SystemClock));
     let mut g = quick(c, "clock");
     g.bench_function("hlc_now", |b| b.iter(|| black_box(hlc.now())));
+    g.finish();
+}
+
+// ------------------------------------------------------------------ heap
+
+/// The cost of the binary's live-heap counter: the same allocation and free
+/// through bare mimalloc and through the counting wrapper (called directly:
+/// the bench's own global allocator is the default one).
+fn bench_heap(c: &mut Criterion) {
+    use std::alloc::{GlobalAlloc, Layout};
+    fn alloc_free(a: &impl GlobalAlloc, layout: Layout) {
+        // SAFETY: the block is freed at once with the layout it was made with.
+        unsafe {
+            let p = a.alloc(layout);
+            assert!(!p.is_null());
+            a.dealloc(black_box(p), layout);
+        }
+    }
+    let layout = Layout::from_size_align(64, 8).expect("layout");
+    let bare = mimalloc::MiMalloc;
+    let counted = synapse::heap::CountingAllocator::new(mimalloc::MiMalloc);
+    let mut g = quick(c, "heap");
+    g.bench_function("alloc_free_64B_mimalloc", |b| {
+        b.iter(|| alloc_free(&bare, layout))
+    });
+    g.bench_function("alloc_free_64B_counted", |b| {
+        b.iter(|| alloc_free(&counted, layout))
+    });
     g.finish();
 }
 
@@ -748,6 +778,7 @@ fn main() {
     bench_guard(&mut c);
     bench_capabilities(&mut c);
     bench_clock(&mut c);
+    bench_heap(&mut c);
     bench_checkpoint(&mut c);
     bench_raft(&mut c);
     bench_invoke(&mut c);

@@ -18,7 +18,8 @@
 #                                    # each), at most ACTIVE in memory, idle
 #                                    # ones passivated after IDLE_MS
 #
-# Both sample every node's VmRSS, RssAnon, active-instance gauge and data-dir
+# Both sample every node's VmRSS, RssAnon, live heap and active-instance
+# gauges (synapse_heap_allocated_bytes, synapse_active_instances) and data-dir
 # size every SAMPLE_SECONDS into OUT_DIR/rss-<mode>.csv, keep the load
 # generator's JSON (per-second p50/p99 timeline), CPU ticks per node and thread
 # name into OUT_DIR/rss-<mode>-threads.csv, and print a report:
@@ -141,12 +142,16 @@ def status(pid, key):
     except OSError:
         pass
     return 0
-def active(url):
+def gauges(url):
+    """Active instances and live heap (KiB) from a node's /metrics; -1 when
+    unknown (no answer, or etcd, which has neither)."""
     try:
         body = urllib.request.urlopen(url, timeout=3).read().decode()
-        return next((int(float(l.split()[1])) for l in body.splitlines() if l.startswith("synapse_active_instances ")), 0)
     except Exception:
-        return -1
+        return -1, -1
+    def gauge(name, scale=1):
+        return next((int(float(l.split()[1]) / scale) for l in body.splitlines() if l.startswith(name + " ")), -1)
+    return gauge("synapse_active_instances"), gauge("synapse_heap_allocated_bytes", 1024)
 def thread_ticks(pid):
     """CPU ticks (user+system) per thread name: which thread saturates when."""
     ticks = {}
@@ -172,14 +177,15 @@ def du_kib(path):
 threads = open(csv[:-4] + "-threads.csv", "w")
 threads.write("elapsed_s,node,thread,cpu_ticks\n")
 with open(csv, "w") as out:
-    out.write("elapsed_s,load1,cpu_busy_pct,cpu_iowait_pct,cpu_steal_pct,fsync_p50_us,fsync_max_us," + ",".join(f"{n}_rss_kib,{n}_anon_kib,{n}_active,{n}_disk_kib" for n, *_ in specs) + "\n")
+    out.write("elapsed_s,load1,cpu_busy_pct,cpu_iowait_pct,cpu_steal_pct,fsync_p50_us,fsync_max_us," + ",".join(f"{n}_rss_kib,{n}_anon_kib,{n}_heap_kib,{n}_active,{n}_disk_kib" for n, *_ in specs) + "\n")
     start = time.monotonic()
     for k in range(int(86400 / every) + 1):
         if os.path.exists(stop):
             break
         row = [str(round(time.monotonic() - start)), open("/proc/loadavg").read().split()[0]] + machine_cols()
         for node, pid, url, data in specs:
-            row += [str(status(pid, "VmRSS")), str(status(pid, "RssAnon")), str(active(url)), str(du_kib(data))]
+            active, heap = gauges(url)
+            row += [str(status(pid, "VmRSS")), str(status(pid, "RssAnon")), str(heap), str(active), str(du_kib(data))]
             for name, t in sorted(thread_ticks(pid).items()):
                 threads.write(f"{row[0]},{node},{name},{t}\n")
         threads.flush()
@@ -304,12 +310,16 @@ if len(full) >= 2:
     a, b = sum(s["ops"] for s in first), sum(s["ops"] for s in last)
     print(f"throughput: minute {full[-1]} / minute {full[0]} = {b/max(a,1):.2f}")
 print()
-print("| elapsed s | load1 | " + " | ".join(f"{n} RSS MiB | {n} anon MiB | {n} disk MiB" for n in nodes) + " |")
-print("|---:|---:|" + "---:|" * (3 * len(nodes)))
+# heap: the live heap the node itself reports (allocated, not freed);
+# RSS minus heap is mostly the allocator's retention and its own metadata.
+has_heap = all(int(r.get(f"{n}_heap_kib", -1)) >= 0 for r in rows for n in nodes)
+mib = lambda r, n, k: f"{int(r[f'{n}_{k}_kib'])/1024:.0f}"
+cols = ["rss", "anon"] + (["heap"] if has_heap else []) + ["disk"]
+print("| elapsed s | load1 | " + " | ".join(f"{n} {k if k != 'rss' else 'RSS'} MiB" for n in nodes for k in cols) + " |")
+print("|---:|---:|" + "---:|" * (len(cols) * len(nodes)))
 for r in rows:
     if int(r["elapsed_s"]) % 60 < 10 or r is rows[-1]:
-        print(f"| {r['elapsed_s']} | {r['load1']} | " + " | ".join(
-            f"{int(r[n+'_rss_kib'])/1024:.0f} | {int(r[n+'_anon_kib'])/1024:.0f} | {int(r[n+'_disk_kib'])/1024:.0f}" for n in nodes) + " |")
+        print(f"| {r['elapsed_s']} | {r['load1']} | " + " | ".join(mib(r, n, k) for n in nodes for k in cols) + " |")
 warm_row = next((r for r in rows if int(r["elapsed_s"]) >= warm), rows[0])
 end_row = rows[-1]
 print()
@@ -317,6 +327,13 @@ print(f"RSS growth from {warm_row['elapsed_s']} s (after warm-up) to {end_row['e
 for n in nodes:
     a, b = int(warm_row[f"{n}_rss_kib"]), int(end_row[f"{n}_rss_kib"])
     print(f"  {n}: {a/1024:.0f} -> {b/1024:.0f} MiB, {100*(b-a)/max(a,1):+.1f} %")
+if has_heap:
+    print(f"live heap over the same span (what the node holds; RSS minus it is the allocator's):")
+    for n in nodes:
+        a, b = int(warm_row[f"{n}_heap_kib"]), int(end_row[f"{n}_heap_kib"])
+        span = [int(r[f"{n}_heap_kib"]) for r in rows if int(r["elapsed_s"]) >= int(warm_row["elapsed_s"])]
+        print(f"  {n}: {a/1024:.0f} -> {b/1024:.0f} MiB, {100*(b-a)/max(a,1):+.1f} % "
+              f"(min {min(span)/1024:.0f}, max {max(span)/1024:.0f} MiB)")
 PY
 else
     say "1 node, max_active_instances $ACTIVE, idle_timeout_ms $IDLE_MS; $INSTANCES instances in sequence (bounded ${INSTANCES_SECONDS}s)"
@@ -349,12 +366,13 @@ print(f"instances created (acknowledged first writes): {run['ok']} in {run['elap
       f"({run['throughput_ops_s']} ops/s), errors {run['errors_total']} {run['errors'] or ''}; "
       f"max_active_instances {active}, idle_timeout_ms {idle}")
 print()
-print("| elapsed s | load1 | instances created | RSS MiB | anon MiB | active instances | data dir MiB |")
-print("|---:|---:|---:|---:|---:|---:|---:|")
+print("| elapsed s | load1 | instances created | RSS MiB | anon MiB | live heap MiB | active instances | data dir MiB |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|")
 step = max(1, len(rows) // 20)
+heap = lambda r: f"{int(r['n1_heap_kib'])/1024:.0f}" if int(r.get("n1_heap_kib", -1)) >= 0 else "-"
 for r in rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else []):
     print(f"| {r['elapsed_s']} | {r['load1']} | {made_by(int(r['elapsed_s']))} | {int(r['n1_rss_kib'])/1024:.0f}"
-          f" | {int(r['n1_anon_kib'])/1024:.0f} | {r['n1_active']} | {int(r['n1_disk_kib'])/1024:.0f} |")
+          f" | {int(r['n1_anon_kib'])/1024:.0f} | {heap(r)} | {r['n1_active']} | {int(r['n1_disk_kib'])/1024:.0f} |")
 peak = max(int(r["n1_rss_kib"]) for r in rows)
 print()
 print(f"peak RSS {peak/1024:.0f} MiB; max active instances seen {max(int(r['n1_active']) for r in rows)}")

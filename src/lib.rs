@@ -20,6 +20,7 @@
 //! internals; everything here goes through `synapse-runtime`'s public API.
 
 pub mod client;
+pub mod heap;
 pub mod history;
 pub mod linearizability;
 
@@ -29,6 +30,7 @@ pub use synapse_runtime::clock::{
 pub use synapse_runtime::guard::{
     attenuate, inspect, Fence, Grant, GuardError, Restriction, RootKey,
 };
+pub use synapse_runtime::metrics::register_heap_probe;
 pub use synapse_runtime::node::restore_backup;
 pub use synapse_runtime::skill::field;
 pub use synapse_runtime::{

@@ -25,9 +25,11 @@ use serde_json::{json, Value};
 use synapse::client::{v1 as pb, Client, ClientTls};
 use synapse::{format_timestamp, Grant, NodeConfig, Restriction, RootKey, Timestamp};
 
-/// See the `mimalloc` entry in Cargo.toml for why.
+/// mimalloc: see its entry in Cargo.toml for why. Counted, so that a node
+/// can report its live heap beside its resident memory (`synapse::heap`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: synapse::heap::CountingAllocator<mimalloc::MiMalloc> =
+    synapse::heap::CountingAllocator::new(mimalloc::MiMalloc);
 
 mod certs;
 mod check_history;
@@ -966,6 +968,7 @@ fn invoke_json(r: &pb::InvokeResponse) -> Value {
 }
 
 async fn serve(opts: ServeOpts) -> Result<(), Failure> {
+    synapse::register_heap_probe(|| ALLOCATOR.allocated_bytes());
     let stale_reads = opts.debug_unsafe_stale_reads;
     let damage_entry = opts.debug_damage_raft_entry;
     let unsafe_allowed = std::env::var("SYNAPSE_DEBUG_UNSAFE").as_deref() == Ok("1");

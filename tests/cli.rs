@@ -375,6 +375,26 @@ fn cli_tour_denied_call_and_graceful_sigterm() {
     assert!(healthz.starts_with("HTTP/1.1 200"), "healthz: {healthz}");
     let metrics = s.http_get("/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200"), "metrics: {metrics}");
+    // The binary counts its heap: more than nothing, and no more than the
+    // address space it has mapped (not resident memory: a block allocated
+    // and never touched is not resident).
+    let heap: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("synapse_heap_allocated_bytes "))
+        .unwrap_or_else(|| panic!("no heap gauge in:\n{metrics}"))
+        .trim()
+        .parse()
+        .expect("heap gauge value");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let mapped_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmSize in /proc/<pid>/status");
+    assert!(
+        heap > 0 && heap <= mapped_kib * 1024,
+        "heap {heap} B against {mapped_kib} KiB mapped"
+    );
 
     // Graceful shutdown on SIGTERM: exit status 0.
     s.signal("-TERM");

@@ -3,8 +3,21 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use synapse_consensus::{DurationHistogram, HistogramSnapshot, RaftStatus, ReadyTimings};
+
+/// Where the live heap size comes from, if the program counts it. Only the
+/// program that chose the global allocator can (the `synapse` binary wraps
+/// mimalloc in a counter); a library must not pick one for its embedder.
+static HEAP_PROBE: OnceLock<fn() -> u64> = OnceLock::new();
+
+/// Reports `probe()` as `synapse_heap_allocated_bytes` on every node of this
+/// process. Returns false if a probe was already registered (the first one
+/// stays).
+pub fn register_heap_probe(probe: fn() -> u64) -> bool {
+    HEAP_PROBE.set(probe).is_ok()
+}
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -281,6 +294,13 @@ impl Metrics {
             g(&self.active_instances),
         );
         gauge("watchers", "Open Watch streams.", g(&self.watchers));
+        if let Some(probe) = HEAP_PROBE.get() {
+            gauge(
+                "heap_allocated_bytes",
+                "Bytes the process holds on its heap (allocated, not yet freed; without the allocator's own retention, which resident memory includes).",
+                probe(),
+            );
+        }
         gauge(
             "scrub_unrepairable",
             "Instances the scrub after the last start found damaged beyond repair from a peer (a damaged head; on a single node any damage).",
