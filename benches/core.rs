@@ -10,7 +10,7 @@
 //!   check with that set, and the audit overhead per call (`Core::authorize`
 //!   with the batched audit writer, flushed, vs one unbatched append);
 //! * `clock/hlc_now`;
-//! * `heap/alloc_free_64B_{mimalloc,counted}`: one allocation and its free
+//! * `heap/alloc_free_64B_mimalloc{,_counted}`: one allocation and its free
 //!   through mimalloc, bare and inside the binary's live-heap counter;
 //! * `checkpoint/seal_{1KiB,64KiB,1MiB}`, `checkpoint/store_apply_1KiB`,
 //!   `storage/sync`;
@@ -324,13 +324,24 @@ fn bench_heap(c: &mut Criterion) {
         }
     }
     let layout = Layout::from_size_align(64, 8).expect("layout");
-    let bare = mimalloc::MiMalloc;
-    let counted = synapse::heap::CountingAllocator::new(mimalloc::MiMalloc);
+    use synapse::heap::CountingAllocator;
+    #[cfg(feature = "mimalloc")]
+    let (bare, counted, name) = (
+        mimalloc::MiMalloc,
+        CountingAllocator::new(mimalloc::MiMalloc),
+        "mimalloc",
+    );
+    #[cfg(not(feature = "mimalloc"))]
+    let (bare, counted, name) = (
+        std::alloc::System,
+        CountingAllocator::new(std::alloc::System),
+        "system",
+    );
     let mut g = quick(c, "heap");
-    g.bench_function("alloc_free_64B_mimalloc", |b| {
+    g.bench_function(format!("alloc_free_64B_{name}"), |b| {
         b.iter(|| alloc_free(&bare, layout))
     });
-    g.bench_function("alloc_free_64B_counted", |b| {
+    g.bench_function(format!("alloc_free_64B_{name}_counted"), |b| {
         b.iter(|| alloc_free(&counted, layout))
     });
     g.finish();

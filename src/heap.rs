@@ -88,8 +88,9 @@ impl<A> CountingAllocator<A> {
 fn shard_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        // A const initialiser and no destructor: reading it never allocates
-        // and still works while the thread is being torn down.
+        // A const initialiser and no destructor: on targets with native
+        // thread-locals (Linux, macOS, Windows) reading it never allocates,
+        // and it still works while the thread is being torn down.
         static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
     }
     SHARD

@@ -25,11 +25,20 @@ use serde_json::{json, Value};
 use synapse::client::{v1 as pb, Client, ClientTls};
 use synapse::{format_timestamp, Grant, NodeConfig, Restriction, RootKey, Timestamp};
 
-/// mimalloc: see its entry in Cargo.toml for why. Counted, so that a node
+/// mimalloc (see its entry in Cargo.toml for why; the system allocator in a
+/// profiling build without the `mimalloc` feature). Counted, so that a node
 /// can report its live heap beside its resident memory (`synapse::heap`).
 #[global_allocator]
-static ALLOCATOR: synapse::heap::CountingAllocator<mimalloc::MiMalloc> =
-    synapse::heap::CountingAllocator::new(mimalloc::MiMalloc);
+static ALLOCATOR: synapse::heap::CountingAllocator<BaseAllocator> =
+    synapse::heap::CountingAllocator::new(BASE_ALLOCATOR);
+#[cfg(feature = "mimalloc")]
+type BaseAllocator = mimalloc::MiMalloc;
+#[cfg(feature = "mimalloc")]
+const BASE_ALLOCATOR: BaseAllocator = mimalloc::MiMalloc;
+#[cfg(not(feature = "mimalloc"))]
+type BaseAllocator = std::alloc::System;
+#[cfg(not(feature = "mimalloc"))]
+const BASE_ALLOCATOR: BaseAllocator = std::alloc::System;
 
 mod certs;
 mod check_history;

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# What a node's live heap holds at its peak, by allocation site: one node
+# under heaptrack, driven by `synapse bench` (puts of 256 B over 1 000
+# instances, as in sustained.sh), with its heap gauge polled meanwhile.
+#
+#   cargo build --release --no-default-features --bin synapse   # system
+#       # allocator: heaptrack intercepts malloc, not mimalloc
+#   SYNAPSE_BIN=target/release/synapse OUT=/tmp/heap benches/heap-2026-12-04/run.sh
+#
+# Env: SYNAPSE_BIN (required), OUT [/tmp/heap], DUR [420] seconds of load,
+# CLIENTS [64], PORT [52401] (gRPC; PORT+1 is HTTP). Needs heaptrack
+# (Debian package heaptrack). Bounded: the load stops after DUR seconds.
+set -euo pipefail
+B=${SYNAPSE_BIN:?set SYNAPSE_BIN to a build without the mimalloc feature}
+OUT=${OUT:-/tmp/heap}
+DUR=${DUR:-420}
+CLIENTS=${CLIENTS:-64}
+PORT=${PORT:-52401}
+HTTP=$((PORT + 1))
+command -v heaptrack >/dev/null || { echo "needs heaptrack (apt-get install heaptrack)" >&2; exit 1; }
+mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/heap-node.XXXXXX)
+cleanup() { kill "${POLL:-}" 2>/dev/null || true; kill "${NODE:-}" 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+heaptrack -o "$OUT/heaptrack" "$B" serve --node-id 1 --data-dir "$WORK/n1" \
+    --listen "127.0.0.1:$PORT" --http-listen "127.0.0.1:$HTTP" --log warn >"$OUT/node.log" 2>&1 &
+NODE=$!
+EP=http://127.0.0.1:$PORT
+for _ in $(seq 1 120); do
+    [ -s "$WORK/n1/root.token" ] && "$B" invoke counter/warm incr --endpoint "$EP" \
+        --token-file "$WORK/n1/root.token" >/dev/null 2>&1 && break
+    sleep 0.5
+done
+# heaptrack wraps the node: its pid is a child of the heaptrack script.
+( start=$(date +%s); echo "elapsed_s,heap_mib,rss_mib" >"$OUT/heap.csv"
+  while :; do
+      h=$(curl -s --max-time 2 "http://127.0.0.1:$HTTP/metrics" | awk '/^synapse_heap_allocated_bytes /{printf "%.1f", $2/1048576}')
+      p=$(pgrep -f "serve --node-id 1 --data-dir $WORK/n1" | tail -1)
+      r=$(awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$p/status" 2>/dev/null || echo "")
+      echo "$(( $(date +%s) - start )),${h:-},${r:-}" >>"$OUT/heap.csv"
+      sleep 5
+  done ) &
+POLL=$!
+"$B" bench --endpoints "$EP" --token-file "$WORK/n1/root.token" --clients "$CLIENTS" \
+    --duration "${DUR}s" --warmup 0s --mix put=100 --json "$OUT/bench.json" --quiet
+kill "$POLL" 2>/dev/null || true
+kill -TERM "$(pgrep -f "serve --node-id 1 --data-dir $WORK/n1" | tail -1)"
+wait "$NODE" || true
+f=$(ls -t "$OUT"/heaptrack*.zst "$OUT"/heaptrack*.gz 2>/dev/null | head -1)
+heaptrack_print -f "$f" --print-peaks 1 --print-allocators 0 --print-temporary 0 \
+    --print-leaks 0 --peak-limit 25 >"$OUT/peaks.txt" 2>&1 || true
+echo "heap gauge: $OUT/heap.csv; heaptrack data: $f; peak consumers: $OUT/peaks.txt"
