@@ -8,8 +8,10 @@
 #   SYNAPSE_BIN=target/release/synapse OUT=/tmp/heap benches/heap-2026-12-04/run.sh
 #
 # Env: SYNAPSE_BIN (required), OUT [/tmp/heap], DUR [420] seconds of load,
-# CLIENTS [64], PORT [52401] (gRPC; PORT+1 is HTTP). Needs heaptrack
-# (Debian package heaptrack). Bounded: the load stops after DUR seconds.
+# CLIENTS [64], PORT [52401] (gRPC; PORT+1 is HTTP), HEAPTRACK [1] (0: the
+# node runs bare, e.g. a default mimalloc build, and only the gauge is
+# polled). Needs heaptrack (Debian package heaptrack) unless HEAPTRACK=0.
+# Bounded: the load stops after DUR seconds.
 set -euo pipefail
 B=${SYNAPSE_BIN:?set SYNAPSE_BIN to a build without the mimalloc feature}
 OUT=${OUT:-/tmp/heap}
@@ -17,12 +19,16 @@ DUR=${DUR:-420}
 CLIENTS=${CLIENTS:-64}
 PORT=${PORT:-52401}
 HTTP=$((PORT + 1))
-command -v heaptrack >/dev/null || { echo "needs heaptrack (apt-get install heaptrack)" >&2; exit 1; }
+HEAPTRACK=${HEAPTRACK:-1}
+[ "$HEAPTRACK" = 0 ] || command -v heaptrack >/dev/null ||
+    { echo "needs heaptrack (apt-get install heaptrack)" >&2; exit 1; }
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/heap-node.XXXXXX)
 cleanup() { kill "${POLL:-}" 2>/dev/null || true; kill "${NODE:-}" 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-heaptrack -o "$OUT/heaptrack" "$B" serve --node-id 1 --data-dir "$WORK/n1" \
+WRAP=()
+[ "$HEAPTRACK" = 0 ] || WRAP=(heaptrack -o "$OUT/heaptrack")
+"${WRAP[@]}" "$B" serve --node-id 1 --data-dir "$WORK/n1" \
     --listen "127.0.0.1:$PORT" --http-listen "127.0.0.1:$HTTP" --log warn >"$OUT/node.log" 2>&1 &
 NODE=$!
 EP=http://127.0.0.1:$PORT
@@ -32,12 +38,14 @@ for _ in $(seq 1 120); do
     sleep 0.5
 done
 # heaptrack wraps the node: its pid is a child of the heaptrack script.
-( start=$(date +%s); echo "elapsed_s,heap_mib,rss_mib" >"$OUT/heap.csv"
+( start=$(date +%s); echo "elapsed_s,applied_index,heap_mib,rss_mib" >"$OUT/heap.csv"
   while :; do
-      h=$(curl -s --max-time 2 "http://127.0.0.1:$HTTP/metrics" | awk '/^synapse_heap_allocated_bytes /{printf "%.1f", $2/1048576}')
+      m=$(curl -s --max-time 2 "http://127.0.0.1:$HTTP/metrics")
+      h=$(awk '/^synapse_heap_allocated_bytes /{printf "%.1f", $2/1048576}' <<<"$m")
+      a=$(awk '/^synapse_raft_applied_index /{printf "%d", $2}' <<<"$m")
       p=$(pgrep -f "serve --node-id 1 --data-dir $WORK/n1" | tail -1)
       r=$(awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$p/status" 2>/dev/null || echo "")
-      echo "$(( $(date +%s) - start )),${h:-},${r:-}" >>"$OUT/heap.csv"
+      echo "$(( $(date +%s) - start )),${a:-},${h:-},${r:-}" >>"$OUT/heap.csv"
       sleep 5
   done ) &
 POLL=$!
@@ -46,7 +54,8 @@ POLL=$!
 kill "$POLL" 2>/dev/null || true
 kill -TERM "$(pgrep -f "serve --node-id 1 --data-dir $WORK/n1" | tail -1)"
 wait "$NODE" || true
-f=$(ls -t "$OUT"/heaptrack*.zst "$OUT"/heaptrack*.gz 2>/dev/null | head -1)
+[ "$HEAPTRACK" = 0 ] && { echo "heap gauge: $OUT/heap.csv"; exit 0; }
+f=$(ls -t "$OUT"/heaptrack*.zst "$OUT"/heaptrack*.gz 2>/dev/null | head -1 || true)
 heaptrack_print -f "$f" --print-peaks 1 --print-allocators 0 --print-temporary 0 \
     --print-leaks 0 --peak-limit 25 >"$OUT/peaks.txt" 2>&1 || true
 echo "heap gauge: $OUT/heap.csv; heaptrack data: $f; peak consumers: $OUT/peaks.txt"
