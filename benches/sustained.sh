@@ -88,8 +88,9 @@ synapse_bin
 # SAMPLE_SECONDS (elapsed s, 1-min load average, the machine's busy / iowait /
 # steal CPU % and the median and worst 4 KiB write + fdatasync in the data
 # dirs' filesystem over the interval (a probe every 200 ms), then per node
-# VmRSS KiB, RssAnon KiB, synapse_active_instances (0 for etcd), data-dir
-# KiB) until $WORK/stop-sampler exists; bounded to one day of samples. The
+# VmRSS KiB, RssAnon KiB, live heap KiB and synapse_active_instances (-1
+# when unknown: etcd, or a failed scrape), data-dir KiB) until
+# $WORK/stop-sampler exists; bounded to one day of samples. The
 # machine columns tell a slow host or disk from a slow system when a run
 # falls behind. The nodes are SAMPLE_PIDS, with their metrics URLs in
 # SAMPLE_URLS and data dirs in SAMPLE_DIRS. Its pid goes into PIDS.
@@ -311,9 +312,12 @@ if len(full) >= 2:
     print(f"throughput: minute {full[-1]} / minute {full[0]} = {b/max(a,1):.2f}")
 print()
 # heap: the live heap the node itself reports (allocated, not freed);
-# RSS minus heap is mostly the allocator's retention and its own metadata.
-has_heap = all(int(r.get(f"{n}_heap_kib", -1)) >= 0 for r in rows for n in nodes)
-mib = lambda r, n, k: f"{int(r[f'{n}_{k}_kib'])/1024:.0f}"
+# RSS minus heap is the allocator's retention and metadata, size-class
+# rounding, thread stacks and memory allocated outside Rust. A scrape that
+# failed is -1: its cell shows "-" and the summary skips it.
+heap_of = lambda r, n: int(r.get(f"{n}_heap_kib", -1))
+has_heap = any(heap_of(r, n) >= 0 for r in rows for n in nodes)
+mib = lambda r, n, k: "-" if int(r[f"{n}_{k}_kib"]) < 0 else f"{int(r[f'{n}_{k}_kib'])/1024:.0f}"
 cols = ["rss", "anon"] + (["heap"] if has_heap else []) + ["disk"]
 print("| elapsed s | load1 | " + " | ".join(f"{n} {k if k != 'rss' else 'RSS'} MiB" for n in nodes for k in cols) + " |")
 print("|---:|---:|" + "---:|" * (len(cols) * len(nodes)))
@@ -330,10 +334,13 @@ for n in nodes:
 if has_heap:
     print(f"live heap over the same span (what the node holds; RSS minus it is the allocator's):")
     for n in nodes:
-        a, b = int(warm_row[f"{n}_heap_kib"]), int(end_row[f"{n}_heap_kib"])
-        span = [int(r[f"{n}_heap_kib"]) for r in rows if int(r["elapsed_s"]) >= int(warm_row["elapsed_s"])]
+        span = [heap_of(r, n) for r in rows if int(r["elapsed_s"]) >= int(warm_row["elapsed_s"]) and heap_of(r, n) >= 0]
+        if not span:
+            print(f"  {n}: no heap sample")
+            continue
+        a, b = span[0], span[-1]
         print(f"  {n}: {a/1024:.0f} -> {b/1024:.0f} MiB, {100*(b-a)/max(a,1):+.1f} % "
-              f"(min {min(span)/1024:.0f}, max {max(span)/1024:.0f} MiB)")
+              f"(min {min(span)/1024:.0f}, max {max(span)/1024:.0f} MiB; {len(span)} samples)")
 PY
 else
     say "1 node, max_active_instances $ACTIVE, idle_timeout_ms $IDLE_MS; $INSTANCES instances in sequence (bounded ${INSTANCES_SECONDS}s)"

@@ -24,7 +24,18 @@ HEAPTRACK=${HEAPTRACK:-1}
     { echo "needs heaptrack (apt-get install heaptrack)" >&2; exit 1; }
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/heap-node.XXXXXX)
-cleanup() { kill "${POLL:-}" 2>/dev/null || true; kill "${NODE:-}" 2>/dev/null || true; rm -rf "$WORK"; }
+# The synapse process itself: under heaptrack, $NODE is heaptrack's script.
+node_pid() { pgrep -f "serve --node-id 1 --data-dir $WORK/n1" | tail -1 || true; }
+stop_node() {
+    local p; p=$(node_pid)
+    [ -z "$p" ] || kill -TERM "$p" 2>/dev/null || true
+    # Bounded: a node that has not exited after 60 s (heaptrack writes its
+    # data on exit) is killed.
+    for _ in $(seq 1 120); do kill -0 "${NODE:-0}" 2>/dev/null || return 0; sleep 0.5; done
+    p=$(node_pid); [ -z "$p" ] || kill -KILL "$p" 2>/dev/null || true
+    kill -KILL "${NODE:-0}" 2>/dev/null || true
+}
+cleanup() { kill "${POLL:-}" 2>/dev/null || true; stop_node; rm -rf "$WORK"; }
 trap cleanup EXIT
 WRAP=()
 [ "$HEAPTRACK" = 0 ] || WRAP=(heaptrack -o "$OUT/heaptrack")
@@ -32,19 +43,21 @@ WRAP=()
     --listen "127.0.0.1:$PORT" --http-listen "127.0.0.1:$HTTP" --log warn >"$OUT/node.log" 2>&1 &
 NODE=$!
 EP=http://127.0.0.1:$PORT
+ready=0
 for _ in $(seq 1 120); do
-    [ -s "$WORK/n1/root.token" ] && "$B" invoke counter/warm incr --endpoint "$EP" \
-        --token-file "$WORK/n1/root.token" >/dev/null 2>&1 && break
+    if [ -s "$WORK/n1/root.token" ] && "$B" invoke counter/warm incr --endpoint "$EP" \
+        --token-file "$WORK/n1/root.token" >/dev/null 2>&1; then ready=1; break; fi
     sleep 0.5
 done
-# heaptrack wraps the node: its pid is a child of the heaptrack script.
-( start=$(date +%s); echo "elapsed_s,applied_index,heap_mib,rss_mib" >"$OUT/heap.csv"
+[ "$ready" = 1 ] || { echo "the node did not serve within 60 s; its log:" >&2; cat "$OUT/node.log" >&2; exit 1; }
+( set +e  # a missed scrape leaves an empty cell, not a dead poller
+  start=$(date +%s); echo "elapsed_s,applied_index,heap_mib,rss_mib" >"$OUT/heap.csv"
   while :; do
       m=$(curl -s --max-time 2 "http://127.0.0.1:$HTTP/metrics")
       h=$(awk '/^synapse_heap_allocated_bytes /{printf "%.1f", $2/1048576}' <<<"$m")
       a=$(awk '/^synapse_raft_applied_index /{printf "%d", $2}' <<<"$m")
-      p=$(pgrep -f "serve --node-id 1 --data-dir $WORK/n1" | tail -1)
-      r=$(awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$p/status" 2>/dev/null || echo "")
+      p=$(node_pid)
+      r=$(awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/${p:-0}/status" 2>/dev/null)
       echo "$(( $(date +%s) - start )),${a:-},${h:-},${r:-}" >>"$OUT/heap.csv"
       sleep 5
   done ) &
@@ -52,8 +65,7 @@ POLL=$!
 "$B" bench --endpoints "$EP" --token-file "$WORK/n1/root.token" --clients "$CLIENTS" \
     --duration "${DUR}s" --warmup 0s --mix put=100 --json "$OUT/bench.json" --quiet
 kill "$POLL" 2>/dev/null || true
-kill -TERM "$(pgrep -f "serve --node-id 1 --data-dir $WORK/n1" | tail -1)"
-wait "$NODE" || true
+stop_node
 [ "$HEAPTRACK" = 0 ] && { echo "heap gauge: $OUT/heap.csv"; exit 0; }
 f=$(ls -t "$OUT"/heaptrack*.zst "$OUT"/heaptrack*.gz 2>/dev/null | head -1 || true)
 heaptrack_print -f "$f" --print-peaks 1 --print-allocators 0 --print-temporary 0 \

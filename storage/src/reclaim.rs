@@ -66,8 +66,10 @@ impl SledBarrier {
     /// blob not yet synced is `sync_data()`ed, then the `blobs` directory
     /// itself so the new names survive a crash.
     pub(crate) fn sync(&self) -> Result<(), StorageError> {
-        self.db.flush()?;
+        let flushed = self.db.flush();
+        // Also after a failed flush: the thread may sync no more.
         release_deferred_frees();
+        flushed?;
         self.db_file.sync_data()?;
         self.sync_blobs()
     }
@@ -115,8 +117,13 @@ impl SledBarrier {
 /// once, every ~1.5 M writes (heaptrack, benches/README.md, fourteenth
 /// pass). Flushed, the bag is freed once every thread has moved past its
 /// epoch, as the busy threads' garbage is.
+///
+/// Through `sled::pin()` (public, hidden from sled's docs) rather than a
+/// crossbeam-epoch of our own: it is the guard of the very collector sled
+/// defers to, so a sled upgrade that changes it breaks the build here
+/// instead of silently flushing another collector's bag.
 fn release_deferred_frees() {
-    crossbeam_epoch::pin().flush();
+    sled::pin().flush();
 }
 
 /// Segment files detached from the log ([`crate::wal::Wal::detach_segments_before`]),
@@ -362,7 +369,7 @@ mod tests {
             let (barrier, freed) = (barrier.clone(), freed.clone());
             std::thread::spawn(move || {
                 let marker = freed;
-                crossbeam_epoch::pin().defer(move || marker.store(true, Ordering::Release));
+                sled::pin().defer(move || marker.store(true, Ordering::Release));
                 barrier.sync().unwrap();
                 synced_tx.send(()).unwrap();
                 // Alive, like the reclaim thread: a thread that exits hands
@@ -373,11 +380,13 @@ mod tests {
         synced_rx.recv().unwrap();
         // Each collection advances the epoch at most once, and a garbage
         // bag goes two epochs after it was sealed; other tests' threads may
-        // hold a pin for a moment, so try a bounded number of times.
+        // hold a pin for a while (sled waits pinned for its writes), so
+        // keep collecting, up to a bound far beyond any such wait.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let mut collections = 0;
-        while !freed.load(Ordering::Acquire) && collections < 100_000 {
-            crossbeam_epoch::pin().flush();
-            std::thread::yield_now();
+        while !freed.load(Ordering::Acquire) && std::time::Instant::now() < give_up {
+            sled::pin().flush();
+            std::thread::sleep(std::time::Duration::from_micros(100));
             collections += 1;
         }
         done_tx.send(()).unwrap();
