@@ -61,6 +61,8 @@ case "${PROFILE:-none}" in
         sleep 5
         events=syscalls:sys_enter_fdatasync,syscalls:sys_enter_sync_file_range,syscalls:sys_enter_pwrite64
         events+=,syscalls:sys_enter_futex,syscalls:sys_enter_writev,syscalls:sys_enter_recvfrom,context-switches
+        events+=,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg
+        events+=,syscalls:sys_enter_epoll_wait
         stats=()
         for i in 0 1 2; do
             perf stat -e "$events" -p "${SYN_PIDS[$i]}" -o "$WORK/syscalls-n$((i + 1)).txt" -- sleep 5 &

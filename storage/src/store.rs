@@ -23,7 +23,7 @@
 //! and stores written before the ring carry checkpoints under
 //! `c` skill `\0` instance `\0` version(u64 BE) instead.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -271,6 +271,9 @@ pub(crate) struct Inner {
     /// (`state_hash`, `snapshot_state`) and `latest()`, so they see one
     /// applied index, never half of one.
     apply_lock: RwLock<()>,
+    /// Heads of recently used instances (`store/head_cache.rs`); written
+    /// only under `apply_lock`.
+    heads: HeadCache,
     /// Cached Raft log bounds; the mutex also serializes Raft log writers.
     pub(crate) raft_bounds: Mutex<LogBounds>,
     /// Simulated disk (durable image), simulation stores only.
@@ -304,6 +307,7 @@ impl std::fmt::Debug for Store {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Head {
     version: u64,
     hash: Hash,
@@ -406,6 +410,10 @@ fn split_instance_key(key: &[u8]) -> Option<(&str, &str, &[u8])> {
     }
     Some((skill, instance, rest))
 }
+
+/// What `stage_apply` returns: the pending writes, whether they must be
+/// written atomically, and the head cache entries to publish after them.
+type StagedApply<'t> = (Overlay<'t>, bool, HashMap<Vec<u8>, CachedHead>);
 
 /// Pending writes of one `commit_apply`, readable before they are committed,
 /// so several puts to one instance in one batch see each other.
@@ -608,6 +616,7 @@ impl Store {
                 sled_barrier,
                 reclaimer,
                 apply_lock: RwLock::new(()),
+                heads: HeadCache::new(HEAD_CACHE_ENTRIES),
                 raft_bounds: Mutex::new(bounds),
                 sim_disk: Mutex::new(Default::default()),
             }),
@@ -765,7 +774,11 @@ impl Store {
     #[doc(hidden)]
     pub fn raw_tree(&self, name: &str) -> Result<sled::Tree, StorageError> {
         match name {
-            TREE_STATE => Ok(self.inner.state.clone()),
+            TREE_STATE => {
+                // The caller may write head records behind the cache's back.
+                self.inner.heads.disable();
+                Ok(self.inner.state.clone())
+            }
             TREE_RAFT_LOG => Err(StorageError::Invalid(
                 "the raft log is kept in segment files, not a tree: use RaftLog::debug_record"
                     .into(),
@@ -794,12 +807,18 @@ impl Store {
             return Ok(());
         }
         let _guard = write(&self.inner.apply_lock);
-        let (pending, atomic) = self.stage_apply(&batch)?;
-        if atomic {
+        let (pending, atomic, heads) = self.stage_apply(&batch)?;
+        let written = if atomic {
             pending.write_atomically()
         } else {
             pending.write_in_order(usize::MAX)
+        };
+        match written {
+            Ok(()) => self.inner.heads.publish(heads),
+            // Some writes may have landed: what sled holds is unknown.
+            Err(_) => self.inner.heads.clear(),
         }
+        written
     }
 
     /// Tests: `commit_apply` as a crash cuts it, keeping what sled would
@@ -812,7 +831,9 @@ impl Store {
         keep: usize,
     ) -> Result<bool, StorageError> {
         let _guard = write(&self.inner.apply_lock);
-        let (pending, atomic) = self.stage_apply(&batch)?;
+        let (pending, atomic, _) = self.stage_apply(&batch)?;
+        // Like a crash: what the cut leaves in sled is not what was staged.
+        self.inner.heads.clear();
         let total = pending.writes.len();
         if atomic {
             if keep >= total {
@@ -825,16 +846,20 @@ impl Store {
     }
 
     /// Validates a whole batch and stages its writes (nothing written);
-    /// also says whether they must be written atomically. The caller holds
-    /// the apply lock.
-    fn stage_apply(&self, batch: &ApplyBatch) -> Result<(Overlay<'_>, bool), StorageError> {
+    /// also says whether they must be written atomically, and returns the
+    /// head cache entries to publish once they are. The caller holds the
+    /// apply lock.
+    fn stage_apply(&self, batch: &ApplyBatch) -> Result<StagedApply<'_>, StorageError> {
         let mut pending = Overlay {
             tree: &self.inner.state,
             writes: BTreeMap::new(),
             order: Vec::new(),
         };
+        // Heads this batch writes, newest last; they are also in `pending`.
+        let mut staged: HashMap<Vec<u8>, CachedHead> = HashMap::new();
         let mut high_water = batch.high_water;
-        let atomic = overwrites_a_head_it_writes(&batch.puts, self.inner.retention);
+        let slots = self.inner.retention;
+        let atomic = overwrites_a_head_it_writes(&batch.puts, slots);
         for (cp, reply) in &batch.puts {
             validate_names(&cp.skill, &cp.instance)?;
             // Never let an unsealed or damaged checkpoint into the chain.
@@ -845,8 +870,19 @@ impl Store {
                 )));
             };
             let hk = head_key(&cp.skill, &cp.instance);
-            if let Some(raw) = pending.get(&hk)? {
-                let head = decode_head(&raw)?;
+            let prior = match staged
+                .get(&hk)
+                .copied()
+                .or_else(|| self.inner.heads.get(&hk))
+            {
+                Some(known) => Some(known),
+                None => pending
+                    .get(&hk)?
+                    .map(|raw| decode_head(&raw))
+                    .transpose()?
+                    .map(CachedHead::untracked),
+            };
+            if let Some(head) = prior.map(|p| p.head) {
                 if cp.version < head.version {
                     debug!(
                         skill = %cp.skill, instance = %cp.instance,
@@ -856,14 +892,32 @@ impl Store {
                     continue;
                 }
             }
-            let slot = slot_key(&cp.skill, &cp.instance, cp.version, self.inner.retention);
+            let slot = slot_key(&cp.skill, &cp.instance, cp.version, slots);
             // The slot's occupant leaves the window; its request record is
             // removed first, so a crash that keeps only a prefix of these
             // writes never keeps the new record but loses track of the old
-            // one's request record.
-            drop_request_record_of_occupant(&mut pending, cp, &slot, self.inner.retention)?;
+            // one's request record. Reading the occupant is skipped when the
+            // head cache knows it has none.
+            // With the cache off (the raw tree was handed out), always read.
+            if !self.inner.heads.is_enabled()
+                || CachedHead::occupant_may_have_request(prior.as_ref(), cp.version, slots)
+            {
+                drop_request_record_of_occupant(&mut pending, cp, &slot, slots)?;
+            } else {
+                self.inner.heads.note_occupant_read_skipped();
+            }
             pending.put(slot, record);
-            pending.put(hk, encode_head(cp.version, &cp.hash, &cp.timestamp));
+            pending.put(hk.clone(), encode_head(cp.version, &cp.hash, &cp.timestamp));
+            let head = Head {
+                version: cp.version,
+                hash: cp.hash,
+                timestamp: cp.timestamp,
+            };
+            let with_request = reply.is_some() && !cp.request_id.is_empty();
+            staged.insert(
+                hk,
+                CachedHead::after_apply(prior.as_ref(), head, with_request),
+            );
             if let Some(reply) = reply.as_ref().filter(|_| !cp.request_id.is_empty()) {
                 let rec = RequestRecord {
                     version: cp.version,
@@ -911,24 +965,18 @@ impl Store {
         if let Some(index) = batch.applied {
             pending.put(KEY_APPLIED.to_vec(), seal_value(&index.to_be_bytes()));
         }
-        Ok((pending, atomic))
+        Ok((pending, atomic, staged))
     }
 
     /// The instance's chain head (version, hash, timestamp) from its small
     /// checksummed record, without reading the checkpoint body.
     pub fn head(&self, skill: &str, instance: &str) -> Result<Option<HeadInfo>, StorageError> {
         validate_names(skill, instance)?;
-        match self.inner.state.get(head_key(skill, instance))? {
-            Some(raw) => {
-                let h = decode_head(&raw)?;
-                Ok(Some(HeadInfo {
-                    version: h.version,
-                    hash: h.hash,
-                    timestamp: h.timestamp,
-                }))
-            }
-            None => Ok(None),
-        }
+        Ok(self.inner.head_record(skill, instance)?.map(|h| HeadInfo {
+            version: h.version,
+            hash: h.hash,
+            timestamp: h.timestamp,
+        }))
     }
 
     /// Verifies a state snapshot (digest, every checkpoint hash, heads)
@@ -1016,10 +1064,9 @@ impl Store {
         // retention 1 a concurrent apply could prune the version we are
         // about to read, which would look like corruption.
         let _guard = read(&self.inner.apply_lock);
-        let Some(raw) = self.inner.state.get(head_key(skill, instance))? else {
+        let Some(head) = self.inner.head_record(skill, instance)? else {
             return Ok(None);
         };
-        let head = decode_head(&raw)?;
         let cp = self
             .inner
             .get_retained(skill, instance, head.version, head.version)?
@@ -1342,7 +1389,9 @@ impl Store {
         for (k, v) in entries {
             batch.insert(k, v);
         }
-        self.inner.state.apply_batch(batch)?;
+        let written = self.inner.state.apply_batch(batch);
+        self.inner.heads.clear();
+        written?;
         Ok(())
     }
 }
@@ -1575,8 +1624,10 @@ fn parse_and_validate_snapshot(data: &[u8]) -> Result<KvList, StorageError> {
     Ok(entries)
 }
 
+mod head_cache;
 mod repair;
 mod ring;
+use head_cache::{CachedHead, HeadCache, HEAD_CACHE_ENTRIES};
 pub use repair::{RepairOutcome, ScrubReport};
 use ring::{slot_key, TAG_SLOT};
 

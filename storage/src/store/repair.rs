@@ -66,7 +66,8 @@ impl Store {
     pub fn damaged_versions(&self, skill: &str, instance: &str) -> Result<Vec<u64>, StorageError> {
         validate_names(skill, instance)?;
         let _guard = read(&self.inner.apply_lock);
-        let Some(head) = self.inner.head_record(skill, instance)? else {
+        // From disk, not the head cache: this is what finds a damaged head.
+        let Some(head) = self.inner.head_record_on_disk(skill, instance)? else {
             return Ok(Vec::new());
         };
         let mut damaged = Vec::new();
@@ -217,7 +218,12 @@ impl Store {
                 return Ok(RepairOutcome::Superseded);
             }
         }
-        state.insert(key, fetched.encode())?;
+        let written = state.insert(key, fetched.encode());
+        // The slot now holds the same version's record again; the cache's
+        // heads and request-record tracking still hold, but a write behind
+        // its back is not worth reasoning about on this rare path.
+        self.inner.heads.clear();
+        written?;
         Ok(RepairOutcome::Repaired)
     }
 
@@ -275,7 +281,10 @@ impl Store {
             .ok_or(StorageError::NotFound)?
             .to_vec();
         let pos = flip_middle_byte(&mut raw);
-        self.inner.state.insert(key, raw)?;
+        let written = self.inner.state.insert(key, raw);
+        // So the damage is seen, as it would be after a restart.
+        self.inner.heads.clear();
+        written?;
         Ok(format!(
             "{skill}/{instance} head record: byte {pos} flipped"
         ))

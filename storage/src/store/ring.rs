@@ -200,8 +200,9 @@ impl Inner {
         }
     }
 
-    /// The decoded head of an instance, if it has one.
-    pub(super) fn head_record(
+    /// The head record as sled holds it, bypassing the head cache: for
+    /// code that verifies what is on disk.
+    pub(super) fn head_record_on_disk(
         &self,
         skill: &str,
         instance: &str,
@@ -210,6 +211,26 @@ impl Inner {
             .get(head_key(skill, instance))?
             .map(|raw| decode_head(&raw))
             .transpose()
+    }
+
+    /// The decoded head of an instance, if it has one, from the head cache
+    /// when it is there.
+    pub(super) fn head_record(
+        &self,
+        skill: &str,
+        instance: &str,
+    ) -> Result<Option<Head>, StorageError> {
+        let key = head_key(skill, instance);
+        if let Some(cached) = self.heads.get(&key) {
+            return Ok(Some(cached.head));
+        }
+        let epoch = self.heads.epoch();
+        let Some(raw) = self.state.get(&key)? else {
+            return Ok(None);
+        };
+        let head = decode_head(&raw)?;
+        self.heads.fill(&key, head, epoch);
+        Ok(Some(head))
     }
 }
 
