@@ -22,6 +22,8 @@
 #                      passes the default retention (100 versions) within the
 #                      warm-up, so the run measures the steady state (every
 #                      write also prunes) rather than the growth phase
+#   RATE [none]        open loop at this many ops/s: CPU per write at a load
+#                      the cluster serves, less noisy than at saturation
 #   MIX [put=100]  PORT_BASE [52100]  KEEP=1 keeps the data dirs
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -48,6 +50,7 @@ if [ "${FOLLOWER_ONLY:-0}" = 1 ]; then endpoints="http://127.0.0.1:${GRPC[$((LEA
 before=$(cpu_ticks)
 "${LOADGEN:-$B}" bench --endpoints "$endpoints" --token-file "$SYN_TOKEN" --clients "$CLIENTS" \
     --duration "${SECONDS_RUN}s" --warmup 2s --mix "${MIX:-put=100}" --instances "${INSTANCES:-1000}" --quiet \
+    ${RATE:+--rate "$RATE"} \
     --json "$WORK/result.json" >"$WORK/bench.out" 2>&1 &
 bench_pid=$!
 PIDS+=("$bench_pid")

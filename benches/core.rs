@@ -43,6 +43,11 @@ use synapse_storage::{ApplyBatch, Checkpoint, Store, StoreOptions, Timestamp, ZE
 
 /// Operations per batch in the concurrent-throughput benches.
 const BATCH_OPS: usize = 5_000;
+/// Puts per apply in the store apply bench: about one Raft Ready's worth on
+/// a follower at 256 clients (`benches/README.md`).
+const APPLY_BATCH_PUTS: usize = 64;
+/// Instances the store apply bench writes to, as the load generator does.
+const APPLY_INSTANCES: usize = 1_000;
 /// Concurrent clients in the throughput benches.
 const CLIENTS: usize = 64;
 
@@ -442,6 +447,85 @@ fn bench_checkpoint(c: &mut Criterion) {
             total
         })
     });
+
+    // One Raft Ready's apply as a follower sees it under load: 64 puts of
+    // 256 B states over 1 000 instances that each hold more than the 100
+    // versions kept (every put overwrites a slot), no request records (the
+    // load generator's writes are server-named), and the state machine's
+    // head read before each put. With the head cache, and with it off
+    // (the store hands out its raw tree), so one run compares the two.
+    g.throughput(Throughput::Elements(APPLY_BATCH_PUTS as u64));
+    for cached in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), StoreOptions::default()).expect("store");
+        if !cached {
+            store.raw_tree("state").expect("raw tree");
+        }
+        let mut heads: Vec<(u64, [u8; 32])> = vec![(0, ZERO_HASH); APPLY_INSTANCES];
+        let state = vec![0x5Au8; 256];
+        let mut next_instance = 0usize;
+        let mut applied = 0u64;
+        let names: Vec<String> = (0..APPLY_INSTANCES).map(|i| format!("i{i}")).collect();
+        let mut next_batch = || {
+            let mut batch = ApplyBatch::default();
+            let first = next_instance % APPLY_INSTANCES;
+            for _ in 0..APPLY_BATCH_PUTS {
+                let i = next_instance % APPLY_INSTANCES;
+                next_instance += 1;
+                let instance = names[i].clone();
+                let (version, parent) = heads[i];
+                let cp = Checkpoint::seal(
+                    "kv".into(),
+                    instance,
+                    version + 1,
+                    parent,
+                    state.clone(),
+                    ts(version + 1),
+                    String::new(),
+                );
+                heads[i] = (cp.version, cp.hash);
+                batch.put_checkpoint_unrecorded(&cp);
+            }
+            applied += 1;
+            batch.set_applied(applied);
+            (first, batch)
+        };
+        // What the state machine reads before it hands the batch over.
+        let read_heads = |store: &Store, first: usize| {
+            for k in 0..APPLY_BATCH_PUTS {
+                let name = &names[(first + k) % APPLY_INSTANCES];
+                black_box(store.head("kv", name).expect("head"));
+            }
+        };
+        // Fill every ring first (untimed), syncing as the node does.
+        for n in 0..(APPLY_INSTANCES * 101).div_ceil(APPLY_BATCH_PUTS) {
+            store.commit_apply(next_batch().1).expect("apply");
+            if n % 64 == 63 {
+                store.sync().expect("sync");
+            }
+        }
+        let name = if cached {
+            "store_apply_64x256B_steady"
+        } else {
+            "store_apply_64x256B_steady_no_head_cache"
+        };
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for n in 0..iters {
+                    let (first, batch) = next_batch();
+                    let t = Instant::now();
+                    read_heads(&store, first);
+                    store.commit_apply(batch).expect("apply");
+                    total += t.elapsed();
+                    if n % 64 == 63 {
+                        store.sync().expect("sync");
+                    }
+                }
+                total
+            })
+        });
+    }
     g.finish();
 
     // The durability barrier: sled flush + fdatasync of its log file, with
