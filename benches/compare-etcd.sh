@@ -31,8 +31,10 @@ OPEN_CLIENTS=${OPEN_CLIENTS:-256}
 OUT_DIR=${OUT_DIR:-$ROOT/target/compare-etcd}
 ETCD_CLIENT_PORTS=(23791 23792 23793)
 ETCD_PEER_PORTS=(23801 23802 23803)
-SYN_GRPC_PORTS=(51101 51102 51103)
-SYN_HTTP_PORTS=(51201 51202 51203)
+# Below the kernel's ephemeral range (32768-60999 by default), so an
+# outgoing connection of an earlier step cannot hold one of them.
+SYN_GRPC_PORTS=(31101 31102 31103)
+SYN_HTTP_PORTS=(31201 31202 31203)
 
 # shellcheck source=benches/lib.sh
 . "$ROOT/benches/lib.sh"

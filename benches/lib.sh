@@ -84,12 +84,27 @@ start_synapse() {
                 --token-file "$SYN_TOKEN" 2>/dev/null |
                 python3 -c 'import json,sys; print(json.load(sys.stdin).get("leader_id",0))' 2>/dev/null || echo 0)
             [ "${LEADER:-0}" != 0 ] && "$B" invoke counter/warm incr --endpoint "http://127.0.0.1:${_grpc[0]}" \
-                --token-file "$SYN_TOKEN" >/dev/null 2>&1 && return 0
+                --token-file "$SYN_TOKEN" >/dev/null 2>&1 && break
         fi
         sleep 0.5
     done
-    tail -20 "$WORK/n1.log" >&2
-    die "synapse did not elect a leader and serve a write within 60 s (after $tries tries)"
+    if [ "${LEADER:-0}" = 0 ]; then
+        tail -20 "$WORK/n1.log" >&2
+        die "synapse did not elect a leader and serve a write within 60 s (after $tries tries)"
+    fi
+    # A quorum serves writes with a node down: make sure every node is up
+    # and answering, or the figures are those of a smaller cluster.
+    for i in $(seq 1 "$n"); do
+        for tries in $(seq 1 40); do
+            "$B" cluster status --endpoint "http://127.0.0.1:${_grpc[$((i - 1))]}" \
+                --token-file "$SYN_TOKEN" >/dev/null 2>&1 && break
+            if ! kill -0 "${SYN_PIDS[$((i - 1))]}" 2>/dev/null || [ "$tries" = 40 ]; then
+                tail -20 "$WORK/n$i.log" >&2
+                die "synapse node $i is not serving (port ${_grpc[$((i - 1))]}): see its log above"
+            fi
+            sleep 0.5
+        done
+    done
 }
 
 # ensure_etcd: etcd and etcdctl on PATH, installed from Debian's etcd-server
