@@ -411,6 +411,16 @@ fn split_instance_key(key: &[u8]) -> Option<(&str, &str, &[u8])> {
     Some((skill, instance, rest))
 }
 
+/// Clears the head cache when dropped: after an apply whose writes may
+/// have landed only in part (an error, a panic, a test's cut).
+struct ClearOnDrop<'c>(&'c HeadCache);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// What `stage_apply` returns: the pending writes, whether they must be
 /// written atomically, and the head cache entries to publish after them.
 type StagedApply<'t> = (Overlay<'t>, bool, HashMap<Vec<u8>, CachedHead>);
@@ -808,15 +818,17 @@ impl Store {
         }
         let _guard = write(&self.inner.apply_lock);
         let (pending, atomic, heads) = self.stage_apply(&batch)?;
+        // Some writes may land before an error or a panic: then what sled
+        // holds is unknown, and the cache must forget.
+        let forget = ClearOnDrop(&self.inner.heads);
         let written = if atomic {
             pending.write_atomically()
         } else {
             pending.write_in_order(usize::MAX)
         };
-        match written {
-            Ok(()) => self.inner.heads.publish(heads),
-            // Some writes may have landed: what sled holds is unknown.
-            Err(_) => self.inner.heads.clear(),
+        if written.is_ok() {
+            std::mem::forget(forget);
+            self.inner.heads.publish(heads);
         }
         written
     }
@@ -833,7 +845,7 @@ impl Store {
         let _guard = write(&self.inner.apply_lock);
         let (pending, atomic, _) = self.stage_apply(&batch)?;
         // Like a crash: what the cut leaves in sled is not what was staged.
-        self.inner.heads.clear();
+        let _forget = ClearOnDrop(&self.inner.heads);
         let total = pending.writes.len();
         if atomic {
             if keep >= total {
@@ -1635,6 +1647,56 @@ use ring::{slot_key, TAG_SLOT};
 pub(crate) mod tests {
     use super::*;
     use crate::checkpoint::tests::ts;
+
+    /// splitmix64: a seeded, replayable source for the randomized store
+    /// tests, without a dependency.
+    pub(crate) struct Rng(pub(crate) u64);
+    impl Rng {
+        pub(crate) fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) % n
+        }
+    }
+
+    /// A Raft log of the chains interleaved at random, each in order, with
+    /// `recorded(chain, rng)` saying whether a put keeps a request record.
+    pub(crate) fn interleave(
+        chains: &[&[Checkpoint]],
+        rng: &mut Rng,
+        mut recorded: impl FnMut(usize, &mut Rng) -> bool,
+    ) -> Vec<(Checkpoint, bool)> {
+        let mut log = Vec::new();
+        let mut next_of = vec![0usize; chains.len()];
+        while next_of.iter().zip(chains).any(|(n, c)| *n < c.len()) {
+            let i = rng.below(chains.len() as u64) as usize;
+            if next_of[i] < chains[i].len() {
+                log.push((chains[i][next_of[i]].clone(), recorded(i, rng)));
+                next_of[i] += 1;
+            }
+        }
+        log
+    }
+
+    /// One apply of `log[range]`, the applied index at the range's end.
+    pub(crate) fn log_batch(
+        log: &[(Checkpoint, bool)],
+        range: std::ops::Range<usize>,
+    ) -> ApplyBatch {
+        let mut batch = ApplyBatch::default();
+        let end = range.end;
+        for (cp, recorded) in &log[range] {
+            if *recorded {
+                batch.put_checkpoint(cp, b"reply");
+            } else {
+                batch.put_checkpoint_unrecorded(cp);
+            }
+        }
+        batch.set_applied(end as u64);
+        batch
+    }
 
     pub(crate) fn open_tmp(retention: u64) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();

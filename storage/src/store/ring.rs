@@ -428,7 +428,7 @@ fn relayout_instance(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{apply_all, chain};
+    use super::super::tests::{apply_all, chain, interleave, log_batch, Rng};
     use super::*;
 
     fn open(dir: &std::path::Path, retention: u64) -> Store {
@@ -718,19 +718,6 @@ mod tests {
         .is_err()
     }
 
-    /// splitmix64: a seeded, replayable source for the crash test, without
-    /// a dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            (z ^ (z >> 31)) % n
-        }
-    }
-
     /// The versions whose request record is stored for `instance`.
     fn stored_requests(store: &Store, instance: &str) -> Vec<u64> {
         let mut out: Vec<u64> = store
@@ -800,31 +787,15 @@ mod tests {
                     (name, cps)
                 })
                 .collect();
-            // The Raft log: the chains interleaved, each in order; about
-            // one put in four keeps no request record.
-            let mut log: Vec<(Checkpoint, bool)> = Vec::new();
-            let mut next_of = vec![0usize; chains.len()];
-            while next_of.iter().zip(&chains).any(|(n, c)| *n < c.1.len()) {
-                let i = rng.below(chains.len() as u64) as usize;
-                if next_of[i] < chains[i].1.len() {
-                    log.push((chains[i].1[next_of[i]].clone(), rng.below(4) > 0));
-                    next_of[i] += 1;
-                }
-            }
+            // The Raft log: about one put in four keeps no request record.
+            let cps: Vec<&[Checkpoint]> = chains.iter().map(|(_, c)| c.as_slice()).collect();
+            let log = interleave(&cps, &mut rng, |_, rng| rng.below(4) > 0);
             let (_d, store) = super::super::tests::open_tmp(slots);
             let mut next = 0usize;
             let mut crashes = 0;
             while next < log.len() {
                 let n = (1 + rng.below(6) as usize).min(log.len() - next);
-                let mut batch = ApplyBatch::default();
-                for (cp, recorded) in &log[next..next + n] {
-                    if *recorded {
-                        batch.put_checkpoint(cp, b"reply");
-                    } else {
-                        batch.put_checkpoint_unrecorded(cp);
-                    }
-                }
-                batch.set_applied((next + n) as u64);
+                let batch = log_batch(&log, next..next + n);
                 let what = format!(
                     "seed {seed}, {slots} slots, entries {}..{}",
                     next + 1,
@@ -975,6 +946,8 @@ mod tests {
             .insert(store.debug_checkpoint_key("s", "i", 8), cps[7].encode())
             .unwrap();
         state.remove(request_key("s", "i", "req-3")).unwrap();
+        // The restart after the crash begins with an empty head cache.
+        store.inner.heads.clear();
         assert_eq!(versions(&store, "i"), vec![4, 5, 6, 7]);
         assert_eq!(
             store.get("s", "i", 3).unwrap(),
