@@ -12,14 +12,15 @@
 //!
 //! What it must never do is disagree with sled. The rules that keep it so:
 //! - only the apply path ([`HeadCache::publish`]) updates an entry, after
-//!   its sled writes succeeded, under the store's apply lock; a failed
-//!   write clears the whole cache;
+//!   its sled writes succeeded, under the store's apply lock; an apply that
+//!   failed or panicked part-way clears the whole cache;
 //! - a reader fills a missing entry only if no writer published between
 //!   its epoch read and its sled read ([`HeadCache::fill`]);
-//! - every other writer of head records (snapshot restore, repair, the
-//!   one-time relayout) clears the cache, and handing out the raw state
-//!   tree (tests and the offline debug command damage records through it)
-//!   turns the cache off for good.
+//! - every other writer of the state tree (snapshot restore, repair, the
+//!   debug damage commands) clears the cache after writing (the one-time
+//!   relayout runs before the store, and its cache, exist), and handing out
+//!   the raw state tree (tests and the offline debug command damage records
+//!   through it) turns the cache off for good.
 //!
 //! Verifying code (repair, scrub, `verify_chain`, snapshots) keeps reading
 //! sled, so damage to a head record on disk is still found there and at the
