@@ -262,7 +262,10 @@ impl Store {
             .ok_or(StorageError::NotFound)?
             .to_vec();
         let pos = flip_middle_byte(&mut raw);
-        self.inner.state.insert(key, raw)?;
+        let written = self.inner.state.insert(key, raw);
+        // A write behind the head cache's back (module docs there).
+        self.inner.heads.clear();
+        written?;
         Ok(format!("{skill}/{instance} v{version}: byte {pos} flipped"))
     }
 
