@@ -145,11 +145,15 @@ per = collections.defaultdict(list)
 for k, (comm, t) in a.items():
     dt = t - b.get(k, (comm, 0))[1]
     per[k[0]].append((dt, comm, k[1]))
+cores = 0.0
 for pid, ts in per.items():
     total = sum(x[0] for x in ts) / tck / secs * 100
+    cores += total / 100
     ts.sort(reverse=True)
     top = ", ".join("%s %.0f%%" % (c, d / tck / secs * 100) for d, c, _ in ts[:3] if d > 0)
     print("    cpu %-10s %5.0f%% of one core   busiest threads: %s" % (names.get(pid, pid), total, top or "-"))
+# The members together, in cores, for the report's CPU-per-operation table.
+open(before + ".cores", "w").write("%.4f\n" % cores)
 EOF
 }
 secs_of() { python3 -c 'import sys,re; s=sys.argv[1]; m=re.match(r"([0-9.]+)(ms|s|m)?$", s); v=float(m.group(1)); u=m.group(2) or "s"; print(v/1000 if u=="ms" else v*60 if u=="m" else v)' "$1"; }
@@ -177,6 +181,15 @@ run_bench() {
     grep -E 'error|warning' "$WORK/bench.time" >&2 || true
     local ut; ut=$(tail -1 "$WORK/bench.time")
     python3 -c 'import sys; u,s=map(float,sys.argv[1].split()); print("    cpu %-10s %5.0f%% of one core" % ("bench", (u+s)/float(sys.argv[2])*100))' "$ut" "$secs"
+    # The members' CPU goes into the run's JSON: the report divides it by
+    # the throughput, which tells CPU efficiency apart from waiting.
+    python3 - "$json" "$(cat "$WORK/cpu.before.cores")" <<'EOF' || true
+import json, sys
+d = json.load(open(sys.argv[1]))
+for r in d.get("runs", [d]):
+    r["members_cpu_cores"] = float(sys.argv[2])
+json.dump(d, open(sys.argv[1], "w"), indent=1)
+EOF
 }
 
 # ---------------------------------------------------------------- etcd run
@@ -275,6 +288,18 @@ for s in S["runs"]:
     print("| %d | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %s | %d/%d |" % (s["clients"], s["throughput_ops_s"], e["throughput_ops_s"],
         ratio(s["throughput_ops_s"], e["throughput_ops_s"]), ms(sl["p50"]), ms(el["p50"]), ratio(sl["p50"], el["p50"]),
         ms(sl["p99"]), ms(el["p99"]), ratio(sl["p99"], el["p99"]), s["errors_total"], e["errors_total"]))
+print()
+def cpu_us(r):
+    c = r.get("members_cpu_cores") if r else None
+    return c * 1e6 / r["throughput_ops_s"] if c is not None and r["throughput_ops_s"] else None
+print("CPU of the three members per operation (all their threads, over the run")
+print("including its warm-up, divided by the measured throughput):")
+print()
+print("| clients | synapse µs/op | etcd µs/op | S/E |"); print("|---|---|---|---|")
+for s in S["runs"]:
+    a, b = cpu_us(s), cpu_us(er.get(s["clients"]))
+    if a is None or b is None: continue
+    print("| %d | %.0f | %.0f | %s |" % (s["clients"], a, b, ratio(a, b)))
 print()
 print("| open loop | offered ops/s | achieved ops/s | p50 ms | p99 ms | p99.9 ms | max ms | errors |")
 print("|---|---|---|---|---|---|---|---|")
