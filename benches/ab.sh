@@ -24,6 +24,12 @@
 #                      write also prunes) rather than the growth phase
 #   RATE [none]        open loop at this many ops/s: CPU per write at a load
 #                      the cluster serves, less noisy than at saturation
+#   PREFILL [none]     this many writes (64 clients, same mix and instances)
+#                      before the measured run, outside its CPU figures: with
+#                      INSTANCES=1000, 150000 fills every instance's ring of
+#                      100 versions, so the run sees the steady state (slots
+#                      overwritten) instead of the growth phase (new keys,
+#                      sled leaf splits)
 #   MIX [put=100]  PORT_BASE [52100]  KEEP=1 keeps the data dirs
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,6 +53,11 @@ endpoints=$SYN_EPS
 if [ "${LEADER_ONLY:-0}" = 1 ]; then endpoints="http://127.0.0.1:${GRPC[$((LEADER - 1))]}"; fi
 if [ "${FOLLOWER_ONLY:-0}" = 1 ]; then endpoints="http://127.0.0.1:${GRPC[$((LEADER % 3))]}"; fi
 
+if [ -n "${PREFILL:-}" ]; then
+    "${LOADGEN:-$B}" bench --endpoints "$endpoints" --token-file "$SYN_TOKEN" --clients 64 \
+        --ops "$PREFILL" --duration 120s --warmup 0s --mix "${MIX:-put=100}" --instances "${INSTANCES:-1000}" --quiet \
+        >"$WORK/prefill.out" 2>&1 || die "prefill failed: $(tail -3 "$WORK/prefill.out")"
+fi
 before=$(cpu_ticks)
 "${LOADGEN:-$B}" bench --endpoints "$endpoints" --token-file "$SYN_TOKEN" --clients "$CLIENTS" \
     --duration "${SECONDS_RUN}s" --warmup 2s --mix "${MIX:-put=100}" --instances "${INSTANCES:-1000}" --quiet \
