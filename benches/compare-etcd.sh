@@ -57,11 +57,7 @@ say "machine"
     echo "kernel: $(uname -r)"
     echo "filesystem of the data dirs: $(df -hT "$WORK" | awk 'NR==2 {print $2" on "$1}')"
     echo "etcd: $ETCD_VERSION"
-    if [ -n "${SYNAPSE_BUILT_HERE:-}" ]; then
-        echo "synapse: $($B --version 2>/dev/null || echo '?') built from $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' + local changes')"
-    else
-        echo "synapse: $($B --version 2>/dev/null || echo '?') from SYNAPSE_BIN=$B"
-    fi
+    synapse_provenance
     echo "load: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) before the run"
 } | tee "$OUT_DIR/machine.txt" >&2
 

@@ -55,6 +55,18 @@ synapse_bin() {
     [ -x "$B" ] || die "no synapse binary at $B"
 }
 
+# synapse_provenance: one line naming the binary under test. A binary the
+# script built comes from this checkout; one passed in SYNAPSE_BIN may not,
+# so it is named by path and content hash, never by the checkout's commit.
+synapse_provenance() {
+    local version; version=$("$B" --version 2>/dev/null || echo '?')
+    if [ -n "${SYNAPSE_BUILT_HERE:-}" ]; then
+        echo "synapse: $version built from $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' + local changes')"
+    else
+        echo "synapse: $version from SYNAPSE_BIN=$B (sha256 $(sha256sum "$B" | cut -c1-16); not built by this script)"
+    fi
+}
+
 # start_synapse N GRPC_PORTS HTTP_PORTS [serve args...]: N nodes in $WORK/n<i>
 # (a static cluster when N > 1, else a single node), logs in $WORK/n<i>.log.
 # Returns once node 1 reports a leader and a write through it succeeded

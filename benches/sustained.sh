@@ -200,7 +200,7 @@ bench_cleanup_hook() { touch "$WORK/stop-sampler" 2>/dev/null || true; }
 
 machine() {
     echo "machine: $(nproc) × $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
-    echo "synapse: $B ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' + local changes'))"
+    synapse_provenance
     [ "$SYSTEM" = synapse ] || echo "system: $ETCD_VERSION (3 members, keeping $ETCD_KEEP_REVISIONS revisions; synapse is the load generator only)"
     echo "load average $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) at $(date -u +%FT%TZ)"
 }
