@@ -37,11 +37,13 @@ pub struct CheckOpts {
 /// be in the final value, and nothing but acknowledged and unknown ones.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CounterAccount {
-    pub acked: i64,
-    pub unknown: i64,
+    /// Sums of `by` (each an i64 from the history file): i128 so that no
+    /// history, however crafted, overflows them.
+    pub acked: i128,
+    pub unknown: i128,
     pub final_value: Option<i64>,
     /// Acknowledged increments the final value does not account for.
-    pub lost: i64,
+    pub lost: i128,
     /// Two acknowledged increments that returned the same value.
     pub duplicate_results: u64,
 }
@@ -52,7 +54,7 @@ impl CounterAccount {
             && self.duplicate_results == 0
             && self
                 .final_value
-                .is_none_or(|f| f <= self.acked + self.unknown)
+                .is_none_or(|f| i128::from(f) <= self.acked + self.unknown)
     }
 }
 
@@ -65,14 +67,14 @@ pub fn account_counter(ops: &[&Operation]) -> CounterAccount {
     for op in ops {
         match (op.call, op.outcome) {
             (Call::Increment { by }, Outcome::Ok { value }) => {
-                a.acked += by;
+                a.acked += i128::from(by);
                 if let Some(v) = value {
                     if !seen.insert(v) {
                         a.duplicate_results += 1;
                     }
                 }
             }
-            (Call::Increment { by }, Outcome::Unknown) => a.unknown += by,
+            (Call::Increment { by }, Outcome::Unknown) => a.unknown += i128::from(by),
             (Call::Read, Outcome::Ok { value }) => {
                 let v = value.unwrap_or(0);
                 if last_read.is_none_or(|(t, _)| op.invoke_ns >= t) {
@@ -84,7 +86,7 @@ pub fn account_counter(ops: &[&Operation]) -> CounterAccount {
     }
     a.final_value = last_read.map(|x| x.1);
     if let Some(f) = a.final_value {
-        a.lost = (a.acked - f).max(0);
+        a.lost = (a.acked - i128::from(f)).max(0);
     }
     a
 }
@@ -172,7 +174,7 @@ pub fn run(o: CheckOpts) -> Result<(), String> {
     }
     let mut violations = Vec::new();
     let mut undecided = Vec::new();
-    let mut lost_total = 0i64;
+    let mut lost_total = 0i128;
     let started = std::time::Instant::now();
     let results = check_keys(&ops)?;
     let mut states = 0u64;
@@ -242,7 +244,7 @@ pub fn run(o: CheckOpts) -> Result<(), String> {
                 "file": o.file.display().to_string(), "model": format!("{model:?}").to_lowercase(),
                 "ops": ops.len(), "ok": ok, "fail": fail, "unknown": unknown,
                 "keys": by_key.len(), "violations": violations.len(),
-                "undecided": undecided.len(), "acked_lost": lost_total, "verdict": verdict,
+                "undecided": undecided.len(), "acked_lost": i64::try_from(lost_total).unwrap_or(i64::MAX), "verdict": verdict,
                 "states_explored": states,
             })
         );
@@ -306,5 +308,39 @@ mod tests {
         twice[3].outcome = Outcome::Ok { value: Some(5) };
         let refs: Vec<&Operation> = twice.iter().collect();
         assert!(!account_counter(&refs).ok());
+    }
+
+    #[test]
+    fn counter_accounting_of_huge_increments_does_not_overflow() {
+        let huge = Call::Increment { by: i64::MAX };
+        let ops = vec![
+            op(
+                1,
+                huge,
+                (0, 10),
+                Outcome::Ok {
+                    value: Some(i64::MAX),
+                },
+            ),
+            op(2, huge, (20, 30), Outcome::Ok { value: None }),
+            op(3, huge, (40, 50), Outcome::Unknown),
+            op(
+                9,
+                Call::Read,
+                (60, 70),
+                Outcome::Ok {
+                    value: Some(i64::MAX),
+                },
+            ),
+        ];
+        let refs: Vec<&Operation> = ops.iter().collect();
+        let a = account_counter(&refs);
+        assert_eq!(a.acked, 2 * i128::from(i64::MAX));
+        assert_eq!(
+            a.lost,
+            i128::from(i64::MAX),
+            "one acked increment is missing"
+        );
+        assert!(!a.ok());
     }
 }

@@ -812,7 +812,9 @@ fn node_id_from_hostname() -> Result<u64, String> {
         .next()
         .and_then(|o| o.parse::<u64>().ok())
         .ok_or_else(|| format!("hostname `{host}` does not end in -<ordinal>"))?;
-    Ok(ordinal + 1)
+    ordinal
+        .checked_add(1)
+        .ok_or_else(|| format!("hostname `{host}`: ordinal {ordinal} is too large").into())
 }
 
 fn synapse_runtime_restore(
@@ -926,19 +928,33 @@ fn print(output: Output, value: &Value, table: impl FnOnce() -> String) {
     }
 }
 
+/// Longest `--ttl` / `--since`: a century is past any token's useful life
+/// and any audit trail, and keeps `now + ttl` inside `SystemTime`'s range.
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 fn parse_ttl(s: &str) -> Result<Duration, Failure> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
         .parse()
         .map_err(|_| Failure::from(format!("bad ttl `{s}`: use e.g. 30s, 15m, 24h, 7d")))?;
-    let secs = match unit {
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let unit_secs: u64 = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return Err(format!("bad ttl unit in `{s}`: use s, m, h or d").into()),
     };
-    Ok(Duration::from_secs(secs))
+    n.checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .filter(|d| *d <= MAX_TTL)
+        .ok_or_else(|| format!("ttl `{s}` is longer than 100 years").into())
+}
+
+/// When a token minted now with this ttl expires.
+fn expiry_after(ttl: Duration) -> Result<SystemTime, Failure> {
+    SystemTime::now().checked_add(ttl).ok_or_else(|| {
+        Failure::from("the token's expiry is past what the clock can represent".to_string())
+    })
 }
 
 fn restriction(scope: &ScopeOpts) -> Result<Restriction, Failure> {
@@ -952,7 +968,8 @@ fn restriction(scope: &ScopeOpts) -> Result<Restriction, Failure> {
             .as_deref()
             .map(parse_ttl)
             .transpose()?
-            .map(|d| SystemTime::now() + d),
+            .map(expiry_after)
+            .transpose()?,
     })
 }
 
@@ -1621,7 +1638,8 @@ fn token_command(command: TokenCommand) -> Result<(), Failure> {
                 .as_deref()
                 .map(parse_ttl)
                 .transpose()?
-                .map(|d| SystemTime::now() + d);
+                .map(expiry_after)
+                .transpose()?;
             let token = key
                 .mint(&principal, &[grant], expires)
                 .map_err(|e| Failure::from(e.to_string()))?;

@@ -416,6 +416,38 @@ fn cli_tour_denied_call_and_graceful_sigterm() {
     drop(s2);
 }
 
+/// A ttl past what the clock can represent is refused with a message,
+/// not a panic, and nothing is minted; a ttl in range still mints.
+#[test]
+fn token_ttl_beyond_a_century_is_refused_without_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Command::new(BIN).arg("keygen").output().unwrap();
+    assert!(key.status.success(), "keygen failed");
+    std::fs::write(tmp.path().join("root.key"), &key.stdout).unwrap();
+    let mint = |ttl: &str| {
+        Command::new(BIN)
+            .args(["token", "mint", "--data-dir"])
+            .arg(tmp.path())
+            .args(["--principal", "p", "--ttl", ttl])
+            .output()
+            .unwrap()
+    };
+    for ttl in ["9999999999999999999s", "200000000000000d", "36501d"] {
+        let out = mint(ttl);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{ttl}: accepted");
+        assert!(out.stdout.is_empty(), "{ttl}: printed a token");
+        assert!(!stderr.contains("panicked"), "{ttl}: {stderr}");
+        assert!(stderr.contains("longer than 100 years"), "{ttl}: {stderr}");
+    }
+    let ok = mint("36500d");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
 #[test]
 fn acknowledged_writes_survive_sigkill() {
     let tmp = tempfile::tempdir().unwrap();

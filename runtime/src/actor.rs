@@ -382,10 +382,16 @@ impl InstanceActor {
             self.env.hlc.observe(head.timestamp);
             timestamp = self.env.hlc.now();
         }
-        assert!(
-            timestamp > head.timestamp,
-            "HLC must exceed the head's timestamp after observe"
-        );
+        if timestamp <= head.timestamp {
+            // Only a head stamped at the clock's very end (a replicated entry
+            // from a faulty or hostile leader) gets here: the clock saturates
+            // below it. Refuse the write rather than stop the actor.
+            tracing::error!(instance = %self.id, head = ?head.timestamp, "no timestamp after the stored head's; write refused");
+            let _ = reply.send(Err(RuntimeError::Internal(
+                "the hybrid clock cannot pass the instance's stored timestamp".into(),
+            )));
+            return;
+        }
         let reply_bytes = match serde_json::to_vec(&value) {
             Ok(b) => b,
             Err(e) => {

@@ -10,6 +10,16 @@ use serde::{Deserialize, Serialize};
 /// few, and each probe holds a connection during startup.
 pub const MAX_PROBE_ADDRESSES: usize = 32;
 
+/// Longest Raft tick: a one-minute tick already means elections that take
+/// ten minutes; larger values only overflow the lease and timeout
+/// arithmetic (tick × election ticks) further down.
+pub const MAX_RAFT_TICK_MS: u64 = 60_000;
+
+/// Most ticks before an election: with [`MAX_RAFT_TICK_MS`] that is a week,
+/// far past any useful setting, and tick × election ticks × 2 stays far
+/// inside a u64 of milliseconds.
+pub const MAX_RAFT_ELECTION_TICK: usize = 10_000;
+
 /// Whether a node with a blank Raft log may bootstrap a new cluster from
 /// its configuration (etcd's `--initial-cluster-state`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,7 +224,7 @@ impl NodeConfig {
                 cache_mib.end()
             ));
         }
-        let checks: [(bool, &str); 9] = [
+        let checks: [(bool, &str); 10] = [
             (
                 self.node_id != 0 || self.join.is_some() || self.seed.is_some(),
                 "node_id must not be 0 (0 asks the cluster for an id, only with join or seed)",
@@ -237,10 +247,17 @@ impl NodeConfig {
                 self.token_cache_capacity >= 1,
                 "token_cache_capacity must be >= 1",
             ),
-            (self.raft_tick_ms >= 1, "raft_tick_ms must be >= 1"),
+            (
+                (1..=MAX_RAFT_TICK_MS).contains(&self.raft_tick_ms),
+                "raft_tick_ms must be between 1 and 60000",
+            ),
             (
                 self.raft_election_tick > self.raft_heartbeat_tick && self.raft_heartbeat_tick >= 1,
                 "raft_election_tick must exceed raft_heartbeat_tick >= 1",
+            ),
+            (
+                self.raft_election_tick <= MAX_RAFT_ELECTION_TICK,
+                "raft_election_tick must be at most 10000",
             ),
         ];
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
@@ -389,6 +406,30 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raft_ticks_outside_their_bounds_are_refused_by_name() {
+        for tick_ms in [0, MAX_RAFT_TICK_MS + 1, u64::MAX] {
+            let config = NodeConfig {
+                raft_tick_ms: tick_ms,
+                ..NodeConfig::default()
+            };
+            let err = config.validate().expect_err("out-of-range tick accepted");
+            assert!(err.contains("raft_tick_ms"), "{tick_ms}: {err}");
+        }
+        let config = NodeConfig {
+            raft_election_tick: MAX_RAFT_ELECTION_TICK + 1,
+            ..NodeConfig::default()
+        };
+        let err = config.validate().expect_err("huge election tick accepted");
+        assert!(err.contains("raft_election_tick"), "{err}");
+        let widest = NodeConfig {
+            raft_tick_ms: MAX_RAFT_TICK_MS,
+            raft_election_tick: MAX_RAFT_ELECTION_TICK,
+            ..NodeConfig::default()
+        };
+        assert_eq!(widest.validate(), Ok(()));
+    }
 
     #[test]
     fn storage_cache_outside_its_bounds_is_refused_by_name() {
