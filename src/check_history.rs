@@ -313,7 +313,7 @@ mod tests {
     #[test]
     fn counter_accounting_of_huge_increments_does_not_overflow() {
         let huge = Call::Increment { by: i64::MAX };
-        let ops = vec![
+        let ops = [
             op(
                 1,
                 huge,

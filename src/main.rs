@@ -814,7 +814,7 @@ fn node_id_from_hostname() -> Result<u64, String> {
         .ok_or_else(|| format!("hostname `{host}` does not end in -<ordinal>"))?;
     ordinal
         .checked_add(1)
-        .ok_or_else(|| format!("hostname `{host}`: ordinal {ordinal} is too large").into())
+        .ok_or_else(|| format!("hostname `{host}`: ordinal {ordinal} is too large"))
 }
 
 fn synapse_runtime_restore(
