@@ -23,6 +23,8 @@ KNOWN = {
     "synapse_handler_panics_total", "synapse_invokes_failed_total",
     "synapse_invokes_ok_total", "synapse_leader_changes_total",
     "synapse_overloaded_total", "synapse_peer_clock_offset_micros",
+    "synapse_peer_raft_streams", "synapse_peer_raft_streams_refused_total",
+    "synapse_peer_reassembly_bytes",
     "synapse_peer_clock_sample_age_seconds", "synapse_peer_clock_uncertainty_micros",
     "synapse_proposals_total", "synapse_raft_applied_index",
     "synapse_raft_commit_index", "synapse_raft_is_leader",

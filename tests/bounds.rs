@@ -1,6 +1,7 @@
 //! Every cache and queue is bounded: the active-instance table passivates
 //! least-recently-used actors, idle actors passivate on their own (and their
-//! state survives on disk), and Watch subscribers are capped.
+//! state survives on disk), Watch subscribers are capped, and so are the
+//! inbound Peer/Raft streams a node serves.
 
 mod common;
 
@@ -142,5 +143,104 @@ async fn watchers_are_capped_with_resource_exhausted() {
             }
         }
     }
+    n.shutdown().await;
+}
+
+/// A `Peer/Raft` stream over real tonic, fed through `frames`; the task
+/// answers when the stream ends (or at once, if it was refused).
+struct RaftStream {
+    frames: tokio::sync::mpsc::Sender<synapse::client::v1::RaftBatch>,
+    call: tokio::task::JoinHandle<Result<(), tonic::Status>>,
+}
+
+fn open_raft_stream(channel: &tonic::transport::Channel, credential: Option<&str>) -> RaftStream {
+    use synapse::client::v1::peer_client::PeerClient;
+    let (frames, rx) = tokio::sync::mpsc::channel(1);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(c) = credential {
+        request.metadata_mut().insert(
+            synapse_consensus::PEER_CREDENTIAL_HEADER,
+            c.parse().expect("credential is header text"),
+        );
+    }
+    let mut client = PeerClient::new(channel.clone());
+    let call = tokio::spawn(async move { client.raft(request).await.map(|_| ()) });
+    RaftStream { frames, call }
+}
+
+impl RaftStream {
+    /// Ends the stream and returns the server's answer.
+    async fn finish(self) -> Result<(), tonic::Status> {
+        drop(self.frames);
+        tokio::time::timeout(HANG_GUARD, self.call)
+            .await
+            .expect("raft stream answered")
+            .expect("raft stream task")
+    }
+}
+
+/// Inbound `Peer/Raft` streams are bounded per node: with
+/// `MAX_PEER_RAFT_STREAMS` open, one more gets RESOURCE_EXHAUSTED (a caller
+/// without a credential is still refused as UNAUTHENTICATED, taking no
+/// slot), and a stream that ends gives its slot back. Without the bound a
+/// caller could open streams without limit, each reassembling up to 1 GiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_raft_streams_are_capped_with_resource_exhausted() {
+    const MAX: usize = synapse_runtime::grpc::MAX_PEER_RAFT_STREAMS;
+    let dir = tempfile::tempdir().unwrap();
+    let n = start_with(dir.path(), |_| {}, |b| b).await;
+    let credential = n.mint(&[common::grant("_peer", "*", &[])], None);
+    let channel = tonic::transport::Endpoint::from_shared(n.endpoint.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    // A one-node cluster has no peer of its own holding a stream.
+    assert_eq!(gauge(&n, "synapse_peer_raft_streams"), 0);
+
+    let mut held: Vec<RaftStream> = (0..MAX)
+        .map(|_| open_raft_stream(&channel, Some(&credential)))
+        .collect();
+    wait_until("every held stream to be admitted", || {
+        gauge(&n, "synapse_peer_raft_streams") == MAX as u64
+    })
+    .await;
+
+    let refused = open_raft_stream(&channel, Some(&credential))
+        .finish()
+        .await
+        .expect_err("one stream over the bound");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains(&format!("{MAX} Peer/Raft streams already open")),
+        "{refused:?}"
+    );
+    assert_eq!(gauge(&n, "synapse_peer_raft_streams_refused_total"), 1);
+    let anonymous = open_raft_stream(&channel, None)
+        .finish()
+        .await
+        .expect_err("no credential");
+    assert_eq!(anonymous.code(), Code::Unauthenticated, "{anonymous:?}");
+    assert_eq!(gauge(&n, "synapse_peer_raft_streams"), MAX as u64);
+
+    // A held stream that ends is answered after its slot is released, so
+    // the next stream is admitted (and answered OK when it ends).
+    held.pop()
+        .expect("a held stream")
+        .finish()
+        .await
+        .expect("a held stream ends cleanly");
+    open_raft_stream(&channel, Some(&credential))
+        .finish()
+        .await
+        .expect("admitted once a slot is free");
+    assert_eq!(gauge(&n, "synapse_peer_raft_streams_refused_total"), 1);
+
+    for s in held {
+        s.finish().await.expect("held stream ends cleanly");
+    }
+    assert_eq!(gauge(&n, "synapse_peer_raft_streams"), 0);
     n.shutdown().await;
 }

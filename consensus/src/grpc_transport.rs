@@ -8,7 +8,7 @@
 //! queue matters more than any single message.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -75,7 +75,21 @@ pub const MAX_MESSAGES_PER_FRAME: usize = 256;
 /// under tonic's default 4 MiB frame limit with room to spare.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// Largest message the receiver reassembles from chunks: the snapshot bound.
+/// Not derived from any data bound: a snapshot is the whole state dump, which
+/// grows with instances × retained versions, so this is a policy cap (a node
+/// whose dump outgrows it cannot catch a follower up by snapshot).
 pub const MAX_REASSEMBLED_BYTES: usize = 1024 * 1024 * 1024;
+/// Bytes that all of a node's inbound peer streams together may hold in
+/// partly reassembled messages (counted at the buffers' capacity). In Raft
+/// only the leader sends messages large enough to be chunked (snapshots, and
+/// appends over [`CHUNK_BYTES`]), one at a time per stream, so this is what one
+/// legitimate snapshot of the largest size needs: whoever opens streams
+/// (before the root key is installed that may be anyone who can reach the
+/// port) cannot make the node hold more than an honest leader could. A
+/// partial message left by a stream that has not been torn down yet (a
+/// crashed leader) can make a new one wait: it is refused with
+/// RESOURCE_EXHAUSTED and the leader resends once the old stream is gone.
+pub const MAX_REASSEMBLY_TOTAL_BYTES: usize = MAX_REASSEMBLED_BYTES;
 /// Largest peer frame a receiver accepts: one chunk plus framing, or a batch
 /// of ordinary messages.
 pub const MAX_PEER_FRAME_BYTES: usize = 4 * CHUNK_BYTES;
@@ -432,11 +446,86 @@ async fn run_link(
     }
 }
 
+/// The reassembly bytes a node's inbound peer streams share (see
+/// [`MAX_REASSEMBLY_TOTAL_BYTES`]). Each [`FrameDecoder`] charges the buffer
+/// of its partial message here and gives it back when the message is
+/// complete, refused, or the decoder is dropped (its stream ended).
+#[derive(Debug)]
+pub struct ReassemblyBudget {
+    held: AtomicUsize,
+    limit: usize,
+}
+
+impl Default for ReassemblyBudget {
+    fn default() -> Self {
+        ReassemblyBudget::new(MAX_REASSEMBLY_TOTAL_BYTES)
+    }
+}
+
+impl ReassemblyBudget {
+    /// A budget of `limit` bytes (production uses
+    /// [`MAX_REASSEMBLY_TOTAL_BYTES`] through `Default`).
+    pub fn new(limit: usize) -> Self {
+        ReassemblyBudget {
+            held: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Bytes charged right now, across every decoder sharing the budget.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Charges `n` bytes if they fit under the limit.
+    fn try_charge(&self, n: usize) -> Result<(), FrameError> {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(n).filter(|&total| total <= self.limit)
+            })
+            .map(|_| ())
+            .map_err(|held| FrameError::Busy {
+                held,
+                limit: self.limit,
+            })
+    }
+
+    fn release(&self, n: usize) {
+        // Never below zero: a decoder releases only what it charged.
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                Some(held.saturating_sub(n))
+            });
+    }
+}
+
 /// Receiver side: turns a stream of frames back into raft messages,
-/// reassembling chunked ones within [`MAX_REASSEMBLED_BYTES`].
-#[derive(Default)]
+/// reassembling chunked ones within [`MAX_REASSEMBLED_BYTES`] per stream and
+/// the shared [`ReassemblyBudget`] across streams.
 pub struct FrameDecoder {
     partial: Vec<u8>,
+    budget: Arc<ReassemblyBudget>,
+    /// Bytes of `budget` this decoder holds (the capacity of `partial`).
+    charged: usize,
+}
+
+/// A decoder with a budget of its own: only the per-stream bound applies
+/// (tests, fuzzing). A server shares one budget: [`FrameDecoder::new`].
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        FrameDecoder::new(Arc::new(ReassemblyBudget::default()))
+    }
+}
+
+impl Drop for FrameDecoder {
+    fn drop(&mut self) {
+        self.budget.release(self.charged);
+    }
 }
 
 /// Why a frame was refused. The stream is closed; the sender reconnects.
@@ -444,25 +533,77 @@ pub struct FrameDecoder {
 pub enum FrameError {
     #[error("reassembled message exceeds {MAX_REASSEMBLED_BYTES} bytes")]
     TooLarge,
+    /// The streams on this node already hold the reassembly budget; the
+    /// message may fit later.
+    #[error(
+        "peer streams on this node already hold {held} of the {limit} bytes allowed for \
+         messages being reassembled; retry later"
+    )]
+    Busy { held: usize, limit: usize },
+    #[error("cannot allocate {0} bytes to reassemble a message")]
+    OutOfMemory(usize),
     #[error("undecodable raft message: {0}")]
     Decode(String),
 }
 
 impl FrameDecoder {
+    /// A decoder charging its partial message to `budget`, shared by every
+    /// inbound stream of the node.
+    pub fn new(budget: Arc<ReassemblyBudget>) -> Self {
+        FrameDecoder {
+            partial: Vec::new(),
+            budget,
+            charged: 0,
+        }
+    }
+
+    /// Drops the partial message and gives its bytes back to the budget.
+    fn reset(&mut self) {
+        self.partial = Vec::new();
+        self.budget.release(std::mem::take(&mut self.charged));
+    }
+
+    /// Makes room for `extra` more bytes of the partial message, charging
+    /// the budget for the buffer's growth before allocating it. The buffer
+    /// grows by doubling (capped at the per-message bound), so a message of
+    /// n bytes is copied O(n) times in all, not once per chunk.
+    fn reserve(&mut self, extra: usize) -> Result<(), FrameError> {
+        let needed = self.partial.len() + extra;
+        if needed > MAX_REASSEMBLED_BYTES {
+            return Err(FrameError::TooLarge);
+        }
+        if needed <= self.partial.capacity() {
+            return Ok(());
+        }
+        let target = needed.max(
+            self.partial
+                .capacity()
+                .saturating_mul(2)
+                .min(MAX_REASSEMBLED_BYTES),
+        );
+        let growth = target.saturating_sub(self.charged);
+        self.budget.try_charge(growth)?;
+        self.charged += growth;
+        self.partial
+            .try_reserve_exact(target - self.partial.len())
+            .map_err(|_| FrameError::OutOfMemory(target))
+    }
+
     pub fn decode(&mut self, frame: RaftBatch) -> Result<Vec<Message>, FrameError> {
         let mut out = Vec::with_capacity(frame.messages.len() + 1);
         if !frame.chunk.is_empty() || frame.chunk_last {
-            if self.partial.len() + frame.chunk.len() > MAX_REASSEMBLED_BYTES {
-                self.partial = Vec::new();
-                return Err(FrameError::TooLarge);
+            if let Err(e) = self.reserve(frame.chunk.len()) {
+                self.reset();
+                return Err(e);
             }
             self.partial.extend_from_slice(&frame.chunk);
             if frame.chunk_last {
-                let bytes = std::mem::take(&mut self.partial);
-                out.push(
-                    Message::parse_from_bytes(&bytes)
-                        .map_err(|e| FrameError::Decode(e.to_string()))?,
-                );
+                let parsed = Message::parse_from_bytes(&self.partial)
+                    .map_err(|e| FrameError::Decode(e.to_string()));
+                // The parsed message is raft's now (its bounded queue); the
+                // buffer and its charge go back at once.
+                self.reset();
+                out.push(parsed?);
             }
         }
         for bytes in &frame.messages {
@@ -506,6 +647,69 @@ mod tests {
             got.extend(dec.decode(f).unwrap());
         }
         assert_eq!(got, vec![small.clone(), big, small]);
+    }
+
+    /// Frames of one message of `chunks` full chunks (snapshot data sized so
+    /// that the encoding needs exactly that many).
+    fn chunked(chunks: usize) -> (Message, Vec<RaftBatch>) {
+        let m = msg(2, CHUNK_BYTES * chunks - 64);
+        let frames = frames_for(1, "127.0.0.1:1", vec![m.write_to_bytes().unwrap()]);
+        assert_eq!(frames.len(), chunks);
+        (m, frames)
+    }
+
+    #[test]
+    fn streams_share_one_reassembly_budget_and_give_it_back() {
+        // Buffers grow 1, 2, 4 MiB: two chunks hold 2 MiB, three hold 4.
+        let budget = Arc::new(ReassemblyBudget::new(4 * CHUNK_BYTES));
+        let mut a = FrameDecoder::new(budget.clone());
+        let mut b = FrameDecoder::new(budget.clone());
+        let (msg_a, frames_a) = chunked(3);
+        let (msg_b, frames_b) = chunked(3);
+        let mut frames_a = frames_a.into_iter();
+        for f in frames_a.by_ref().take(2) {
+            assert!(a.decode(f).unwrap().is_empty());
+        }
+        assert_eq!(budget.held(), 2 * CHUNK_BYTES);
+
+        // B fits two chunks beside A's, not a third: refused, and its own
+        // partial message is given back.
+        let mut frames = frames_b.clone().into_iter();
+        for f in frames.by_ref().take(2) {
+            assert!(b.decode(f).unwrap().is_empty());
+        }
+        assert_eq!(budget.held(), 4 * CHUNK_BYTES);
+        match b.decode(frames.next().unwrap()) {
+            Err(FrameError::Busy { limit, .. }) => assert_eq!(limit, 4 * CHUNK_BYTES),
+            // Not the message itself: its Debug form is megabytes long.
+            other => panic!(
+                "expected Busy, got {:?}",
+                other.map(|messages| messages.len())
+            ),
+        }
+        assert_eq!(budget.held(), 2 * CHUNK_BYTES);
+
+        // A completes: its whole buffer goes back.
+        assert_eq!(a.decode(frames_a.next().unwrap()).unwrap(), vec![msg_a]);
+        assert_eq!(budget.held(), 0);
+
+        // Now B's message fits whole.
+        let mut got = Vec::new();
+        for f in frames_b.clone() {
+            got.extend(b.decode(f).unwrap());
+        }
+        assert_eq!(got, vec![msg_b]);
+        assert_eq!(budget.held(), 0);
+
+        // A stream that ends mid-message (its decoder dropped) gives its
+        // partial message back too.
+        for f in frames_b.into_iter().take(2) {
+            b.decode(f).unwrap();
+        }
+        assert_eq!(budget.held(), 2 * CHUNK_BYTES);
+        drop(b);
+        assert_eq!(budget.held(), 0);
+        drop(a);
     }
 
     #[test]

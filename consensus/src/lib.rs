@@ -28,7 +28,8 @@ pub use driver::{
 pub use error::ConsensusError;
 pub use grpc_transport::{
     attach_credential, peer_endpoint, ClockFn, CredentialFn, FrameDecoder, FrameError,
-    GrpcTransport, PeerReporter, MAX_PEER_FRAME_BYTES, PEER_CREDENTIAL_HEADER,
+    GrpcTransport, PeerReporter, ReassemblyBudget, MAX_PEER_FRAME_BYTES, MAX_REASSEMBLED_BYTES,
+    MAX_REASSEMBLY_TOTAL_BYTES, PEER_CREDENTIAL_HEADER,
 };
 pub use lease::{lease_duration, LeasedRead, ReadLease};
 pub use logger::tracing_logger;

@@ -1,6 +1,6 @@
 //! The runtime's error type and its one conversion to gRPC status.
 
-use synapse_consensus::ConsensusError;
+use synapse_consensus::{ConsensusError, FrameError};
 use synapse_storage::StorageError;
 
 use crate::guard::GuardError;
@@ -101,6 +101,20 @@ impl From<ConsensusError> for RuntimeError {
     }
 }
 
+/// A `Peer/Raft` frame refused by the decoder: the stream ends with this.
+impl From<FrameError> for RuntimeError {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::TooLarge | FrameError::Decode(_) => {
+                RuntimeError::InvalidArgument(e.to_string())
+            }
+            FrameError::Busy { .. } | FrameError::OutOfMemory(_) => {
+                RuntimeError::ResourceExhausted(e.to_string())
+            }
+        }
+    }
+}
+
 impl From<GuardError> for RuntimeError {
     fn from(e: GuardError) -> Self {
         match e {
@@ -161,5 +175,28 @@ impl From<RuntimeError> for tonic::Status {
             }
         }
         status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_raft_frames_map_to_their_codes() {
+        let code = |e: FrameError| tonic::Status::from(RuntimeError::from(e)).code();
+        assert_eq!(
+            code(FrameError::Busy { held: 1, limit: 1 }),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(
+            code(FrameError::OutOfMemory(1)),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(code(FrameError::TooLarge), tonic::Code::InvalidArgument);
+        assert_eq!(
+            code(FrameError::Decode("x".into())),
+            tonic::Code::InvalidArgument
+        );
     }
 }

@@ -35,6 +35,17 @@ const MAX_ENCODING_BYTES: usize = 256 * 1024 * 1024;
 /// Requests in flight per client connection (HTTP/2 streams served at once).
 const MAX_CONCURRENT_PER_CONNECTION: usize = 1024;
 
+/// HTTP/2 PING interval on accepted connections, and how long the answer
+/// may take before the connection is closed. A caller that vanished without
+/// a FIN or RST (a crash behind a partition, a black-holed route) otherwise
+/// keeps its streams open, and the slots they hold ([`MAX_PEER_RAFT_STREAMS`],
+/// [`MAX_FORWARD_STREAMS`], watchers, partial messages), until TCP gives up,
+/// which can take many minutes. Peers' own links ping every second
+/// (`synapse_consensus::peer_endpoint`); this side only has to release dead
+/// ones, so it pings far less often.
+const SERVER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const SERVER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub(crate) fn token<T>(req: &Request<T>) -> Result<Option<String>, Status> {
     match req.metadata().get(AUTHORIZATION) {
         None => Ok(None),
@@ -205,6 +216,21 @@ pub struct Api {
     /// One slot per open `Peer/ForwardStream` (see [`MAX_FORWARD_STREAMS`]).
     forward_streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// Inbound `Peer/Raft` streams served at once on a node (excess ones get
+/// RESOURCE_EXHAUSTED). An honest member keeps one open to each other member
+/// (`GrpcTransport` has one link per peer), plus for a moment a second one
+/// while a broken link is replaced and this side has not yet seen the old
+/// stream end (the HTTP/2 keepalive in [`serve`] ends a dead connection's
+/// streams). 64 admits a 32-member cluster with every link being replaced
+/// at once, far beyond the 3–7 voters a Raft cluster runs with. It matters
+/// most before the root key is installed, when `cluster::authorize_peer`
+/// admits any caller. With it, inbound Raft traffic holds at most
+/// `synapse_consensus::MAX_REASSEMBLY_TOTAL_BYTES` (1 GiB, shared by all
+/// streams) in partial messages, plus per stream the frame being decoded
+/// (at most `MAX_PEER_FRAME_BYTES`, 4 MiB, in tonic's buffer and again
+/// decoded): about 1 GiB + 64 × 8 MiB = 1.5 GiB in the worst case.
+pub const MAX_PEER_RAFT_STREAMS: usize = 64;
 
 /// Forward streams served at once. An honest member keeps one per leader
 /// it has forwarded to; this bounds what a peer (even one holding a valid
@@ -648,8 +674,24 @@ impl pb::peer_server::Peer for Api {
         request: Request<tonic::Streaming<pb::RaftBatch>>,
     ) -> Result<Response<pb::RaftAck>, Status> {
         self.authorize_peer(&request, "raft")?;
+        // Held until this call returns: the stream ended, broke or failed.
+        let _slot = self
+            .core
+            .raft_streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                self.core
+                    .metrics
+                    .peer_raft_streams_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                RuntimeError::ResourceExhausted(format!(
+                    "{MAX_PEER_RAFT_STREAMS} Peer/Raft streams already open on this node; \
+                     retry later"
+                ))
+            })?;
         let mut stream = request.into_inner();
-        let mut decoder = synapse_consensus::FrameDecoder::default();
+        let mut decoder = synapse_consensus::FrameDecoder::new(self.core.reassembly.clone());
         let me = self.core.node_id();
         while let Some(frame) = stream.message().await? {
             if let Some(t) = &self.core.transport {
@@ -662,9 +704,7 @@ impl pb::peer_server::Peer for Api {
                     node_id: ts.node_id,
                 });
             }
-            let messages = decoder
-                .decode(frame)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let messages = decoder.decode(frame).map_err(RuntimeError::from)?;
             for msg in messages {
                 if msg.to != me {
                     tracing::debug!(
@@ -922,7 +962,9 @@ pub(crate) async fn serve(
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     // Bounds the requests one connection can have in flight; the node-wide
     // bound is `max_inflight_invokes`.
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(SERVER_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(SERVER_KEEPALIVE_TIMEOUT));
     if let Some(tls) = &core.tls {
         builder = builder.tls_config(tls.server_config()).map_err(|e| {
             RuntimeError::InvalidArgument(format!("TLS certificate or key unusable: {e}"))

@@ -19,6 +19,16 @@ pub fn register_heap_probe(probe: fn() -> u64) -> bool {
     HEAP_PROBE.set(probe).is_ok()
 }
 
+/// Inbound `Peer/Raft` streams, read off their bounds when rendering.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PeerStreams {
+    /// Streams open (at most `grpc::MAX_PEER_RAFT_STREAMS`).
+    pub open: usize,
+    /// Bytes they hold in partly reassembled messages (at most
+    /// `synapse_consensus::MAX_REASSEMBLY_TOTAL_BYTES`).
+    pub reassembly_bytes: usize,
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub invokes_ok: AtomicU64,
@@ -59,6 +69,9 @@ pub struct Metrics {
     pub forward_streams_opened: AtomicU64,
     /// Forward streams that ended with calls unanswered or on an error.
     pub forward_stream_breaks: AtomicU64,
+    /// Inbound `Peer/Raft` streams refused because
+    /// `grpc::MAX_PEER_RAFT_STREAMS` were open.
+    pub peer_raft_streams_refused: AtomicU64,
     /// Where an Invoke's time goes on this node.
     pub stages: InvokeStages,
 }
@@ -162,6 +175,7 @@ impl Metrics {
         guard_cache_hits: u64,
         guard_cache_len: usize,
         clock: &crate::clock_service::ClockStatus,
+        peer_streams: PeerStreams,
     ) -> String {
         let mut out = String::with_capacity(2048);
         let mut counter = |name: &str, help: &str, v: u64| {
@@ -216,6 +230,11 @@ impl Metrics {
             "forward_stream_breaks_total",
             "Forward streams that ended with calls unanswered or on an error (those calls answered UNAVAILABLE).",
             g(&self.forward_stream_breaks),
+        );
+        counter(
+            "peer_raft_streams_refused_total",
+            "Inbound Peer/Raft streams refused with RESOURCE_EXHAUSTED because the node's bound of them were open.",
+            g(&self.peer_raft_streams_refused),
         );
         counter(
             "deduplicated_total",
@@ -294,6 +313,22 @@ impl Metrics {
             g(&self.active_instances),
         );
         gauge("watchers", "Open Watch streams.", g(&self.watchers));
+        gauge(
+            "peer_raft_streams",
+            &format!(
+                "Inbound Peer/Raft streams open (at most {}).",
+                crate::grpc::MAX_PEER_RAFT_STREAMS
+            ),
+            peer_streams.open as u64,
+        );
+        gauge(
+            "peer_reassembly_bytes",
+            &format!(
+                "Bytes inbound Peer/Raft streams hold in partly reassembled messages (at most {}).",
+                synapse_consensus::MAX_REASSEMBLY_TOTAL_BYTES
+            ),
+            peer_streams.reassembly_bytes as u64,
+        );
         if let Some(probe) = HEAP_PROBE.get() {
             gauge(
                 "heap_allocated_bytes",

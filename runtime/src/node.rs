@@ -95,6 +95,12 @@ pub struct Core {
     /// request path).
     pub(crate) audit: crate::audit_log::AuditLog,
     inflight_invokes: Arc<std::sync::atomic::AtomicUsize>,
+    /// One slot per open inbound `Peer/Raft` stream
+    /// (`crate::grpc::MAX_PEER_RAFT_STREAMS`).
+    pub(crate) raft_streams: Arc<tokio::sync::Semaphore>,
+    /// What those streams hold together in partly reassembled messages
+    /// (`synapse_consensus::MAX_REASSEMBLY_TOTAL_BYTES`).
+    pub(crate) reassembly: Arc<synapse_consensus::ReassemblyBudget>,
 }
 
 /// One of the node's `max_inflight_invokes` slots, held by an admitted
@@ -216,12 +222,18 @@ impl Core {
             .guard()
             .map(|g| (g.cache_hits(), g.cache_len()))
             .unwrap_or((0, 0));
+        let peer_streams = crate::metrics::PeerStreams {
+            open: crate::grpc::MAX_PEER_RAFT_STREAMS
+                .saturating_sub(self.raft_streams.available_permits()),
+            reassembly_bytes: self.reassembly.held(),
+        };
         self.metrics.render(
             &self.raft.status(),
             self.raft.timings(),
             hits,
             len,
             &self.clock.status(),
+            peer_streams,
         )
     }
 
@@ -1736,6 +1748,10 @@ async fn open_core(
         clock,
         audit,
         inflight_invokes: Default::default(),
+        raft_streams: Arc::new(tokio::sync::Semaphore::new(
+            crate::grpc::MAX_PEER_RAFT_STREAMS,
+        )),
+        reassembly: Default::default(),
     }))
 }
 
