@@ -276,7 +276,9 @@ impl AuditLog {
         let mut count = 0u64;
         for item in records {
             let (key, value) = item?;
-            let seq = key_u64(&key).ok_or_else(|| corrupt("legacy audit trail: malformed key"))?;
+            let seq = key_u64(&key)
+                .filter(|s| *s <= MAX_AUDIT_SEQ)
+                .ok_or_else(|| corrupt("legacy audit trail: malformed key"))?;
             let expected = chunk
                 .last()
                 .map(|(s, _)| s + 1)
@@ -819,6 +821,29 @@ mod tests {
         assert!(err.is_corrupt(), "{err}");
         assert!(err.to_string().contains("aside"), "{err}");
         assert!(dir.path().join(LEGACY_AUDIT_DB_DIR).join("db").exists());
+    }
+
+    /// A legacy trail whose key is past `MAX_AUDIT_SEQ` is damage, refused
+    /// before it is moved: before, it was moved into a segment file, and
+    /// the open that followed computed `last + 1` of the log (u64::MAX + 1)
+    /// and panicked in a debug build.
+    #[test]
+    fn a_legacy_trail_key_out_of_range_is_corrupt() {
+        for seq in [u64::MAX, MAX_AUDIT_SEQ + 1] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+                let old = store.inner.db.open_tree(crate::store::TREE_AUDIT).unwrap();
+                let mut record = rec(1);
+                record.seq = seq;
+                record.hash = record.compute_hash();
+                old.insert(u64_key(seq), record.encode()).unwrap();
+                store.sync().unwrap();
+            }
+            let err = Store::open(dir.path(), StoreOptions::default()).unwrap_err();
+            assert!(err.is_corrupt(), "{err}");
+            assert!(err.to_string().contains("malformed key"), "{err}");
+        }
     }
 
     /// Pruning forgets records at once; a restart must not bring them back

@@ -33,7 +33,7 @@ use crate::codec::{key_u64, open_value, seal_value, Reader, Writer, CHECKSUM_LEN
 use crate::error::corrupt;
 use crate::reclaim::Reclaim;
 use crate::store::{has_tree, lock, Inner, TREE_RAFT_LOG};
-use crate::wal::Wal;
+use crate::wal::{Wal, MAX_RECORD_INDEX};
 use crate::{StorageError, Store};
 
 const META_HARD_STATE: &[u8] = b"hard_state";
@@ -164,6 +164,13 @@ fn decode_truncated(raw: &[u8]) -> Result<(u64, u64), StorageError> {
     );
     let v = (r.u64()?, r.u64()?);
     r.finish()?;
+    if v.0 > MAX_RECORD_INDEX {
+        // The log's bounds are computed from it (`index + 1`).
+        return Err(corrupt(format!(
+            "raft truncated state: index {} is out of range (at most {MAX_RECORD_INDEX})",
+            v.0
+        )));
+    }
     Ok(v)
 }
 
@@ -197,6 +204,12 @@ pub(crate) fn load_bounds(
         Some(raw) => decode_u64(&raw, "raft log generation")?,
         None => FIRST_WAL_GENERATION,
     };
+    if generation == u64::MAX {
+        // A snapshot install moves to `generation + 1`.
+        return Err(corrupt(format!(
+            "raft log generation {generation} is out of range"
+        )));
+    }
     let (mut wal, report) = Wal::open(dir, generation, simulation)?;
     if report.stale_files > 0 {
         tracing::info!(
@@ -259,7 +272,9 @@ fn migrate_legacy_log(
         let mut moved = 0usize;
         for item in old.iter() {
             let (k, v) = item?;
-            let index = key_u64(&k).ok_or_else(|| corrupt("malformed raft log key"))?;
+            let index = key_u64(&k)
+                .filter(|i| *i <= MAX_RECORD_INDEX)
+                .ok_or_else(|| corrupt("malformed raft log key"))?;
             batch.push((index, v.to_vec()));
             if batch.len() == LEGACY_MIGRATION_BATCH {
                 moved += batch.len();
@@ -463,6 +478,14 @@ impl RaftLog {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Ok(());
         };
+        // Entries come from raft-rs, and through it from the leader: an
+        // index no log reaches is refused before any arithmetic on it.
+        if let Some(e) = entries.iter().find(|e| e.index > MAX_RECORD_INDEX) {
+            return Err(StorageError::Invalid(format!(
+                "append: index {} is out of range (at most {MAX_RECORD_INDEX})",
+                e.index
+            )));
+        }
         if entries.windows(2).any(|w| w[1].index != w[0].index + 1) {
             return Err(StorageError::Invalid(
                 "append: entries are not consecutive".into(),
@@ -586,6 +609,12 @@ impl RaftLog {
     pub fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StorageError> {
         let meta = snap.get_metadata();
         let index = meta.index;
+        if index > MAX_RECORD_INDEX {
+            // From the leader; the log's bounds are computed from it.
+            return Err(StorageError::Invalid(format!(
+                "snapshot at index {index} is out of range (at most {MAX_RECORD_INDEX})"
+            )));
+        }
         let mut b = self.bounds();
         if b.truncated_index + 1 > index {
             return Err(StorageError::SnapshotOutOfDate {
@@ -1700,6 +1729,124 @@ mod tests {
 
     /// Drives a real raft-rs `RawNode` (single voter) on `RaftLog`: propose,
     /// persist each Ready, sync, apply, compact, restart from disk, continue.
+    /// Writes `value` under `key` in "raft_meta" of the data dir in `dir`
+    /// (sealed like the real record, so its checksum passes).
+    fn forge_meta(dir: &std::path::Path, key: &[u8], value: Vec<u8>) {
+        let store = open(dir);
+        store
+            .raw_tree("raft_meta")
+            .unwrap()
+            .insert(key, value)
+            .unwrap();
+        store.sync().unwrap();
+    }
+
+    /// A truncation point past `MAX_RECORD_INDEX` is damage: before, open
+    /// computed `truncated_index + 1` and panicked in a debug build.
+    #[test]
+    fn a_truncation_point_out_of_range_is_corrupt_at_open() {
+        for index in [u64::MAX, MAX_RECORD_INDEX + 1] {
+            let dir = tempfile::tempdir().unwrap();
+            forge_meta(dir.path(), META_TRUNCATED, encode_truncated(index, 1));
+            let err = Store::open(dir.path(), StoreOptions::default()).unwrap_err();
+            assert!(err.is_corrupt(), "{err}");
+            assert!(err.to_string().contains("out of range"), "{err}");
+        }
+    }
+
+    /// A log generation of u64::MAX is damage: before, it opened, and the
+    /// next snapshot install computed `generation + 1` and panicked in a
+    /// debug build.
+    #[test]
+    fn a_log_generation_out_of_range_is_corrupt_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        forge_meta(dir.path(), META_WAL_GENERATION, encode_u64(u64::MAX));
+        match Store::open(dir.path(), StoreOptions::default()) {
+            Err(e) => assert!(e.is_corrupt(), "{e}"),
+            Ok(store) => {
+                let mut snap = Snapshot::default();
+                snap.mut_metadata().index = 5;
+                snap.mut_metadata().term = 1;
+                let result = store.raft_log().apply_snapshot(&snap);
+                panic!("opened with generation u64::MAX (snapshot install: {result:?})");
+            }
+        }
+    }
+
+    /// An entry of the sled tree an older version kept the log in, under a
+    /// key past `MAX_RECORD_INDEX`, is damage, reported as such (and not
+    /// moved into the segment files).
+    #[test]
+    fn a_legacy_log_key_out_of_range_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            let legacy = store.inner.db.open_tree(TREE_RAFT_LOG).unwrap();
+            legacy
+                .insert(
+                    crate::codec::u64_key(u64::MAX),
+                    encode_msg(&entry(u64::MAX, 1)).unwrap(),
+                )
+                .unwrap();
+            store.sync().unwrap();
+        }
+        let err = Store::open(dir.path(), StoreOptions::default()).unwrap_err();
+        assert!(err.is_corrupt(), "{err}");
+        assert!(err.to_string().contains("malformed raft log key"), "{err}");
+    }
+
+    /// Entries (from raft-rs, and through it the leader) with an index past
+    /// `MAX_RECORD_INDEX` are refused before any arithmetic on it: before,
+    /// the consecutiveness check computed `index + 1` and panicked in a
+    /// debug build.
+    #[test]
+    fn an_append_past_the_index_range_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let log = store.raft_log();
+        log.append(&ents(1..=2, 1)).unwrap();
+        for bad in [
+            vec![entry(u64::MAX, 1), entry(0, 1)],
+            vec![entry(MAX_RECORD_INDEX + 1, 1)],
+        ] {
+            let err = log.append(&bad).unwrap_err();
+            assert!(matches!(err, StorageError::Invalid(_)), "{err:?}");
+        }
+        assert_eq!(log.read_entries(1, 3, None).unwrap(), ents(1..=2, 1));
+    }
+
+    /// A snapshot (from the leader) at an index past `MAX_RECORD_INDEX` is
+    /// refused and nothing is written: before, it was recorded, and the
+    /// install then computed `index + 1` and panicked in a debug build.
+    #[test]
+    fn a_snapshot_past_the_index_range_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let log = store.raft_log();
+        log.append(&ents(1..=2, 1)).unwrap();
+        for index in [u64::MAX, MAX_RECORD_INDEX + 1] {
+            let mut snap = Snapshot::default();
+            snap.mut_metadata().index = index;
+            snap.mut_metadata().term = 1;
+            let err = log.apply_snapshot(&snap).unwrap_err();
+            assert!(matches!(err, StorageError::Invalid(_)), "{err:?}");
+        }
+        assert_eq!(
+            (log.first_log_index(), log.last_log_index()),
+            (1, 2),
+            "nothing was installed"
+        );
+        assert_eq!(
+            log.snapshot_metadata().unwrap(),
+            SnapshotMetadata::default()
+        );
+        drop(log);
+        drop(store);
+        // And the data dir still opens.
+        let log = open(dir.path()).raft_log();
+        assert_eq!(log.read_entries(1, 3, None).unwrap(), ents(1..=2, 1));
+    }
+
     mod raw_node {
         use super::*;
         use raft::{Config, RawNode};

@@ -68,6 +68,13 @@ pub const DEFAULT_RETENTION_VERSIONS: u64 = 100;
 /// million writes a second for nine years), so "keep everything" is this.
 pub const MAX_RETENTION_VERSIONS: u64 = 1 << 48;
 
+/// Largest checkpoint version a head may name: far above any version an
+/// instance reaches (one per write, from 1), so `version + 1` (the next
+/// version, here and in the state machine) and `version + retention` never
+/// overflow. A stored head past it is damage; a checkpoint past it is
+/// refused at apply, so no head past it is ever written.
+pub(crate) const MAX_CHECKPOINT_VERSION: u64 = u64::MAX / 2;
+
 /// sled's page cache limit by default. sled's own default (1 GiB) is far
 /// too much for the 2 vCPU VMs we target; the cache only speeds up reads of
 /// hot pages and instance state is also cached by the actors above us.
@@ -338,6 +345,12 @@ fn decode_head(raw: &[u8]) -> Result<Head, StorageError> {
         timestamp: r.timestamp()?,
     };
     r.finish()?;
+    if head.version > MAX_CHECKPOINT_VERSION {
+        return Err(corrupt(format!(
+            "head: version {} is out of range (at most {MAX_CHECKPOINT_VERSION})",
+            head.version
+        )));
+    }
     Ok(head)
 }
 
@@ -874,6 +887,12 @@ impl Store {
         let atomic = overwrites_a_head_it_writes(&batch.puts, slots);
         for (cp, reply) in &batch.puts {
             validate_names(&cp.skill, &cp.instance)?;
+            if cp.version > MAX_CHECKPOINT_VERSION {
+                return Err(StorageError::Invalid(format!(
+                    "checkpoint {}/{} v{}: version out of range (at most {MAX_CHECKPOINT_VERSION})",
+                    cp.skill, cp.instance, cp.version
+                )));
+            }
             // Never let an unsealed or damaged checkpoint into the chain.
             let Some(record) = cp.encode_if_sealed() else {
                 return Err(StorageError::Invalid(format!(
@@ -2510,6 +2529,64 @@ pub(crate) mod tests {
         let data = a.snapshot_state().unwrap();
         assert!(b.restore_state(&data).unwrap_err().is_corrupt());
         assert_eq!(b.snapshot_state().unwrap(), before);
+    }
+
+    /// A head version past `MAX_CHECKPOINT_VERSION` in a snapshot (from a
+    /// peer) is damage, even with a matching, validly sealed checkpoint and
+    /// digest: before, it was installed, and the next write to the
+    /// instance (`version + 1`, here and in the state machine) or a repair
+    /// scan overflowed.
+    #[test]
+    fn a_snapshot_with_a_head_version_out_of_range_is_rejected() {
+        let (_d, b) = open_tmp(5);
+        apply_all(&b, &chain("s", "mine", 2), 1, 0);
+        let before = b.snapshot_state().unwrap();
+        for version in [u64::MAX, MAX_CHECKPOINT_VERSION + 1] {
+            let cp = Checkpoint::seal(
+                "s".into(),
+                "one".into(),
+                version,
+                ZERO_HASH,
+                b"state".to_vec(),
+                ts(10),
+                String::new(),
+            );
+            let mut w = Writer::default();
+            w.raw(SNAPSHOT_DOMAIN).u64(0).u64(2);
+            w.bytes(&checkpoint_key("s", "one", version))
+                .bytes(&cp.encode());
+            w.bytes(&head_key("s", "one"))
+                .bytes(&encode_head(version, &cp.hash, &cp.timestamp));
+            let digest = sha256(w.as_slice());
+            w.raw(&digest);
+            let err = b.restore_state(w.as_slice()).unwrap_err();
+            assert!(err.is_corrupt(), "{err}");
+            assert!(err.to_string().contains("out of range"), "{err}");
+        }
+        assert_eq!(b.snapshot_state().unwrap(), before);
+    }
+
+    /// A checkpoint past `MAX_CHECKPOINT_VERSION` is refused at apply, so
+    /// the store never writes a head it would refuse to read back.
+    #[test]
+    fn an_apply_past_the_version_range_is_refused() {
+        let (_d, store) = open_tmp(5);
+        let cp = Checkpoint::seal(
+            "s".into(),
+            "i".into(),
+            MAX_CHECKPOINT_VERSION + 1,
+            ZERO_HASH,
+            b"state".to_vec(),
+            ts(10),
+            "req".into(),
+        );
+        let mut batch = ApplyBatch::default();
+        batch.put_checkpoint(&cp, b"reply");
+        batch.set_applied(1);
+        let err = store.commit_apply(batch).unwrap_err();
+        assert!(matches!(err, StorageError::Invalid(_)), "{err:?}");
+        assert_eq!(store.head("s", "i").unwrap(), None);
+        assert_eq!(store.applied_index().unwrap(), 0);
     }
 }
 

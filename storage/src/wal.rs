@@ -69,6 +69,13 @@ const MAX_RECORD_VALUE_BYTES: u32 = 512 << 20;
 
 const HEADER_LEN: usize = 16;
 
+/// Largest entry index a log holds: far above any index a real log reaches
+/// (one per entry, from 1), so `index + n` for the small `n` the logs and
+/// their callers add (the next index, a read's exclusive end, a scan chunk)
+/// never overflows. A record read back with a larger index is damage, and
+/// an append of one is refused, so every index in a `Wal` is at most this.
+pub(crate) const MAX_RECORD_INDEX: u64 = u64::MAX / 2;
+
 /// Where one entry's record is in its segment; which segment follows from
 /// the segments' first indexes. Eight bytes per retained record, because
 /// the audit trail retains a million of them by default (its index was
@@ -440,6 +447,12 @@ impl Wal {
             if g < generation {
                 std::fs::remove_file(item.path())?;
                 report.stale_files += 1;
+            } else if seq == u64::MAX {
+                // The next segment would be `seq + 1`.
+                return Err(corrupt(format!(
+                    "{label} segment {}: sequence number {seq} is out of range",
+                    item.path().display()
+                )));
             } else {
                 found.push((seq, item.path()));
             }
@@ -503,6 +516,12 @@ impl Wal {
             let record = read_record(&bytes, offset);
             let damaged_value = match record {
                 Record::Whole { index, value, .. } => {
+                    if index > MAX_RECORD_INDEX {
+                        return Err(corrupt(format!(
+                            "{}: entry index {index} is out of range (at most {MAX_RECORD_INDEX})",
+                            where_(offset as u64)
+                        )));
+                    }
                     if expected.is_some_and(|e| index != e) {
                         return Err(corrupt(format!(
                             "{}: entry {index} where {} was expected",
@@ -797,6 +816,12 @@ impl Wal {
         let Some((first, _)) = records.first() else {
             return Ok(());
         };
+        if let Some((index, _)) = records.iter().find(|(i, _)| *i > MAX_RECORD_INDEX) {
+            return Err(StorageError::Invalid(format!(
+                "{} append: index {index} is out of range (at most {MAX_RECORD_INDEX})",
+                self.label
+            )));
+        }
         if let Some(last) = self.last_index() {
             if *first != last + 1 {
                 return Err(StorageError::Invalid(format!(
@@ -1056,8 +1081,16 @@ impl Wal {
                 })?;
                 let mut at = 0usize;
                 for i in index..end_index {
+                    // The headers were checked at open, but the file may
+                    // have changed since: one whose length now runs past
+                    // its index leaves the next header out of the run.
                     let mut h = [0u8; HEADER_LEN];
-                    h.copy_from_slice(&buf[at..at + HEADER_LEN]);
+                    h.copy_from_slice(buf.get(at..at + HEADER_LEN).ok_or_else(|| {
+                        corrupt(format!(
+                            "{} entry {i}: record header runs past its index",
+                            self.label
+                        ))
+                    })?);
                     let len = match parse_header(&h) {
                         Ok(Some((len, got))) if got == i => len as usize,
                         _ => {
@@ -1775,5 +1808,104 @@ mod tests {
         let (w2, report) = Wal::open(d2.path(), 1, true).unwrap();
         assert_eq!(w2.last_index(), Some(2));
         assert!(report.torn_bytes > 0);
+    }
+
+    /// Writes the only segment file of a fresh log directory: `records`
+    /// framed like `write_records` (valid header CRCs, sealed values), so
+    /// open reaches the checks after the framing.
+    fn forged_segment(seq: u64, records: &[(u64, Vec<u8>)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join(WAL_DIR);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut bytes = Vec::new();
+        for (index, value) in records {
+            bytes.extend_from_slice(&header(value.len() as u32, *index));
+            bytes.extend_from_slice(value);
+        }
+        std::fs::write(dir.join(segment_name(1, seq)), bytes).unwrap();
+        d
+    }
+
+    /// A record whose index is past `MAX_RECORD_INDEX` is damage: before,
+    /// the next record's expected index (`last + 1`) overflowed, a panic in
+    /// a debug build.
+    #[test]
+    fn a_record_index_out_of_range_is_corrupt_at_open() {
+        for (first, second) in [(u64::MAX, 0), (MAX_RECORD_INDEX + 1, MAX_RECORD_INDEX + 2)] {
+            let d = forged_segment(1, &[rec(first, 10), rec(second, 10)]);
+            let err = Wal::open(d.path(), 1, false).unwrap_err();
+            assert!(err.is_corrupt(), "{err}");
+            assert!(err.to_string().contains("out of range"), "{err}");
+        }
+        // The largest index allowed still opens and reads.
+        let d = forged_segment(1, &[rec(MAX_RECORD_INDEX, 10)]);
+        let w = open(d.path());
+        assert_eq!(w.last_index(), Some(MAX_RECORD_INDEX));
+        assert_eq!(w.next_index(), MAX_RECORD_INDEX + 1);
+        assert_eq!(
+            w.read(MAX_RECORD_INDEX, MAX_RECORD_INDEX + 1).unwrap(),
+            vec![rec(MAX_RECORD_INDEX, 10).1]
+        );
+    }
+
+    /// A segment file named with the largest sequence number is refused at
+    /// open: before, the next rotation computed `seq + 1` and panicked in a
+    /// debug build.
+    #[test]
+    fn a_segment_sequence_number_out_of_range_is_corrupt_at_open() {
+        let d = forged_segment(u64::MAX, &[rec(1, 10)]);
+        match Wal::open(d.path(), 1, false) {
+            Err(e) => assert!(e.is_corrupt(), "{e}"),
+            Ok((mut w, _)) => {
+                // What the unfixed code reached: a rotation.
+                w.max_segment_bytes = 64;
+                let result = w.append(&[rec(2, 100)]);
+                panic!("opened a segment numbered u64::MAX (append: {result:?})");
+            }
+        }
+    }
+
+    /// An append of an index past `MAX_RECORD_INDEX` is refused before any
+    /// arithmetic on it (the consecutiveness check computed `index + 1`).
+    #[test]
+    fn an_append_past_the_index_range_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = open(d.path());
+        for records in [
+            vec![rec(u64::MAX, 3), rec(0, 3)],
+            vec![rec(MAX_RECORD_INDEX + 1, 3)],
+        ] {
+            let err = w.append(&records).unwrap_err();
+            assert!(matches!(err, StorageError::Invalid(_)), "{err:?}");
+        }
+        assert_eq!(w.last_index(), None);
+        assert_eq!(
+            std::fs::metadata(&segment_files(d.path())[0])
+                .unwrap()
+                .len(),
+            0
+        );
+    }
+
+    /// A header rewritten on disk after open (valid CRC, same index, a
+    /// length that swallows the records after it) is damage when read:
+    /// before, the next header of the run was sliced out of the read
+    /// buffer's range, a panic in every build.
+    #[test]
+    fn a_header_rewritten_after_open_is_corrupt_when_read() {
+        let (d, file, offsets, _) = three_records(40);
+        let w = open(d.path());
+        let value_len = rec(1, 40).1.len();
+        // Runs to 8 bytes before the end of the file: the value still fits
+        // in the run that is read, the header after it does not.
+        let forged_len = 3 * (HEADER_LEN + value_len) - HEADER_LEN - 8;
+        let f = OpenOptions::new().write(true).open(&file).unwrap();
+        f.write_all_at(&header(forged_len as u32, 1), offsets[0] as u64)
+            .unwrap();
+        drop(f);
+        let err = w.read(1, 4).unwrap_err();
+        assert!(err.is_corrupt(), "{err}");
+        // The records after it are still read on their own.
+        assert_eq!(w.read(3, 4).unwrap(), vec![rec(3, 40).1]);
     }
 }

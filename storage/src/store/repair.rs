@@ -348,6 +348,43 @@ mod tests {
         (d1, node, d2, peer)
     }
 
+    /// A head record forged with a version past `MAX_CHECKPOINT_VERSION`
+    /// (valid checksum) is a damaged head, not a panic: before, the repair
+    /// scan computed `version + 1` for the record in the head's slot and
+    /// panicked in a debug build.
+    #[test]
+    fn a_head_version_out_of_range_is_a_damaged_head() {
+        let (_d1, node, _d2, _peer) = pair();
+        let raw = node.raw_tree("state").unwrap();
+        let intact = raw
+            .get(node.debug_checkpoint_key("counter", "a", 5))
+            .unwrap()
+            .unwrap();
+        let cp = Checkpoint::decode(&intact).unwrap();
+        raw.insert(
+            head_key("counter", "a"),
+            encode_head(u64::MAX, &cp.hash, &cp.timestamp),
+        )
+        .unwrap();
+        // Something in the slot the forged head points at.
+        raw.insert(node.debug_checkpoint_key("counter", "a", u64::MAX), intact)
+            .unwrap();
+        let err = node.damaged_versions("counter", "a").unwrap_err();
+        assert!(err.is_corrupt(), "{err}");
+        assert!(err.to_string().contains("out of range"), "{err}");
+        assert!(node.latest("counter", "a").unwrap_err().is_corrupt());
+        assert!(node
+            .repair_checkpoint("counter", "a", 5, &cp.encode())
+            .unwrap_err()
+            .is_corrupt());
+        assert_eq!(
+            node.scrub(10, &AtomicBool::new(false))
+                .unwrap()
+                .damaged_heads,
+            vec![("counter".to_string(), "a".to_string())]
+        );
+    }
+
     #[test]
     fn damaged_versions_are_found_and_repaired_newest_first() {
         let (_d1, node, _d2, peer) = pair();
