@@ -1,6 +1,7 @@
 //! Corruption on disk: a flipped byte in a stored checkpoint or a Raft log
 //! record is detected, reported as DATA_LOSS / `StorageError::Corrupt`, and
-//! never served; other instances keep being served.
+//! never served; other instances keep being served. A head stamped at the
+//! clock's end (valid bytes, hostile content) refuses writes, not the node.
 
 mod common;
 
@@ -493,4 +494,65 @@ async fn corrupt_unapplied_raft_log_record_is_never_applied() {
             t.shutdown().await;
         }
     }
+}
+
+/// A stored head stamped at the clock's very end (only a faulty or hostile
+/// leader replicates one) leaves no timestamp after it. The actor refuses
+/// that instance's writes with an error instead of asserting and stopping;
+/// the instance stays readable and other instances keep being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_stamped_at_the_clocks_end_refuses_writes_without_a_panic() {
+    use synapse_storage::{ApplyBatch, Checkpoint, Timestamp, ZERO_HASH};
+
+    let dir = tempfile::tempdir().unwrap();
+    let n = start(dir.path()).await;
+    seed(&n).await;
+    let dir = n.shutdown().await;
+    {
+        let store = open_store(&dir);
+        let alice = store
+            .latest("counter", "alice")
+            .expect("read alice")
+            .expect("alice stored");
+        let end_of_time = Timestamp {
+            physical_micros: u64::MAX,
+            logical: u32::MAX,
+            node_id: u64::MAX,
+        };
+        let cp = Checkpoint::seal(
+            "counter".into(),
+            "doomsday".into(),
+            1,
+            ZERO_HASH,
+            alice.state.clone(),
+            end_of_time,
+            String::new(),
+        );
+        let mut batch = ApplyBatch::default();
+        batch.put_checkpoint_unrecorded(&cp);
+        store
+            .commit_apply(batch)
+            .expect("store the far-future head");
+        store.sync().expect("sync");
+    }
+    let n = start(&dir).await;
+    let mut c = n.root_client().await;
+    let cp = get_state(&mut c, "counter", "doomsday")
+        .await
+        .expect("the far-future instance is readable");
+    assert_eq!(state_json(&cp), json!({"value": 6}));
+    for attempt in 0..2 {
+        assert_code(
+            invoke(&mut c, "counter", "doomsday", "incr", json!({"by": 1})).await,
+            Code::Internal,
+            &format!("write {attempt} after a head at the clock's end"),
+        );
+    }
+    let cp = get_state(&mut c, "counter", "doomsday")
+        .await
+        .expect("still readable after the refused writes");
+    assert_eq!(cp.version, 1, "a refused write changed nothing");
+    assert_eq!(state_json(&cp), json!({"value": 6}));
+    bob_still_served(&mut c).await;
+    n.shutdown().await;
 }
