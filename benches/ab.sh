@@ -30,6 +30,8 @@
 #                      100 versions, so the run sees the steady state (slots
 #                      overwritten) instead of the growth phase (new keys,
 #                      sled leaf splits)
+#   THREADS [0]        1 = CPU per write of each node's threads, by thread
+#                      name, over the run (what a fixed cost per write is)
 #   MIX [put=100]  PORT_BASE [52100]  KEEP=1 keeps the data dirs
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -49,6 +51,20 @@ HTTP=($((PORT_BASE + 11)) $((PORT_BASE + 12)) $((PORT_BASE + 13)))
 start_synapse 3 GRPC HTTP "$@"
 
 cpu_ticks() { for p in "${SYN_PIDS[@]}"; do awk '{print $14+$15}' "/proc/$p/stat"; done | paste -sd' '; }
+# "node thread-name ticks" for every thread of every node (names have no
+# spaces in /proc/*/task/*/comm for our threads; others are joined with _).
+thread_ticks() {
+    local i=0
+    for p in "${SYN_PIDS[@]}"; do
+        i=$((i + 1))
+        for t in /proc/"$p"/task/*; do
+            name=$(tr ' ' '_' <"$t/comm" 2>/dev/null) || continue
+            # Fields after the ")" that closes the name: utime is the 12th.
+            ticks=$(sed 's/.*) //' "$t/stat" 2>/dev/null | awk '{print $12+$13}') || continue
+            echo "n$i $name $ticks"
+        done
+    done
+}
 endpoints=$SYN_EPS
 if [ "${LEADER_ONLY:-0}" = 1 ]; then endpoints="http://127.0.0.1:${GRPC[$((LEADER - 1))]}"; fi
 if [ "${FOLLOWER_ONLY:-0}" = 1 ]; then endpoints="http://127.0.0.1:${GRPC[$((LEADER % 3))]}"; fi
@@ -59,6 +75,7 @@ if [ -n "${PREFILL:-}" ]; then
         >"$WORK/prefill.out" 2>&1 || die "prefill failed: $(tail -3 "$WORK/prefill.out")"
 fi
 before=$(cpu_ticks)
+[ "${THREADS:-0}" = 1 ] && thread_ticks >"$WORK/threads-before.txt"
 "${LOADGEN:-$B}" bench --endpoints "$endpoints" --token-file "$SYN_TOKEN" --clients "$CLIENTS" \
     --duration "${SECONDS_RUN}s" --warmup 2s --mix "${MIX:-put=100}" --instances "${INSTANCES:-1000}" --quiet \
     ${RATE:+--rate "$RATE"} \
@@ -88,8 +105,16 @@ case "${PROFILE:-none}" in
 esac
 wait "$bench_pid" || die "bench failed: $(tail -3 "$WORK/bench.out")"
 after=$(cpu_ticks)
+[ "${THREADS:-0}" = 1 ] && thread_ticks >"$WORK/threads-after.txt"
 rss=$(for p in "${SYN_PIDS[@]}"; do awk '/VmRSS/{print $2}' "/proc/$p/status"; done | paste -sd' ')
 written=$(for p in "${SYN_PIDS[@]}"; do awk '/^wchar/{print $2}' "/proc/$p/io"; done | paste -sd' ')
+# Mean durable write of a Ready (append + fdatasync) per node, since start.
+persist=$(for h in "${HTTP[@]}"; do
+    curl -s "http://127.0.0.1:$h/metrics" | awk '
+        /^synapse_raft_persist_seconds_sum/ {s=$2} /^synapse_raft_persist_seconds_count/ {c=$2}
+        END {if (c > 0) printf "%.3f\n", s * 1000 / c; else print "-"}'
+done | paste -sd' ')
+echo "mean persist ms per node [$persist]"
 
 python3 - "$WORK/result.json" "$before" "$after" "$rss" "$written" "$LEADER" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
@@ -107,3 +132,24 @@ print(f"cpu ms per node {[round(c) for c in cpu_ms]} (leader n{sys.argv[6]})  "
       f"cluster cpu per write {sum(cpu_ms) * 1000 / max(ops, 1):.0f} us")
 print(f"rss MiB {rss}  written per write per node {[round(w / max(ops, 1)) for w in written]} B")
 PY
+if [ "${THREADS:-0}" = 1 ]; then
+    python3 - "$WORK/threads-before.txt" "$WORK/threads-after.txt" "$WORK/result.json" "$(getconf CLK_TCK)" <<'PY'
+import collections, json, sys
+def load(path):
+    out = collections.Counter()
+    for line in open(path):
+        node, name, ticks = line.split()
+        # Worker pools number their threads; one row per pool.
+        out[(node, name.rstrip("0123456789-_"))] += int(ticks)
+    return out
+before, after = load(sys.argv[1]), load(sys.argv[2])
+run = json.load(open(sys.argv[3]))
+run = run["runs"][0] if "runs" in run else run
+ops = max(run["ok"] + run.get("warmup_ops", 0), 1)
+tick_us = 1e6 / int(sys.argv[4])
+rows = sorted(((after[k] - before.get(k, 0)) * tick_us / ops, k) for k in after)
+print("cpu us per write by node and thread (top 12):")
+for us, (node, name) in reversed(rows[-12:]):
+    print(f"  {node} {name:<24} {us:7.1f}")
+PY
+fi
