@@ -1343,7 +1343,8 @@ impl Wal {
         sync_dir(&self.dir)
     }
 
-    /// (segment files, bytes on disk).
+    /// (segment files, bytes their records take). The last segment may
+    /// also hold up to [`SEGMENT_PREALLOC_BYTES`] of reserved space.
     pub(crate) fn disk_usage(&self) -> (usize, u64) {
         (
             self.segments.len(),
