@@ -986,6 +986,18 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 self.reads_pending.insert(seq, (Instant::now(), reply));
             }
             Event::Step(msg) => {
+                if let Some(field) = out_of_range(&msg) {
+                    // Only damage or a hostile peer sends one; raft-rs
+                    // would adopt the term and overflow at the next
+                    // election, or fail to store the entries.
+                    tracing::warn!(
+                        node = self.config.id,
+                        from = msg.from,
+                        field,
+                        "dropping a raft message with a term or index out of range"
+                    );
+                    return;
+                }
                 if self.refuses_vote_after_start(&msg) {
                     tracing::debug!(
                         node = self.config.id,
@@ -1608,11 +1620,37 @@ impl StateMachine for AppliedIndexOnly {
     }
 }
 
+/// The first term or index of `m` (or of its entries) beyond what a node
+/// accepts (`MAX_RAFT_TERM`, `MAX_RAFT_INDEX`), named for the log line.
+fn out_of_range(m: &Message) -> Option<&'static str> {
+    use synapse_storage::{MAX_RAFT_INDEX, MAX_RAFT_TERM};
+    if m.term > MAX_RAFT_TERM {
+        return Some("term");
+    }
+    if m.log_term > MAX_RAFT_TERM {
+        return Some("log_term");
+    }
+    if m.index > MAX_RAFT_INDEX || m.commit > MAX_RAFT_INDEX {
+        return Some("index");
+    }
+    let snap = m.get_snapshot().get_metadata();
+    if snap.term > MAX_RAFT_TERM || snap.index > MAX_RAFT_INDEX {
+        return Some("snapshot");
+    }
+    if m.entries
+        .iter()
+        .any(|e| e.term > MAX_RAFT_TERM || e.index > MAX_RAFT_INDEX)
+    {
+        return Some("entry");
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use raft::eraftpb::{ConfChangeSingle, ConfChangeType};
-    use synapse_storage::StoreOptions;
+    use synapse_storage::{StoreOptions, MAX_RAFT_INDEX, MAX_RAFT_TERM};
 
     struct NoNetwork;
 
@@ -1970,6 +2008,57 @@ mod tests {
         }
         trio.settle();
         assert_eq!(trio.nodes[1].status().role, Role::Leader);
+    }
+
+    /// A message whose term or index raft-rs would overflow on (only damage
+    /// or a hostile peer sends one) is dropped before raft-rs sees it: the
+    /// follower keeps its term and leader, and the cluster keeps working.
+    #[test]
+    fn a_message_with_a_term_or_index_out_of_range_is_dropped() {
+        let mut trio = Trio::new(false);
+        let term = trio.elect_node_1();
+        let forged = [
+            (MessageType::MsgHeartbeat, u64::MAX, 0, 0),
+            (MessageType::MsgRequestVote, MAX_RAFT_TERM + 1, 0, 0),
+            (MessageType::MsgAppend, term, u64::MAX, 0),
+            (MessageType::MsgHeartbeat, term, 0, MAX_RAFT_INDEX + 1),
+        ];
+        for (kind, forged_term, index, commit) in forged {
+            let mut m = Message::default();
+            m.set_msg_type(kind);
+            m.from = 1;
+            m.to = 2;
+            m.term = forged_term;
+            m.index = index;
+            m.commit = commit;
+            trio.nodes[1].step(m);
+            trio.nodes[1].process().expect("process");
+            let status = trio.nodes[1].status();
+            assert_eq!(status.term, term, "{kind:?}: the term was adopted");
+            assert_eq!(status.role, Role::Follower, "{kind:?}");
+            assert!(
+                trio.take_sent(1).is_empty(),
+                "{kind:?}: nothing is answered to a dropped message"
+            );
+        }
+        let entry = Entry {
+            term: u64::MAX,
+            index: 2,
+            ..Default::default()
+        };
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        m.from = 1;
+        m.to = 2;
+        m.term = term;
+        m.entries = vec![entry].into();
+        trio.nodes[1].step(m);
+        trio.nodes[1].process().expect("process");
+        assert!(trio.take_sent(1).is_empty(), "a forged entry is not acked");
+        trio.settle();
+        trio.read_on(0);
+        assert_eq!(trio.nodes[0].status().role, Role::Leader);
+        assert_eq!(trio.nodes[0].status().term, term);
     }
 
     #[test]

@@ -45,7 +45,7 @@ mod wal;
 pub use audit::{AuditFilter, AuditRecord, MAX_AUDIT_SCAN};
 pub use checkpoint::{Checkpoint, Hash, Timestamp, ZERO_HASH};
 pub use error::StorageError;
-pub use raft_log::RaftLog;
+pub use raft_log::{RaftLog, MAX_RAFT_INDEX, MAX_RAFT_TERM};
 pub use revocation::{Revocation, MAX_REVOCATION_ID_BYTES, MAX_REVOCATION_REASON_BYTES};
 pub use store::{
     ApplyBatch, ChainReport, HeadInfo, RepairOutcome, RequestRecord, ScrubReport, Store,

@@ -34,6 +34,16 @@ use crate::error::corrupt;
 use crate::reclaim::Reclaim;
 use crate::store::{has_tree, lock, Inner, TREE_RAFT_LOG};
 use crate::wal::{Wal, MAX_RECORD_INDEX};
+
+/// Highest Raft term a node accepts, from its disk or from a peer. raft-rs
+/// computes `term + 1` at every election; half the range is more terms
+/// than elections could ever use, and a term above it can only be damage
+/// or a hostile message, which would otherwise overflow there.
+pub const MAX_RAFT_TERM: u64 = u64::MAX / 2;
+
+/// Highest Raft log index the log stores (`MAX_RECORD_INDEX`), for
+/// callers that check messages before raft-rs sees them.
+pub const MAX_RAFT_INDEX: u64 = MAX_RECORD_INDEX;
 use crate::{StorageError, Store};
 
 const META_HARD_STATE: &[u8] = b"hard_state";
@@ -571,11 +581,20 @@ impl RaftLog {
         Ok(())
     }
 
-    /// The stored hard state, default if none.
+    /// The stored hard state, default if none. A term or commit index out
+    /// of range ([`MAX_RAFT_TERM`], `MAX_RECORD_INDEX`) is damage: raft-rs
+    /// adds to both, and would overflow.
     pub fn hard_state(&self) -> Result<HardState, StorageError> {
-        Ok(self
+        let hs: HardState = self
             .meta_msg(META_HARD_STATE, "raft hard state")?
-            .unwrap_or_default())
+            .unwrap_or_default();
+        if hs.term > MAX_RAFT_TERM || hs.commit > MAX_RECORD_INDEX {
+            return Err(corrupt(format!(
+                "raft hard state: term {} or commit {} is out of range",
+                hs.term, hs.commit
+            )));
+        }
+        Ok(hs)
     }
 
     /// The stored conf state, default if none.
@@ -1739,6 +1758,40 @@ mod tests {
             .insert(key, value)
             .unwrap();
         store.sync().unwrap();
+    }
+
+    /// A stored hard state whose term raft-rs would overflow at the next
+    /// election (or whose commit is past any index) is damage, refused
+    /// when raft-rs asks for its initial state.
+    #[test]
+    fn a_hard_state_out_of_range_is_corrupt() {
+        for (term, commit) in [
+            (u64::MAX, 0),
+            (MAX_RAFT_TERM + 1, 0),
+            (1, MAX_RECORD_INDEX + 1),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open(dir.path());
+            let log = store.raft_log();
+            let hs = HardState {
+                term,
+                commit,
+                ..Default::default()
+            };
+            log.set_hard_state(&hs).unwrap();
+            let err = log.hard_state().unwrap_err();
+            assert!(err.is_corrupt(), "{err}");
+            assert!(raft::Storage::initial_state(&log).is_err());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path()).raft_log();
+        let hs = HardState {
+            term: MAX_RAFT_TERM,
+            commit: MAX_RECORD_INDEX,
+            ..Default::default()
+        };
+        log.set_hard_state(&hs).unwrap();
+        assert_eq!(log.hard_state().unwrap(), hs, "the bounds themselves pass");
     }
 
     /// A truncation point past `MAX_RECORD_INDEX` is damage: before, open
