@@ -20,6 +20,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
 
+/// Most versions `Store::damaged_versions` lists (the newest ones). With
+/// the largest retention (2^48 versions) a head forged far above the stored
+/// records would otherwise list a hole of up to 2^48 versions; repair works
+/// through a longer list a batch at a time, listing again after each pass.
+pub const MAX_DAMAGED_VERSIONS_LISTED: usize = 4096;
+
 /// What `Store::scrub` found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScrubReport {
@@ -61,7 +67,8 @@ pub enum RepairOutcome {
 
 impl Store {
     /// Versions of one instance whose stored record fails verification or is
-    /// missing inside the retained range, newest first. `Corrupt` if the
+    /// missing inside the retained range, newest first, at most
+    /// [`MAX_DAMAGED_VERSIONS_LISTED`] of them. `Corrupt` if the
     /// head record itself is damaged (it is the anchor; see module docs).
     pub fn damaged_versions(&self, skill: &str, instance: &str) -> Result<Vec<u64>, StorageError> {
         validate_names(skill, instance)?;
@@ -70,25 +77,34 @@ impl Store {
         let Some(head) = self.inner.head_record_on_disk(skill, instance)? else {
             return Ok(Vec::new());
         };
-        let mut damaged = Vec::new();
+        // Inclusive ranges, ascending and disjoint: a hole can span up to
+        // the retention (2^48 at most), so versions are listed only at the
+        // end, newest first and at most `MAX_DAMAGED_VERSIONS_LISTED`.
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
         let mut expected: Option<u64> = None;
         for r in self.inner.retained_records(skill, instance, head.version)? {
-            if let Some(next) = expected {
+            if let Some(next) = expected.filter(|&next| next < r.version) {
                 // A hole in the retained range is a lost record.
-                damaged.extend(next..r.version);
+                ranges.push((next, r.version - 1));
             }
             if decode_checkpoint_at(&r.raw, skill, instance, r.version).is_err() {
-                damaged.push(r.version);
+                ranges.push((r.version, r.version));
             }
             expected = Some(r.version + 1);
         }
         match expected {
-            Some(next) if next <= head.version => damaged.extend(next..=head.version),
-            None if head.version > 0 => damaged.push(head.version),
+            Some(next) if next <= head.version => ranges.push((next, head.version)),
+            None if head.version > 0 => ranges.push((head.version, head.version)),
             _ => {}
         }
-        damaged.sort_unstable_by(|a, b| b.cmp(a));
-        damaged.dedup();
+        let mut damaged = Vec::new();
+        for &(low, high) in ranges.iter().rev() {
+            let room = MAX_DAMAGED_VERSIONS_LISTED - damaged.len();
+            damaged.extend((low..=high).rev().take(room));
+            if damaged.len() == MAX_DAMAGED_VERSIONS_LISTED {
+                break;
+            }
+        }
         Ok(damaged)
     }
 
@@ -382,6 +398,34 @@ mod tests {
                 .unwrap()
                 .damaged_heads,
             vec![("counter".to_string(), "a".to_string())]
+        );
+    }
+
+    /// A head forged far above the stored records, with the largest
+    /// retention, leaves a hole of about 2^40 versions: the list is the
+    /// newest `MAX_DAMAGED_VERSIONS_LISTED` of them, not an allocation of
+    /// terabytes.
+    #[test]
+    fn a_hole_of_2_pow_40_versions_lists_only_the_newest() {
+        let cps = chain("counter", "a", 5);
+        let (_d, node) = open_tmp(MAX_RETENTION_VERSIONS);
+        apply(&node, &cps);
+        let top = 1u64 << 40;
+        node.raw_tree("state")
+            .unwrap()
+            .insert(
+                head_key("counter", "a"),
+                encode_head(top, &cps[4].hash, &cps[4].timestamp),
+            )
+            .unwrap();
+        let damaged = node.damaged_versions("counter", "a").unwrap();
+        assert_eq!(damaged.len(), MAX_DAMAGED_VERSIONS_LISTED);
+        assert_eq!(damaged[0], top);
+        let listed = MAX_DAMAGED_VERSIONS_LISTED as u64;
+        assert_eq!(damaged[damaged.len() - 1], top - (listed - 1));
+        assert!(
+            damaged.windows(2).all(|w| w[0] == w[1] + 1),
+            "newest first, no gaps"
         );
     }
 
