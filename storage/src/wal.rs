@@ -40,9 +40,10 @@
 //!
 //! Recovery at open ([`Wal::open`]): segment files of another generation are
 //! removed (a snapshot install bumps the generation once its metadata is
-//! durable). In the last segment, zeros from a record boundary to the end
-//! of the file are reserved space, not damage: the log ends there. Other
-//! damage that looks like an interrupted
+//! durable). In the last segment of a file holding reserved space (at least
+//! [`SEGMENT_PREALLOC_BYTES`]), zeros from a record boundary to the end of
+//! the file are that space, not damage: the log ends there. Other (or, in a
+//! shorter file, any) damage that looks like an interrupted
 //! write (a record running past the end of the file, or a sector of it all
 //! zeros) with no intact later record after it is a torn tail, and is cut
 //! off (see [`is_torn`]). A damaged value that is not torn is kept, for
@@ -337,6 +338,13 @@ fn reserve(file: &File, offset: u64, len: u64) -> bool {
     let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
         return false;
     };
+    // On tmpfs reserved space is memory taken up front, and its fdatasync
+    // has nothing to commit anyway.
+    // SAFETY: fstatfs writes only into `fs`, which it is given.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } == 0 && fs.f_type == libc::TMPFS_MAGIC {
+        return false;
+    }
     // SAFETY: fallocate only reads its integer arguments; the descriptor is
     // owned by `file`, which outlives the call.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) };
@@ -391,6 +399,28 @@ fn read_record(bytes: &[u8], offset: usize) -> Record<'_> {
     }
 }
 
+/// Where the record at `offset` ends by its header (possibly past the end
+/// of `bytes`); just past the header if that does not parse.
+fn announced_end(bytes: &[u8], offset: usize) -> usize {
+    bytes
+        .get(offset..offset + HEADER_LEN)
+        .map(|h| {
+            let mut header = [0u8; HEADER_LEN];
+            header.copy_from_slice(h);
+            match parse_header(&header) {
+                Ok(Some((len, _))) => offset + HEADER_LEN + len as usize,
+                _ => offset + HEADER_LEN,
+            }
+        })
+        // A header cut short by the end of the file.
+        .unwrap_or(offset + HEADER_LEN)
+}
+
+/// One past the last byte of `bytes` that is not zero (0 if all are).
+fn written_end(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1)
+}
+
 /// Disk sector size assumed for torn writes: a write interrupted by a crash
 /// leaves whole sectors unwritten, which read back as zeros.
 const SECTOR_BYTES: usize = 512;
@@ -410,18 +440,7 @@ const SECTOR_BYTES: usize = 512;
 /// availability. (A crash that wrote a later page of an unsynced write but
 /// not an earlier one is also refused; rare, and safe.)
 fn is_torn(bytes: &[u8], offset: usize, expected: Option<u64>) -> bool {
-    let announced_end = bytes
-        .get(offset..offset + HEADER_LEN)
-        .map(|h| {
-            let mut header = [0u8; HEADER_LEN];
-            header.copy_from_slice(h);
-            match parse_header(&header) {
-                Ok(Some((len, _))) => offset + HEADER_LEN + len as usize,
-                _ => offset + HEADER_LEN,
-            }
-        })
-        // A header cut short by the end of the file.
-        .unwrap_or(offset + HEADER_LEN);
+    let announced_end = announced_end(bytes, offset);
     let runs_past_end = announced_end > bytes.len();
     let span = &bytes[offset..announced_end.min(bytes.len())];
     let zero_sector = {
@@ -442,9 +461,11 @@ fn is_torn(bytes: &[u8], offset: usize, expected: Option<u64>) -> bool {
     if !(runs_past_end || zero_sector) {
         return false;
     }
-    // Look for an intact record of an entry at or after the damaged one.
+    // Look for an intact record of an entry at or after the damaged one. A
+    // record's header is not all zeros, so none starts past the last byte
+    // that is not zero (reserved space is zeros).
     let min_index = expected.unwrap_or(0);
-    (offset + 1..bytes.len()).all(|at| match read_record(bytes, at) {
+    (offset + 1..written_end(bytes)).all(|at| match read_record(bytes, at) {
         Record::Whole { index, value, .. } => {
             index < min_index || open_value(value, "raft log entry").is_err()
         }
@@ -594,6 +615,7 @@ impl Wal {
                 Record::Broken => false,
             };
             if is_last
+                && file_len >= SEGMENT_PREALLOC_BYTES
                 && matches!(record, Record::Broken)
                 && bytes[offset..].iter().all(|&b| b == 0)
             {
@@ -603,7 +625,15 @@ impl Wal {
             }
             if matches!(record, Record::Broken) || damaged_value {
                 if is_last && is_torn(&bytes, offset, expected) {
-                    torn = file_len - offset as u64;
+                    // Reserved space after the torn write is not part of it.
+                    let end = if file_len >= SEGMENT_PREALLOC_BYTES {
+                        written_end(&bytes)
+                            .max(announced_end(&bytes, offset).min(bytes.len()))
+                            .max(offset)
+                    } else {
+                        bytes.len()
+                    };
+                    torn = (end - offset) as u64;
                     file.set_len(offset as u64)?;
                     file.sync_all()?;
                     tracing::warn!(
@@ -693,8 +723,9 @@ impl Wal {
             return;
         }
         active.reserve_checked = true;
-        // A file longer than what it holds was reserved before.
-        if active.file.metadata().is_ok_and(|m| m.len() <= active.len) {
+        // Reserving what is reserved already changes nothing, so only a
+        // file shorter than the reservation is worth the call.
+        if active.file.metadata().is_ok_and(|m| m.len() < upto) {
             preallocate(&active.file, active.len, upto);
         }
     }
@@ -1005,13 +1036,13 @@ impl Wal {
     /// exists, so only the last segment can end in reserved space.
     fn rotate(&mut self, next_index: u64) -> Result<(), StorageError> {
         self.sync()?;
-        let simulation = self.simulation;
-        let active = self.active();
-        if active.file.metadata()?.len() > active.len {
+        if !self.simulation {
+            // Every time, even when the file looks cut already: a cut
+            // whose sync failed may not be on disk, and a sealed segment
+            // ending in reserved space is refused at open.
+            let active = self.active();
             active.file.set_len(active.len)?;
-            if !simulation {
-                active.file.sync_all()?;
-            }
+            active.file.sync_all()?;
         }
         let seq = self.active().seq + 1;
         self.create_segment(seq, next_index)
@@ -1733,14 +1764,14 @@ mod tests {
             w.append(&[rec(3, 100)]).unwrap();
             w.sync().unwrap();
         }
-        // Zeros where a record should be (a file extended but not
-        // written, or reserved space): the log ends there, nothing is cut,
-        // and the next append lands right after the last record.
+        // Zeros where a record should be, in a file without reserved space
+        // (extended but not written): torn, cut, reported; the next append
+        // lands right after the last record.
         let f = OpenOptions::new().write(true).open(&file).unwrap();
         f.set_len(full + 64).unwrap();
         drop(f);
         let (mut w, report) = Wal::open(d.path(), 1, false).unwrap();
-        assert_eq!((w.last_index(), report.torn_bytes), (Some(3), 0));
+        assert_eq!((w.last_index(), report.torn_bytes), (Some(3), 64));
         w.append(&[rec(4, 100)]).unwrap();
         w.sync().unwrap();
         drop(w);
@@ -2168,13 +2199,18 @@ mod tests {
             .unwrap();
         w.sync().unwrap();
         let third = w.locs[2].offset as usize;
+        let third_end = third + HEADER_LEN + w.locs[2].len as usize;
         drop(w);
         let file = segment_files(d.path()).pop().unwrap();
         let bytes = zero_sector(&std::fs::read(&file).unwrap(), third, true);
         std::fs::write(&file, &bytes).unwrap();
         let (mut w, report) = Wal::open(d.path(), 1, false).unwrap();
         assert_eq!(w.last_index(), Some(2));
-        assert_eq!(report.torn_bytes, (bytes.len() - third) as u64);
+        let torn = if reserving { third_end } else { bytes.len() } - third;
+        assert_eq!(
+            report.torn_bytes, torn as u64,
+            "reserved zeros are not torn bytes"
+        );
         assert_eq!(file_len(&file), third as u64, "cut at the torn record");
         w.append(&[rec(3, 1000)]).unwrap();
         w.sync().unwrap();
