@@ -23,7 +23,7 @@ mod transport;
 
 pub use driver::{
     spawn_driver, AppliedIndexOnly, ApplyContext, Committed, CrashPoint, RaftConfig, RaftHandle,
-    RaftStatus, Role, SimDriver, SimReply, StateMachine,
+    RaftStatus, Role, SimDriver, SimReply, StateMachine, DEFAULT_COMMIT_ANNOUNCE_DELAY,
 };
 pub use error::ConsensusError;
 pub use grpc_transport::{

@@ -1695,6 +1695,7 @@ async fn open_core(
     raft_config.heartbeat_tick = config.raft_heartbeat_tick;
     raft_config.compact_threshold = config.raft_compact_threshold;
     raft_config.lease_reads = config.raft_lease_reads;
+    raft_config.commit_announce_delay = Duration::from_millis(config.raft_commit_announce_ms);
     raft_config.compact_keep = (config.raft_compact_threshold / 4).max(1);
     // Never start raft-rs over a damaged log: repair damaged records from
     // peers first, or refuse to start (`crate::log_repair`).
