@@ -225,7 +225,7 @@ impl RaftConfig {
             // deterministic simulation found it (SIM_SEED=16). Group commit
             // per Ready already batches, so raft-level batching is off.
             batch_append: false,
-            // The driver announces commits itself (`announce_commit_if_due`).
+            // The driver announces commits itself (`Driver::announce_commit`).
             // raft-rs still broadcasts while a membership change is pending.
             skip_bcast_commit: !self.commit_announce_delay.is_zero(),
             max_uncommitted_size: self.max_uncommitted_size,
@@ -699,9 +699,11 @@ impl<S: StateMachine, T: Transport> SimDriver<S, T> {
     pub fn tick(&mut self) {
         self.driver.tick();
         self.driver.hand_off_if_removed();
-        // The simulation's clock is its ticks: an announcement due at all
-        // is due by the next one.
-        self.driver.announce_commit();
+        // The simulation's clock is its ticks: an announcement armed by
+        // the loop (`process`) is due by the next one.
+        if self.driver.commit_announce_at.is_some() {
+            self.driver.announce_commit();
+        }
     }
 
     pub fn report_snapshot(&mut self, peer: u64, delivered: bool) {
@@ -726,6 +728,7 @@ impl<S: StateMachine, T: Transport> SimDriver<S, T> {
     /// Processes every pending Ready, persisting inline.
     pub fn process(&mut self) -> Result<(), ConsensusError> {
         let r = self.driver.process_ready_sync();
+        self.driver.schedule_commit_announcement();
         self.driver.publish_status();
         r
     }
@@ -753,6 +756,7 @@ impl<S: StateMachine, T: Transport> SimDriver<S, T> {
         }
         self.driver.issue_held_reads();
         self.driver.release_reads();
+        self.driver.schedule_commit_announcement();
         self.driver.publish_status();
         Ok(false)
     }
@@ -1133,9 +1137,17 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                     m.get_msg_type(),
                     MessageType::MsgAppend | MessageType::MsgHeartbeat
                 ) {
+                    // A follower takes an append's commit only up to the
+                    // append's last entry (a heartbeat's is already capped).
+                    let last = m.index.saturating_add(m.entries.len() as u64);
+                    let commit = if m.get_msg_type() == MessageType::MsgAppend {
+                        m.commit.min(last)
+                    } else {
+                        m.commit
+                    };
                     let told = self.commit_told.entry(m.to).or_insert(0);
-                    if m.commit > *told {
-                        *told = m.commit;
+                    if commit > *told {
+                        *told = commit;
                         // Commits are flowing: whatever is still untold
                         // rides on the next one or waits a full delay.
                         self.commit_announce_at = None;
@@ -1182,13 +1194,22 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
     }
 
     /// Sends the commit index to the peers behind it, as the empty append
-    /// raft-rs broadcasts per commit when `skip_bcast_commit` is off (a
-    /// paused peer gets nothing, and hears it with its next append).
+    /// raft-rs broadcasts per commit when `skip_bcast_commit` is off.
     fn announce_commit(&mut self) {
         self.commit_announce_at = None;
-        let behind: Vec<u64> = self.peers_behind_commit().collect();
-        for id in behind {
+        let committed = self.raw.raft.raft_log.committed;
+        let behind: Vec<(u64, u64)> = self
+            .peers_behind_commit()
+            .filter_map(|id| Some((id, self.raw.raft.prs().get(id)?.matched)))
+            .collect();
+        for (id, matched) in behind {
             self.raw.raft.send_append(id);
+            // Counted as told even if raft-rs sent nothing (no snapshot
+            // ready for a peer behind the log, say): otherwise the timer
+            // would re-arm every delay for nothing. Heartbeats carry the
+            // commit index anyway.
+            let told = self.commit_told.entry(id).or_insert(0);
+            *told = (*told).max(committed.min(matched));
         }
     }
 
@@ -1826,6 +1847,84 @@ mod tests {
             !handle.status().running,
             "a panicked driver reads as stopped"
         );
+    }
+
+    /// Routes messages between drivers spawned on one runtime, keeping a
+    /// copy of each for the test to inspect.
+    #[derive(Default)]
+    struct Loopback {
+        handles: std::sync::OnceLock<Vec<RaftHandle<()>>>,
+        sent: Mutex<Vec<Message>>,
+    }
+
+    impl Transport for Loopback {
+        fn send(&self, messages: Vec<Message>) {
+            let Some(handles) = self.handles.get() else {
+                return;
+            };
+            for m in messages {
+                self.sent.lock().expect("sent").push(m.clone());
+                let to = usize::try_from(m.to).expect("id") - 1;
+                let _ = handles[to].step(m);
+            }
+        }
+    }
+
+    /// The running driver's timer, not the simulation's tick, announces a
+    /// commit that no append carried: each follower gets an empty append
+    /// saying so, and applies the write without another write or a
+    /// heartbeat. Heartbeats go out every 9 ticks of 100 ms, so one landing
+    /// within the 1 ms delay is rare; of three writes, one announcement
+    /// per follower is asked for.
+    #[tokio::test]
+    async fn the_running_driver_announces_a_held_back_commit_when_due() {
+        let net = Arc::new(Loopback::default());
+        let (mut handles, mut dirs) = (Vec::new(), Vec::new());
+        for id in 1..=3u64 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = Store::open(dir.path(), StoreOptions::default()).expect("store");
+            let mut config = RaftConfig::cluster_member(id, vec![1, 2, 3]);
+            config.election_tick = 10;
+            config.heartbeat_tick = 9;
+            let (handle, _join) =
+                spawn_driver(config, store.clone(), AppliedIndexOnly(store), net.clone())
+                    .expect("driver");
+            handles.push(handle);
+            dirs.push(dir);
+        }
+        net.handles.set(handles.clone()).ok().expect("set once");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let leader = loop {
+            assert!(Instant::now() < deadline, "no leader elected");
+            if let Some(h) = handles.iter().find(|h| h.status().role == Role::Leader) {
+                break h.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut announced_to = std::collections::HashSet::new();
+        for write in 0..3u8 {
+            leader.propose(vec![write]).await.expect("committed");
+            let index = leader.status().commit_index;
+            // Every node applies it with nothing else written.
+            for h in &handles {
+                while h.status().applied_index < index {
+                    assert!(Instant::now() < deadline, "a node never applied {index}");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            let sent = net.sent.lock().expect("sent").clone();
+            for m in sent.iter().filter(|m| {
+                m.get_msg_type() == MessageType::MsgAppend
+                    && m.entries.is_empty()
+                    && m.commit >= index
+            }) {
+                announced_to.insert(m.to);
+            }
+        }
+        assert_eq!(announced_to.len(), 2, "announced to {announced_to:?}");
+        for h in &handles {
+            h.stop().await;
+        }
     }
 
     /// A one-voter cluster on a simulation store in `dir`.
