@@ -465,7 +465,7 @@ impl Cluster {
         // One seed in four runs raft-rs's per-commit broadcast
         // (`raft_commit_announce_ms = 0`); the rest hold commits back until
         // the next append or tick. From the seed alone, so no draw moves.
-        if self.seed % 4 == 0 {
+        if self.seed.is_multiple_of(4) {
             cfg.commit_announce_delay = std::time::Duration::ZERO;
         }
         // Lease reads bring a start-up vote refusal (`consensus::lease`):
