@@ -184,6 +184,21 @@ impl Drop for Server {
     }
 }
 
+/// The binary turns transparent huge pages off for itself (its allocator
+/// would otherwise keep whole 2 MiB pages resident; src/main.rs).
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_runs_with_transparent_huge_pages_disabled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(&tmp.path().join("data"));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("THP_enabled:"))
+        .unwrap_or_else(|| panic!("no THP_enabled line (kernel older than 4.14?):\n{status}"));
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+}
+
 #[test]
 fn cli_tour_denied_call_and_graceful_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
