@@ -32,6 +32,8 @@
 #                      sled leaf splits)
 #   THREADS [0]        1 = CPU per write of each node's threads, by thread
 #                      name, over the run (what a fixed cost per write is)
+#   RESULT_JSON [none] also write the run's figures (the load generator's
+#                      JSON plus node and generator CPU per op) to this file
 #   MIX [put=100]  PORT_BASE [52100]  KEEP=1 keeps the data dirs
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -76,10 +78,12 @@ if [ -n "${PREFILL:-}" ]; then
 fi
 before=$(cpu_ticks)
 [ "${THREADS:-0}" = 1 ] && thread_ticks >"$WORK/threads-before.txt"
-"${LOADGEN:-$B}" bench --endpoints "$endpoints" --token-file "$SYN_TOKEN" --clients "$CLIENTS" \
+# The generator's own CPU (user + sys) goes to bench.time through `time`.
+TIMEFORMAT='%U %S'
+{ time "${LOADGEN:-$B}" bench --endpoints "$endpoints" --token-file "$SYN_TOKEN" --clients "$CLIENTS" \
     --duration "${SECONDS_RUN}s" --warmup 2s --mix "${MIX:-put=100}" --instances "${INSTANCES:-1000}" --quiet \
     ${RATE:+--rate "$RATE"} \
-    --json "$WORK/result.json" >"$WORK/bench.out" 2>&1 &
+    --json "$WORK/result.json" >"$WORK/bench.out" 2>&1; } 2>"$WORK/bench.time" &
 bench_pid=$!
 PIDS+=("$bench_pid")
 case "${PROFILE:-none}" in
@@ -116,7 +120,8 @@ persist=$(for h in "${HTTP[@]}"; do
 done | paste -sd' ')
 echo "mean persist ms per node [$persist]"
 
-python3 - "$WORK/result.json" "$before" "$after" "$rss" "$written" "$LEADER" "$(getconf CLK_TCK)" <<'PY'
+python3 - "$WORK/result.json" "$before" "$after" "$rss" "$written" "$LEADER" "$(getconf CLK_TCK)" \
+    "$(tail -1 "$WORK/bench.time")" "${RESULT_JSON:-}" <<'PY'
 import json, sys
 run = json.load(open(sys.argv[1]))
 run = run["runs"][0] if "runs" in run else run
@@ -126,11 +131,22 @@ rss = [int(x) // 1024 for x in sys.argv[4].split()]
 written = [int(x) for x in sys.argv[5].split()]
 ops = run["ok"] + run.get("warmup_ops", 0)
 lat = run["latency_us"]
+try:
+    loadgen_cpu_s = sum(map(float, sys.argv[8].split()))
+except ValueError:
+    loadgen_cpu_s = float("nan")
 print(f"ops/s {run['throughput_ops_s']:.0f}  p50 {lat['p50']/1000:.1f} ms  p99 {lat['p99']/1000:.1f} ms  "
       f"max {lat['max']/1000:.1f} ms  errors {run['errors_total']}")
 print(f"cpu ms per node {[round(c) for c in cpu_ms]} (leader n{sys.argv[6]})  "
-      f"cluster cpu per write {sum(cpu_ms) * 1000 / max(ops, 1):.0f} us")
+      f"cluster cpu per write {sum(cpu_ms) * 1000 / max(ops, 1):.0f} us  "
+      f"load generator {loadgen_cpu_s * 1e6 / max(ops, 1):.0f} us per op")
 print(f"rss MiB {rss}  written per write per node {[round(w / max(ops, 1)) for w in written]} B")
+if sys.argv[9]:
+    run["node_cpu_ms"] = cpu_ms
+    run["cluster_cpu_us_per_op"] = sum(cpu_ms) * 1000 / max(ops, 1)
+    run["loadgen_cpu_us_per_op"] = loadgen_cpu_s * 1e6 / max(ops, 1)
+    run["leader"] = int(sys.argv[6])
+    json.dump(run, open(sys.argv[9], "w"), indent=1)
 PY
 if [ "${THREADS:-0}" = 1 ]; then
     python3 - "$WORK/threads-before.txt" "$WORK/threads-after.txt" "$WORK/result.json" "$(getconf CLK_TCK)" <<'PY'

@@ -62,49 +62,11 @@ say "machine"
 } | tee "$OUT_DIR/machine.txt" >&2
 
 say "disk: 4 KiB write + fdatasync, 1000 times, in the data-dir filesystem"
-python3 - "$WORK" >"$OUT_DIR/fsync.json" <<'EOF'
-import os, sys, time, json
-path = os.path.join(sys.argv[1], "fsync-probe")
-fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-buf = b"\0" * 4096
-lat = []
-for i in range(1000):
-    t = time.perf_counter()
-    os.pwrite(fd, buf, (i % 64) * 4096)
-    os.fdatasync(fd)
-    lat.append((time.perf_counter() - t) * 1e6)
-os.close(fd); os.unlink(path)
-lat.sort()
-q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]
-print(json.dumps({"p50_us": q(0.5), "p90_us": q(0.9), "p99_us": q(0.99), "max_us": lat[-1], "mean_us": sum(lat) / len(lat)}))
-EOF
+probe_fdatasync "$WORK" >"$OUT_DIR/fsync.json"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("fdatasync: p50 %.0f µs, p90 %.0f µs, p99 %.0f µs, max %.0f µs" % (d["p50_us"], d["p90_us"], d["p99_us"], d["max_us"]))' "$OUT_DIR/fsync.json" >&2
 
 say "loopback TCP round trip (64 B ping-pong between two processes, 5000 times)"
-python3 >"$OUT_DIR/rtt.json" <<'EOF'
-import socket, os, time, json
-ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(1)
-port = ls.getsockname()[1]
-if os.fork() == 0:
-    c, _ = ls.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    while True:
-        d = c.recv(64)
-        if not d: os._exit(0)
-        c.sendall(d)
-ls.close()
-s = socket.create_connection(("127.0.0.1", port)); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-msg = b"x" * 64
-lat = []
-for i in range(5000):
-    t = time.perf_counter(); s.sendall(msg)
-    got = 0
-    while got < 64: got += len(s.recv(64 - got))
-    lat.append((time.perf_counter() - t) * 1e6)
-s.close(); os.wait()
-lat = lat[500:]; lat.sort()
-q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]
-print(json.dumps({"p50_us": q(0.5), "p90_us": q(0.9), "p99_us": q(0.99)}))
-EOF
+probe_rtt >"$OUT_DIR/rtt.json"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("loopback RTT (python, incl. interpreter): p50 %.0f µs, p90 %.0f µs, p99 %.0f µs" % (d["p50_us"], d["p90_us"], d["p99_us"]))' "$OUT_DIR/rtt.json" >&2
 
 # ---------------------------------------------------------------- helpers

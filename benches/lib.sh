@@ -10,6 +10,8 @@
 #   ensure_etcd                   # etcd + etcdctl, from Debian if missing
 #   start_etcd <client-ports-array> <peer-ports-array> <token> [etcd flags...]
 #                                 # 3 members: ETCD_PIDS, ETCD_EPS
+#   probe_fdatasync <dir>         # JSON: 4 KiB pwrite + fdatasync latency in dir
+#   probe_rtt                     # JSON: loopback TCP ping-pong latency
 #
 # Anything started in the background must be appended to PIDS; the EXIT trap
 # kills and reaps them, then removes WORK unless KEEP=1. A script may define
@@ -169,4 +171,55 @@ start_etcd() {
         tail -20 "$WORK"/etcd1.log >&2
         die "etcd did not become healthy within 30 s"
     }
+}
+
+# probe_fdatasync DIR: prints JSON (p50_us, p90_us, p99_us, max_us, mean_us)
+# of 1000 × (4 KiB pwrite in place + fdatasync) in a scratch file in DIR:
+# the disk's part of the latency floor the targets are stated against.
+probe_fdatasync() {
+    python3 - "$1" <<'EOF'
+import os, sys, time, json
+path = os.path.join(sys.argv[1], "fsync-probe")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+buf = b"\0" * 4096
+lat = []
+for i in range(1000):
+    t = time.perf_counter()
+    os.pwrite(fd, buf, (i % 64) * 4096)
+    os.fdatasync(fd)
+    lat.append((time.perf_counter() - t) * 1e6)
+os.close(fd); os.unlink(path)
+lat.sort()
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]
+print(json.dumps({"p50_us": q(0.5), "p90_us": q(0.9), "p99_us": q(0.99), "max_us": lat[-1], "mean_us": sum(lat) / len(lat)}))
+EOF
+}
+
+# probe_rtt: prints JSON (p50_us, p90_us, p99_us) of a 64-byte TCP ping-pong
+# between two processes on loopback (5000 rounds, the first 500 dropped).
+probe_rtt() {
+    python3 <<'EOF'
+import socket, os, time, json
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(1)
+port = ls.getsockname()[1]
+if os.fork() == 0:
+    c, _ = ls.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while True:
+        d = c.recv(64)
+        if not d: os._exit(0)
+        c.sendall(d)
+ls.close()
+s = socket.create_connection(("127.0.0.1", port)); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+msg = b"x" * 64
+lat = []
+for i in range(5000):
+    t = time.perf_counter(); s.sendall(msg)
+    got = 0
+    while got < 64: got += len(s.recv(64 - got))
+    lat.append((time.perf_counter() - t) * 1e6)
+s.close(); os.wait()
+lat = lat[500:]; lat.sort()
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]
+print(json.dumps({"p50_us": q(0.5), "p90_us": q(0.9), "p99_us": q(0.99)}))
+EOF
 }
