@@ -30,6 +30,7 @@
 #                      100 versions, so the run sees the steady state (slots
 #                      overwritten) instead of the growth phase (new keys,
 #                      sled leaf splits)
+#   PREFILL_MIX [MIX]  the prefill's mix (put=100 gives reads stored state)
 #   THREADS [0]        1 = CPU per write of each node's threads, by thread
 #                      name, over the run (what a fixed cost per write is)
 #   RESULT_JSON [none] also write the run's figures (the load generator's
@@ -73,7 +74,8 @@ if [ "${FOLLOWER_ONLY:-0}" = 1 ]; then endpoints="http://127.0.0.1:${GRPC[$((LEA
 
 if [ -n "${PREFILL:-}" ]; then
     "${LOADGEN:-$B}" bench --endpoints "$endpoints" --token-file "$SYN_TOKEN" --clients 64 \
-        --ops "$PREFILL" --duration 120s --warmup 0s --mix "${MIX:-put=100}" --instances "${INSTANCES:-1000}" --quiet \
+        --ops "$PREFILL" --duration 120s --warmup 0s --mix "${PREFILL_MIX:-${MIX:-put=100}}" \
+        --instances "${INSTANCES:-1000}" --quiet \
         >"$WORK/prefill.out" 2>&1 || die "prefill failed: $(tail -3 "$WORK/prefill.out")"
 fi
 before=$(cpu_ticks)
@@ -119,9 +121,13 @@ persist=$(for h in "${HTTP[@]}"; do
         END {if (c > 0) printf "%.3f\n", s * 1000 / c; else print "-"}'
 done | paste -sd' ')
 echo "mean persist ms per node [$persist]"
+# Reads served under a leader's lease, all nodes, since start.
+lease_reads=$(for h in "${HTTP[@]}"; do
+    curl -s "http://127.0.0.1:$h/metrics" | awk '/^synapse_lease_reads_total/ {print $2}'
+done | awk '{s += $1} END {print s + 0}')
 
 python3 - "$WORK/result.json" "$before" "$after" "$rss" "$written" "$LEADER" "$(getconf CLK_TCK)" \
-    "$(tail -1 "$WORK/bench.time")" "${RESULT_JSON:-}" <<'PY'
+    "$(tail -1 "$WORK/bench.time")" "${RESULT_JSON:-}" "$lease_reads" <<'PY'
 import json, sys
 run = json.load(open(sys.argv[1]))
 run = run["runs"][0] if "runs" in run else run
@@ -146,6 +152,7 @@ if sys.argv[9]:
     run["cluster_cpu_us_per_op"] = sum(cpu_ms) * 1000 / max(ops, 1)
     run["loadgen_cpu_us_per_op"] = loadgen_cpu_s * 1e6 / max(ops, 1)
     run["leader"] = int(sys.argv[6])
+    run["lease_reads"] = int(float(sys.argv[10]))
     json.dump(run, open(sys.argv[9], "w"), indent=1)
 PY
 if [ "${THREADS:-0}" = 1 ]; then
