@@ -6,7 +6,7 @@
 # path alone: it needs a cheaper part (client protocol, peer transport,
 # state store) or another machine.
 #
-#   benches/floor.sh                      # 3 rounds, about 12 minutes
+#   benches/floor.sh                      # 3 rounds, about 15 minutes
 #   ROUNDS=1 SECONDS_RUN=5 benches/floor.sh   # quicker, noisier
 #
 # Points, each on a fresh 3-node cluster (benches/ab.sh), alternated over
